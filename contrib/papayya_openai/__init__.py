@@ -1,0 +1,1 @@
+"""papayya_openai: OpenAI client instrumentation (being built)."""

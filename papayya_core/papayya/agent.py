@@ -1,0 +1,219 @@
+"""``@agent``: turn the function a user already has into an accountable agent with ``map()``."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import json
+import logging
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, is_dataclass
+from typing import Any, overload
+
+from pydantic import BaseModel
+from pydantic_core import PydanticSerializationError, to_jsonable_python
+
+from papayya.errors import InputError
+from papayya.models import Item
+from papayya.outcomes import Check
+
+log = logging.getLogger("papayya")
+
+MAX_KEY_LENGTH = 512
+
+
+class Agent:
+    """A decorated function that processes one item. Call it directly to run it without papayya."""
+
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        *,
+        name: str | None = None,
+        output: type[BaseModel] | None = None,
+        checks: Sequence[Check] = (),
+        retries: int = 0,
+        backoff: float = 1.0,
+        backoff_max: float = 60.0,
+        timeout: float | None = None,
+    ) -> None:
+        if retries < 0:
+            raise ValueError("retries must be >= 0")
+        if timeout is not None and timeout <= 0:
+            raise ValueError("timeout must be a positive number of seconds")
+        if output is not None and not (isinstance(output, type) and issubclass(output, BaseModel)):
+            raise TypeError("output= must be a pydantic model class")
+        self.fn = fn
+        self.name = name or f"{fn.__module__}.{fn.__qualname__}".removeprefix("__main__.")
+        self.output = output
+        self.checks = tuple(checks)
+        self.max_attempts = retries + 1
+        self.backoff = backoff
+        self.backoff_max = backoff_max
+        self.timeout = timeout
+        self.is_async = inspect.iscoroutinefunction(fn)
+        functools.update_wrapper(self, fn)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.fn(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"<papayya agent {self.name}>"
+
+    def map(
+        self,
+        items: Iterable[Any],
+        *,
+        tenant: str,
+        run_name: str | None = None,
+        concurrency: int = 8,
+        progress: bool | None = None,
+    ) -> RunResult:
+        """Run every item for ``tenant`` and wait; return the run's accountable result.
+
+        Every item is recorded (input snapshot) before any runs, and ends ``succeeded``, ``degraded``
+        or ``failed``. Bad input raises InputError naming the item, before anything is recorded.
+        """
+        from papayya import tenants
+        from papayya.engine import run_local
+        from papayya.runtime import get_runtime
+
+        if concurrency < 1:
+            raise InputError(f"concurrency={concurrency} must be at least 1.")
+        tenants.validate_tenant_id(tenant)
+        rt = get_runtime()
+        prepared = prepare_items(items, max_bytes=rt.settings.max_input_bytes)
+        tenants.ensure(tenant, runtime=rt)
+        run_id = uuid.uuid4()
+        rows = [(uuid.uuid4(), key, text) for key, text in prepared]
+        rt.store.run_create(
+            run_id=run_id,
+            tenant_id=tenant,
+            agent_name=self.name,
+            name=run_name,
+            backend="native",
+            items=rows,
+            max_attempts=self.max_attempts,
+            options={"concurrency": concurrency, "timeout": self.timeout, "max_attempts": self.max_attempts},
+        )
+        log.info("run %s: %d items for tenant %r", run_id, len(rows), tenant)
+        run_local(rt, self, run_id=run_id, tenant_id=tenant, items=[(r[0], r[1]) for r in rows],
+                  concurrency=concurrency, progress=progress, run_name=run_name)
+        rt.store.run_complete(run_id, tenant)
+        return RunResult.load(run_id, tenant)
+
+
+def _item_parts(index: int, raw: Any) -> tuple[Any, Any]:
+    if isinstance(raw, Item):
+        return raw.id, raw.input
+    if isinstance(raw, BaseModel):
+        return getattr(raw, "id", None), raw.model_dump(mode="json")
+    if isinstance(raw, Mapping):
+        return raw.get("id"), dict(raw)
+    if is_dataclass(raw) and not isinstance(raw, type):
+        return getattr(raw, "id", None), asdict(raw)
+    raise InputError(
+        f"Item #{index} is a {type(raw).__name__}; pass dicts with an 'id' key, pydantic models with an "
+        "id field, or papayya.Item(id, input).",
+        index=index,
+    )
+
+
+def prepare_items(items: Iterable[Any], *, max_bytes: int) -> list[tuple[str, str]]:
+    """Validate items and return (key, input JSON) pairs. Raises InputError naming the first bad item."""
+    if isinstance(items, str | bytes | Mapping):
+        raise InputError("items must be an iterable of items (a list of dicts, say), not a single "
+                         f"{type(items).__name__}.")
+    prepared: list[tuple[str, str]] = []
+    seen: dict[str, int] = {}
+    for index, raw in enumerate(items):
+        key, data = _item_parts(index, raw)
+        if key is None or (isinstance(key, str) and not key.strip()):
+            raise InputError(
+                f"Item #{index} has no id; give every item a stable 'id' (it names the item in "
+                "results, replays and the CLI).",
+                index=index,
+            )
+        if not isinstance(key, str | int) or isinstance(key, bool):
+            raise InputError(f"Item #{index} has an id of type {type(key).__name__}; use a string or an int.",
+                             index=index)
+        key = str(key)
+        if len(key) > MAX_KEY_LENGTH or "\x00" in key:
+            raise InputError(
+                f"Item #{index} has an id of {len(key)} characters or with a NUL byte; use a printable id "
+                f"of at most {MAX_KEY_LENGTH} characters.",
+                item_key=key[:40],
+                index=index,
+            )
+        if key in seen:
+            raise InputError(
+                f"Item id {key!r} appears twice (#{seen[key]} and #{index}); ids must be unique within a run.",
+                item_key=key,
+                index=index,
+            )
+        seen[key] = index
+        try:
+            text = json.dumps(to_jsonable_python(data), ensure_ascii=False, allow_nan=False,
+                              separators=(",", ":"))
+        except (PydanticSerializationError, TypeError, ValueError) as exc:
+            raise InputError(
+                f"Item {key!r}: its input is not JSON-serialisable ({str(exc).splitlines()[0][:160]}); "
+                "convert it to strings, numbers, lists and dicts (NaN and infinity are not JSON).",
+                item_key=key,
+                index=index,
+            ) from None
+        if "\\u0000" in text:
+            raise InputError(f"Item {key!r}: its input contains a NUL character (\\u0000), which PostgreSQL "
+                             "cannot store; strip it.", item_key=key, index=index)
+        size = len(text.encode())
+        if size > max_bytes:
+            raise InputError(
+                f"Item {key!r}: its input is {size:,} bytes, over the {max_bytes:,}-byte limit; store the "
+                "large part elsewhere and pass a reference, or raise PAPAYYA_MAX_INPUT_BYTES.",
+                item_key=key,
+                index=index,
+            )
+        prepared.append((key, text))
+    if not prepared:
+        raise InputError("No items were given; map() needs at least one item.")
+    return prepared
+
+
+@overload
+def agent(fn: Callable[..., Any], /) -> Agent: ...
+
+
+@overload
+def agent(
+    *,
+    name: str | None = None,
+    output: type[BaseModel] | None = None,
+    checks: Sequence[Check] = (),
+    retries: int = 0,
+    backoff: float = 1.0,
+    backoff_max: float = 60.0,
+    timeout: float | None = None,
+) -> Callable[[Callable[..., Any]], Agent]: ...
+
+
+def agent(fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
+    """Decorate a function that processes one item: ``@agent`` or ``@agent(output=Model, retries=3)``.
+
+    Args:
+        name: Stable agent name (default: module.function).
+        output: A pydantic model the return value must match; missing, mistyped and undeclared fields
+            degrade the item with the field path.
+        checks: Callables ``check(output, item)`` returning None when fine, or a reason.
+        retries: Extra attempts for retryable errors (transient provider errors, ``TimeoutError``,
+            ``ConnectionError``, ``papayya.Retryable``).
+        backoff: Base delay in seconds between retries (exponential, jittered); 0 for none.
+        backoff_max: Longest delay between retries.
+        timeout: Seconds an attempt may take; past it the attempt fails (and may retry).
+    """
+    if fn is not None:
+        return Agent(fn, **options)
+    return lambda f: Agent(f, **options)
+
+
+from papayya.result import RunResult  # noqa: E402  (RunResult imports nothing from here at import time)

@@ -1,0 +1,43 @@
+"""papayya's built-in plugin: error classification, registered like any third-party plugin."""
+
+from __future__ import annotations
+
+from papayya.errors import PapayyaError, StoreUnavailable
+from papayya.hookspecs import hookimpl
+from papayya.models import ErrorCategory
+
+_PROVIDER_MODULES = ("openai", "anthropic", "httpx", "httpcore", "google", "mistralai", "cohere", "groq")
+_TRANSIENT_STATUS = {408, 409, 425, 429, 500, 502, 503, 504, 529}
+
+
+class Retryable(Exception):  # noqa: N818 - user-facing marker, reads as an adjective
+    """Raise (or subclass) this in an agent to ask for a retry per the agent's policy."""
+
+
+def _status(exc: BaseException) -> int | None:
+    for attr in ("status_code", "status", "http_status"):
+        value = getattr(exc, attr, None)
+        if isinstance(value, int):
+            return value
+    response = getattr(exc, "response", None)
+    value = getattr(response, "status_code", None)
+    return value if isinstance(value, int) else None
+
+
+@hookimpl(trylast=True)
+def papayya_classify_error(exc: BaseException) -> tuple[ErrorCategory, bool]:
+    """Provider errors (SDK exception modules, HTTP status) are retryable when transient; papayya's own
+    store outages are retryable; user-code errors are not, unless they are ``Retryable``,
+    ``TimeoutError`` or ``ConnectionError``."""
+    if isinstance(exc, StoreUnavailable):
+        return ErrorCategory.PAPAYYA, True
+    if isinstance(exc, PapayyaError):
+        return ErrorCategory.PAPAYYA, False
+    module = type(exc).__module__.split(".")[0]
+    status = _status(exc)
+    if module in _PROVIDER_MODULES:
+        transient = status is None or status in _TRANSIENT_STATUS or status >= 500
+        return ErrorCategory.PROVIDER, transient
+    if isinstance(exc, Retryable | TimeoutError | ConnectionError):
+        return ErrorCategory.USER, True
+    return ErrorCategory.USER, False

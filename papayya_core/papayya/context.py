@@ -1,0 +1,419 @@
+"""The ``run`` object: what a user's function can ask and do while it processes one item.
+
+``run`` reads the current attempt from a ContextVar, so it works the same in threads and asyncio
+tasks. Each journaled call (``step``, ``tool``, ``retrieve``, ``llm``) gets a step key that is stable
+across attempts (``kind:name#n``); a retried or resumed attempt gets the recorded result back instead
+of running the call (and paying for it) again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import inspect
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any, TypeVar
+from uuid import UUID
+
+from pydantic_core import to_jsonable_python
+
+from papayya.errors import AttemptAbandoned
+from papayya.models import Item, LLMCall, Reason
+from papayya.pricing import Usage, price_call
+
+if TYPE_CHECKING:
+    from papayya.agent import Agent
+    from papayya.runtime import Runtime
+
+log = logging.getLogger("papayya")
+
+T = TypeVar("T")
+
+# Stop reasons that mean the model did not finish its answer (OpenAI, Anthropic, Gemini spellings).
+DEGENERATE_STOP_REASONS = frozenset(
+    {"length", "max_tokens", "content_filter", "refusal", "safety", "recitation", "model_context_window_exceeded"}
+)
+
+_retrievers: dict[str, Callable[..., Any]] = {}
+_retrievers_lock = threading.Lock()
+
+
+def retriever(fn: Callable[..., Any] | None = None, *, name: str = "default") -> Any:
+    """Register a retriever that ``run.retrieve(...)`` calls. Usable as ``@retriever`` or with a name."""
+
+    def register(f: Callable[..., Any]) -> Callable[..., Any]:
+        with _retrievers_lock:
+            _retrievers[name] = f
+        return f
+
+    return register(fn) if fn is not None else register
+
+
+@dataclass(eq=False)
+class AttemptContext:
+    """Everything about the attempt in progress. Mutable; owned by one attempt."""
+
+    runtime: Runtime
+    agent: Agent
+    tenant_id: str
+    run_id: UUID
+    item_id: UUID
+    item: Item
+    attempt_id: UUID
+    attempt: int
+    lease_token: int
+    backend: str
+    journal: dict[str, Any]
+    price_overrides: dict[tuple[str, str], dict[str, Decimal | None]]
+    signals: list[Reason] = field(default_factory=list)
+    counters: Counter[str] = field(default_factory=Counter)
+    capturing: bool = False
+    abandoned: bool = False
+    cost_usd: Decimal = Decimal(0)
+    cost_unknown: bool = False
+    started: float = field(default_factory=time.monotonic)
+
+    # -- journal ----------------------------------------------------------------------------------
+
+    def next_key(self, kind: str, name: str, *, peek: bool = False) -> str:
+        base = f"{kind}:{name}"
+        n = self.counters[base] + 1
+        if not peek:
+            self.counters[base] = n
+        return f"{base}#{n}"
+
+    def check_alive(self) -> None:
+        if self.abandoned:
+            raise AttemptAbandoned(f"attempt {self.attempt} of item {self.item.id} was abandoned")
+
+    def record_step(self, key: str, kind: str, result: Any) -> Any:
+        encoded = to_jsonable_python(result, fallback=repr)
+        self.runtime.store.step_record(
+            item_id=self.item_id,
+            tenant_id=self.tenant_id,
+            attempt_id=self.attempt_id,
+            step_key=key,
+            kind=kind,
+            result=encoded,
+        )
+        self.journal[key] = encoded
+        return encoded
+
+    def signal(self, reason: Reason) -> None:
+        self.signals.append(reason)
+
+    # -- ledger -----------------------------------------------------------------------------------
+
+    def record_llm_call(
+        self,
+        *,
+        provider: str,
+        model: str,
+        usage: Usage,
+        stop_reason: str | None,
+        latency_ms: float | None,
+        step_key: str | None,
+        idempotency_key: str | None,
+        journal_result: Any = None,
+        journal: bool = False,
+    ) -> LLMCall:
+        price = price_call(provider, model, usage, self.price_overrides)
+        call = LLMCall(
+            tenant_id=self.tenant_id,
+            run_id=self.run_id,
+            item_id=self.item_id,
+            attempt_id=self.attempt_id,
+            step_key=step_key,
+            provider=provider,
+            model=model,
+            input_tokens=usage.input_tokens,
+            output_tokens=usage.output_tokens,
+            cache_read_tokens=usage.cache_read_tokens,
+            cache_write_tokens=usage.cache_write_tokens,
+            stop_reason=stop_reason,
+            latency_ms=latency_ms,
+            cost_usd=price.cost_usd,
+            price_source=price.source,
+            idempotency_key=idempotency_key,
+        )
+        self.runtime.store.llm_call_record(
+            call.model_dump(), journal_result=journal_result, journal=journal and step_key is not None
+        )
+        if journal and step_key is not None:
+            self.journal[step_key] = journal_result
+        if price.cost_usd is None:
+            self.cost_unknown = True
+        else:
+            self.cost_usd += price.cost_usd
+        if stop_reason is not None and stop_reason.lower() in DEGENERATE_STOP_REASONS:
+            self.signal(
+                Reason(
+                    code="llm_stop_reason",
+                    path=stop_reason.lower(),
+                    message=f"{provider}/{model} stopped with {stop_reason!r}; the answer is incomplete",
+                )
+            )
+        self.runtime.hooks.llm_call_recorded(call)
+        return call
+
+
+current: contextvars.ContextVar[AttemptContext | None] = contextvars.ContextVar("papayya_attempt", default=None)
+
+
+def _ctx() -> AttemptContext:
+    ctx = current.get()
+    if ctx is None:
+        raise RuntimeError(
+            "papayya.run is only available inside an @agent function while it processes an item; "
+            "call the agent through .map() (or a papayya backend)."
+        )
+    ctx.check_alive()
+    return ctx
+
+
+def _journaled(kind: str, name: str, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
+               after: Callable[[AttemptContext, str, Any], None] | None = None) -> Any:
+    ctx = _ctx()
+    key = ctx.next_key(kind, name)
+    if key in ctx.journal:
+        result = ctx.journal[key]
+        if after is not None:
+            after(ctx, name, result)
+        return _ready(result) if inspect.iscoroutinefunction(fn) else result
+    if inspect.iscoroutinefunction(fn):
+
+        async def run_async() -> Any:
+            value = await fn(*args, **kwargs)
+            ctx.check_alive()
+            await asyncio.to_thread(ctx.record_step, key, kind, value)
+            if after is not None:
+                after(ctx, name, value)
+            return value
+
+        return run_async()
+    value = fn(*args, **kwargs)
+    ctx.check_alive()
+    ctx.record_step(key, kind, value)
+    if after is not None:
+        after(ctx, name, value)
+    return value
+
+
+async def _ready(value: Any) -> Any:
+    return value
+
+
+def _tool_check(ctx: AttemptContext, name: str, result: Any) -> None:
+    if result is None:
+        ctx.signal(Reason(code="tool_returned_none", path=name, message=f"tool {name!r} returned None"))
+
+
+def _retrieval_check(ctx: AttemptContext, name: str, result: Any) -> None:
+    if result is None or (hasattr(result, "__len__") and len(result) == 0):
+        ctx.signal(Reason(code="retrieval_empty", path=name, message=f"retriever {name!r} found nothing"))
+
+
+def _extract_usage(provider: str, response: Any) -> tuple[str | None, Usage, str | None]:
+    """(model, usage, stop reason) from an OpenAI- or Anthropic-shaped response (object or dict)."""
+    data = to_jsonable_python(response, fallback=lambda o: None)
+    if not isinstance(data, dict):
+        return None, Usage(), None
+    usage = data.get("usage") or {}
+    details = usage.get("prompt_tokens_details") or {}
+    if "prompt_tokens" in usage:  # OpenAI chat completions
+        u = Usage(
+            input_tokens=int(usage.get("prompt_tokens") or 0),
+            output_tokens=int(usage.get("completion_tokens") or 0),
+            cache_read_tokens=int(details.get("cached_tokens") or 0),
+        )
+    else:  # Anthropic messages, OpenAI responses
+        cache_read = int(usage.get("cache_read_input_tokens") or 0)
+        cache_write = int(usage.get("cache_creation_input_tokens") or 0)
+        input_details = usage.get("input_tokens_details") or {}
+        u = Usage(
+            input_tokens=int(usage.get("input_tokens") or 0) + (cache_read + cache_write if provider == "anthropic" else 0),
+            output_tokens=int(usage.get("output_tokens") or 0),
+            cache_read_tokens=cache_read or int(input_details.get("cached_tokens") or 0),
+            cache_write_tokens=cache_write,
+        )
+    stop = data.get("stop_reason")
+    choices = data.get("choices")
+    if stop is None and choices:
+        stop = choices[0].get("finish_reason")
+    return data.get("model"), u, stop
+
+
+class Run:
+    """The ``run`` object. Import it (``from papayya import run``) and use it inside an agent."""
+
+    @property
+    def active(self) -> bool:
+        """True inside an attempt."""
+        return current.get() is not None
+
+    @property
+    def tenant(self) -> str:
+        return _ctx().tenant_id
+
+    @property
+    def run_id(self) -> UUID:
+        return _ctx().run_id
+
+    @property
+    def item(self) -> Item:
+        return _ctx().item
+
+    @property
+    def item_id(self) -> UUID:
+        return _ctx().item_id
+
+    @property
+    def attempt(self) -> int:
+        """1 for the first try, 2 for the first retry, and so on."""
+        return _ctx().attempt
+
+    def step(self, name: str) -> Callable[..., Any]:
+        """``run.step("parse")(fn, *args)``: call ``fn`` once per item; a retry gets the recorded result."""
+        return lambda fn, *a, **kw: _journaled("step", name, fn, a, kw)
+
+    def tool(self, name: str) -> Callable[..., Any]:
+        """``run.tool("lookup")(fn, *args)``: a journaled tool call; a None result degrades the item."""
+        return lambda fn, *a, **kw: _journaled("tool", name, fn, a, kw, _tool_check)
+
+    def retrieve(self, query: Any, *, retriever: str = "default", **kwargs: Any) -> Any:
+        """Call the registered retriever; an empty result degrades the item (``retrieval_empty``)."""
+        fn = _retrievers.get(retriever)
+        if fn is None:
+            raise LookupError(
+                f"No retriever named {retriever!r} is registered; decorate one with @papayya.retriever"
+                + ("" if retriever == "default" else f"(name={retriever!r})")
+                + "."
+            )
+        return _journaled("retrieve", retriever, fn, (query,), kwargs, _retrieval_check)
+
+    def llm(
+        self,
+        name: str = "llm",
+        *,
+        provider: str,
+        model: str | None = None,
+        decode: Callable[[Any], Any] | None = None,
+    ) -> Callable[..., Any]:
+        """``run.llm("summary", provider="openai")(client.chat.completions.create, ...)``.
+
+        Calls the provider once per item and step: usage, stop reason and cost go to the ledger and
+        the response to the journal, in one write. A retried attempt gets the recorded response back
+        (through ``decode`` if given, e.g. ``ChatCompletion.model_validate``) and pays nothing.
+        """
+
+        def call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+            ctx = _ctx()
+            key = ctx.next_key("llm", name)
+            if key in ctx.journal:
+                recorded = ctx.journal[key]
+                result = decode(recorded) if decode is not None else recorded
+                return _ready(result) if inspect.iscoroutinefunction(fn) else result
+            idem = f"papayya-{ctx.item_id}-{key}"
+
+            def finish(response: Any, started: float) -> Any:
+                latency = (time.perf_counter() - started) * 1000
+                got_model, usage, stop = _extract_usage(provider, response)
+                ctx.record_llm_call(
+                    provider=provider,
+                    model=model or got_model or "unknown",
+                    usage=usage,
+                    stop_reason=stop,
+                    latency_ms=latency,
+                    step_key=key,
+                    idempotency_key=idem,
+                    journal_result=to_jsonable_python(response, fallback=repr),
+                    journal=True,
+                )
+                return response
+
+            if inspect.iscoroutinefunction(fn):
+
+                async def run_async() -> Any:
+                    started = time.perf_counter()
+                    response = await fn(*args, **kwargs)
+                    return await asyncio.to_thread(finish, response, started)
+
+                return run_async()
+            started = time.perf_counter()
+            return finish(fn(*args, **kwargs), started)
+
+        return call
+
+    def record_llm_call(
+        self,
+        *,
+        provider: str,
+        model: str,
+        input_tokens: int = 0,
+        output_tokens: int = 0,
+        cache_read_tokens: int = 0,
+        cache_write_tokens: int = 0,
+        stop_reason: str | None = None,
+        latency_ms: float | None = None,
+        idempotency_key: str | None = None,
+    ) -> LLMCall:
+        """Record an LLM call made outside ``run.llm`` (usage only; nothing is journaled)."""
+        return _ctx().record_llm_call(
+            provider=provider,
+            model=model,
+            usage=Usage(input_tokens, output_tokens, cache_read_tokens, cache_write_tokens),
+            stop_reason=stop_reason,
+            latency_ms=latency_ms,
+            step_key=None,
+            idempotency_key=idempotency_key,
+        )
+
+    def degrade(self, reason: str, *, path: str | None = None, message: str = "") -> None:
+        """Mark the item degraded for ``reason`` (a short stable code) even if it returns normally."""
+        _ctx().signal(Reason(code=reason, path=path, message=message or reason))
+
+    def idempotency_key(self, name: str = "llm") -> str:
+        """A key for the next ``run.llm(name)`` call, stable across retries and resumes of that step."""
+        ctx = _ctx()
+        return f"papayya-{ctx.item_id}-{ctx.next_key('llm', name, peek=True)}"
+
+
+run = Run()
+
+
+# -- swallowed exceptions ------------------------------------------------------------------------
+# A record at ERROR with exc_info, logged while the user's function runs, means an exception was
+# caught and (probably) replaced by a default. We watch record creation rather than adding a handler,
+# so the user's logging output is exactly what it was without papayya.
+
+_previous_factory: Callable[..., logging.LogRecord] | None = None
+
+
+def _record_factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+    assert _previous_factory is not None
+    record = _previous_factory(*args, **kwargs)
+    if record.levelno >= logging.ERROR and record.exc_info and record.exc_info[0] is not None:
+        ctx = current.get()
+        if ctx is not None and ctx.capturing and not record.name.startswith("papayya"):
+            exc_type = record.exc_info[0].__name__
+            ctx.signal(
+                Reason(
+                    code="swallowed_exception",
+                    path=f"{record.module}.{record.funcName}:{exc_type}",
+                    message=f"{exc_type} caught and logged in {record.funcName}: {record.getMessage()[:200]}",
+                )
+            )
+    return record
+
+
+def install_log_watch() -> None:
+    global _previous_factory
+    if _previous_factory is None:
+        _previous_factory = logging.getLogRecordFactory()
+        logging.setLogRecordFactory(_record_factory)

@@ -1,0 +1,87 @@
+"""Everything papayya raises, in one place.
+
+Each error says what happened and what to do. Driver errors (psycopg) are translated once, at the
+store boundary, into these.
+
+Hierarchy::
+
+    Exception
+    └── PapayyaError                 anything papayya raises on purpose
+        ├── ConfigError              malformed configuration (URL, setting, unknown option)
+        ├── StoreUnavailable         the database cannot be reached or refused the connection
+        ├── MigrationError           the schema could not be brought up to date
+        ├── InputError               bad input given to map()/submit(); names the item and the fix
+        ├── TenantError              unknown tenant (strict mode) or an invalid tenant id
+        ├── NotFound                 a run, item or tenant asked for by id does not exist
+        └── StaleLease               a worker tried to change an item it no longer holds
+
+    BaseException
+    └── ControlFlow                  stops a user's function; a bare ``except Exception`` does not swallow it
+        └── AttemptAbandoned         the attempt lost its lease (timed out or fenced); its result is void
+
+Control-flow signals derive from ``BaseException`` on purpose: user code that wraps an LLM call in
+``except Exception`` must not turn "stop now" into "carry on with a default".
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class PapayyaError(Exception):
+    """Base class of the errors papayya raises on purpose."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.message,))
+
+
+class ConfigError(PapayyaError):
+    """Configuration is malformed or names something that does not exist."""
+
+
+class StoreUnavailable(PapayyaError):
+    """The PostgreSQL store cannot be reached."""
+
+
+class MigrationError(PapayyaError):
+    """A migration failed; the schema was left at the last version that applied cleanly."""
+
+
+class InputError(PapayyaError):
+    """Items given to ``map()`` or ``submit()`` are not usable. Nothing was recorded."""
+
+    def __init__(self, message: str, *, item_key: str | None = None, index: int | None = None) -> None:
+        super().__init__(message)
+        self.item_key = item_key
+        self.index = index
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild_input_error, (self.message, self.item_key, self.index))
+
+
+def _rebuild_input_error(message: str, item_key: str | None, index: int | None) -> InputError:
+    return InputError(message, item_key=item_key, index=index)
+
+
+class TenantError(PapayyaError):
+    """A tenant id is invalid, or unknown while unknown tenants are refused."""
+
+
+class NotFound(PapayyaError):
+    """A run, item or tenant looked up by id does not exist."""
+
+
+class StaleLease(PapayyaError):
+    """A state change carried a fencing token older than the item's; it was rejected."""
+
+
+class ControlFlow(BaseException):  # noqa: N818 - a signal, not an error
+    """Base of signals that stop a user's function and must not be swallowed by it."""
+
+
+class AttemptAbandoned(ControlFlow):
+    """The attempt was abandoned (timeout or lost lease); whatever it returns is discarded."""

@@ -1,0 +1,112 @@
+"""The migration runner: ordered ``NNNN_name.sql`` files, one transaction each, under an advisory lock.
+
+The version table ``papayya.schema_version`` holds one row per applied file. Migrations are
+forward-only; an applied file is never edited (its checksum is recorded and checked).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any, LiteralString, cast
+
+import psycopg
+
+from papayya.errors import MigrationError
+
+log = logging.getLogger("papayya.migrate")
+
+# An arbitrary, fixed key: every papayya process serialises schema changes on it.
+ADVISORY_LOCK_KEY = 0x70617061_7961  # "papaya"
+_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    sql: str
+
+    @property
+    def checksum(self) -> str:
+        return hashlib.sha256(self.sql.encode()).hexdigest()
+
+
+def available() -> list[Migration]:
+    """The migrations shipped with this papayya, in order."""
+    found: list[Migration] = []
+    for entry in resources.files("papayya.migrations").iterdir():
+        match = _NAME.match(entry.name)
+        if match:
+            found.append(Migration(int(match[1]), match[2], entry.read_text("utf-8")))
+    found.sort(key=lambda m: m.version)
+    versions = [m.version for m in found]
+    if len(set(versions)) != len(versions):
+        raise MigrationError("Two migration files share a version number; renumber one of them.")
+    if not found:
+        raise MigrationError("No migrations found in the papayya package; reinstall papayya.")
+    return found
+
+
+_BOOTSTRAP = """
+CREATE SCHEMA IF NOT EXISTS papayya;
+CREATE TABLE IF NOT EXISTS papayya.schema_version (
+    version     integer PRIMARY KEY,
+    name        text NOT NULL,
+    checksum    text NOT NULL,
+    applied_at  timestamptz NOT NULL DEFAULT now()
+);
+"""
+
+
+def migrate(conn: psycopg.Connection[Any]) -> list[Migration]:
+    """Apply every pending migration; return the ones applied. Safe to call from many processes."""
+    conn.autocommit = True
+    try:
+        conn.execute("SELECT pg_advisory_lock(%s)", (ADVISORY_LOCK_KEY,))
+        try:
+            conn.execute(_BOOTSTRAP)
+            rows = conn.execute("SELECT version, name, checksum FROM papayya.schema_version").fetchall()
+            applied = {int(r[0] if isinstance(r, tuple) else r["version"]): r for r in rows}
+            done: list[Migration] = []
+            for m in available():
+                row = applied.get(m.version)
+                if row is not None:
+                    checksum = row[2] if isinstance(row, tuple) else row["checksum"]
+                    if checksum != m.checksum:
+                        raise MigrationError(
+                            f"Migration {m.version:04d}_{m.name} changed after it was applied; "
+                            "restore the shipped file and add a new migration instead."
+                        )
+                    continue
+                with conn.transaction():
+                    try:
+                        conn.execute(cast(LiteralString, m.sql))
+                    except psycopg.Error as exc:
+                        raise MigrationError(
+                            f"Migration {m.version:04d}_{m.name} failed ({str(exc).strip()[:300]}); "
+                            "the schema is unchanged by it. Fix the cause and run `papayya migrate`."
+                        ) from exc
+                    conn.execute(
+                        "INSERT INTO papayya.schema_version (version, name, checksum) VALUES (%s, %s, %s)",
+                        (m.version, m.name, m.checksum),
+                    )
+                log.info("applied migration %04d_%s", m.version, m.name)
+                done.append(m)
+            return done
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (ADVISORY_LOCK_KEY,))
+    finally:
+        conn.autocommit = False
+
+
+def current_version(conn: psycopg.Connection[Any]) -> int:
+    exists = conn.execute("SELECT to_regclass('papayya.schema_version') IS NOT NULL").fetchone()
+    if not exists or not list(exists.values() if isinstance(exists, dict) else exists)[0]:
+        return 0
+    row = conn.execute("SELECT coalesce(max(version), 0) FROM papayya.schema_version").fetchone()
+    assert row is not None
+    return int(list(row.values() if isinstance(row, dict) else row)[0])

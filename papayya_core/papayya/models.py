@@ -1,0 +1,158 @@
+"""The nouns of papayya as data: statuses, outcomes, reasons, items and the records read back."""
+
+from __future__ import annotations
+
+import enum
+import json
+from collections.abc import Mapping
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+from uuid import UUID
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class ItemStatus(enum.StrEnum):
+    """Where an item is. Mirrored by a CHECK constraint on ``papayya.items.status``."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    PAUSED = "paused"
+    STALLED = "stalled"
+    SUCCEEDED = "succeeded"
+    DEGRADED = "degraded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class Outcome(enum.StrEnum):
+    """The verdict on an item once it is terminal."""
+
+    SUCCEEDED = "succeeded"
+    DEGRADED = "degraded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+TERMINAL = frozenset(o.value for o in Outcome)
+
+
+class RunStatus(enum.StrEnum):
+    """Mirrored by a CHECK constraint on ``papayya.runs.status``."""
+
+    RUNNING = "running"
+    PAUSED = "paused"
+    COMPLETED = "completed"
+    CANCELLED = "cancelled"
+
+
+class ErrorCategory(enum.StrEnum):
+    """Whose fault a failure is, as far as papayya can tell."""
+
+    USER = "user"
+    PROVIDER = "provider"
+    PAPAYYA = "papayya"
+
+
+class Reason(BaseModel):
+    """Why an item is degraded: a stable code, an optional field path, and a human message.
+
+    ``code`` and ``path`` form the degradation fingerprint; ``message`` may carry item data and is
+    never used to group items across tenants.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    code: str
+    path: str | None = None
+    message: str = ""
+
+    def label(self) -> str:
+        return f"{self.code}: {self.path}" if self.path else self.code
+
+
+class Item:
+    """One unit of work: a stable ``id`` and a JSON input.
+
+    Dict-style access reads the input (``item["domain"]``); attribute access reads ``id``.
+    """
+
+    __slots__ = ("id", "input")
+
+    def __init__(self, id: str, input: Mapping[str, Any] | None = None, /, **fields: Any) -> None:  # noqa: A002
+        self.id = str(id)
+        data: dict[str, Any] = dict(input or {})
+        data.update(fields)
+        self.input = data
+
+    def __getitem__(self, key: str) -> Any:
+        return self.input[key]
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.input
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.input.get(key, default)
+
+    def keys(self) -> Any:
+        return self.input.keys()
+
+    def __repr__(self) -> str:
+        return f"Item(id={self.id!r}, input={json.dumps(self.input, default=str)[:80]})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Item) and (self.id, self.input) == (other.id, other.input)
+
+    def __hash__(self) -> int:
+        return hash(self.id)
+
+
+class ErrorInfo(BaseModel):
+    """A failure as recorded: enough to cluster it and to read it a week later."""
+
+    type: str
+    message: str
+    pattern: str = ""  # the message with item data normalised away; what clusters show
+    category: ErrorCategory
+    frame: str | None = None
+    traceback: str = ""
+    retryable: bool = False
+
+
+class TenantRecord(BaseModel):
+    tenant_id: str
+    config: dict[str, Any] = Field(default_factory=dict)
+    created_at: datetime
+    updated_at: datetime
+
+
+class PriceOverride(BaseModel):
+    tenant_id: str
+    provider: str
+    model: str
+    input_mtok: Decimal | None = None
+    output_mtok: Decimal | None = None
+    cache_read_mtok: Decimal | None = None
+    cache_write_mtok: Decimal | None = None
+
+
+class LLMCall(BaseModel):
+    """One LLM call as recorded in the ledger."""
+
+    tenant_id: str
+    run_id: UUID
+    item_id: UUID
+    attempt_id: UUID
+    step_key: str | None
+    provider: str
+    model: str
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+    stop_reason: str | None = None
+    latency_ms: float | None = None
+    cost_usd: Decimal | None = None
+    price_source: str = "unknown"
+    idempotency_key: str | None = None

@@ -1,0 +1,83 @@
+"""The process's papayya runtime: settings, the store and the plugin manager, built on first use.
+
+``configure(...)`` sets explicit settings (they win over the environment) and drops the current
+runtime so the next use builds a new one.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import socket
+import threading
+from typing import Any
+
+import pluggy
+
+from papayya.config import Settings, clear_explicit, explicit_overrides, load_settings, set_explicit
+from papayya.plugins import Hooks, make_plugin_manager
+from papayya.store import Store
+
+log = logging.getLogger("papayya")
+
+
+class Runtime:
+    """Settings + store + hooks for one process."""
+
+    def __init__(self, settings: Settings, *, pm: pluggy.PluginManager | None = None) -> None:
+        from papayya.context import install_log_watch
+
+        self.settings = settings
+        self.pm = pm or make_plugin_manager()
+        self.hooks = Hooks(self.pm)
+        self.worker_id = f"{socket.gethostname()}:{os.getpid()}"
+        url = settings.database_url
+        if url is None:
+            from papayya.store.embedded import embedded_url
+
+            url = embedded_url(settings.home)
+        self.store = Store(url, pool_size=settings.pool_size, auto_migrate=settings.auto_migrate)
+        install_log_watch()
+
+    def close(self) -> None:
+        self.store.close()
+
+
+_lock = threading.Lock()
+_runtime: Runtime | None = None
+
+
+def get_runtime() -> Runtime:
+    global _runtime
+    with _lock:
+        if _runtime is None:
+            _runtime = Runtime(load_settings(**explicit_overrides()))
+        return _runtime
+
+
+def configure(**settings: Any) -> Settings:
+    """Set papayya settings for this process (they win over ``PAPAYYA_*`` variables).
+
+    Example: ``papayya.configure(database_url="postgresql://localhost/papayya", unknown_tenants="refuse")``.
+    Raises ConfigError on an unknown or invalid setting; nothing changes then.
+    """
+    merged = {**explicit_overrides(), **settings}
+    validated = load_settings(**merged)
+    set_explicit(settings)
+    reset()
+    return validated
+
+
+def reset(*, forget_configuration: bool = False) -> None:
+    """Close the current runtime; the next use builds a new one (tests, re-configuration)."""
+    global _runtime
+    with _lock:
+        old, _runtime = _runtime, None
+    if old is not None:
+        old.close()
+    if forget_configuration:
+        clear_explicit()
+
+
+atexit.register(reset)

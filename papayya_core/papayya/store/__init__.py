@@ -1,0 +1,352 @@
+"""The PostgreSQL store: every read and write papayya makes, as typed methods over named queries."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Sequence
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+from uuid import UUID
+
+import psycopg
+from psycopg.types.json import Jsonb
+from psycopg_pool import ConnectionPool
+
+from papayya import migrate as _migrate
+from papayya.errors import NotFound, StaleLease
+from papayya.store.connection import open_pool, redact, translated
+from papayya.store.queries import q
+
+log = logging.getLogger("papayya.store")
+
+Row = dict[str, Any]
+
+__all__ = ["AttemptClaim", "Row", "Store"]
+
+
+def _json(value: Any) -> Jsonb | None:
+    return None if value is None else Jsonb(value)
+
+
+class AttemptClaim:
+    """What ``begin_attempt`` hands back: the attempt number, fencing token, input and journal."""
+
+    __slots__ = ("input", "journal", "number", "token")
+
+    def __init__(self, number: int, token: int, input: dict[str, Any], journal: dict[str, Any]) -> None:  # noqa: A002
+        self.number = number
+        self.token = token
+        self.input = input
+        self.journal = journal
+
+
+class Store:
+    """Typed access to the papayya schema. Thread-safe: each call borrows a pooled connection."""
+
+    def __init__(self, url: str, *, pool_size: int = 16, auto_migrate: bool = True) -> None:
+        self.url = url
+        self._pool: ConnectionPool[psycopg.Connection[Row]] = open_pool(url, max_size=pool_size)
+        self._closed = False
+        self._lock = threading.Lock()
+        if auto_migrate:
+            self.migrate()
+
+    def __repr__(self) -> str:
+        return f"Store({redact(self.url)})"
+
+    def close(self) -> None:
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                self._pool.close()
+
+    # -- plumbing ---------------------------------------------------------------------------------
+
+    def _fetchall(self, name: str, params: dict[str, Any]) -> list[Row]:
+        with translated(), self._pool.connection() as conn:
+            return conn.execute(q(name), params).fetchall()
+
+    def _fetchone(self, name: str, params: dict[str, Any]) -> Row | None:
+        with translated(), self._pool.connection() as conn:
+            return conn.execute(q(name), params).fetchone()
+
+    def _execute(self, name: str, params: dict[str, Any]) -> int:
+        with translated(), self._pool.connection() as conn:
+            return conn.execute(q(name), params).rowcount
+
+    def migrate(self) -> list[_migrate.Migration]:
+        with translated(), self._pool.connection() as conn:
+            return _migrate.migrate(conn)
+
+    def schema_version(self) -> int:
+        with translated(), self._pool.connection() as conn:
+            return _migrate.current_version(conn)
+
+    # -- tenants ----------------------------------------------------------------------------------
+
+    def tenant_create(self, tenant_id: str, config: dict[str, Any] | None = None) -> bool:
+        """Create a tenant; False when it already existed (nothing changes then)."""
+        row = self._fetchone("tenant_upsert", {"tenant_id": tenant_id, "config": Jsonb(config or {})})
+        return row is not None
+
+    def tenant_get(self, tenant_id: str) -> Row | None:
+        return self._fetchone("tenant_get", {"tenant_id": tenant_id})
+
+    def tenant_list(self, limit: int = 1000) -> list[Row]:
+        return self._fetchall("tenant_list", {"limit": limit})
+
+    def tenant_update_config(self, tenant_id: str, set_: dict[str, Any], unset: Sequence[str] = ()) -> None:
+        n = self._execute(
+            "tenant_merge_config", {"tenant_id": tenant_id, "set": Jsonb(set_), "unset": list(unset)}
+        )
+        if n == 0:
+            raise NotFound(f"Tenant {tenant_id!r} does not exist; create it with `papayya tenants add`.")
+
+    def price_override_set(
+        self, tenant_id: str, provider: str, model: str, prices: dict[str, Decimal | None]
+    ) -> None:
+        self._execute(
+            "price_override_upsert",
+            {
+                "tenant_id": tenant_id,
+                "provider": provider,
+                "model": model,
+                "input_mtok": prices.get("input_mtok"),
+                "output_mtok": prices.get("output_mtok"),
+                "cache_read_mtok": prices.get("cache_read_mtok"),
+                "cache_write_mtok": prices.get("cache_write_mtok"),
+            },
+        )
+
+    def price_override_delete(self, tenant_id: str, provider: str, model: str) -> bool:
+        params = {"tenant_id": tenant_id, "provider": provider, "model": model}
+        return self._execute("price_override_delete", params) > 0
+
+    def price_overrides(self, tenant_id: str) -> list[Row]:
+        return self._fetchall("price_overrides_for_tenant", {"tenant_id": tenant_id})
+
+    # -- runs and items ---------------------------------------------------------------------------
+
+    def run_create(
+        self,
+        *,
+        run_id: UUID,
+        tenant_id: str,
+        agent_name: str,
+        name: str | None,
+        backend: str,
+        items: Sequence[tuple[UUID, str, str]],
+        max_attempts: int,
+        options: dict[str, Any],
+        replayed_from: UUID | None = None,
+    ) -> None:
+        """Record a run and all its items (id, key, input JSON text) in one transaction."""
+        with translated(), self._pool.connection() as conn, conn.transaction():
+            conn.execute(
+                q("run_insert"),
+                {
+                    "run_id": run_id,
+                    "tenant_id": tenant_id,
+                    "agent_name": agent_name,
+                    "name": name,
+                    "backend": backend,
+                    "total_items": len(items),
+                    "options": Jsonb(options),
+                    "replayed_from": replayed_from,
+                },
+            )
+            chunk = 5000
+            for start in range(0, len(items), chunk):
+                part = items[start : start + chunk]
+                conn.execute(
+                    q("items_insert"),
+                    {
+                        "run_id": run_id,
+                        "tenant_id": tenant_id,
+                        "max_attempts": max_attempts,
+                        "item_ids": [i[0] for i in part],
+                        "keys": [i[1] for i in part],
+                        "inputs": [i[2] for i in part],
+                    },
+                )
+
+    def attempt_begin(
+        self,
+        *,
+        item_id: UUID,
+        tenant_id: str,
+        attempt_id: UUID,
+        backend: str,
+        worker: str,
+        lease_seconds: float,
+    ) -> AttemptClaim | None:
+        """Claim a queued item for a new attempt; None when it is not queued (taken, paused, done)."""
+        with translated(), self._pool.connection() as conn:
+            row = conn.execute(
+                q("attempt_begin"),
+                {
+                    "item_id": item_id,
+                    "tenant_id": tenant_id,
+                    "attempt_id": attempt_id,
+                    "backend": backend,
+                    "worker": worker,
+                    "lease_seconds": lease_seconds,
+                },
+            ).fetchone()
+            conn.commit()
+        if row is None:
+            return None
+        return AttemptClaim(row["attempts"], row["lease_token"], row["input"], row["journal"])
+
+    def step_record(
+        self,
+        *,
+        item_id: UUID,
+        tenant_id: str,
+        attempt_id: UUID,
+        step_key: str,
+        kind: str,
+        result: Any,
+    ) -> None:
+        self._execute(
+            "step_record",
+            {
+                "item_id": item_id,
+                "tenant_id": tenant_id,
+                "attempt_id": attempt_id,
+                "step_key": step_key,
+                "kind": kind,
+                "result": Jsonb(result),
+            },
+        )
+
+    def llm_call_record(self, params: dict[str, Any], *, journal_result: Any = None, journal: bool) -> None:
+        """Write one ledger row (and, when ``journal``, its journal step) in one round trip."""
+        params = dict(params)
+        params["result"] = Jsonb(journal_result)
+        params["journal"] = journal
+        with translated(), self._pool.connection() as conn:
+            conn.execute(q("llm_call_record"), params)
+            conn.commit()
+
+    def attempt_finish(
+        self,
+        *,
+        item_id: UUID,
+        tenant_id: str,
+        attempt_id: UUID,
+        lease_token: int,
+        item_status: str,
+        attempt_status: str,
+        terminal: bool,
+        reasons: list[dict[str, Any]],
+        output: Any,
+        error: dict[str, Any] | None,
+        fingerprint: str | None,
+    ) -> None:
+        """Write an attempt's result and the item's new status in one statement, fenced by token."""
+        with translated(), self._pool.connection() as conn:
+            row = conn.execute(
+                q("attempt_finish"),
+                {
+                    "item_id": item_id,
+                    "tenant_id": tenant_id,
+                    "attempt_id": attempt_id,
+                    "lease_token": lease_token,
+                    "item_status": item_status,
+                    "attempt_status": attempt_status,
+                    "terminal": terminal,
+                    "reasons": Jsonb(reasons),
+                    "output": _json(output),
+                    "error": _json(error),
+                    "fingerprint": fingerprint,
+                },
+            ).fetchone()
+            conn.commit()
+        if row is None or row["applied"] == 0:
+            raise StaleLease(
+                f"Item {item_id} is no longer held by this attempt (lease token {lease_token} is stale); "
+                "its result was discarded."
+            )
+
+    def leases_extend(self, held: Sequence[tuple[UUID, int]], lease_seconds: float) -> set[UUID]:
+        """Heartbeat: extend the leases still held; return the item ids that were extended."""
+        if not held:
+            return set()
+        rows = self._fetchall(
+            "leases_extend",
+            {
+                "item_ids": [h[0] for h in held],
+                "tokens": [h[1] for h in held],
+                "lease_seconds": lease_seconds,
+            },
+        )
+        return {r["item_id"] for r in rows}
+
+    def run_complete(self, run_id: UUID, tenant_id: str) -> bool:
+        return self._execute("run_complete", {"run_id": run_id, "tenant_id": tenant_id}) > 0
+
+    # -- reads ------------------------------------------------------------------------------------
+
+    def run_get(self, run_id: UUID, tenant_id: str | None = None) -> Row:
+        row = self._fetchone("run_get", {"run_id": run_id, "tenant_id": tenant_id})
+        if row is None:
+            raise NotFound(f"No run {run_id}; list runs with `papayya runs list`.")
+        return row
+
+    def run_list(self, tenant_id: str | None = None, limit: int = 50) -> list[Row]:
+        return self._fetchall("run_list", {"tenant_id": tenant_id, "limit": limit})
+
+    def run_summary(self, run_id: UUID, tenant_id: str, *, top: int = 5) -> Row:
+        """Counts by status, cost, top degraded reasons, top failures and cost by model for a run."""
+        params = {"run_id": run_id, "tenant_id": tenant_id, "limit": top}
+        with translated(), self._pool.connection() as conn:
+            counts = {r["status"]: r["n"] for r in conn.execute(q("run_status_counts"), params)}
+            cost = conn.execute(q("run_cost"), params).fetchone()
+            reasons = conn.execute(q("run_top_reasons"), params).fetchall()
+            failures = conn.execute(q("run_top_failures"), params).fetchall()
+            by_model = conn.execute(q("run_cost_by_model"), params).fetchall()
+            conn.commit()
+        return {"counts": counts, "cost": cost, "reasons": reasons, "failures": failures, "models": by_model}
+
+    def items_page(
+        self,
+        run_id: UUID,
+        *,
+        tenant_id: str | None,
+        status: str | None = None,
+        after: str | None = None,
+        limit: int = 100,
+    ) -> list[Row]:
+        return self._fetchall(
+            "items_page",
+            {"run_id": run_id, "tenant_id": tenant_id, "status": status, "after": after, "limit": limit},
+        )
+
+    def item_detail(self, item_id: UUID, tenant_id: str | None = None) -> Row:
+        """The item with its attempts, journal steps and LLM calls."""
+        with translated(), self._pool.connection() as conn:
+            item = conn.execute(q("item_get"), {"item_id": item_id, "tenant_id": tenant_id}).fetchone()
+            if item is None:
+                raise NotFound(f"No item {item_id}; list items with `papayya items list RUN`.")
+            scoped = {"item_id": item_id, "tenant_id": item["tenant_id"]}
+            item["attempts_detail"] = conn.execute(q("item_attempts"), scoped).fetchall()
+            item["steps"] = conn.execute(q("item_steps"), scoped).fetchall()
+            item["llm_calls"] = conn.execute(q("item_llm_calls"), scoped).fetchall()
+            conn.commit()
+        return item
+
+    def costs(self, by: str, *, since: datetime, until: datetime, tenant_id: str | None = None) -> list[Row]:
+        if by not in ("tenant", "run", "model", "agent"):
+            raise ValueError(f"cannot group costs by {by!r}")
+        return self._fetchall(
+            f"costs_by_{by}", {"since": since, "until": until, "tenant_id": tenant_id}
+        )
+
+
+def dumps(value: Any) -> str:
+    """JSON text for a value already checked to be JSON-serialisable."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)

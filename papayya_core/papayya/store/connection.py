@@ -1,0 +1,70 @@
+"""Connections: one psycopg pool per process, and the one place driver errors are translated."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from papayya.errors import StoreUnavailable
+
+log = logging.getLogger("papayya.store")
+
+
+def redact(url: str) -> str:
+    """The URL with any password replaced, for messages."""
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    try:
+        parts = conninfo_to_dict(url)
+    except psycopg.ProgrammingError:
+        return "<unparseable URL>"
+    if "password" in parts:
+        parts["password"] = "***"
+    return make_conninfo(**{k: v for k, v in parts.items() if v is not None})
+
+
+def _configure(conn: psycopg.Connection[Any]) -> None:
+    conn.execute("SET application_name = 'papayya'")
+    conn.commit()
+
+
+def open_pool(url: str, *, max_size: int) -> ConnectionPool[psycopg.Connection[dict[str, Any]]]:
+    """Open a pool and check the server answers, or raise StoreUnavailable with the reason."""
+    try:
+        with psycopg.connect(url, connect_timeout=10) as probe:
+            probe.execute("SELECT 1")
+    except psycopg.OperationalError as exc:
+        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        raise StoreUnavailable(
+            f"Cannot reach PostgreSQL at {redact(url)} ({reason}); start the server or fix "
+            "PAPAYYA_DATABASE_URL (unset it to use the embedded one)."
+        ) from None
+    pool: ConnectionPool[psycopg.Connection[dict[str, Any]]] = ConnectionPool(
+        url,
+        min_size=1,
+        max_size=max_size,
+        kwargs={"row_factory": dict_row, "autocommit": False},
+        configure=_configure,
+        open=True,
+        name="papayya",
+        timeout=30,
+    )
+    return pool
+
+
+@contextlib.contextmanager
+def translated() -> Iterator[None]:
+    """Turn connection-level driver errors into StoreUnavailable; let the rest through."""
+    try:
+        yield
+    except (psycopg.OperationalError, PoolTimeout) as exc:
+        raise StoreUnavailable(
+            f"Lost the PostgreSQL store ({type(exc).__name__}: {str(exc).strip()[:200]}); "
+            "check the server is up, then retry."
+        ) from exc

@@ -1,0 +1,135 @@
+"""Tenants at runtime: create, configure and price them without a deploy (Python API of the CLI)."""
+
+from __future__ import annotations
+
+import logging
+import unicodedata
+from decimal import Decimal
+from typing import Any
+
+from papayya.config import UnknownTenants
+from papayya.errors import NotFound, TenantError
+from papayya.models import PriceOverride, TenantRecord
+from papayya.runtime import Runtime, get_runtime
+
+log = logging.getLogger("papayya.tenants")
+
+MAX_TENANT_ID = 128
+
+
+def validate_tenant_id(tenant_id: object) -> str:
+    """Return ``tenant_id`` if usable, else raise TenantError saying what is wrong.
+
+    Any printable text of 1-128 characters is accepted (quotes, semicolons and non-Latin scripts
+    are fine: every query binds it as a parameter). Control characters, surrounding whitespace and
+    longer ids are refused.
+    """
+    if not isinstance(tenant_id, str):
+        raise TenantError(f"A tenant id must be a string, not {type(tenant_id).__name__}; pass tenant='...'.")
+    if not tenant_id or not tenant_id.strip():
+        raise TenantError("The tenant id is empty; pass a non-empty tenant='...'.")
+    if len(tenant_id) > MAX_TENANT_ID:
+        raise TenantError(
+            f"Tenant id {tenant_id[:24]!r}... is {len(tenant_id)} characters; use at most {MAX_TENANT_ID}."
+        )
+    if tenant_id != tenant_id.strip():
+        raise TenantError(f"Tenant id {tenant_id!r} has leading or trailing whitespace; strip it.")
+    bad = [c for c in tenant_id if unicodedata.category(c) in ("Cc", "Cf", "Cs", "Co", "Cn")]
+    if bad:
+        raise TenantError(
+            f"Tenant id {tenant_id!r} contains a control or unassigned character ({bad[0]!r}); "
+            "use printable text."
+        )
+    return tenant_id
+
+
+def ensure(tenant_id: str, *, runtime: Runtime | None = None) -> None:
+    """Make sure ``tenant_id`` exists, creating it or refusing per ``unknown_tenants``."""
+    rt = runtime or get_runtime()
+    validate_tenant_id(tenant_id)
+    if rt.store.tenant_get(tenant_id) is not None:
+        return
+    if rt.settings.unknown_tenants is UnknownTenants.REFUSE:
+        raise TenantError(
+            f"Tenant {tenant_id!r} does not exist and unknown tenants are refused "
+            f"(PAPAYYA_UNKNOWN_TENANTS=refuse); create it with `papayya tenants add {tenant_id}`."
+        )
+    if rt.store.tenant_create(tenant_id):
+        log.info("created tenant %r (unknown tenants are created; set PAPAYYA_UNKNOWN_TENANTS=refuse "
+                 "to refuse them)", tenant_id)
+
+
+def add(tenant_id: str, *, config: dict[str, Any] | None = None, exist_ok: bool = False) -> TenantRecord:
+    """Create a tenant. TenantError if it exists (unless ``exist_ok``)."""
+    rt = get_runtime()
+    validate_tenant_id(tenant_id)
+    created = rt.store.tenant_create(tenant_id, config or {})
+    if not created and not exist_ok:
+        raise TenantError(f"Tenant {tenant_id!r} already exists; change it with `papayya tenants set`.")
+    return get(tenant_id)
+
+
+def get(tenant_id: str) -> TenantRecord:
+    row = get_runtime().store.tenant_get(validate_tenant_id(tenant_id))
+    if row is None:
+        raise NotFound(f"Tenant {tenant_id!r} does not exist; list tenants with `papayya tenants list`.")
+    return TenantRecord.model_validate(row)
+
+
+def list_all(limit: int = 1000) -> list[dict[str, Any]]:
+    return get_runtime().store.tenant_list(limit)
+
+
+def set_config(tenant_id: str, values: dict[str, Any], unset: list[str] | None = None) -> TenantRecord:
+    """Merge ``values`` into the tenant's free-form config and drop the ``unset`` keys."""
+    get_runtime().store.tenant_update_config(validate_tenant_id(tenant_id), values, unset or [])
+    return get(tenant_id)
+
+
+def set_price(
+    tenant_id: str,
+    provider: str,
+    model: str,
+    *,
+    input_mtok: Decimal | str | None = None,
+    output_mtok: Decimal | str | None = None,
+    cache_read_mtok: Decimal | str | None = None,
+    cache_write_mtok: Decimal | str | None = None,
+) -> None:
+    """Set a negotiated price (USD per million tokens) for one provider/model, for this tenant only."""
+    get(tenant_id)
+    prices = {
+        "input_mtok": input_mtok,
+        "output_mtok": output_mtok,
+        "cache_read_mtok": cache_read_mtok,
+        "cache_write_mtok": cache_write_mtok,
+    }
+    parsed: dict[str, Decimal | None] = {}
+    for field, value in prices.items():
+        if value is None:
+            parsed[field] = None
+            continue
+        try:
+            d = Decimal(str(value))
+        except ArithmeticError:
+            raise TenantError(f"Price {field}={value!r} is not a number; give USD per million tokens.") from None
+        if not d.is_finite() or d < 0:
+            raise TenantError(f"Price {field}={value!r} must be a finite number >= 0.")
+        parsed[field] = d
+    if all(v is None for v in parsed.values()):
+        raise TenantError("Give at least one price (input/output/cache_read/cache_write per million tokens).")
+    get_runtime().store.price_override_set(tenant_id, provider, model, parsed)
+
+
+def prices(tenant_id: str) -> list[PriceOverride]:
+    return [PriceOverride.model_validate(r) for r in get_runtime().store.price_overrides(tenant_id)]
+
+
+def overrides_map(tenant_id: str, runtime: Runtime) -> dict[tuple[str, str], dict[str, Decimal | None]]:
+    """The tenant's overrides keyed by (provider, model), as the ledger uses them."""
+    return {
+        (r["provider"], r["model"]): {
+            k: r[k] for k in ("input_mtok", "output_mtok", "cache_read_mtok", "cache_write_mtok")
+        }
+        for r in runtime.store.price_overrides(tenant_id)
+    }
