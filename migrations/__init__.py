@@ -1,1 +1,4 @@
-"""papayya schema migrations: forward-only NNNN_name.sql files, shipped inside the wheel as papayya.migrations."""
+"""papayya schema migrations: forward-only NNNN_name.sql files.
+
+Shipped inside the wheel as the package ``papayya.migrations``.
+"""

@@ -98,8 +98,16 @@ class Agent:
             options={"concurrency": concurrency, "timeout": self.timeout, "max_attempts": self.max_attempts},
         )
         log.info("run %s: %d items for tenant %r", run_id, len(rows), tenant)
-        run_local(rt, self, run_id=run_id, tenant_id=tenant, items=[(r[0], r[1]) for r in rows],
-                  concurrency=concurrency, progress=progress, run_name=run_name)
+        run_local(
+            rt,
+            self,
+            run_id=run_id,
+            tenant_id=tenant,
+            items=[(r[0], r[1]) for r in rows],
+            concurrency=concurrency,
+            progress=progress,
+            run_name=run_name,
+        )
         rt.store.run_complete(run_id, tenant)
         return RunResult.load(run_id, tenant)
 
@@ -123,8 +131,9 @@ def _item_parts(index: int, raw: Any) -> tuple[Any, Any]:
 def prepare_items(items: Iterable[Any], *, max_bytes: int) -> list[tuple[str, str]]:
     """Validate items and return (key, input JSON) pairs. Raises InputError naming the first bad item."""
     if isinstance(items, str | bytes | Mapping):
-        raise InputError("items must be an iterable of items (a list of dicts, say), not a single "
-                         f"{type(items).__name__}.")
+        raise InputError(
+            f"items must be an iterable of items (a list of dicts, say), not a single {type(items).__name__}."
+        )
     prepared: list[tuple[str, str]] = []
     seen: dict[str, int] = {}
     for index, raw in enumerate(items):
@@ -136,8 +145,9 @@ def prepare_items(items: Iterable[Any], *, max_bytes: int) -> list[tuple[str, st
                 index=index,
             )
         if not isinstance(key, str | int) or isinstance(key, bool):
-            raise InputError(f"Item #{index} has an id of type {type(key).__name__}; use a string or an int.",
-                             index=index)
+            raise InputError(
+                f"Item #{index} has an id of type {type(key).__name__}; use a string or an int.", index=index
+            )
         key = str(key)
         if len(key) > MAX_KEY_LENGTH or "\x00" in key:
             raise InputError(
@@ -148,14 +158,16 @@ def prepare_items(items: Iterable[Any], *, max_bytes: int) -> list[tuple[str, st
             )
         if key in seen:
             raise InputError(
-                f"Item id {key!r} appears twice (#{seen[key]} and #{index}); ids must be unique within a run.",
+                f"Item id {key!r} appears twice (#{seen[key]} and #{index}); ids must be unique "
+                "within a run.",
                 item_key=key,
                 index=index,
             )
         seen[key] = index
         try:
-            text = json.dumps(to_jsonable_python(data), ensure_ascii=False, allow_nan=False,
-                              separators=(",", ":"))
+            text = json.dumps(
+                to_jsonable_python(data), ensure_ascii=False, allow_nan=False, separators=(",", ":")
+            )
         except (PydanticSerializationError, TypeError, ValueError) as exc:
             raise InputError(
                 f"Item {key!r}: its input is not JSON-serialisable ({str(exc).splitlines()[0][:160]}); "
@@ -164,8 +176,12 @@ def prepare_items(items: Iterable[Any], *, max_bytes: int) -> list[tuple[str, st
                 index=index,
             ) from None
         if "\\u0000" in text:
-            raise InputError(f"Item {key!r}: its input contains a NUL character (\\u0000), which PostgreSQL "
-                             "cannot store; strip it.", item_key=key, index=index)
+            raise InputError(
+                f"Item {key!r}: its input contains a NUL character (\\u0000), which PostgreSQL "
+                "cannot store; strip it.",
+                item_key=key,
+                index=index,
+            )
         size = len(text.encode())
         if size > max_bytes:
             raise InputError(

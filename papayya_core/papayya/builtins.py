@@ -10,7 +10,7 @@ _PROVIDER_MODULES = ("openai", "anthropic", "httpx", "httpcore", "google", "mist
 _TRANSIENT_STATUS = {408, 409, 425, 429, 500, 502, 503, 504, 529}
 
 
-class Retryable(Exception):  # noqa: N818 - user-facing marker, reads as an adjective
+class Retryable(Exception):
     """Raise (or subclass) this in an agent to ask for a retry per the agent's policy."""
 
 

@@ -32,11 +32,15 @@ class Settings(BaseSettings):
     database_url: str | None = Field(
         default=None, description="PostgreSQL URL. Unset: an embedded server under `home`."
     )
-    home: Path = Field(default=Path(".papayya"), description="Where the embedded server and local state live.")
+    home: Path = Field(
+        default=Path(".papayya"), description="Where the embedded server and local state live."
+    )
     backend: str = Field(default="native", description="Which backend runs items.")
     unknown_tenants: UnknownTenants = Field(default=UnknownTenants.CREATE)
     max_input_bytes: int = Field(default=1_048_576, gt=0, description="Largest accepted item input (JSON).")
-    lease_seconds: float = Field(default=60.0, gt=0, description="How long a claim holds without a heartbeat.")
+    lease_seconds: float = Field(
+        default=60.0, gt=0, description="How long a claim holds without a heartbeat."
+    )
     pool_size: int = Field(default=16, ge=2, description="Most connections one process opens.")
     progress: bool | None = Field(default=None, description="Progress bar: None = only on a terminal.")
     auto_migrate: bool = Field(default=True, description="Apply pending migrations on first use.")

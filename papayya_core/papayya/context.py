@@ -37,7 +37,15 @@ T = TypeVar("T")
 
 # Stop reasons that mean the model did not finish its answer (OpenAI, Anthropic, Gemini spellings).
 DEGENERATE_STOP_REASONS = frozenset(
-    {"length", "max_tokens", "content_filter", "refusal", "safety", "recitation", "model_context_window_exceeded"}
+    {
+        "length",
+        "max_tokens",
+        "content_filter",
+        "refusal",
+        "safety",
+        "recitation",
+        "model_context_window_exceeded",
+    }
 )
 
 _retrievers: dict[str, Callable[..., Any]] = {}
@@ -163,7 +171,9 @@ class AttemptContext:
         return call
 
 
-current: contextvars.ContextVar[AttemptContext | None] = contextvars.ContextVar("papayya_attempt", default=None)
+current: contextvars.ContextVar[AttemptContext | None] = contextvars.ContextVar(
+    "papayya_attempt", default=None
+)
 
 
 def _ctx() -> AttemptContext:
@@ -177,8 +187,14 @@ def _ctx() -> AttemptContext:
     return ctx
 
 
-def _journaled(kind: str, name: str, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
-               after: Callable[[AttemptContext, str, Any], None] | None = None) -> Any:
+def _journaled(
+    kind: str,
+    name: str,
+    fn: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    after: Callable[[AttemptContext, str, Any], None] | None = None,
+) -> Any:
     ctx = _ctx()
     key = ctx.next_key(kind, name)
     if key in ctx.journal:
@@ -237,7 +253,8 @@ def _extract_usage(provider: str, response: Any) -> tuple[str | None, Usage, str
         cache_write = int(usage.get("cache_creation_input_tokens") or 0)
         input_details = usage.get("input_tokens_details") or {}
         u = Usage(
-            input_tokens=int(usage.get("input_tokens") or 0) + (cache_read + cache_write if provider == "anthropic" else 0),
+            input_tokens=int(usage.get("input_tokens") or 0)
+            + (cache_read + cache_write if provider == "anthropic" else 0),
             output_tokens=int(usage.get("output_tokens") or 0),
             cache_read_tokens=cache_read or int(input_details.get("cached_tokens") or 0),
             cache_write_tokens=cache_write,

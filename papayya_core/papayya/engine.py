@@ -103,11 +103,14 @@ class LocalRun:
         while not self._stop.wait(tick):
             for ctx in self.inflight.overdue():
                 assert self.agent.timeout is not None
-                log.warning("item %s: attempt %d passed its %gs timeout", ctx.item.id, ctx.attempt,
-                            self.agent.timeout)
+                log.warning(
+                    "item %s: attempt %d passed its %gs timeout", ctx.item.id, ctx.attempt, self.agent.timeout
+                )
                 result = execute.abandon_for_timeout(ctx, self.agent.timeout)
                 if result.retry_in is not None:
-                    self._requeue(ItemRef(ctx.item_id, ctx.item.id, ctx.run_id, ctx.tenant_id), result.retry_in)
+                    self._requeue(
+                        ItemRef(ctx.item_id, ctx.item.id, ctx.run_id, ctx.tenant_id), result.retry_in
+                    )
                 self._finished(result)
                 if not self.agent.is_async:
                     self._spawn_worker()  # the stuck thread is lost to us; keep the concurrency
@@ -259,6 +262,6 @@ def run_local(
     show = rt.settings.progress if progress is None else progress
     label = run_name or f"{agent.name} [{tenant_id}]"
     with Progress(label, total=len(items), enabled=show) as bar:
-        LocalRun(rt, agent, run_id=run_id, tenant_id=tenant_id, items=items, concurrency=concurrency,
-                 progress=bar).run()
-
+        LocalRun(
+            rt, agent, run_id=run_id, tenant_id=tenant_id, items=items, concurrency=concurrency, progress=bar
+        ).run()

@@ -79,7 +79,7 @@ class StaleLease(PapayyaError):
     """A state change carried a fencing token older than the item's; it was rejected."""
 
 
-class ControlFlow(BaseException):  # noqa: N818 - a signal, not an error
+class ControlFlow(BaseException):
     """Base of signals that stop a user's function and must not be swallowed by it."""
 
 

@@ -118,8 +118,16 @@ def conclude(
         recorded, reasons = _classify_output(ctx, output)
         status = ItemStatus.DEGRADED if reasons else ItemStatus.SUCCEEDED
         fp = fingerprint.degradation(reasons) if reasons else None
-        return _write(ctx, item_status=status, attempt_status=status, terminal=True, reasons=reasons,
-                      output=recorded, error=None, fingerprint=fp)
+        return _write(
+            ctx,
+            item_status=status,
+            attempt_status=status,
+            terminal=True,
+            reasons=reasons,
+            output=recorded,
+            error=None,
+            fingerprint=fp,
+        )
 
     category, retryable = ctx.runtime.hooks.classify_error(error)
     fp, message, frame = fingerprint.failure(error, category)
@@ -134,19 +142,48 @@ def conclude(
     )
     if retryable and ctx.attempt < agent.max_attempts:
         delay = backoff(agent.backoff, agent.backoff_max, ctx.attempt)
-        log.info("item %s attempt %d failed (%s), retrying in %.1fs", ctx.item.id, ctx.attempt,
-                 type(error).__name__, delay)
-        return _write(ctx, item_status=ItemStatus.QUEUED, attempt_status=ItemStatus.FAILED, terminal=False,
-                      reasons=[], output=None, error=info.model_dump(mode="json"), fingerprint=fp,
-                      retry_in=delay)
-    return _write(ctx, item_status=ItemStatus.FAILED, attempt_status=ItemStatus.FAILED, terminal=True,
-                  reasons=[], output=None, error=info.model_dump(mode="json"), fingerprint=fp)
+        log.info(
+            "item %s attempt %d failed (%s), retrying in %.1fs",
+            ctx.item.id,
+            ctx.attempt,
+            type(error).__name__,
+            delay,
+        )
+        return _write(
+            ctx,
+            item_status=ItemStatus.QUEUED,
+            attempt_status=ItemStatus.FAILED,
+            terminal=False,
+            reasons=[],
+            output=None,
+            error=info.model_dump(mode="json"),
+            fingerprint=fp,
+            retry_in=delay,
+        )
+    return _write(
+        ctx,
+        item_status=ItemStatus.FAILED,
+        attempt_status=ItemStatus.FAILED,
+        terminal=True,
+        reasons=[],
+        output=None,
+        error=info.model_dump(mode="json"),
+        fingerprint=fp,
+    )
 
 
 def release(ctx: AttemptContext) -> Concluded:
     """Give the item back (``queued``) without an outcome: the process is stopping mid-attempt."""
-    return _write(ctx, item_status=ItemStatus.QUEUED, attempt_status=ItemStatus.CANCELLED, terminal=False,
-                  reasons=[], output=None, error=None, fingerprint=None)
+    return _write(
+        ctx,
+        item_status=ItemStatus.QUEUED,
+        attempt_status=ItemStatus.CANCELLED,
+        terminal=False,
+        reasons=[],
+        output=None,
+        error=None,
+        fingerprint=None,
+    )
 
 
 def abandon_for_timeout(ctx: AttemptContext, timeout: float) -> Concluded:
@@ -199,9 +236,22 @@ def _write(
     hooks.attempt_finished(ctx, attempt_status, reasons)
     if terminal:
         hooks.outcome_recorded(ctx, item_status, reasons)
-    return Concluded(status=item_status, terminal=terminal, retry_in=retry_in, cost_usd=ctx.cost_usd,
-                     reasons=tuple(reasons))
+    return Concluded(
+        status=item_status,
+        terminal=terminal,
+        retry_in=retry_in,
+        cost_usd=ctx.cost_usd,
+        reasons=tuple(reasons),
+    )
 
 
-__all__ = ["SKIPPED", "Concluded", "ErrorCategory", "ItemRef", "abandon_for_timeout", "begin", "conclude",
-           "release"]
+__all__ = [
+    "SKIPPED",
+    "Concluded",
+    "ErrorCategory",
+    "ItemRef",
+    "abandon_for_timeout",
+    "begin",
+    "conclude",
+    "release",
+]

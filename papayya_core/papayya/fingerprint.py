@@ -40,11 +40,7 @@ def _is_library(filename: str) -> bool:
     if filename.startswith("<"):
         return True
     path = str(Path(filename).resolve())
-    return (
-        path.startswith((_PAPAYYA_DIR, _STDLIB))
-        or "site-packages" in path
-        or "dist-packages" in path
-    )
+    return path.startswith((_PAPAYYA_DIR, _STDLIB)) or "site-packages" in path or "dist-packages" in path
 
 
 def innermost_user_frame(tb: TracebackType | None) -> str | None:
@@ -81,4 +77,3 @@ def format_tb(exc: BaseException, limit: int = 12000) -> str:
 
 
 __all__ = ["degradation", "failure", "format_tb", "innermost_user_frame", "normalise"]
-

@@ -11,9 +11,10 @@ import logging
 import re
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any, LiteralString, cast
+from typing import Any
 
 import psycopg
+from psycopg.rows import tuple_row
 
 from papayya.errors import MigrationError
 
@@ -69,13 +70,13 @@ def migrate(conn: psycopg.Connection[Any]) -> list[Migration]:
         conn.execute("SELECT pg_advisory_lock(%s)", (ADVISORY_LOCK_KEY,))
         try:
             conn.execute(_BOOTSTRAP)
-            rows = conn.execute("SELECT version, name, checksum FROM papayya.schema_version").fetchall()
-            applied = {int(r[0] if isinstance(r, tuple) else r["version"]): r for r in rows}
+            cur = conn.cursor(row_factory=tuple_row)
+            rows = cur.execute("SELECT version, checksum FROM papayya.schema_version").fetchall()
+            applied = {int(version): checksum for version, checksum in rows}
             done: list[Migration] = []
             for m in available():
-                row = applied.get(m.version)
-                if row is not None:
-                    checksum = row[2] if isinstance(row, tuple) else row["checksum"]
+                checksum = applied.get(m.version)
+                if checksum is not None:
                     if checksum != m.checksum:
                         raise MigrationError(
                             f"Migration {m.version:04d}_{m.name} changed after it was applied; "
@@ -84,7 +85,7 @@ def migrate(conn: psycopg.Connection[Any]) -> list[Migration]:
                     continue
                 with conn.transaction():
                     try:
-                        conn.execute(cast(LiteralString, m.sql))
+                        conn.execute(m.sql.encode())
                     except psycopg.Error as exc:
                         raise MigrationError(
                             f"Migration {m.version:04d}_{m.name} failed ({str(exc).strip()[:300]}); "
@@ -104,9 +105,10 @@ def migrate(conn: psycopg.Connection[Any]) -> list[Migration]:
 
 
 def current_version(conn: psycopg.Connection[Any]) -> int:
-    exists = conn.execute("SELECT to_regclass('papayya.schema_version') IS NOT NULL").fetchone()
-    if not exists or not list(exists.values() if isinstance(exists, dict) else exists)[0]:
+    """The highest applied migration, 0 on an empty database."""
+    cur = conn.cursor(row_factory=tuple_row)
+    row = cur.execute("SELECT to_regclass('papayya.schema_version') IS NOT NULL").fetchone()
+    if not row or not row[0]:
         return 0
-    row = conn.execute("SELECT coalesce(max(version), 0) FROM papayya.schema_version").fetchone()
-    assert row is not None
-    return int(list(row.values() if isinstance(row, dict) else row)[0])
+    row = cur.execute("SELECT coalesce(max(version), 0) FROM papayya.schema_version").fetchone()
+    return int(row[0]) if row else 0

@@ -80,7 +80,7 @@ class Item:
 
     __slots__ = ("id", "input")
 
-    def __init__(self, id: str, input: Mapping[str, Any] | None = None, /, **fields: Any) -> None:  # noqa: A002
+    def __init__(self, id: str, input: Mapping[str, Any] | None = None, /, **fields: Any) -> None:
         self.id = str(id)
         data: dict[str, Any] = dict(input or {})
         data.update(fields)

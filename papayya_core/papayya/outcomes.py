@@ -19,7 +19,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("papayya.outcomes")
 
-Check = Callable[[Any, Any], "str | Reason | None"]
+# check(output, item) -> None or True when fine; a reason (str or Reason) or False when not.
+Check = Callable[[Any, Any], Any]
 
 _SCHEMA_CODES = {
     "missing": "schema.missing_field",

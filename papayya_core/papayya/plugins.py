@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import pluggy
 
@@ -69,7 +69,7 @@ class Hooks:
             except Exception:
                 log.exception("inspector %s failed; treated as finding nothing", impl.plugin_name)
                 continue
-            found.extend(reasons or ())
+            found.extend(cast("list[Reason]", reasons or []))
         return found
 
     def classify_error(self, exc: BaseException) -> tuple[ErrorCategory, bool]:

@@ -82,18 +82,11 @@ class Catalog:
             calc = calc_price(GUsage(input_tokens=1, output_tokens=1), model, provider_id=provider)
         except LookupError:
             entry = None
-            log.warning("no public price for %s/%s; its calls are recorded with cost unknown", provider, model)
-        else:
-            mp = calc.model_price
-            flat = all(
-                isinstance(getattr(mp, f, None), Decimal | None)
-                for f in ("input_mtok", "output_mtok", "cache_read_mtok", "cache_write_mtok")
-            ) and isinstance(getattr(mp, "input_mtok", None), Decimal)
-            entry = (
-                Rates(mp.input_mtok, mp.output_mtok or Decimal(0), mp.cache_read_mtok, mp.cache_write_mtok)
-                if flat
-                else mp
+            log.warning(
+                "no public price for %s/%s; its calls are recorded with cost unknown", provider, model
             )
+        else:
+            entry = _flat_rates(calc.model_price) or calc.model_price
         with self._lock:
             self._cache[key] = entry
         return entry
@@ -119,6 +112,21 @@ class Catalog:
     def rates(self, provider: str, model: str) -> Rates | None:
         entry = self._lookup(provider, model)
         return entry if isinstance(entry, Rates) else None
+
+
+def _flat_rates(mp: Any) -> Rates | None:
+    """Rates when every token price of ``mp`` is a plain number (not tiered), else None."""
+    values = [
+        getattr(mp, f, None) for f in ("input_mtok", "output_mtok", "cache_read_mtok", "cache_write_mtok")
+    ]
+    if not all(v is None or isinstance(v, Decimal) for v in values):
+        return None
+    input_mtok, output_mtok, cache_read, cache_write = values
+    if not isinstance(input_mtok, Decimal):
+        return None
+    return Rates(
+        input_mtok, output_mtok if isinstance(output_mtok, Decimal) else Decimal(0), cache_read, cache_write
+    )
 
 
 CATALOG = Catalog()

@@ -44,8 +44,10 @@ class Progress:
 
     def _outcomes(self) -> str:
         c = self.counts
-        return (f"[green]✓ {c['succeeded']:,}[/] [yellow]~ {c['degraded']:,}[/] [red]✗ {c['failed']:,}[/] "
-                f"${self.cost:.4f}")
+        return (
+            f"[green]✓ {c['succeeded']:,}[/] [yellow]~ {c['degraded']:,}[/] [red]✗ {c['failed']:,}[/] "
+            f"${self.cost:.4f}"
+        )
 
     def advance(self, status: str, cost: Decimal) -> None:
         with self._lock:

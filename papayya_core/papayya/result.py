@@ -78,11 +78,20 @@ class RunResult:
         after: str | None = None
         while limit is None or len(out) < limit:
             page_size = 1000 if limit is None else min(1000, limit - len(out))
-            rows = store.items_page(self.run_id, tenant_id=self.tenant, status=outcome, after=after,
-                                    limit=page_size)
+            rows = store.items_page(
+                self.run_id, tenant_id=self.tenant, status=outcome, after=after, limit=page_size
+            )
             out.extend(
-                ItemResult(r["item_id"], r["key"], r["status"], r["reasons"], r["error_type"],
-                           r["fingerprint"], r["cost_usd"], r["cost_unknown"])
+                ItemResult(
+                    r["item_id"],
+                    r["key"],
+                    r["status"],
+                    r["reasons"],
+                    r["error_type"],
+                    r["fingerprint"],
+                    r["cost_usd"],
+                    r["cost_unknown"],
+                )
                 for r in rows
             )
             if len(rows) < page_size:
@@ -95,7 +104,11 @@ class RunResult:
             f"run {self.run_id} ({self.agent}) for tenant {self.tenant!r}: {self.status}",
             "  " + ", ".join(f"{k} {v:,}" for k, v in self.counts.items()) + f" of {self.total:,} items",
             f"  cost ${self.cost_usd:.4f} over {self.llm_calls:,} LLM calls"
-            + (f" ({self.unpriced_calls} calls with unknown price, not included)" if self.unpriced_calls else ""),
+            + (
+                f" ({self.unpriced_calls} calls with unknown price, not included)"
+                if self.unpriced_calls
+                else ""
+            ),
         ]
         if self.top_reasons:
             lines.append("  top degraded reasons:")
@@ -106,7 +119,8 @@ class RunResult:
         if self.top_failures:
             lines.append("  top failures:")
             lines.extend(
-                f"    {f['n']:>6,} x {f['type']} {f['pattern']}" + (f" in {f['frame']}" if f["frame"] else "")
+                f"    {f['n']:>6,} x {f['type']} {f['pattern']}"
+                + (f" in {f['frame']}" if f["frame"] else "")
                 + f" ({f['category']})"
                 for f in self.top_failures
             )

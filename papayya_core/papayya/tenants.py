@@ -55,8 +55,11 @@ def ensure(tenant_id: str, *, runtime: Runtime | None = None) -> None:
             f"(PAPAYYA_UNKNOWN_TENANTS=refuse); create it with `papayya tenants add {tenant_id}`."
         )
     if rt.store.tenant_create(tenant_id):
-        log.info("created tenant %r (unknown tenants are created; set PAPAYYA_UNKNOWN_TENANTS=refuse "
-                 "to refuse them)", tenant_id)
+        log.info(
+            "created tenant %r (unknown tenants are created; set PAPAYYA_UNKNOWN_TENANTS=refuse "
+            "to refuse them)",
+            tenant_id,
+        )
 
 
 def add(tenant_id: str, *, config: dict[str, Any] | None = None, exist_ok: bool = False) -> TenantRecord:
@@ -112,7 +115,9 @@ def set_price(
         try:
             d = Decimal(str(value))
         except ArithmeticError:
-            raise TenantError(f"Price {field}={value!r} is not a number; give USD per million tokens.") from None
+            raise TenantError(
+                f"Price {field}={value!r} is not a number; give USD per million tokens."
+            ) from None
         if not d.is_finite() or d < 0:
             raise TenantError(f"Price {field}={value!r} must be a finite number >= 0.")
         parsed[field] = d

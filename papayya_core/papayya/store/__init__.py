@@ -36,7 +36,7 @@ class AttemptClaim:
 
     __slots__ = ("input", "journal", "number", "token")
 
-    def __init__(self, number: int, token: int, input: dict[str, Any], journal: dict[str, Any]) -> None:  # noqa: A002
+    def __init__(self, number: int, token: int, input: dict[str, Any], journal: dict[str, Any]) -> None:
         self.number = number
         self.token = token
         self.input = input
@@ -342,9 +342,7 @@ class Store:
     def costs(self, by: str, *, since: datetime, until: datetime, tenant_id: str | None = None) -> list[Row]:
         if by not in ("tenant", "run", "model", "agent"):
             raise ValueError(f"cannot group costs by {by!r}")
-        return self._fetchall(
-            f"costs_by_{by}", {"since": since, "until": until, "tenant_id": tenant_id}
-        )
+        return self._fetchall(f"costs_by_{by}", {"since": since, "until": until, "tenant_id": tenant_id})
 
 
 def dumps(value: Any) -> str:

@@ -26,7 +26,7 @@ def redact(url: str) -> str:
         return "<unparseable URL>"
     if "password" in parts:
         parts["password"] = "***"
-    return make_conninfo(**{k: v for k, v in parts.items() if v is not None})
+    return make_conninfo("", **{k: v for k, v in parts.items() if v is not None})
 
 
 def _configure(conn: psycopg.Connection[Any]) -> None:

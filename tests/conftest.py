@@ -1,0 +1,83 @@
+"""Shared fixtures: a real PostgreSQL for every test that needs one.
+
+With ``PAPAYYA_TEST_DATABASE_URL`` set, each test session creates a fresh database on that server
+and drops it afterwards. Without it, the session starts an embedded PostgreSQL in a temporary
+directory. Either way the store is real.
+
+A service a test needs (a server URL that does not answer, a broker) makes the test skip on a laptop
+with the reason, and fail when ``CI`` is set, so CI cannot go green by skipping.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import papayya
+import psycopg
+import pytest
+from papayya.runtime import Runtime, get_runtime
+from psycopg import sql
+
+IN_CI = bool(os.environ.get("CI"))
+
+
+def need_service(reason: str) -> None:
+    """Skip (laptop) or fail (CI) because a service the test needs is missing."""
+    if IN_CI:
+        pytest.fail(f"{reason} (CI is set, so this is a failure, not a skip)")
+    pytest.skip(reason)
+
+
+def _server_database(base_url: str) -> Iterator[str]:
+    name = f"papayya_test_{uuid.uuid4().hex[:10]}"
+    try:
+        admin = psycopg.connect(base_url, autocommit=True, connect_timeout=5)
+    except psycopg.OperationalError as exc:
+        need_service(f"PAPAYYA_TEST_DATABASE_URL does not answer ({str(exc).strip()[:120]})")
+    with admin:
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    info = psycopg.conninfo.conninfo_to_dict(base_url)
+    info["dbname"] = name
+    url = psycopg.conninfo.make_conninfo(**{k: v for k, v in info.items() if v is not None})
+    try:
+        yield url
+    finally:
+        papayya.reset()
+        with psycopg.connect(base_url, autocommit=True) as admin:
+            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def _embedded_database(tmp: Path) -> Iterator[str]:
+    from papayya.store.embedded import embedded_url
+
+    yield embedded_url(tmp)
+
+
+@pytest.fixture(scope="session")
+def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A PostgreSQL URL for this test session: a fresh database on the test server, or embedded."""
+    base = os.environ.get("PAPAYYA_TEST_DATABASE_URL")
+    if base:
+        yield from _server_database(base)
+    else:
+        yield from _embedded_database(tmp_path_factory.mktemp("papayya-home"))
+
+
+@pytest.fixture
+def rt(database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Runtime]:
+    """A configured papayya runtime on the session database, reset after the test."""
+    for var in [v for v in os.environ if v.startswith("PAPAYYA_") and v != "PAPAYYA_TEST_DATABASE_URL"]:
+        monkeypatch.delenv(var)
+    papayya.reset(forget_configuration=True)
+    papayya.configure(database_url=database_url, home=tmp_path / ".papayya", progress=False)
+    yield get_runtime()
+    papayya.reset(forget_configuration=True)
+
+
+@pytest.fixture
+def tenant(rt: Runtime) -> str:
+    """A fresh tenant id, so tests sharing the session database never see each other's items."""
+    return f"t-{uuid.uuid4().hex[:8]}"
