@@ -1,0 +1,244 @@
+"""The tenant batch: nightly enrichment of company records for three tenants.
+
+Run it with ``python examples/tenant_batch.py``. With no ``PAPAYYA_DATABASE_URL`` papayya starts an
+embedded PostgreSQL under ./.papayya/; nothing else is needed.
+
+The LLM here is a SIMULATION (deterministic, seeded, no network) unless ``OPENAI_API_KEY`` is set,
+in which case the same agent calls the real OpenAI API through ``papayya_openai.instrument``. The
+simulation injects the failures real pipelines hide behind "the job succeeded":
+
+- the company lookup tool returns None for unknown domains            -> degraded (tool_returned_none)
+- the retriever finds no documents for some companies                 -> degraded (retrieval_empty)
+- a parser three calls deep catches a ValueError, logs it and returns 0 -> degraded (swallowed_exception)
+- the model misspells a field name ("compnay_size")                    -> degraded (schema.extra_field)
+- the model runs out of tokens (finish_reason "length")                -> degraded (llm_stop_reason)
+- a few records have no "body"                                          -> failed (KeyError in parse)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import random
+import sys
+import time
+from decimal import Decimal
+from typing import Any
+
+import papayya
+from papayya import agent, run
+from pydantic import BaseModel
+
+log = logging.getLogger("tenant_batch")
+
+SEED = 47
+MODEL = "gpt-4o-mini"
+TENANTS = {"acme": 500, "globex": 400, "initech": 300}
+
+
+class Enriched(BaseModel):
+    """What the agent must produce for each company."""
+
+    domain: str
+    industry: str
+    company_size: int
+    summary: str
+
+
+# -- the simulated world -------------------------------------------------------------------------
+
+
+def _roll(key: str, salt: str) -> float:
+    """A deterministic number in [0, 1) per item and purpose, so every run injects the same faults."""
+    digest = hashlib.blake2b(f"{SEED}:{salt}:{key}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest) / 2**64
+
+
+def make_items(tenant: str, n: int) -> list[dict[str, Any]]:
+    rng = random.Random(f"{SEED}:{tenant}")
+    industries = ["logistics", "fintech", "retail", "biotech", "energy", "media"]
+    items = []
+    for i in range(n):
+        key = f"{tenant}-{i:05d}"
+        item: dict[str, Any] = {
+            "id": key,
+            "domain": f"{tenant}-client-{i}.example",
+            "hint": rng.choice(industries),
+            "body": f"Company {i} of {tenant}: employees ~{rng.randint(5, 5000)}; {rng.choice(industries)}.",
+        }
+        if _roll(key, "no-body") < 0.01:
+            del item["body"]  # a malformed source record
+        items.append(item)
+    return items
+
+
+def lookup_company(domain: str) -> dict[str, Any] | None:
+    """A company directory lookup; like most directories it knows nothing of some domains."""
+    if _roll(domain, "unknown-domain") < 0.03:
+        return None
+    return {"domain": domain, "employees_text": "about 1,200" if _roll(domain, "fmt") < 0.04 else "1200"}
+
+
+@papayya.retriever
+def search_documents(query: str) -> list[str]:
+    """Vector search over the tenant's documents (simulated)."""
+    if _roll(query, "empty-retrieval") < 0.04:
+        return []
+    return [f"doc about {query}", f"press release of {query}"]
+
+
+class SimulatedChat:
+    """An OpenAI-shaped chat completion endpoint, simulated. Deterministic per prompt."""
+
+    def create(self, *, model: str, messages: list[dict[str, str]], max_tokens: int) -> dict[str, Any]:
+        prompt = messages[-1]["content"]
+        key = hashlib.sha1(prompt.encode()).hexdigest()
+        time.sleep(0.002)  # a provider takes a moment
+        fields = {"industry": "logistics", "company_size": 1200, "summary": f"Summary of {prompt[:40]}"}
+        if _roll(key, "hallucinated-field") < 0.02:
+            fields["compnay_size"] = fields.pop("company_size")
+        finish = "stop"
+        completion_tokens = 60 + len(prompt) // 20
+        if _roll(key, "truncated") < 0.02:
+            finish, completion_tokens = "length", max_tokens
+        return {
+            "id": f"chatcmpl-{key[:12]}",
+            "object": "chat.completion",
+            "model": model,
+            "choices": [
+                {
+                    "index": 0,
+                    "finish_reason": finish,
+                    "message": {"role": "assistant", "content": json.dumps(fields)},
+                }
+            ],
+            "usage": {
+                "prompt_tokens": 40 + len(prompt) // 4,
+                "completion_tokens": completion_tokens,
+                "total_tokens": 40 + len(prompt) // 4 + completion_tokens,
+            },
+        }
+
+
+def complete(messages: list[dict[str, str]]) -> str:
+    """Ask the model; returns the message content. Real OpenAI when a key is set, else the simulation."""
+    if _CLIENT is not None:
+        response = _CLIENT.chat.completions.create(model=MODEL, messages=messages, max_tokens=300)
+        return str(response.choices[0].message.content)
+    response = run.llm("enrich", provider="openai", model=MODEL)(
+        _SIMULATED.create, model=MODEL, messages=messages, max_tokens=300
+    )
+    return str(response["choices"][0]["message"]["content"])
+
+
+_SIMULATED = SimulatedChat()
+_CLIENT: Any = None
+if os.environ.get("OPENAI_API_KEY"):
+    import openai
+    import papayya_openai
+
+    _CLIENT = papayya_openai.instrument(openai.OpenAI())
+
+
+# -- the user's code: three calls deep, a default swallows an error --------------------------------
+
+
+def parse_employee_count(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        log.exception("could not parse employee count %r; using 0", text)
+        return 0
+
+
+def normalise_company(company: dict[str, Any]) -> dict[str, Any]:
+    return {**company, "employees": parse_employee_count(company["employees_text"])}
+
+
+def build_profile(item: papayya.Item, company: dict[str, Any] | None) -> dict[str, Any]:
+    profile = {"domain": item["domain"], "hint": item["hint"]}
+    if company is not None:
+        profile.update(normalise_company(company))
+    return profile
+
+
+def parse(item: papayya.Item) -> str:
+    return str(item["body"]).strip()
+
+
+# -- the agent -----------------------------------------------------------------------------------
+
+
+def industry_is_known(output: Any, item: papayya.Item) -> str | None:
+    industry = output.get("industry") if isinstance(output, dict) else None
+    return None if industry else "industry is empty"
+
+
+@agent(output=Enriched, retries=2, checks=[industry_is_known])
+def enrich(item: papayya.Item) -> dict[str, Any]:
+    body = parse(item)
+    context = run.retrieve(item["domain"])
+    company = run.tool("lookup")(lookup_company, item["domain"])
+    profile = build_profile(item, company)
+    prompt = (
+        f"Enrich this company. Profile: {json.dumps(profile)}. Documents: {context}. Record: {body}. "
+        "Answer JSON with industry, company_size, summary."
+    )
+    answer = json.loads(complete([{"role": "user", "content": prompt}]))
+    return {"domain": item["domain"], **answer}
+
+
+items = [it for tenant, n in TENANTS.items() for it in make_items(tenant, n)]
+
+
+# -- the batch -----------------------------------------------------------------------------------
+
+
+def main() -> int:
+    logging.basicConfig(
+        level=logging.CRITICAL
+    )  # the swallowed errors are the user's noise; papayya counts them
+    mode = "real OpenAI" if _CLIENT is not None else "SIMULATED provider (deterministic, seed 47)"
+    print(f"papayya tenant batch: {len(items):,} items for {len(TENANTS)} tenants, LLM: {mode}\n")
+    results = []
+    for tenant, n in TENANTS.items():
+        batch = make_items(tenant, n)
+        results.append(enrich.map(batch, tenant=tenant, concurrency=8, run_name=f"nightly-enrich {tenant}"))
+    spend = {row["tenant_id"]: row["spend_usd"] for row in papayya.tenants.list_all()}
+    for r in results:
+        c = r.counts
+        print(f"tenant {r.tenant}  (run {r.run_id})")
+        print(
+            f"  items      {r.total:,}: {c['succeeded']:,} succeeded, {c['degraded']:,} degraded, "
+            f"{c['failed']:,} failed"
+        )
+        print(
+            f"  cost       ${r.cost_usd:.6f} this run over {r.llm_calls:,} LLM calls"
+            + (f" (+{r.unpriced_calls} calls of unknown price)" if r.unpriced_calls else "")
+        )
+        print(f"  spend      ${Decimal(spend.get(r.tenant, 0)):.6f} all-time for this tenant")
+        if r.top_reasons:
+            print(
+                "  degraded   "
+                + "; ".join(
+                    f"{x['n']} x {x['code']}" + (f" ({x['path']})" if x["path"] else "")
+                    for x in r.top_reasons
+                )
+            )
+        if r.top_failures:
+            print(
+                "  failed     "
+                + "; ".join(
+                    f"{x['n']} x {x['type']} {x['pattern']}" + (f" in {x['frame']}" if x["frame"] else "")
+                    for x in r.top_failures
+                )
+            )
+        print()
+    print("Inspect a run: papayya runs show RUN   |   an item: papayya items list RUN --outcome degraded")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
