@@ -50,14 +50,24 @@ class Settings(BaseSettings):
     def _check_url(cls, value: str | None) -> str | None:
         if value is None or value == "":
             return None
+        from urllib.parse import urlsplit
+
         from psycopg.conninfo import conninfo_to_dict
 
         try:
-            conninfo_to_dict(value)
+            parts = conninfo_to_dict(value)
         except Exception as exc:
             raise ValueError(f"it is not a PostgreSQL URL ({_first_line(exc)})") from None
-        if not (value.startswith(("postgresql://", "postgres://")) or "=" in value):
+        if value.startswith(("postgresql://", "postgres://")):
+            try:
+                urlsplit(value).port  # noqa: B018 - raises ValueError on a bad port
+            except ValueError:
+                raise ValueError("its port is not a number between 1 and 65535") from None
+        elif "://" in value or "=" not in value:
             raise ValueError("it must look like postgresql://user@host:5432/dbname")
+        port = str(parts.get("port") or "5432")
+        if not all(p.isdigit() and 0 < int(p) < 65536 for p in port.split(",")):
+            raise ValueError("its port is not a number between 1 and 65535")
         return value
 
     @field_validator("backend")

@@ -1,0 +1,181 @@
+"""A fresh database migrates to exactly the expected catalog; migrating again is a no-op."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+from papayya import MigrationError, migrate
+from psycopg import sql
+
+EXPECTED_TABLES = {
+    "attempts": {
+        "attempt_id",
+        "item_id",
+        "run_id",
+        "tenant_id",
+        "number",
+        "backend",
+        "worker",
+        "lease_token",
+        "status",
+        "reasons",
+        "output",
+        "error",
+        "fingerprint",
+        "cost_usd",
+        "cost_unknown",
+        "started_at",
+        "finished_at",
+    },
+    "items": {
+        "item_id",
+        "run_id",
+        "tenant_id",
+        "key",
+        "input",
+        "status",
+        "attempts",
+        "max_attempts",
+        "reasons",
+        "output",
+        "error",
+        "fingerprint",
+        "cost_usd",
+        "cost_unknown",
+        "lease_token",
+        "lease_expires_at",
+        "replayed_from",
+        "created_at",
+        "updated_at",
+        "finished_at",
+    },
+    "llm_calls": {
+        "call_id",
+        "tenant_id",
+        "run_id",
+        "item_id",
+        "attempt_id",
+        "step_key",
+        "provider",
+        "model",
+        "input_tokens",
+        "output_tokens",
+        "cache_read_tokens",
+        "cache_write_tokens",
+        "stop_reason",
+        "latency_ms",
+        "cost_usd",
+        "price_source",
+        "idempotency_key",
+        "created_at",
+    },
+    "price_overrides": {
+        "tenant_id",
+        "provider",
+        "model",
+        "input_mtok",
+        "output_mtok",
+        "cache_read_mtok",
+        "cache_write_mtok",
+        "updated_at",
+    },
+    "runs": {
+        "run_id",
+        "tenant_id",
+        "agent_name",
+        "name",
+        "backend",
+        "status",
+        "replayed_from",
+        "total_items",
+        "options",
+        "created_at",
+        "finished_at",
+    },
+    "schema_version": {"version", "name", "checksum", "applied_at"},
+    "steps": {"item_id", "step_key", "tenant_id", "attempt_id", "kind", "result", "created_at"},
+    "tenants": {"tenant_id", "config", "created_at", "updated_at"},
+}
+
+
+@pytest.fixture
+def empty_db(database_url: str) -> Iterator[str]:
+    """A brand-new empty database on the same server as the session's."""
+    name = f"papayya_mig_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(database_url, autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    info = psycopg.conninfo.conninfo_to_dict(database_url)
+    info["dbname"] = name
+    yield psycopg.conninfo.make_conninfo(**{k: v for k, v in info.items() if v is not None})
+    with psycopg.connect(database_url, autocommit=True) as admin:
+        admin.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def _catalog(conn: psycopg.Connection) -> dict[str, set[str]]:
+    rows = conn.execute(
+        "SELECT table_name, column_name FROM information_schema.columns WHERE table_schema = 'papayya'"
+    ).fetchall()
+    tables: dict[str, set[str]] = {}
+    for table, column in rows:
+        tables.setdefault(table, set()).add(column)
+    return tables
+
+
+def test_fresh_migrate_gives_the_expected_catalog(empty_db: str) -> None:
+    with psycopg.connect(empty_db) as conn:
+        assert migrate.current_version(conn) == 0
+        conn.rollback()
+        applied = migrate.migrate(conn)
+        assert [m.version for m in applied] == [m.version for m in migrate.available()]
+        assert _catalog(conn) == EXPECTED_TABLES
+        assert migrate.current_version(conn) == migrate.available()[-1].version
+        conn.rollback()
+        assert migrate.migrate(conn) == []  # idempotent
+
+
+def test_status_constraints_mirror_the_enums(empty_db: str) -> None:
+    from papayya.models import ItemStatus, RunStatus
+
+    with psycopg.connect(empty_db) as conn:
+        migrate.migrate(conn)
+        checks = dict(
+            conn.execute(
+                "SELECT conrelid::regclass::text, pg_get_constraintdef(oid) FROM pg_constraint "
+                "WHERE contype = 'c' AND conname LIKE '%status%' AND connamespace = 'papayya'::regnamespace"
+            ).fetchall()
+        )
+    assert all(f"'{s.value}'" in checks["papayya.items"] for s in ItemStatus)
+    assert all(f"'{s.value}'" in checks["papayya.runs"] for s in RunStatus)
+
+
+def test_concurrent_migrations_apply_once(empty_db: str) -> None:
+    results: list[int] = []
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            with psycopg.connect(empty_db) as conn:
+                results.append(len(migrate.migrate(conn)))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert sorted(results) == [0, 0, 0, len(migrate.available())]
+
+
+def test_an_edited_applied_migration_is_refused(empty_db: str) -> None:
+    with psycopg.connect(empty_db) as conn:
+        migrate.migrate(conn)
+        conn.execute("UPDATE papayya.schema_version SET checksum = 'edited' WHERE version = 1")
+        conn.commit()
+        with pytest.raises(MigrationError, match="changed after it was applied"):
+            migrate.migrate(conn)

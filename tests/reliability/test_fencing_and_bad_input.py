@@ -1,0 +1,106 @@
+"""A worker that lost its lease cannot complete the item; bad input records nothing and loses nothing."""
+
+from __future__ import annotations
+
+import uuid
+
+import papayya
+import psycopg
+import pytest
+from papayya import InputError, StoreUnavailable, TenantError, agent, execute
+from papayya.execute import ItemRef
+from papayya.runtime import Runtime
+
+
+@agent
+def echo(item: papayya.Item) -> dict[str, str]:
+    return {"id": item.id}
+
+
+def test_a_stale_lease_cannot_complete_the_item(rt: Runtime, tenant: str) -> None:
+    # Given an item claimed by a worker that then froze past its lease
+    papayya.tenants.add(tenant)
+    run_id, item_id = uuid.uuid4(), uuid.uuid4()
+    rt.store.run_create(
+        run_id=run_id,
+        tenant_id=tenant,
+        agent_name="echo",
+        name=None,
+        backend="native",
+        items=[(item_id, "k", "{}")],
+        max_attempts=3,
+        options={},
+    )
+    ref = ItemRef(item_id, "k", run_id, tenant)
+    frozen = execute.begin(rt, echo, ref, backend="native", price_overrides={})
+    assert frozen is not None
+    # When the lease is recovered (as a reaper does) and a second worker claims the item
+    with psycopg.connect(rt.store.url, autocommit=True) as conn:
+        conn.execute("UPDATE papayya.items SET status = 'queued' WHERE item_id = %s", (item_id,))
+    second = execute.begin(rt, echo, ref, backend="native", price_overrides={})
+    assert second is not None
+    assert second.lease_token > frozen.lease_token
+    # Then the frozen worker's result is rejected and the second worker's stands
+    late = execute.conclude(frozen, output={"by": "frozen"})
+    assert (late.status, late.discarded) == ("stale", True)
+    assert execute.conclude(second, output={"by": "second"}).status == "succeeded"
+    detail = rt.store.item_detail(item_id)
+    assert detail["output"] == {"by": "second"}
+    assert [a["status"] for a in detail["attempts_detail"]] == ["running", "succeeded"]
+
+
+def _count_runs(rt: Runtime) -> int:
+    with psycopg.connect(rt.store.url) as conn:
+        row = conn.execute("SELECT count(*) FROM papayya.runs").fetchone()
+        assert row is not None
+        return int(row[0])
+
+
+@pytest.mark.parametrize(
+    "items",
+    [
+        [{"id": "a"}, {"nope": 1}],
+        [{"id": "a"}, {"id": "a"}],
+        [{"id": "a", "v": object()}],
+        [{"id": "a", "blob": "x" * 2_000_000}],
+    ],
+)
+def test_bad_input_records_nothing_and_keeps_what_was_recorded(rt: Runtime, tenant: str, items: list) -> None:
+    before = echo.map([{"id": "kept"}], tenant=tenant)
+    runs = _count_runs(rt)
+    with pytest.raises(InputError):
+        echo.map(items, tenant=tenant)
+    assert _count_runs(rt) == runs
+    again = papayya.RunResult.load(before.run_id, tenant)
+    assert again.counts["succeeded"] == 1
+
+
+def test_unknown_tenant_is_refused_when_configured(rt: Runtime, tenant: str) -> None:
+    papayya.configure(unknown_tenants="refuse")
+    with pytest.raises(TenantError, match="papayya tenants add"):
+        echo.map([{"id": "a"}], tenant=tenant)
+    papayya.tenants.add(tenant)
+    assert echo.map([{"id": "a"}], tenant=tenant).counts["succeeded"] == 1
+
+
+@pytest.mark.parametrize("name", ["t'; DROP TABLE papayya.items; --", "テナント-ü", "a" * 128])
+def test_awkward_tenant_names_round_trip(rt: Runtime, name: str) -> None:
+    result = echo.map([{"id": "a"}], tenant=name)
+    assert result.tenant == name
+    assert papayya.tenants.get(name).tenant_id == name
+    assert echo.map([{"id": "b"}], tenant=name).counts["succeeded"] == 1  # the items table survived
+
+
+def test_a_10kb_tenant_name_is_refused(rt: Runtime) -> None:
+    with pytest.raises(TenantError, match="use at most 128"):
+        echo.map([{"id": "a"}], tenant="x" * 10_240)
+
+
+def test_unreachable_database_is_one_sentence(rt: Runtime) -> None:
+    papayya.configure(database_url="postgresql://postgres@127.0.0.1:1/nowhere")
+    with pytest.raises(StoreUnavailable) as info:
+        echo.map([{"id": "a"}], tenant="t")
+    message = str(info.value)
+    assert message.startswith("Cannot reach PostgreSQL at")
+    assert "start the server or fix PAPAYYA_DATABASE_URL" in message
+    assert "\n" not in message

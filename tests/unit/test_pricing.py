@@ -1,0 +1,51 @@
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+from genai_prices import Usage as GUsage
+from genai_prices import calc_price
+from papayya.pricing import CATALOG, Usage, price_call
+
+
+@pytest.mark.parametrize(
+    ("provider", "model"),
+    [("openai", "gpt-4o-mini"), ("openai", "gpt-4o"), ("anthropic", "claude-3-5-haiku-latest")],
+)
+@pytest.mark.parametrize("cache_read", [0, 300])
+def test_cached_catalog_price_equals_genai_prices(provider: str, model: str, cache_read: int) -> None:
+    usage = Usage(input_tokens=1234, output_tokens=321, cache_read_tokens=cache_read)
+    expected = calc_price(
+        GUsage(input_tokens=1234, output_tokens=321, cache_read_tokens=cache_read),
+        model,
+        provider_id=provider,
+    ).total_price
+    assert CATALOG.price(provider, model, usage) == expected
+
+
+def test_unknown_model_is_priced_unknown_not_zero() -> None:
+    price = price_call("openai", "no-such-model-2099", Usage(100, 10), {})
+    assert price.cost_usd is None
+    assert price.source == "unknown"
+
+
+def test_tenant_override_wins_and_falls_back_per_field() -> None:
+    overrides = {("openai", "gpt-4o-mini"): {"input_mtok": Decimal("0.10"), "output_mtok": None}}
+    price = price_call("openai", "gpt-4o-mini", Usage(1_000_000, 1_000_000), overrides)
+    public = CATALOG.rates("openai", "gpt-4o-mini")
+    assert public is not None
+    assert price.source == "tenant"
+    assert price.cost_usd == Decimal("0.10") + public.output_mtok
+
+
+def test_a_negotiated_price_of_zero_is_zero() -> None:
+    overrides = {("openai", "gpt-4o-mini"): {"input_mtok": Decimal(0), "output_mtok": Decimal(0)}}
+    assert price_call("openai", "gpt-4o-mini", Usage(500, 500), overrides).cost_usd == 0
+
+
+def test_override_for_a_model_the_catalog_does_not_know() -> None:
+    overrides = {("acme-llm", "private-1"): {"input_mtok": Decimal(1), "output_mtok": Decimal(2)}}
+    price = price_call("acme-llm", "private-1", Usage(1_000_000, 500_000), overrides)
+    assert price == price_call("acme-llm", "private-1", Usage(1_000_000, 500_000), overrides)
+    assert price.cost_usd == Decimal(2)
+    assert price.source == "tenant"
