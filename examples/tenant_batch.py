@@ -197,9 +197,9 @@ items = [it for tenant, n in TENANTS.items() for it in make_items(tenant, n)]
 
 
 def main() -> int:
-    logging.basicConfig(
-        level=logging.CRITICAL
-    )  # the swallowed errors are the user's noise; papayya counts them
+    # The pipeline's own log goes to a file, as in production; papayya notices the errors it swallows.
+    os.makedirs(".papayya", exist_ok=True)
+    logging.basicConfig(filename=".papayya/tenant_batch.log", level=logging.INFO)
     mode = "real OpenAI" if _CLIENT is not None else "SIMULATED provider (deterministic, seed 47)"
     print(f"papayya tenant batch: {len(items):,} items for {len(TENANTS)} tenants, LLM: {mode}\n")
     results = []

@@ -1,0 +1,47 @@
+"""The README's first command: the tenant batch runs and its summary names the injected problems."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run_example(database_url: str, cwd: Path, python: str = sys.executable) -> str:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PAPAYYA_", "OPENAI_"))}
+    env["PAPAYYA_DATABASE_URL"] = database_url
+    proc = subprocess.run(
+        [python, str(ROOT / "examples" / "tenant_batch.py")],
+        cwd=cwd, env=env, capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    return proc.stdout
+
+
+def check_summary(out: str) -> None:
+    assert "SIMULATED provider" in out
+    for tenant, total in (("acme", 500), ("globex", 400), ("initech", 300)):
+        block = out.split(f"tenant {tenant}")[1].split("\n\n")[0]
+        counts = re.search(r"items\s+([\d,]+): ([\d,]+) succeeded, ([\d,]+) degraded, ([\d,]+) failed", block)
+        assert counts, block
+        n, ok, degraded, failed = (int(g.replace(",", "")) for g in counts.groups())
+        assert n == total == ok + degraded + failed
+        assert degraded > 0
+        assert re.search(r"cost\s+\$0\.\d{6} this run", block)
+    # every injected problem is named
+    for problem in ("tool_returned_none (lookup)", "retrieval_empty", "swallowed_exception",
+                    "schema.extra_field (compnay_size)", "llm_stop_reason (length)",
+                    "KeyError <str> in tenant_batch.py:parse"):
+        assert problem in out, problem
+
+
+@pytest.mark.slow
+def test_the_tenant_batch_names_every_injected_problem(database_url: str, tmp_path: Path) -> None:
+    check_summary(run_example(database_url, tmp_path))
