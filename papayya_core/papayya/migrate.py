@@ -65,6 +65,7 @@ CREATE TABLE IF NOT EXISTS papayya.schema_version (
 
 def migrate(conn: psycopg.Connection[Any]) -> list[Migration]:
     """Apply every pending migration; return the ones applied. Safe to call from many processes."""
+    previous = conn.autocommit
     conn.autocommit = True
     try:
         conn.execute("SELECT pg_advisory_lock(%s)", (ADVISORY_LOCK_KEY,))
@@ -101,7 +102,7 @@ def migrate(conn: psycopg.Connection[Any]) -> list[Migration]:
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (ADVISORY_LOCK_KEY,))
     finally:
-        conn.autocommit = False
+        conn.autocommit = previous
 
 
 def current_version(conn: psycopg.Connection[Any]) -> int:

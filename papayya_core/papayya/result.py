@@ -49,7 +49,7 @@ class RunResult:
     cost_by_model: list[dict[str, Any]] = field(default_factory=list)
 
     @classmethod
-    def load(cls, run_id: UUID, tenant: str, *, top: int = 5) -> RunResult:
+    def load(cls, run_id: UUID, tenant: str, *, top: int = 10) -> RunResult:
         store = get_runtime().store
         run = store.run_get(run_id, tenant)
         summary = store.run_summary(run_id, tenant, top=top)

@@ -196,7 +196,6 @@ class Store:
                     "lease_seconds": lease_seconds,
                 },
             ).fetchone()
-            conn.commit()
         if row is None:
             return None
         return AttemptClaim(row["attempts"], row["lease_token"], row["input"], row["journal"])
@@ -225,12 +224,10 @@ class Store:
 
     def llm_call_record(self, params: dict[str, Any], *, journal_result: Any = None, journal: bool) -> None:
         """Write one ledger row (and, when ``journal``, its journal step) in one round trip."""
-        params = dict(params)
-        params["result"] = Jsonb(journal_result)
-        params["journal"] = journal
+        if journal:
+            params = {**params, "result": Jsonb(journal_result)}
         with translated(), self._pool.connection() as conn:
-            conn.execute(q("llm_call_record"), params)
-            conn.commit()
+            conn.execute(q("llm_call_journaled" if journal else "llm_call_insert"), params)
 
     def attempt_finish(
         self,
@@ -265,7 +262,6 @@ class Store:
                     "fingerprint": fingerprint,
                 },
             ).fetchone()
-            conn.commit()
         if row is None or row["applied"] == 0:
             raise StaleLease(
                 f"Item {item_id} is no longer held by this attempt (lease token {lease_token} is stale); "
@@ -309,7 +305,6 @@ class Store:
             reasons = conn.execute(q("run_top_reasons"), params).fetchall()
             failures = conn.execute(q("run_top_failures"), params).fetchall()
             by_model = conn.execute(q("run_cost_by_model"), params).fetchall()
-            conn.commit()
         return {"counts": counts, "cost": cost, "reasons": reasons, "failures": failures, "models": by_model}
 
     def items_page(
@@ -336,13 +331,38 @@ class Store:
             item["attempts_detail"] = conn.execute(q("item_attempts"), scoped).fetchall()
             item["steps"] = conn.execute(q("item_steps"), scoped).fetchall()
             item["llm_calls"] = conn.execute(q("item_llm_calls"), scoped).fetchall()
-            conn.commit()
         return item
 
     def costs(self, by: str, *, since: datetime, until: datetime, tenant_id: str | None = None) -> list[Row]:
         if by not in ("tenant", "run", "model", "agent"):
             raise ValueError(f"cannot group costs by {by!r}")
         return self._fetchall(f"costs_by_{by}", {"since": since, "until": until, "tenant_id": tenant_id})
+
+    # -- CLI reads --------------------------------------------------------------------------------
+
+    def tenant_stats(self, tenant_id: str) -> Row:
+        """A tenant's run count, last run, LLM calls, spend (priced calls), unpriced calls and items
+        by status (``items``)."""
+        params = {"tenant_id": tenant_id}
+        with translated(), self._pool.connection() as conn:
+            stats = conn.execute(q("tenant_stats"), params).fetchone() or {}
+            stats["items"] = {r["status"]: r["n"] for r in conn.execute(q("tenant_item_counts"), params)}
+        return stats
+
+    def run_list_detail(self, tenant_id: str | None = None, limit: int = 50) -> list[Row]:
+        """Newest runs first, each with its item counts by status (``counts``), calls and cost."""
+        return self._fetchall("run_list_detail", {"tenant_id": tenant_id, "limit": limit})
+
+    def item_id_by_key(self, run_id: UUID, tenant_id: str, key: str) -> UUID:
+        """The id of the item with the user's ``key`` in a run; NotFound when the run has none."""
+        row = self._fetchone("item_id_by_key", {"run_id": run_id, "tenant_id": tenant_id, "key": key})
+        if row is None:
+            raise NotFound(
+                f"Run {run_id} has no item with id {key[:60]!r}; list its items with "
+                f"`papayya items list {run_id}`."
+            )
+        item_id: UUID = row["item_id"]
+        return item_id
 
 
 def dumps(value: Any) -> str:

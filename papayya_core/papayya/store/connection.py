@@ -31,7 +31,6 @@ def redact(url: str) -> str:
 
 def _configure(conn: psycopg.Connection[Any]) -> None:
     conn.execute("SET application_name = 'papayya'")
-    conn.commit()
 
 
 def open_pool(url: str, *, max_size: int) -> ConnectionPool[psycopg.Connection[dict[str, Any]]]:
@@ -49,7 +48,9 @@ def open_pool(url: str, *, max_size: int) -> ConnectionPool[psycopg.Connection[d
         url,
         min_size=1,
         max_size=max_size,
-        kwargs={"row_factory": dict_row, "autocommit": False},
+        # Autocommit: most writes are one statement, and a COMMIT round trip per write would double
+        # their cost. Multi-statement writes use ``conn.transaction()``.
+        kwargs={"row_factory": dict_row, "autocommit": True},
         configure=_configure,
         open=True,
         name="papayya",

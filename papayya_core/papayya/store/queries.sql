@@ -82,11 +82,19 @@ INSERT INTO papayya.steps (item_id, step_key, tenant_id, attempt_id, kind, resul
 VALUES (%(item_id)s, %(step_key)s, %(tenant_id)s, %(attempt_id)s, %(kind)s, %(result)s)
 ON CONFLICT (item_id, step_key) DO NOTHING;
 
--- name: llm_call_record
+-- name: llm_call_insert
+INSERT INTO papayya.llm_calls
+    (tenant_id, run_id, item_id, attempt_id, step_key, provider, model, input_tokens, output_tokens,
+     cache_read_tokens, cache_write_tokens, stop_reason, latency_ms, cost_usd, price_source,
+     idempotency_key)
+VALUES (%(tenant_id)s, %(run_id)s, %(item_id)s, %(attempt_id)s, %(step_key)s, %(provider)s, %(model)s,
+        %(input_tokens)s, %(output_tokens)s, %(cache_read_tokens)s, %(cache_write_tokens)s,
+        %(stop_reason)s, %(latency_ms)s, %(cost_usd)s, %(price_source)s, %(idempotency_key)s);
+
+-- name: llm_call_journaled
 WITH journal AS (
     INSERT INTO papayya.steps (item_id, step_key, tenant_id, attempt_id, kind, result)
-    SELECT %(item_id)s, %(step_key)s, %(tenant_id)s, %(attempt_id)s, 'llm', %(result)s
-    WHERE %(step_key)s::text IS NOT NULL AND %(journal)s
+    VALUES (%(item_id)s, %(step_key)s, %(tenant_id)s, %(attempt_id)s, 'llm', %(result)s)
     ON CONFLICT (item_id, step_key) DO NOTHING
 )
 INSERT INTO papayya.llm_calls
@@ -272,3 +280,42 @@ FROM papayya.llm_calls c JOIN papayya.runs r ON r.run_id = c.run_id
 WHERE c.created_at >= %(since)s AND c.created_at < %(until)s
   AND (%(tenant_id)s::text IS NULL OR c.tenant_id = %(tenant_id)s)
 GROUP BY 1 ORDER BY cost_usd DESC, key;
+
+-- CLI reads
+
+-- name: tenant_stats
+SELECT (SELECT count(*) FROM papayya.runs r WHERE r.tenant_id = %(tenant_id)s) AS runs,
+       (SELECT max(r.created_at) FROM papayya.runs r WHERE r.tenant_id = %(tenant_id)s) AS last_run_at,
+       count(*) AS llm_calls,
+       coalesce(sum(c.cost_usd), 0) AS cost_usd,
+       count(*) FILTER (WHERE c.cost_usd IS NULL) AS unpriced_calls
+FROM papayya.llm_calls c
+WHERE c.tenant_id = %(tenant_id)s;
+
+-- name: tenant_item_counts
+SELECT status, count(*) AS n
+FROM papayya.items
+WHERE tenant_id = %(tenant_id)s
+GROUP BY status;
+
+-- name: run_list_detail
+SELECT r.run_id, r.tenant_id, r.agent_name, r.name, r.backend, r.status, r.total_items, r.created_at,
+       r.finished_at, i.counts, c.calls, c.cost_usd, c.unpriced_calls
+FROM papayya.runs r
+CROSS JOIN LATERAL (
+    SELECT coalesce(jsonb_object_agg(s.status, s.n), '{}'::jsonb) AS counts
+    FROM (SELECT status, count(*) AS n FROM papayya.items
+          WHERE run_id = r.run_id AND tenant_id = r.tenant_id GROUP BY status) s
+) i
+CROSS JOIN LATERAL (
+    SELECT count(*) AS calls, coalesce(sum(cost_usd), 0) AS cost_usd,
+           count(*) FILTER (WHERE cost_usd IS NULL) AS unpriced_calls
+    FROM papayya.llm_calls WHERE run_id = r.run_id AND tenant_id = r.tenant_id
+) c
+WHERE (%(tenant_id)s::text IS NULL OR r.tenant_id = %(tenant_id)s)
+ORDER BY r.created_at DESC, r.run_id
+LIMIT %(limit)s;
+
+-- name: item_id_by_key
+SELECT item_id FROM papayya.items
+WHERE run_id = %(run_id)s AND tenant_id = %(tenant_id)s AND key = %(key)s;
