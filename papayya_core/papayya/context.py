@@ -151,7 +151,7 @@ class AttemptContext:
             idempotency_key=idempotency_key,
         )
         self.runtime.store.llm_call_record(
-            call.model_dump(), journal_result=journal_result, journal=journal and step_key is not None
+            call.as_params(), journal_result=journal_result, journal=journal and step_key is not None
         )
         if journal and step_key is not None:
             self.journal[step_key] = journal_result
@@ -263,6 +263,8 @@ def _extract_usage(provider: str, response: Any) -> tuple[str | None, Usage, str
     choices = data.get("choices")
     if stop is None and choices:
         stop = choices[0].get("finish_reason")
+    if stop is None and data.get("object") == "response":  # OpenAI Responses API: why it is incomplete
+        stop = (data.get("incomplete_details") or {}).get("reason") or data.get("status")
     return data.get("model"), u, stop
 
 
@@ -331,11 +333,14 @@ class Run:
 
         def call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
             ctx = _ctx()
+            # SDK methods hide ``async def`` behind sync decorators (openai's and anthropic's
+            # ``AsyncCompletions.create``, ``AsyncMessages.create``); look through ``__wrapped__``.
+            is_async = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(inspect.unwrap(fn))
             key = ctx.next_key("llm", name)
             if key in ctx.journal:
                 recorded = ctx.journal[key]
                 result = decode(recorded) if decode is not None else recorded
-                return _ready(result) if inspect.iscoroutinefunction(fn) else result
+                return _ready(result) if is_async else result
             idem = f"papayya-{ctx.item_id}-{key}"
 
             def finish(response: Any, started: float) -> Any:
@@ -354,7 +359,7 @@ class Run:
                 )
                 return response
 
-            if inspect.iscoroutinefunction(fn):
+            if is_async:
 
                 async def run_async() -> Any:
                     started = time.perf_counter()

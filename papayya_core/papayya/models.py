@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 import json
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -137,8 +138,9 @@ class PriceOverride(BaseModel):
     cache_write_mtok: Decimal | None = None
 
 
-class LLMCall(BaseModel):
-    """One LLM call as recorded in the ledger."""
+@dataclass(frozen=True, slots=True)
+class LLMCall:
+    """One LLM call as recorded in the ledger (a plain dataclass: it is built on the hot path)."""
 
     tenant_id: str
     run_id: UUID
@@ -156,3 +158,9 @@ class LLMCall(BaseModel):
     cost_usd: Decimal | None = None
     price_source: str = "unknown"
     idempotency_key: str | None = None
+
+    def as_params(self) -> dict[str, Any]:
+        return {f: getattr(self, f) for f in _LLM_CALL_FIELDS}
+
+
+_LLM_CALL_FIELDS = tuple(LLMCall.__dataclass_fields__)

@@ -19,8 +19,22 @@ def test_wheel_in_a_fresh_venv_runs_the_example(database_url: str, tmp_path: Pat
     # Given a wheel built from this checkout
     dist = tmp_path / "dist"
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(dist), str(ROOT)],
-        check=True, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(dist),
+            str(ROOT),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     (wheel,) = dist.glob("papayya-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
@@ -31,17 +45,31 @@ def test_wheel_in_a_fresh_venv_runs_the_example(database_url: str, tmp_path: Pat
     env_dir = tmp_path / "venv"
     venv.create(env_dir, with_pip=False)
     python = str(env_dir / "bin" / "python")
-    purelib = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                             check=True, capture_output=True, text=True).stdout.strip()
+    purelib = subprocess.run(
+        [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
     Path(purelib, "deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     subprocess.run(
         [sys.executable, "-m", "pip", "--python", python, "install", "--no-deps", "-q", str(wheel)],
-        check=True, capture_output=True, text=True, timeout=300,
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     # Then papayya is imported from the wheel, not the checkout, and the example runs on it
     where = subprocess.run(
-        [python, "-c", "import papayya, papayya.migrate as m; print(papayya.__file__); print(len(m.available()))"],
-        cwd=tmp_path, check=True, capture_output=True, text=True,
+        [
+            python,
+            "-c",
+            "import papayya, papayya.migrate as m; print(papayya.__file__); print(len(m.available()))",
+        ],
+        cwd=tmp_path,
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout.split()
     assert where[0].startswith(str(env_dir)), where
     assert int(where[1]) >= 1
