@@ -76,7 +76,6 @@ class Agent:
         or ``failed``. Bad input raises InputError naming the item, before anything is recorded.
         """
         from papayya import tenants
-        from papayya.engine import run_local
         from papayya.runtime import get_runtime
 
         if concurrency < 1:
@@ -92,13 +91,13 @@ class Agent:
             tenant_id=tenant,
             agent_name=self.name,
             name=run_name,
-            backend="native",
+            backend=rt.backend.name,
             items=rows,
             max_attempts=self.max_attempts,
             options={"concurrency": concurrency, "timeout": self.timeout, "max_attempts": self.max_attempts},
         )
         log.info("run %s: %d items for tenant %r", run_id, len(rows), tenant)
-        run_local(
+        rt.backend.run(
             rt,
             self,
             run_id=run_id,

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from papayya.errors import PapayyaError, StoreUnavailable
 from papayya.hookspecs import hookimpl
 from papayya.models import ErrorCategory
@@ -22,6 +25,14 @@ def _status(exc: BaseException) -> int | None:
     response = getattr(exc, "response", None)
     value = getattr(response, "status_code", None)
     return value if isinstance(value, int) else None
+
+
+@hookimpl
+def papayya_register_backends(register: Callable[[str, Callable[[], Any]], None]) -> None:
+    """The native engine: items run by papayya's own workers on PostgreSQL."""
+    from papayya.engine import NativeBackend
+
+    register("native", NativeBackend)
 
 
 @hookimpl(trylast=True)

@@ -14,7 +14,7 @@ import queue
 import threading
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 from uuid import UUID
 
 from papayya import execute
@@ -28,6 +28,8 @@ if TYPE_CHECKING:
     from papayya.runtime import Runtime
 
 log = logging.getLogger("papayya.engine")
+
+BACKEND = "native"
 
 
 class _Inflight:
@@ -132,7 +134,7 @@ class LocalRun:
     # -- sync agents ------------------------------------------------------------------------------
 
     def _attempt_sync(self, ref: ItemRef) -> Concluded:
-        ctx = execute.begin(self.rt, self.agent, ref, backend="native", price_overrides=self.overrides)
+        ctx = execute.begin(self.rt, self.agent, ref, backend=BACKEND, price_overrides=self.overrides)
         if ctx is None:
             return execute.SKIPPED
         self.inflight.add(ctx, self.agent.timeout)
@@ -201,7 +203,7 @@ class LocalRun:
 
     async def _attempt_async(self, ref: ItemRef) -> Concluded:
         ctx = await asyncio.to_thread(
-            execute.begin, self.rt, self.agent, ref, backend="native", price_overrides=self.overrides
+            execute.begin, self.rt, self.agent, ref, backend=BACKEND, price_overrides=self.overrides
         )
         if ctx is None:
             return execute.SKIPPED
@@ -245,6 +247,55 @@ class LocalRun:
             self._finished(result if result.terminal else Concluded(status=result.status, terminal=False))
 
         await asyncio.gather(*(one(ref) for ref in self.refs))
+
+
+class Backend(Protocol):
+    """What runs a recorded run's items. Backends register through ``papayya_register_backends``."""
+
+    name: str
+
+    def run(
+        self,
+        rt: Runtime,
+        agent: Agent,
+        *,
+        run_id: UUID,
+        tenant_id: str,
+        items: Sequence[tuple[UUID, str]],
+        concurrency: int,
+        progress: bool | None,
+        run_name: str | None = None,
+    ) -> None:
+        """Run every item of the run through the lifecycle and return when each is terminal."""
+
+
+class NativeBackend:
+    """The native engine: papayya's own workers over PostgreSQL (in this process, for now)."""
+
+    name = BACKEND
+
+    def run(
+        self,
+        rt: Runtime,
+        agent: Agent,
+        *,
+        run_id: UUID,
+        tenant_id: str,
+        items: Sequence[tuple[UUID, str]],
+        concurrency: int,
+        progress: bool | None,
+        run_name: str | None = None,
+    ) -> None:
+        run_local(
+            rt,
+            agent,
+            run_id=run_id,
+            tenant_id=tenant_id,
+            items=items,
+            concurrency=concurrency,
+            progress=progress,
+            run_name=run_name,
+        )
 
 
 def run_local(

@@ -21,7 +21,9 @@ hookimpl = pluggy.HookimplMarker("papayya")
 
 @hookspec
 def papayya_register_backends(register: Any) -> None:
-    """Fires once when the plugin manager loads. Call ``register(name, factory)`` for each backend."""
+    """Fires when a runtime starts. Call ``register(name, factory)`` for each backend you provide;
+    ``factory()`` returns an object with the ``papayya.engine.Backend`` protocol. The backend named by
+    the ``backend`` setting runs ``map()``."""
 
 
 @hookspec

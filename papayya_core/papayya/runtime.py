@@ -11,13 +11,23 @@ import logging
 import os
 import socket
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 
-from papayya.config import Settings, clear_explicit, explicit_overrides, load_settings, set_explicit
+from papayya.config import (
+    Settings,
+    clear_explicit,
+    explicit_overrides,
+    load_settings,
+    set_explicit,
+)
+from papayya.errors import ConfigError
 from papayya.plugins import Hooks, make_plugin_manager
 from papayya.store import Store
+
+if TYPE_CHECKING:
+    from papayya.engine import Backend
 
 log = logging.getLogger("papayya")
 
@@ -32,6 +42,13 @@ class Runtime:
         self.pm = pm or make_plugin_manager()
         self.hooks = Hooks(self.pm)
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}"
+        backends = self.hooks.register_backends()
+        if settings.backend not in backends:
+            raise ConfigError(
+                f"Unknown backend {settings.backend!r} (PAPAYYA_BACKEND); installed: "
+                f"{', '.join(sorted(backends))}. The celery, temporal and sqs backends are not built yet."
+            )
+        self.backend: Backend = backends[settings.backend]()
         url = settings.database_url
         if url is None:
             from papayya.store.embedded import embedded_url

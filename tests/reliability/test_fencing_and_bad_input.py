@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import uuid
 
-import papayya
 import psycopg
 import pytest
+
+import papayya
 from papayya import InputError, StoreUnavailable, TenantError, agent, execute
 from papayya.execute import ItemRef
 from papayya.runtime import Runtime
@@ -104,3 +105,48 @@ def test_unreachable_database_is_one_sentence(rt: Runtime) -> None:
     assert message.startswith("Cannot reach PostgreSQL at")
     assert "start the server or fix PAPAYYA_DATABASE_URL" in message
     assert "\n" not in message
+
+
+def test_an_unknown_backend_is_one_sentence_before_anything_runs(rt: Runtime) -> None:
+    papayya.configure(backend="kafka")
+    with pytest.raises(
+        papayya.ConfigError, match="Unknown backend 'kafka' \\(PAPAYYA_BACKEND\\); installed: native"
+    ):
+        echo.map([{"id": "a"}], tenant="t")
+
+
+def test_a_plugin_backend_registered_through_the_hook_runs_map(rt: Runtime, tenant: str) -> None:
+    from papayya.engine import NativeBackend
+
+    ran: list[int] = []
+
+    class Counting(NativeBackend):
+        name = "counting"
+
+        def run(self, rt: Runtime, agent: papayya.Agent, **kw: object) -> None:  # type: ignore[override]
+            ran.append(len(kw["items"]))  # type: ignore[arg-type]
+            super().run(rt, agent, **kw)  # type: ignore[arg-type]
+
+    class Plugin:
+        @papayya.hookimpl
+        def papayya_register_backends(self, register: object) -> None:
+            register("counting", Counting)  # type: ignore[operator]
+
+    from papayya import plugins, runtime
+
+    original = plugins.make_plugin_manager
+
+    def with_plugin(**kw: bool) -> object:
+        pm = original(**kw)
+        pm.register(Plugin())
+        return pm
+
+    papayya.configure(backend="counting")
+    runtime.make_plugin_manager = with_plugin  # type: ignore[assignment]
+    try:
+        result = echo.map([{"id": "a"}, {"id": "b"}], tenant=tenant)
+    finally:
+        runtime.make_plugin_manager = original
+    assert ran == [2]
+    assert result.counts["succeeded"] == 2
+    assert papayya.runtime.get_runtime().store.run_get(result.run_id)["backend"] == "counting"

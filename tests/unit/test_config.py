@@ -3,6 +3,7 @@ from __future__ import annotations
 import pickle
 
 import pytest
+
 from papayya import ConfigError, InputError, StoreUnavailable
 from papayya.config import load_settings
 from papayya.store.queries import parse, queries
@@ -16,7 +17,7 @@ from papayya.store.queries import parse, queries
             "Setting database_url (PAPAYYA_DATABASE_URL) is invalid",
         ),
         ({"database_url": "mysql://root@localhost/x"}, "PAPAYYA_DATABASE_URL"),
-        ({"backend": "kafka"}, "backend 'kafka' is not available yet"),
+        ({"backend": "drop table"}, "is not a backend name"),
         ({"max_input_bytes": 0}, "PAPAYYA_MAX_INPUT_BYTES"),
         ({"colour": "blue"}, "Unknown setting 'colour'"),
     ],
