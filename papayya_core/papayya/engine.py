@@ -286,33 +286,15 @@ class NativeBackend:
         progress: bool | None,
         run_name: str | None = None,
     ) -> None:
-        run_local(
-            rt,
-            agent,
-            run_id=run_id,
-            tenant_id=tenant_id,
-            items=items,
-            concurrency=concurrency,
-            progress=progress,
-            run_name=run_name,
-        )
-
-
-def run_local(
-    rt: Runtime,
-    agent: Agent,
-    *,
-    run_id: UUID,
-    tenant_id: str,
-    items: Sequence[tuple[UUID, str]],
-    concurrency: int,
-    progress: bool | None,
-    run_name: str | None = None,
-) -> None:
-    """Run ``items`` of a recorded run in this process and return when every one is terminal."""
-    show = rt.settings.progress if progress is None else progress
-    label = run_name or f"{agent.name} [{tenant_id}]"
-    with Progress(label, total=len(items), enabled=show) as bar:
-        LocalRun(
-            rt, agent, run_id=run_id, tenant_id=tenant_id, items=items, concurrency=concurrency, progress=bar
-        ).run()
+        show = rt.settings.progress if progress is None else progress
+        label = run_name or f"{agent.name} [{tenant_id}]"
+        with Progress(label, total=len(items), enabled=show) as bar:
+            LocalRun(
+                rt,
+                agent,
+                run_id=run_id,
+                tenant_id=tenant_id,
+                items=items,
+                concurrency=concurrency,
+                progress=bar,
+            ).run()

@@ -140,35 +140,26 @@ def conclude(
         traceback=fingerprint.format_tb(error),
         retryable=retryable,
     )
+    retry_in = None
     if retryable and ctx.attempt < agent.max_attempts:
-        delay = backoff(agent.backoff, agent.backoff_max, ctx.attempt)
+        retry_in = backoff(agent.backoff, agent.backoff_max, ctx.attempt)
         log.info(
             "item %s attempt %d failed (%s), retrying in %.1fs",
             ctx.item.id,
             ctx.attempt,
             type(error).__name__,
-            delay,
-        )
-        return _write(
-            ctx,
-            item_status=ItemStatus.QUEUED,
-            attempt_status=ItemStatus.FAILED,
-            terminal=False,
-            reasons=[],
-            output=None,
-            error=info.model_dump(mode="json"),
-            fingerprint=fp,
-            retry_in=delay,
+            retry_in,
         )
     return _write(
         ctx,
-        item_status=ItemStatus.FAILED,
+        item_status=ItemStatus.FAILED if retry_in is None else ItemStatus.QUEUED,
         attempt_status=ItemStatus.FAILED,
-        terminal=True,
+        terminal=retry_in is None,
         reasons=[],
         output=None,
         error=info.model_dump(mode="json"),
         fingerprint=fp,
+        retry_in=retry_in,
     )
 
 

@@ -113,6 +113,8 @@ def bench_llm_call() -> tuple[float, float, float, float]:
             "cost_usd": Decimal("0.00024"),
             "price_source": "catalog",
             "idempotency_key": None,
+            "result": None,
+            "journal": False,
         }
         with psycopg.connect(ctx.runtime.store.url, autocommit=True) as conn:
             for _ in range(REPEAT):
@@ -132,7 +134,7 @@ def bench_llm_call() -> tuple[float, float, float, float]:
                 )
                 cpu, wall = time.process_time(), time.perf_counter()
                 for _ in range(N_CALLS):
-                    conn.execute(q("llm_call_insert"), row)
+                    conn.execute(q("llm_call_record"), row)
                 timings["baseline"].append(
                     ((time.process_time() - cpu) / N_CALLS, (time.perf_counter() - wall) / N_CALLS)
                 )

@@ -224,10 +224,9 @@ class Store:
 
     def llm_call_record(self, params: dict[str, Any], *, journal_result: Any = None, journal: bool) -> None:
         """Write one ledger row (and, when ``journal``, its journal step) in one round trip."""
-        if journal:
-            params = {**params, "result": Jsonb(journal_result)}
+        params = {**params, "result": Jsonb(journal_result) if journal else None, "journal": journal}
         with translated(), self._pool.connection() as conn:
-            conn.execute(q("llm_call_journaled" if journal else "llm_call_insert"), params)
+            conn.execute(q("llm_call_record"), params)
 
     def attempt_finish(
         self,

@@ -82,19 +82,12 @@ INSERT INTO papayya.steps (item_id, step_key, tenant_id, attempt_id, kind, resul
 VALUES (%(item_id)s, %(step_key)s, %(tenant_id)s, %(attempt_id)s, %(kind)s, %(result)s)
 ON CONFLICT (item_id, step_key) DO NOTHING;
 
--- name: llm_call_insert
-INSERT INTO papayya.llm_calls
-    (tenant_id, run_id, item_id, attempt_id, step_key, provider, model, input_tokens, output_tokens,
-     cache_read_tokens, cache_write_tokens, stop_reason, latency_ms, cost_usd, price_source,
-     idempotency_key)
-VALUES (%(tenant_id)s, %(run_id)s, %(item_id)s, %(attempt_id)s, %(step_key)s, %(provider)s, %(model)s,
-        %(input_tokens)s, %(output_tokens)s, %(cache_read_tokens)s, %(cache_write_tokens)s,
-        %(stop_reason)s, %(latency_ms)s, %(cost_usd)s, %(price_source)s, %(idempotency_key)s);
-
--- name: llm_call_journaled
+-- name: llm_call_record
+-- The ledger row and, for a journaled call (%(journal)s), its journal step: one round trip.
 WITH journal AS (
     INSERT INTO papayya.steps (item_id, step_key, tenant_id, attempt_id, kind, result)
-    VALUES (%(item_id)s, %(step_key)s, %(tenant_id)s, %(attempt_id)s, 'llm', %(result)s)
+    SELECT %(item_id)s, %(step_key)s, %(tenant_id)s, %(attempt_id)s, 'llm', %(result)s
+    WHERE %(journal)s
     ON CONFLICT (item_id, step_key) DO NOTHING
 )
 INSERT INTO papayya.llm_calls
