@@ -1,0 +1,553 @@
+"""Test doubles shipped with papayya, for its own tests and for yours.
+
+``FakeProvider`` is a real HTTP server on 127.0.0.1 that answers the OpenAI Chat Completions and
+Responses APIs and the Anthropic Messages API (non-streaming) well enough for the real ``openai`` and
+``anthropic`` clients. It is deterministic (the reply is derived from the prompt, token counts from
+text length), it counts every request it receives, and it can be told to fail::
+
+    from papayya.testing import FakeProvider
+
+    with FakeProvider() as fake:
+        client = openai.OpenAI(base_url=fake.openai_url, api_key="test")
+        client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+        assert fake.count == 1
+
+        fake.fail(status=429, retry_after=2)      # the next request is rate limited
+        fake.stop_with("length", times=3)         # the next three answers are cut short
+        fake.reply = lambda request: f"{request.model} read {len(request.prompt)} characters"
+
+Rules, in the order they are consulted for each request:
+
+1. the scripted outcomes from ``fail()`` and ``stop_with()``, first match first (each may carry a
+   ``when=`` predicate and a ``times=`` count);
+2. ``fake.reply(request)``, which returns the reply text, a ``Reply`` or a ``Fault``
+   (default: ``"You said: <the last user message>"``);
+3. the request's own limit: a reply longer than ``max_tokens`` (``max_completion_tokens``,
+   ``max_output_tokens``) is cut to it and stops with ``length`` / ``max_tokens``.
+
+Tokens are counted as one per four characters (at least one): ``input_tokens`` over every text part
+of the request (system prompt, instructions, messages), ``output_tokens`` over the reply.
+
+Streaming requests (``"stream": true``) are answered 400: the fake does not stream. Each error body
+has the provider's shape, so the SDKs raise their usual exceptions (``RateLimitError``,
+``InternalServerError``, ``OverloadedError``...).
+
+The server speaks HTTP/1.0 (one request per connection), needs nothing outside the standard library
+and runs in a daemon thread, so a forgotten ``stop()`` cannot hang the interpreter.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import threading
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Literal
+
+__all__ = ["FakeProvider", "FakeRequest", "Fault", "Reply", "count_tokens"]
+
+Api = Literal["openai.chat", "openai.responses", "anthropic.messages"]
+
+_ROUTES: dict[str, Api] = {
+    "/v1/chat/completions": "openai.chat",
+    "/v1/responses": "openai.responses",
+    "/v1/messages": "anthropic.messages",
+}
+
+# Stop reasons in papayya's spelling (OpenAI's) and Anthropic's; anything else passes through as given.
+_OPENAI_STOP = {
+    "stop": "stop",
+    "end_turn": "stop",
+    "length": "length",
+    "max_tokens": "length",
+    "content_filter": "content_filter",
+    "refusal": "content_filter",
+}
+_ANTHROPIC_STOP = {
+    "stop": "end_turn",
+    "end_turn": "end_turn",
+    "length": "max_tokens",
+    "max_tokens": "max_tokens",
+    "content_filter": "refusal",
+    "refusal": "refusal",
+}
+# Responses API: why a response is "incomplete"; a reason not listed here means "completed".
+_RESPONSES_INCOMPLETE = {
+    "length": "max_output_tokens",
+    "max_tokens": "max_output_tokens",
+    "max_output_tokens": "max_output_tokens",
+    "content_filter": "content_filter",
+    "refusal": "content_filter",
+}
+_OPENAI_ERROR_TYPES = {400: "invalid_request_error", 404: "not_found_error", 429: "rate_limit_exceeded"}
+_ANTHROPIC_ERROR_TYPES = {
+    400: "invalid_request_error",
+    404: "not_found_error",
+    429: "rate_limit_error",
+    529: "overloaded_error",
+}
+_CREATED = 1_700_000_000  # a fixed timestamp keeps responses byte-for-byte reproducible
+
+
+def count_tokens(text: str) -> int:
+    """The fake's tokenizer: one token per four characters, at least one."""
+    return max(1, (len(text) + 3) // 4)
+
+
+@dataclass
+class FakeRequest:
+    """One request the fake received.
+
+    Attributes:
+        api: ``"openai.chat"``, ``"openai.responses"`` or ``"anthropic.messages"``.
+        model: The ``model`` field of the request body.
+        body: The parsed JSON body.
+        headers: Request headers, names lower-cased.
+        prompt: Every text part of the request (system, instructions, messages), one per line.
+        number: 1 for the first request this fake received, 2 for the next, and so on.
+        status: The HTTP status the fake answered with (0 while it is being answered).
+    """
+
+    api: Api
+    model: str
+    body: dict[str, Any]
+    headers: dict[str, str]
+    prompt: str
+    number: int
+    status: int = 0
+
+    @property
+    def idempotency_key(self) -> str | None:
+        """The ``Idempotency-Key`` header, if the client sent one."""
+        return self.headers.get("idempotency-key")
+
+    @property
+    def last_user_message(self) -> str:
+        """The text of the last user message (or the whole input when it is a plain string)."""
+        messages = self.body.get("messages")
+        if messages is None:
+            value = self.body.get("input")
+            messages = [{"role": "user", "content": value}] if isinstance(value, str) else value or []
+        for message in reversed(messages):
+            if isinstance(message, dict) and message.get("role", "user") == "user":
+                return "\n".join(_texts(message.get("content")))
+        return ""
+
+    @property
+    def max_tokens(self) -> int | None:
+        for name in ("max_tokens", "max_completion_tokens", "max_output_tokens"):
+            value = self.body.get(name)
+            if isinstance(value, int):
+                return value
+        return None
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A successful answer.
+
+    Attributes:
+        text: The assistant's text.
+        stop: Why it stopped, in either spelling (``"stop"``/``"end_turn"``, ``"length"``/``"max_tokens"``,
+            ``"content_filter"``/``"refusal"``); translated for each API, other values sent as given.
+        input_tokens: Prompt tokens including cached ones (default: counted from the prompt).
+        output_tokens: Completion tokens (default: counted from ``text``).
+        cached_tokens: Prompt tokens read from the provider's cache.
+        cache_write_tokens: Prompt tokens written to the cache (Anthropic only).
+        model: The model to report (default: the one asked for).
+    """
+
+    text: str
+    stop: str = "stop"
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    cached_tokens: int = 0
+    cache_write_tokens: int = 0
+    model: str | None = None
+
+
+@dataclass(frozen=True)
+class Fault:
+    """An error answer: ``status`` with the provider's error body, and ``Retry-After`` when given."""
+
+    status: int = 500
+    retry_after: float | None = None
+    message: str = "the fake provider was told to fail this request"
+
+
+ReplyFn = Callable[[FakeRequest], "str | Reply | Fault"]
+
+
+@dataclass
+class _Rule:
+    """A scripted outcome: a fault, or a normal reply with another stop reason."""
+
+    times: int | None
+    when: Callable[[FakeRequest], bool] | None
+    fault: Fault | None = None
+    stop: str | None = None
+
+
+def default_reply(request: FakeRequest) -> str:
+    """``"You said: <the last user message>"``."""
+    return f"You said: {request.last_user_message}"
+
+
+class FakeProvider:
+    """A local OpenAI- and Anthropic-compatible HTTP server that counts requests and fails on demand.
+
+    Use it as a context manager, or call ``start()`` and ``stop()``. Safe to use from many threads.
+
+    Attributes:
+        reply: ``request -> str | Reply | Fault``; decides every answer not scripted by ``fail()`` or
+            ``stop_with()``. Replace it freely.
+    """
+
+    def __init__(self, reply: ReplyFn | None = None) -> None:
+        self.reply: ReplyFn = reply or default_reply
+        self._lock = threading.RLock()  # re-entrant: a ``when`` predicate may read ``fake.count``
+        self._requests: list[FakeRequest] = []
+        self._rules: list[_Rule] = []
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle --------------------------------------------------------------------------------
+
+    def start(self) -> FakeProvider:
+        """Listen on a free port of 127.0.0.1 and serve in a daemon thread."""
+        if self._server is not None:
+            return self
+        server = _Server(self)
+        self._server = server
+        # A short poll interval makes stop() quick; the server is idle the rest of the time anyway.
+        self._thread = threading.Thread(
+            target=server.serve_forever, args=(0.02,), name="papayya-fake-provider", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving and close the socket."""
+        server, self._server = self._server, None
+        if server is None:
+            return
+        server.shutdown()
+        server.server_close()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    def __enter__(self) -> FakeProvider:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def url(self) -> str:
+        """``http://127.0.0.1:PORT``."""
+        if self._server is None:
+            raise RuntimeError("The fake provider is not running; call start() or use it in a with block.")
+        host, port = self._server.server_address[:2]
+        return f"http://{host!s}:{port}"
+
+    @property
+    def openai_url(self) -> str:
+        """The ``base_url`` for ``openai.OpenAI`` (ends in ``/v1``)."""
+        return f"{self.url}/v1"
+
+    @property
+    def anthropic_url(self) -> str:
+        """The ``base_url`` for ``anthropic.Anthropic``."""
+        return self.url
+
+    # -- scripting --------------------------------------------------------------------------------
+
+    def fail(
+        self,
+        status: int = 500,
+        *,
+        times: int | None = 1,
+        retry_after: float | None = None,
+        message: str | None = None,
+        when: Callable[[FakeRequest], bool] | None = None,
+    ) -> None:
+        """Answer the next ``times`` requests (matching ``when``) with HTTP ``status``; None = forever."""
+        self._script(_Rule(times, when, fault=Fault(status, retry_after, message or Fault.message)))
+
+    def stop_with(
+        self, reason: str, *, times: int | None = 1, when: Callable[[FakeRequest], bool] | None = None
+    ) -> None:
+        """Answer the next ``times`` requests (matching ``when``) normally, but stopping for ``reason``.
+
+        ``reason`` in either spelling: ``"length"``/``"max_tokens"``, ``"content_filter"``/``"refusal"``.
+        """
+        self._script(_Rule(times, when, stop=reason))
+
+    def _script(self, rule: _Rule) -> None:
+        with self._lock:
+            self._rules.append(rule)
+
+    def reset(self) -> None:
+        """Forget the requests seen and the scripted outcomes (``reply`` is kept)."""
+        with self._lock:
+            self._requests.clear()
+            self._rules.clear()
+
+    # -- counting ---------------------------------------------------------------------------------
+
+    @property
+    def requests(self) -> list[FakeRequest]:
+        """Every request received so far, answered or failed, oldest first."""
+        with self._lock:
+            return list(self._requests)
+
+    @property
+    def count(self) -> int:
+        """How many requests were received (failed ones included)."""
+        with self._lock:
+            return len(self._requests)
+
+    @property
+    def counts(self) -> Counter[str]:
+        """Requests received per model."""
+        with self._lock:
+            return Counter(r.model for r in self._requests)
+
+    @property
+    def idempotency_keys(self) -> list[str | None]:
+        """The ``Idempotency-Key`` header of every request (None where absent), oldest first."""
+        with self._lock:
+            return [r.idempotency_key for r in self._requests]
+
+    # -- answering --------------------------------------------------------------------------------
+
+    def _answer(
+        self, api: Api, body: dict[str, Any], headers: dict[str, str]
+    ) -> tuple[int, dict[str, str], Any]:
+        with self._lock:
+            request = FakeRequest(
+                api=api,
+                model=str(body.get("model") or ""),
+                body=body,
+                headers=headers,
+                prompt="\n".join(_prompt_texts(api, body)),
+                number=len(self._requests) + 1,
+            )
+            self._requests.append(request)
+            rule = next((r for r in self._rules if r.when is None or r.when(request)), None)
+            if rule is not None and rule.times is not None:
+                rule.times -= 1
+                if rule.times <= 0:
+                    self._rules.remove(rule)
+        status, extra, payload = self._respond(request, rule)
+        request.status = status
+        return status, extra, payload
+
+    def _respond(self, request: FakeRequest, rule: _Rule | None) -> tuple[int, dict[str, str], Any]:
+        if not request.model:
+            return _error(request.api, Fault(400, message="model is required"))
+        if request.body.get("stream"):
+            return _error(request.api, Fault(400, message="the fake provider does not stream"))
+        if rule is not None and rule.fault is not None:
+            return _error(request.api, rule.fault)
+        try:
+            answer = self.reply(request)
+        except Exception as exc:  # a broken reply hook answers 500 instead of dropping the connection
+            return _error(request.api, Fault(500, message=f"reply hook raised {exc!r}"))
+        if isinstance(answer, Fault):
+            return _error(request.api, answer)
+        reply = Reply(answer) if isinstance(answer, str) else answer
+        if rule is not None and rule.stop is not None:
+            reply = dataclasses.replace(reply, stop=rule.stop)
+        reply = _limit(reply, request.max_tokens)
+        return 200, {}, _BUILDERS[request.api](request, reply)
+
+
+def _limit(reply: Reply, max_tokens: int | None) -> Reply:
+    if max_tokens is None or reply.output_tokens is not None or count_tokens(reply.text) <= max_tokens:
+        return reply
+    return dataclasses.replace(reply, text=reply.text[: max_tokens * 4], stop="length")
+
+
+def _texts(content: Any) -> list[str]:
+    """Text parts of a message ``content`` (a string or a list of blocks) or a system prompt."""
+    if content is None:
+        return []
+    if isinstance(content, str):
+        return [content]
+    out: list[str] = []
+    for block in content if isinstance(content, list) else [content]:
+        if isinstance(block, str):
+            out.append(block)
+        elif isinstance(block, dict) and isinstance(block.get("text"), str):
+            out.append(block["text"])
+        elif isinstance(block, dict) and "content" in block:
+            out.extend(_texts(block["content"]))
+    return out
+
+
+def _prompt_texts(api: Api, body: dict[str, Any]) -> list[str]:
+    texts = _texts(body.get("system")) + _texts(body.get("instructions"))
+    if api == "openai.responses":
+        return texts + _texts(body.get("input"))
+    for message in body.get("messages") or []:
+        if isinstance(message, dict):
+            texts.extend(_texts(message.get("content")))
+    return texts
+
+
+def _usage(request: FakeRequest, reply: Reply) -> tuple[int, int]:
+    return (
+        reply.input_tokens if reply.input_tokens is not None else count_tokens(request.prompt),
+        reply.output_tokens if reply.output_tokens is not None else count_tokens(reply.text),
+    )
+
+
+def _chat_completion(request: FakeRequest, reply: Reply) -> dict[str, Any]:
+    prompt, completion = _usage(request, reply)
+    return {
+        "id": f"chatcmpl-fake-{request.number}",
+        "object": "chat.completion",
+        "created": _CREATED,
+        "model": reply.model or request.model,
+        "system_fingerprint": "fp_papayya_fake",
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": reply.text, "refusal": None, "annotations": []},
+                "finish_reason": _OPENAI_STOP.get(reply.stop, reply.stop),
+                "logprobs": None,
+            }
+        ],
+        "usage": {
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": prompt + completion,
+            "prompt_tokens_details": {"cached_tokens": reply.cached_tokens, "audio_tokens": 0},
+            "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0},
+        },
+    }
+
+
+def _response(request: FakeRequest, reply: Reply) -> dict[str, Any]:
+    prompt, completion = _usage(request, reply)
+    incomplete = _RESPONSES_INCOMPLETE.get(reply.stop)
+    return {
+        "id": f"resp_fake_{request.number}",
+        "object": "response",
+        "created_at": _CREATED,
+        "model": reply.model or request.model,
+        "status": "incomplete" if incomplete else "completed",
+        "incomplete_details": {"reason": incomplete} if incomplete else None,
+        "error": None,
+        "instructions": request.body.get("instructions"),
+        "output": [
+            {
+                "type": "message",
+                "id": f"msg_fake_{request.number}",
+                "role": "assistant",
+                "status": "incomplete" if incomplete else "completed",
+                "content": [{"type": "output_text", "text": reply.text, "annotations": []}],
+            }
+        ],
+        "parallel_tool_calls": True,
+        "tool_choice": "auto",
+        "tools": [],
+        "usage": {
+            "input_tokens": prompt,
+            "input_tokens_details": {"cached_tokens": reply.cached_tokens},
+            "output_tokens": completion,
+            "output_tokens_details": {"reasoning_tokens": 0},
+            "total_tokens": prompt + completion,
+        },
+    }
+
+
+def _message(request: FakeRequest, reply: Reply) -> dict[str, Any]:
+    prompt, completion = _usage(request, reply)
+    cached = reply.cached_tokens + reply.cache_write_tokens
+    return {
+        "id": f"msg_fake_{request.number}",
+        "type": "message",
+        "role": "assistant",
+        "model": reply.model or request.model,
+        "content": [{"type": "text", "text": reply.text}],
+        "stop_reason": _ANTHROPIC_STOP.get(reply.stop, reply.stop),
+        "stop_sequence": None,
+        "usage": {
+            # Anthropic's input_tokens leaves out what was read from or written to the cache.
+            "input_tokens": max(0, prompt - cached),
+            "output_tokens": completion,
+            "cache_read_input_tokens": reply.cached_tokens,
+            "cache_creation_input_tokens": reply.cache_write_tokens,
+        },
+    }
+
+
+_BUILDERS: dict[Api, Callable[[FakeRequest, Reply], dict[str, Any]]] = {
+    "openai.chat": _chat_completion,
+    "openai.responses": _response,
+    "anthropic.messages": _message,
+}
+
+
+def _error(api: Api, fault: Fault) -> tuple[int, dict[str, str], Any]:
+    headers = {} if fault.retry_after is None else {"retry-after": f"{fault.retry_after:g}"}
+    if api == "anthropic.messages":
+        kind = _ANTHROPIC_ERROR_TYPES.get(fault.status, "api_error")
+        return fault.status, headers, {"type": "error", "error": {"type": kind, "message": fault.message}}
+    kind = _OPENAI_ERROR_TYPES.get(fault.status, "server_error")
+    error = {"message": fault.message, "type": kind, "param": None, "code": kind}
+    return fault.status, headers, {"error": error}
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, fake: FakeProvider) -> None:
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.fake = fake
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+    server_version = "papayya-fake-provider/1"
+
+    def do_POST(self) -> None:
+        fake = self.server.fake
+        api = _ROUTES.get(self.path.split("?", 1)[0])
+        length = int(self.headers.get("content-length") or 0)
+        raw = self.rfile.read(length) if length else b""
+        if api is None:
+            self._send(404, {}, {"error": {"message": f"no route {self.path}", "type": "not_found_error"}})
+            return
+        try:
+            body = json.loads(raw or b"{}")
+        except ValueError:
+            body = None
+        if not isinstance(body, dict):
+            self._send(*_error(api, Fault(400, message="the body is not a JSON object")))
+            return
+        headers = {k.lower(): v for k, v in self.headers.items()}
+        try:
+            answer = fake._answer(api, body, headers)
+        except Exception as exc:  # a broken ``when`` predicate: answer, do not drop the connection
+            answer = _error(api, Fault(500, message=f"the fake provider failed: {exc!r}"))
+        self._send(*answer)
+
+    def _send(self, status: int, headers: dict[str, str], payload: Any) -> None:
+        data = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(data)))
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Quiet: a test's output is not the place for an access log."""

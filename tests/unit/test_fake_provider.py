@@ -1,0 +1,264 @@
+"""The fake provider answers the real openai and anthropic clients, counts requests and fails on demand."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import anthropic
+import openai
+import pytest
+from anthropic.types import Message
+from openai.types.chat import ChatCompletion
+from openai.types.responses import Response
+
+from papayya.testing import FakeProvider, FakeRequest, Fault, Reply, count_tokens
+
+HELLO = [{"role": "user", "content": "hello there"}]
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeProvider]:
+    with FakeProvider() as f:
+        yield f
+
+
+@pytest.fixture
+def oai(fake: FakeProvider) -> Iterator[openai.OpenAI]:
+    with openai.OpenAI(base_url=fake.openai_url, api_key="test", max_retries=0) as client:
+        yield client
+
+
+@pytest.fixture
+def claude(fake: FakeProvider) -> Iterator[anthropic.Anthropic]:
+    with anthropic.Anthropic(base_url=fake.anthropic_url, api_key="test", max_retries=0) as client:
+        yield client
+
+
+def test_chat_completion_is_derived_from_the_prompt(fake: FakeProvider, oai: openai.OpenAI) -> None:
+    reply = oai.chat.completions.create(
+        model="gpt-4o-mini", messages=[{"role": "system", "content": "be brief"}, *HELLO]
+    )
+
+    assert isinstance(reply, ChatCompletion)
+    assert reply.model == "gpt-4o-mini"
+    assert reply.choices[0].message.content == "You said: hello there"
+    assert reply.choices[0].finish_reason == "stop"
+    assert reply.usage is not None
+    assert reply.usage.prompt_tokens == count_tokens("be brief\nhello there")
+    assert reply.usage.completion_tokens == count_tokens("You said: hello there")
+    assert fake.count == 1
+    assert fake.requests[0].api == "openai.chat"
+
+
+def test_the_same_request_gets_the_same_answer(oai: openai.OpenAI) -> None:
+    first = oai.chat.completions.create(model="gpt-4o-mini", messages=HELLO)
+    second = oai.chat.completions.create(model="gpt-4o-mini", messages=HELLO)
+
+    assert first.choices[0].message == second.choices[0].message
+    assert first.usage == second.usage
+
+
+def test_responses_api(fake: FakeProvider, oai: openai.OpenAI) -> None:
+    response = oai.responses.create(model="gpt-4o-mini", instructions="be brief", input="hello there")
+
+    assert isinstance(response, Response)
+    assert response.output_text == "You said: hello there"
+    assert response.status == "completed"
+    assert response.usage is not None
+    assert response.usage.input_tokens == count_tokens("be brief\nhello there")
+    assert fake.requests[0].api == "openai.responses"
+
+
+def test_anthropic_messages(fake: FakeProvider, claude: anthropic.Anthropic) -> None:
+    message = claude.messages.create(
+        model="claude-3-5-haiku-latest",
+        max_tokens=100,
+        system="be brief",
+        messages=[{"role": "user", "content": [{"type": "text", "text": "hello there"}]}],
+    )
+
+    assert isinstance(message, Message)
+    assert message.model == "claude-3-5-haiku-latest"
+    assert message.content[0].type == "text"
+    assert message.content[0].text == "You said: hello there"
+    assert message.stop_reason == "end_turn"
+    assert message.usage.input_tokens == count_tokens("be brief\nhello there")
+    assert fake.counts == {"claude-3-5-haiku-latest": 1}
+
+
+def test_cached_tokens_are_reported_the_way_each_provider_reports_them(
+    fake: FakeProvider, oai: openai.OpenAI, claude: anthropic.Anthropic
+) -> None:
+    fake.reply = lambda r: Reply(
+        "ok", input_tokens=100, output_tokens=7, cached_tokens=60, cache_write_tokens=10
+    )
+
+    chat = oai.chat.completions.create(model="gpt-4o-mini", messages=HELLO)
+    message = claude.messages.create(model="claude-3-5-haiku-latest", max_tokens=100, messages=HELLO)
+
+    # OpenAI counts cached tokens inside prompt_tokens; Anthropic's input_tokens leaves them out.
+    assert chat.usage is not None
+    assert chat.usage.prompt_tokens_details is not None
+    assert (chat.usage.prompt_tokens, chat.usage.prompt_tokens_details.cached_tokens) == (100, 60)
+    assert chat.usage.completion_tokens == 7
+    usage = message.usage
+    assert (usage.input_tokens, usage.cache_read_input_tokens, usage.cache_creation_input_tokens) == (
+        30,
+        60,
+        10,
+    )
+
+
+def test_counts_requests_per_model_and_the_idempotency_keys_seen(
+    fake: FakeProvider, oai: openai.OpenAI
+) -> None:
+    oai.chat.completions.create(model="gpt-4o-mini", messages=HELLO, extra_headers={"Idempotency-Key": "k-1"})
+    oai.chat.completions.create(model="gpt-4.1-mini", messages=HELLO)
+    oai.chat.completions.create(model="gpt-4o-mini", messages=HELLO)
+
+    assert fake.count == 3
+    assert fake.counts == {"gpt-4o-mini": 2, "gpt-4.1-mini": 1}
+    assert fake.idempotency_keys == ["k-1", None, None]
+
+    fake.reset()
+    assert fake.count == 0
+
+
+def test_rate_limit_with_retry_after(fake: FakeProvider, oai: openai.OpenAI) -> None:
+    fake.fail(429, retry_after=7)
+
+    with pytest.raises(openai.RateLimitError) as raised:
+        oai.chat.completions.create(model="gpt-4o-mini", messages=HELLO)
+    oai.chat.completions.create(model="gpt-4o-mini", messages=HELLO)
+
+    assert raised.value.response.headers["retry-after"] == "7"
+    assert [r.status for r in fake.requests] == [429, 200]
+
+
+def test_the_sdk_retries_with_the_same_idempotency_key(fake: FakeProvider) -> None:
+    fake.fail(500, times=2, retry_after=0.01)
+
+    with openai.OpenAI(base_url=fake.openai_url, api_key="test", max_retries=2) as client:
+        client.chat.completions.create(
+            model="gpt-4o-mini", messages=HELLO, extra_headers={"Idempotency-Key": "k"}
+        )
+
+    assert [r.status for r in fake.requests] == [500, 500, 200]
+    assert fake.idempotency_keys == ["k", "k", "k"]
+
+
+def test_failures_can_target_requests_by_predicate(
+    fake: FakeProvider, oai: openai.OpenAI, claude: anthropic.Anthropic
+) -> None:
+    fake.fail(529, times=None, when=lambda r: r.api == "anthropic.messages")
+
+    oai.chat.completions.create(model="gpt-4o-mini", messages=HELLO)
+    with pytest.raises(anthropic.OverloadedError):
+        claude.messages.create(model="claude-3-5-haiku-latest", max_tokens=10, messages=HELLO)
+    fake.fail(500)
+    with pytest.raises(openai.InternalServerError):
+        oai.chat.completions.create(model="gpt-4o-mini", messages=HELLO)
+    assert [r.status for r in fake.requests] == [200, 529, 500]
+
+
+def test_stop_reasons_in_each_providers_spelling(
+    fake: FakeProvider, oai: openai.OpenAI, claude: anthropic.Anthropic
+) -> None:
+    fake.stop_with("length", times=3)
+    chat = oai.chat.completions.create(model="gpt-4o-mini", messages=HELLO)
+    message = claude.messages.create(model="claude-3-5-haiku-latest", max_tokens=100, messages=HELLO)
+    response = oai.responses.create(model="gpt-4o-mini", input="hi")
+    fake.stop_with("content_filter", times=2)
+    filtered = oai.chat.completions.create(model="gpt-4o-mini", messages=HELLO)
+    refused = claude.messages.create(model="claude-3-5-haiku-latest", max_tokens=100, messages=HELLO)
+    normal = oai.chat.completions.create(model="gpt-4o-mini", messages=HELLO)
+
+    assert chat.choices[0].finish_reason == "length"
+    assert message.stop_reason == "max_tokens"
+    assert response.status == "incomplete"
+    assert response.incomplete_details is not None
+    assert response.incomplete_details.reason == "max_output_tokens"
+    assert filtered.choices[0].finish_reason == "content_filter"
+    assert refused.stop_reason == "refusal"
+    assert normal.choices[0].finish_reason == "stop"
+
+
+def test_a_reply_longer_than_max_tokens_is_cut(oai: openai.OpenAI, claude: anthropic.Anthropic) -> None:
+    chat = oai.chat.completions.create(model="gpt-4o-mini", messages=HELLO, max_completion_tokens=2)
+    message = claude.messages.create(model="claude-3-5-haiku-latest", max_tokens=2, messages=HELLO)
+
+    assert chat.choices[0].finish_reason == "length"
+    assert chat.choices[0].message.content == "You said"
+    assert chat.usage is not None
+    assert chat.usage.completion_tokens == 2
+    assert message.stop_reason == "max_tokens"
+
+
+def test_the_reply_hook_decides_the_answer(fake: FakeProvider, oai: openai.OpenAI) -> None:
+    def reply(request: FakeRequest) -> str | Reply | Fault:
+        if "boom" in request.prompt:
+            return Fault(503, message="down")
+        if request.model == "gpt-4.1-mini":
+            return Reply("fixed", model="gpt-4.1-mini-2025-04-14")
+        return request.last_user_message.upper()
+
+    fake.reply = reply
+
+    shout = oai.chat.completions.create(model="gpt-4o-mini", messages=HELLO)
+    pinned = oai.chat.completions.create(model="gpt-4.1-mini", messages=HELLO)
+    with pytest.raises(openai.InternalServerError) as raised:
+        oai.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "boom"}])
+
+    assert shout.choices[0].message.content == "HELLO THERE"
+    assert pinned.model == "gpt-4.1-mini-2025-04-14"
+    assert raised.value.status_code == 503
+
+
+def test_a_broken_reply_hook_answers_500(fake: FakeProvider, oai: openai.OpenAI) -> None:
+    def reply(request: FakeRequest) -> str:
+        raise ValueError("oops")
+
+    fake.reply = reply
+
+    with pytest.raises(openai.InternalServerError, match="oops"):
+        oai.chat.completions.create(model="gpt-4o-mini", messages=HELLO)
+
+
+def test_streaming_is_refused(oai: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError, match="does not stream"):
+        oai.chat.completions.create(model="gpt-4o-mini", messages=HELLO, stream=True)
+
+
+def test_async_clients(fake: FakeProvider) -> None:
+    async def both() -> tuple[str | None, str]:
+        async with (
+            openai.AsyncOpenAI(base_url=fake.openai_url, api_key="test") as oai,
+            anthropic.AsyncAnthropic(base_url=fake.anthropic_url, api_key="test") as claude,
+        ):
+            chat, message = await asyncio.gather(
+                oai.chat.completions.create(model="gpt-4o-mini", messages=HELLO),
+                claude.messages.create(model="claude-3-5-haiku-latest", max_tokens=50, messages=HELLO),
+            )
+        block = message.content[0]
+        assert block.type == "text"
+        return chat.choices[0].message.content, block.text
+
+    assert asyncio.run(both()) == ("You said: hello there", "You said: hello there")
+    assert fake.count == 2
+
+
+def test_url_needs_a_running_server() -> None:
+    fake = FakeProvider()
+    with pytest.raises(RuntimeError, match="not running"):
+        _ = fake.url
+    with fake:
+        assert fake.openai_url.startswith("http://127.0.0.1:")
+        assert fake.openai_url.endswith("/v1")
+    fake.stop()  # stopping twice is harmless
+
+
+def test_unknown_route_is_404(fake: FakeProvider, oai: openai.OpenAI) -> None:
+    with pytest.raises(openai.NotFoundError):
+        oai.embeddings.create(model="text-embedding-3-small", input="hi")
+    assert fake.count == 0
