@@ -40,6 +40,7 @@ DEGENERATE_STOP_REASONS = frozenset(
     {
         "length",
         "max_tokens",
+        "max_output_tokens",
         "content_filter",
         "refusal",
         "safety",
@@ -201,8 +202,8 @@ def _journaled(
         result = ctx.journal[key]
         if after is not None:
             after(ctx, name, result)
-        return _ready(result) if inspect.iscoroutinefunction(fn) else result
-    if inspect.iscoroutinefunction(fn):
+        return _ready(result) if is_async_callable(fn) else result
+    if is_async_callable(fn):
 
         async def run_async() -> Any:
             value = await fn(*args, **kwargs)
@@ -219,6 +220,12 @@ def _journaled(
     if after is not None:
         after(ctx, name, value)
     return value
+
+
+def is_async_callable(fn: Callable[..., Any]) -> bool:
+    """True for ``async def`` functions, also behind sync-looking decorators (the OpenAI and Anthropic
+    SDKs wrap their async ``create`` methods in one)."""
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(inspect.unwrap(fn))
 
 
 async def _ready(value: Any) -> Any:
@@ -335,7 +342,7 @@ class Run:
             ctx = _ctx()
             # SDK methods hide ``async def`` behind sync decorators (openai's and anthropic's
             # ``AsyncCompletions.create``, ``AsyncMessages.create``); look through ``__wrapped__``.
-            is_async = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(inspect.unwrap(fn))
+            is_async = is_async_callable(fn)
             key = ctx.next_key("llm", name)
             if key in ctx.journal:
                 recorded = ctx.journal[key]

@@ -276,10 +276,6 @@ def test_a_responses_api_cut_short_records_why(rt: Runtime, tenant: str, client:
     assert call["stop_reason"] == "max_output_tokens"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="papayya.context.DEGENERATE_STOP_REASONS lacks the Responses API's 'max_output_tokens'",
-)
 def test_a_responses_api_cut_short_degrades_the_item(rt: Runtime, tenant: str, client: openai.OpenAI) -> None:
     @agent
     def respond(item):

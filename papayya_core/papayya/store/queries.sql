@@ -233,7 +233,7 @@ ORDER BY created_at, step_key;
 
 -- name: item_llm_calls
 SELECT attempt_id, step_key, provider, model, input_tokens, output_tokens, cache_read_tokens,
-       cache_write_tokens, stop_reason, latency_ms, cost_usd, price_source, created_at
+       cache_write_tokens, stop_reason, latency_ms, cost_usd, price_source, idempotency_key, created_at
 FROM papayya.llm_calls
 WHERE item_id = %(item_id)s AND tenant_id = %(tenant_id)s
 ORDER BY call_id;
