@@ -27,9 +27,10 @@ import time
 from decimal import Decimal
 from typing import Any
 
+from pydantic import BaseModel
+
 import papayya
 from papayya import agent, run
-from pydantic import BaseModel
 
 log = logging.getLogger("tenant_batch")
 
@@ -137,6 +138,7 @@ _SIMULATED = SimulatedChat()
 _CLIENT: Any = None
 if os.environ.get("OPENAI_API_KEY"):
     import openai
+
     import papayya_openai
 
     _CLIENT = papayya_openai.instrument(openai.OpenAI())

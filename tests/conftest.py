@@ -15,11 +15,12 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import papayya
 import psycopg
 import pytest
-from papayya.runtime import Runtime, get_runtime
 from psycopg import sql
+
+import papayya
+from papayya.runtime import Runtime, get_runtime
 
 IN_CI = bool(os.environ.get("CI"))
 

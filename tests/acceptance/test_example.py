@@ -18,7 +18,12 @@ def run_example(database_url: str, cwd: Path, python: str = sys.executable) -> s
     env["PAPAYYA_DATABASE_URL"] = database_url
     proc = subprocess.run(
         [python, str(ROOT / "examples" / "tenant_batch.py")],
-        cwd=cwd, env=env, capture_output=True, text=True, timeout=300, check=False,
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
@@ -28,7 +33,7 @@ def run_example(database_url: str, cwd: Path, python: str = sys.executable) -> s
 def check_summary(out: str) -> None:
     assert "SIMULATED provider" in out
     for tenant, total in (("acme", 500), ("globex", 400), ("initech", 300)):
-        block = out.split(f"tenant {tenant}")[1].split("\n\n")[0]
+        block = out.split(f"tenant {tenant}")[1].split("\n\n", maxsplit=1)[0]
         counts = re.search(r"items\s+([\d,]+): ([\d,]+) succeeded, ([\d,]+) degraded, ([\d,]+) failed", block)
         assert counts, block
         n, ok, degraded, failed = (int(g.replace(",", "")) for g in counts.groups())
@@ -36,9 +41,14 @@ def check_summary(out: str) -> None:
         assert degraded > 0
         assert re.search(r"cost\s+\$0\.\d{6} this run", block)
     # every injected problem is named
-    for problem in ("tool_returned_none (lookup)", "retrieval_empty", "swallowed_exception",
-                    "schema.extra_field (compnay_size)", "llm_stop_reason (length)",
-                    "KeyError <str> in tenant_batch.py:parse"):
+    for problem in (
+        "tool_returned_none (lookup)",
+        "retrieval_empty",
+        "swallowed_exception",
+        "schema.extra_field (compnay_size)",
+        "llm_stop_reason (length)",
+        "KeyError <str> in tenant_batch.py:parse",
+    ):
         assert problem in out, problem
 
 

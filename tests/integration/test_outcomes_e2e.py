@@ -5,11 +5,12 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import papayya
 import pytest
+from pydantic import BaseModel
+
+import papayya
 from papayya import Reason, agent, hookimpl, run
 from papayya.runtime import Runtime
-from pydantic import BaseModel
 
 log = logging.getLogger("user.code")
 

@@ -8,8 +8,9 @@ from collections.abc import Iterator
 
 import psycopg
 import pytest
-from papayya import MigrationError, migrate
 from psycopg import sql
+
+from papayya import MigrationError, migrate
 
 EXPECTED_TABLES = {
     "attempts": {

@@ -5,9 +5,10 @@ import json
 from datetime import UTC, datetime
 
 import pytest
+from pydantic import BaseModel
+
 from papayya import InputError, Item
 from papayya.agent import prepare_items
-from pydantic import BaseModel
 
 
 class Row(BaseModel):

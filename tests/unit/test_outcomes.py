@@ -3,9 +3,10 @@ from __future__ import annotations
 import logging
 
 import pytest
+from pydantic import BaseModel
+
 from papayya.models import Reason
 from papayya.outcomes import is_empty, run_checks, validate_output
-from pydantic import BaseModel
 
 
 class Address(BaseModel):

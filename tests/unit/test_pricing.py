@@ -5,6 +5,7 @@ from decimal import Decimal
 import pytest
 from genai_prices import Usage as GUsage
 from genai_prices import calc_price
+
 from papayya.pricing import CATALOG, Usage, price_call
 
 

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import pytest
+
 from papayya import TenantError
 from papayya.tenants import validate_tenant_id
 
