@@ -1,0 +1,292 @@
+"""``papayya items``: the items of a run, and everything recorded about one of them."""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import UUID
+
+import click
+
+from papayya.cli import render
+from papayya.cli.connect import connect
+from papayya.cli.params import ITEM_ID, RUN_ID
+from papayya.models import ItemStatus
+
+# What `items show` prints of an input or output before pointing at --json for the rest.
+_SHOW_CHARS = 4000
+
+
+@click.group("items")
+def items_group() -> None:
+    """List the items of a run and show one in full."""
+
+
+@items_group.command("list")
+@click.argument("run_id", metavar="RUN", type=RUN_ID)
+@click.option(
+    "--outcome",
+    type=click.Choice([s.value for s in ItemStatus]),
+    default=None,
+    help="Only items with this outcome (or status).",
+)
+@click.option("--limit", type=click.IntRange(1, 100_000), default=100, show_default=True)
+@click.option("--after", metavar="KEY", default=None, help="Start after this item id (the next page).")
+@render.json_option
+def list_command(run_id: UUID, outcome: str | None, limit: int, after: str | None, as_json: bool) -> None:
+    """List RUN's items in item-id order, with why each fell short."""
+    store = connect()
+    run = store.run_get(run_id)
+    rows = store.items_page(run_id, tenant_id=run["tenant_id"], status=outcome, after=after, limit=limit)
+    next_after = rows[-1]["key"] if len(rows) == limit else None
+    if as_json:
+        render.emit_json(
+            {
+                "run_id": run_id,
+                "tenant": run["tenant_id"],
+                "outcome": outcome,
+                "items": [
+                    {
+                        "item_id": r["item_id"],
+                        "key": r["key"],
+                        "status": r["status"],
+                        "attempts": r["attempts"],
+                        "reasons": r["reasons"],
+                        "error_type": r["error_type"],
+                        "fingerprint": r["fingerprint"],
+                        "cost_usd": render.known_cost(r["cost_usd"], r["cost_unknown"]),
+                        "cost_unknown": r["cost_unknown"],
+                        "updated_at": r["updated_at"],
+                    }
+                    for r in rows
+                ],
+                "next_after": next_after,
+            }
+        )
+        return
+    if not rows:
+        which = f"{outcome} items" if outcome else "items"
+        render.out(f"Run {run_id} has no {which}" + (f" after {after!r}." if after else "."))
+        return
+    render.out(
+        render.table(
+            ["id", "status", "attempts", "cost", "why", "item"],
+            [
+                (
+                    r["key"],
+                    r["status"],
+                    r["attempts"],
+                    render.cost_text(r["cost_usd"], r["cost_unknown"]),
+                    _why(r["reasons"], r["error_type"]),
+                    r["item_id"],
+                )
+                for r in rows
+            ],
+            right=["attempts", "cost"],
+            whole=["item"],
+        )
+    )
+    if next_after is not None:
+        from shlex import quote
+
+        flags = f" --outcome {outcome}" if outcome else ""
+        render.out(
+            render.note(
+                f"(more: papayya items list {run_id}{flags} --limit {limit} --after {quote(next_after)})"
+            )
+        )
+
+
+@items_group.command("show")
+@click.argument("item", metavar="ITEM")
+@click.option(
+    "--run",
+    "run_id",
+    type=RUN_ID,
+    default=None,
+    metavar="RUN",
+    help="Read ITEM as the item's own id (key) within RUN instead of papayya's item UUID.",
+)
+@click.option(
+    "--traceback", "show_traceback", is_flag=True, help="Also print each failed attempt's traceback."
+)
+@render.json_option
+def show_command(item: str, run_id: UUID | None, show_traceback: bool, as_json: bool) -> None:
+    """Show ITEM: its input, each attempt, the journal steps and the LLM calls with their cost."""
+    store = connect()
+    if run_id is not None:
+        run = store.run_get(run_id)
+        item_id = store.item_id_by_key(run_id, run["tenant_id"], item)
+    else:
+        ctx = click.get_current_context()
+        param = next(p for p in ctx.command.params if p.name == "item")
+        item_id = ITEM_ID.convert(item, param, ctx)
+    row = store.item_detail(item_id)
+    detail = _item_detail(row)
+    if as_json:
+        render.emit_json(detail)
+        return
+    _print_item(detail, show_traceback)
+
+
+def _why(reasons: list[dict[str, Any]], error_type: str | None) -> str:
+    if error_type:
+        return error_type
+    return ", ".join(_reason_label(r) for r in reasons)
+
+
+def _reason_label(reason: dict[str, Any]) -> str:
+    return f"{reason.get('code')}: {reason['path']}" if reason.get("path") else str(reason.get("code"))
+
+
+def _item_detail(row: dict[str, Any]) -> dict[str, Any]:
+    numbers = {a["attempt_id"]: a["number"] for a in row["attempts_detail"]}
+    return {
+        "item_id": row["item_id"],
+        "key": row["key"],
+        "run_id": row["run_id"],
+        "tenant": row["tenant_id"],
+        "status": row["status"],
+        "max_attempts": row["max_attempts"],
+        "input": row["input"],
+        "output": row["output"],
+        "reasons": row["reasons"],
+        "error": row["error"],
+        "fingerprint": row["fingerprint"],
+        "cost_usd": render.known_cost(row["cost_usd"], row["cost_unknown"]),
+        "cost_unknown": row["cost_unknown"],
+        "replayed_from": row["replayed_from"],
+        "created_at": row["created_at"],
+        "updated_at": row["updated_at"],
+        "finished_at": row["finished_at"],
+        "attempts": [
+            {
+                "number": a["number"],
+                "attempt_id": a["attempt_id"],
+                "status": a["status"],
+                "backend": a["backend"],
+                "worker": a["worker"],
+                "started_at": a["started_at"],
+                "finished_at": a["finished_at"],
+                "reasons": a["reasons"],
+                "error": a["error"],
+                "fingerprint": a["fingerprint"],
+                "output": a["output"],
+                "cost_usd": render.known_cost(a["cost_usd"], a["cost_unknown"]),
+                "cost_unknown": a["cost_unknown"],
+            }
+            for a in row["attempts_detail"]
+        ],
+        "steps": [
+            {
+                "step_key": s["step_key"],
+                "kind": s["kind"],
+                "attempt": numbers.get(s["attempt_id"]),
+                "attempt_id": s["attempt_id"],
+                "result": s["result"],
+                "created_at": s["created_at"],
+            }
+            for s in row["steps"]
+        ],
+        "llm_calls": [
+            {
+                "attempt": numbers.get(c["attempt_id"]),
+                "attempt_id": c["attempt_id"],
+                "step_key": c["step_key"],
+                "provider": c["provider"],
+                "model": c["model"],
+                "input_tokens": c["input_tokens"],
+                "output_tokens": c["output_tokens"],
+                "cache_read_tokens": c["cache_read_tokens"],
+                "cache_write_tokens": c["cache_write_tokens"],
+                "stop_reason": c["stop_reason"],
+                "latency_ms": c["latency_ms"],
+                "cost_usd": c["cost_usd"],
+                "price_source": c["price_source"],
+                "created_at": c["created_at"],
+            }
+            for c in row["llm_calls"]
+        ],
+    }
+
+
+def _print_item(d: dict[str, Any], show_traceback: bool) -> None:
+    n = len(d["attempts"])
+    render.out(
+        render.fields(
+            [
+                ("item", f"{d['key']}  ({d['item_id']})"),
+                ("run", d["run_id"]),
+                ("tenant", d["tenant"]),
+                (
+                    "status",
+                    f"{d['status']} after {n} attempt{'s' if n != 1 else ''} (at most {d['max_attempts']})",
+                ),
+                ("cost", render.cost_label(d["cost_usd"], d["cost_unknown"])),
+                *([("replay of", d["replayed_from"])] if d["replayed_from"] else []),
+            ]
+        )
+    )
+    render.out(render.heading("input"), render.cell(render.json_text(d["input"], limit=_SHOW_CHARS)))
+    if d["output"] is not None:
+        render.out(render.heading("output"), render.cell(render.json_text(d["output"], limit=_SHOW_CHARS)))
+
+    for a in d["attempts"]:
+        took = ""
+        if a["started_at"] and a["finished_at"]:
+            took = f" in {(a['finished_at'] - a['started_at']).total_seconds():.2f}s"
+        render.out(render.heading(f"attempt {a['number']}: {a['status']}"))
+        pairs: list[tuple[str, Any]] = [
+            ("ran", f"{render.when(a['started_at'])}{took} on {a['backend']} ({a['worker']})"),
+            ("cost", render.cost_label(a["cost_usd"], a["cost_unknown"])),
+        ]
+        pairs += [("reason", f"{_reason_label(r)}  {r.get('message') or ''}".rstrip()) for r in a["reasons"]]
+        error = a["error"]
+        if error:
+            pairs.append(("error", f"{error.get('type')}: {error.get('message')}"))
+            where = error.get("frame") or "-"
+            retry = "retryable" if error.get("retryable") else "not retryable"
+            pairs.append(("where", f"{where} ({error.get('category')} error, {retry})"))
+        if a["fingerprint"]:
+            pairs.append(("fingerprint", a["fingerprint"]))
+        render.out(render.fields(pairs))
+        if error and show_traceback and error.get("traceback"):
+            render.out(render.cell(str(error["traceback"]).rstrip()))
+
+    render.out(render.heading("journal steps"))
+    if d["steps"]:
+        render.out(
+            render.table(
+                ["step", "kind", "attempt", "result"],
+                [(s["step_key"], s["kind"], s["attempt"], render.one_line(s["result"])) for s in d["steps"]],
+                right=["attempt"],
+            )
+        )
+    else:
+        render.out(render.note("(none)"))
+
+    render.out(render.heading("LLM calls"))
+    if d["llm_calls"]:
+        headers = ["attempt", "step", "model", "in", "out", "cache read", "stop", "latency", "cost", "price"]
+        render.out(
+            render.table(
+                headers,
+                [
+                    (
+                        c["attempt"],
+                        c["step_key"],
+                        f"{c['provider']}/{c['model']}",
+                        render.count(c["input_tokens"]),
+                        render.count(c["output_tokens"]),
+                        render.count(c["cache_read_tokens"]),
+                        c["stop_reason"],
+                        None if c["latency_ms"] is None else f"{c['latency_ms']:,.0f} ms",
+                        "unknown" if c["cost_usd"] is None else render.money(c["cost_usd"]),
+                        c["price_source"],
+                    )
+                    for c in d["llm_calls"]
+                ],
+                right=["attempt", "in", "out", "cache read", "latency", "cost"],
+            )
+        )
+    else:
+        render.out(render.note("(none)"))
