@@ -27,7 +27,7 @@ def validate_tenant_id(tenant_id: object) -> str:
     if not isinstance(tenant_id, str):
         raise TenantError(f"A tenant id must be a string, not {type(tenant_id).__name__}; pass tenant='...'.")
     if not tenant_id or not tenant_id.strip():
-        raise TenantError("The tenant id is empty; pass a non-empty tenant='...'.")
+        raise TenantError("The tenant id is empty; give a tenant id of 1 to 128 printable characters.")
     if len(tenant_id) > MAX_TENANT_ID:
         raise TenantError(
             f"Tenant id {tenant_id[:24]!r}... is {len(tenant_id)} characters; use at most {MAX_TENANT_ID}."

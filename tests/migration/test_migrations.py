@@ -180,3 +180,25 @@ def test_an_edited_applied_migration_is_refused(empty_db: str) -> None:
         conn.commit()
         with pytest.raises(MigrationError, match="changed after it was applied"):
             migrate.migrate(conn)
+
+
+def test_a_missing_schema_says_to_migrate(empty_db: str) -> None:
+    from papayya.store import Store
+
+    store = Store(empty_db, pool_size=2, auto_migrate=False)
+    try:
+        with pytest.raises(MigrationError, match="run `papayya migrate`"):
+            store.run_get(uuid.uuid4())
+    finally:
+        store.close()
+
+
+def test_a_missing_database_says_to_create_it(database_url: str) -> None:
+    from papayya import StoreUnavailable
+    from papayya.store import Store
+
+    info = psycopg.conninfo.conninfo_to_dict(database_url)
+    info["dbname"] = "papayya_no_such_db"
+    url = psycopg.conninfo.make_conninfo(**{k: v for k, v in info.items() if v is not None})
+    with pytest.raises(StoreUnavailable, match="does not exist\\); create it or fix PAPAYYA_DATABASE_URL"):
+        Store(url)

@@ -292,9 +292,6 @@ class Store:
             raise NotFound(f"No run {run_id}; list runs with `papayya runs list`.")
         return row
 
-    def run_list(self, tenant_id: str | None = None, limit: int = 50) -> list[Row]:
-        return self._fetchall("run_list", {"tenant_id": tenant_id, "limit": limit})
-
     def run_summary(self, run_id: UUID, tenant_id: str, *, top: int = 5) -> Row:
         """Counts by status, cost, top degraded reasons, top failures and cost by model for a run."""
         params = {"run_id": run_id, "tenant_id": tenant_id, "limit": top}

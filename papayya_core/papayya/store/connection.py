@@ -11,7 +11,7 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from papayya.errors import StoreUnavailable
+from papayya.errors import MigrationError, StoreUnavailable
 
 log = logging.getLogger("papayya.store")
 
@@ -39,11 +39,15 @@ def open_pool(url: str, *, max_size: int) -> ConnectionPool[psycopg.Connection[d
         with psycopg.connect(url, connect_timeout=10) as probe:
             probe.execute("SELECT 1")
     except psycopg.OperationalError as exc:
-        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-        raise StoreUnavailable(
-            f"Cannot reach PostgreSQL at {redact(url)} ({reason}); start the server or fix "
-            "PAPAYYA_DATABASE_URL (unset it to use the embedded one)."
-        ) from None
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        reason = lines[-1] if lines else type(exc).__name__
+        if "does not exist" in reason:
+            fix = "create it or fix PAPAYYA_DATABASE_URL"
+        elif "authentication" in reason or "password" in reason:
+            fix = "fix the user or password in PAPAYYA_DATABASE_URL"
+        else:
+            fix = "start the server or fix PAPAYYA_DATABASE_URL (unset it to use the embedded one)"
+        raise StoreUnavailable(f"Cannot reach PostgreSQL at {redact(url)} ({reason}); {fix}.") from None
     pool: ConnectionPool[psycopg.Connection[dict[str, Any]]] = ConnectionPool(
         url,
         min_size=1,
@@ -64,6 +68,11 @@ def translated() -> Iterator[None]:
     """Turn connection-level driver errors into StoreUnavailable; let the rest through."""
     try:
         yield
+    except psycopg.errors.UndefinedTable as exc:
+        raise MigrationError(
+            "The papayya schema is missing or behind this papayya version; run `papayya migrate` "
+            "(or enable PAPAYYA_AUTO_MIGRATE)."
+        ) from exc
     except (psycopg.OperationalError, PoolTimeout) as exc:
         raise StoreUnavailable(
             f"Lost the PostgreSQL store ({type(exc).__name__}: {str(exc).strip()[:200]}); "

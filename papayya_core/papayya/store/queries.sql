@@ -148,17 +148,6 @@ SELECT run_id, tenant_id, agent_name, name, backend, status, replayed_from, tota
 FROM papayya.runs
 WHERE run_id = %(run_id)s AND (%(tenant_id)s::text IS NULL OR tenant_id = %(tenant_id)s);
 
--- name: run_list
-SELECT r.run_id, r.tenant_id, r.agent_name, r.name, r.backend, r.status, r.total_items, r.created_at,
-       r.finished_at,
-       (SELECT count(*) FROM papayya.items i
-         WHERE i.run_id = r.run_id AND i.status IN ('succeeded', 'degraded', 'failed', 'cancelled')) AS done,
-       (SELECT coalesce(sum(c.cost_usd), 0) FROM papayya.llm_calls c WHERE c.run_id = r.run_id) AS cost_usd
-FROM papayya.runs r
-WHERE (%(tenant_id)s::text IS NULL OR r.tenant_id = %(tenant_id)s)
-ORDER BY r.created_at DESC
-LIMIT %(limit)s;
-
 -- name: run_status_counts
 SELECT status, count(*) AS n
 FROM papayya.items
