@@ -35,10 +35,8 @@ Not recorded, and so not replayed or priced:
 
 from __future__ import annotations
 
-import functools
 import logging
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TypeVar
 
 try:
     import openai
@@ -49,7 +47,8 @@ except ImportError as exc:
         "papayya_openai needs the openai package; install it with pip install 'papayya[openai]'."
     ) from exc
 
-from papayya import PapayyaError, run
+from papayya.errors import StreamingNotSupported
+from papayya.instrument import Target, instrument_client, uninstrument_client
 
 __all__ = ["StreamingNotSupported", "instrument", "uninstrument"]
 
@@ -57,17 +56,10 @@ log = logging.getLogger("papayya.openai")
 
 Client = TypeVar("Client", bound=openai.OpenAI | openai.AsyncOpenAI)
 
-_ORIGINAL = "__papayya_original__"
-# (resource path on the client, step name in the journal, response type to decode a recorded step)
-_TARGETS: tuple[tuple[str, str, Callable[[Any], Any]], ...] = (
-    ("chat.completions", "openai.chat", lambda data: ChatCompletion.construct(**data)),
-    ("responses", "openai.responses", lambda data: Response.construct(**data)),
+_TARGETS = (
+    Target("chat.completions", step="openai.chat", decode=lambda data: ChatCompletion.construct(**data)),
+    Target("responses", step="openai.responses", decode=lambda data: Response.construct(**data)),
 )
-_warned_raw = False
-
-
-class StreamingNotSupported(PapayyaError):
-    """A streaming call was made inside a papayya attempt, where it cannot be journaled and priced."""
 
 
 def instrument(client: Client, *, provider: str = "openai") -> Client:
@@ -87,101 +79,9 @@ def instrument(client: Client, *, provider: str = "openai") -> Client:
             f"not {type(client).__name__}; for Anthropic use papayya_anthropic.instrument()."
         )
     is_async = isinstance(client, openai.AsyncOpenAI)
-    for path, step, decode in _TARGETS:
-        resource = _resolve(client, path)
-        if resource is None or hasattr(resource.create, _ORIGINAL):
-            continue
-        wrap = _wrap_async if is_async else _wrap_sync
-        vars(resource)["create"] = wrap(resource.create, step=step, provider=provider, decode=decode)
-    for name in ("copy", "with_options"):
-        method = getattr(client, name)
-        if not hasattr(method, _ORIGINAL):
-            vars(client)[name] = _wrap_copy(method, provider)
-    return client
+    return instrument_client(client, _TARGETS, provider=provider, is_async=is_async, log=log)
 
 
 def uninstrument(client: Client) -> Client:
     """Undo ``instrument``: the client's calls are no longer recorded. Returns the same client."""
-    for path, _step, _decode in _TARGETS:
-        resource = _resolve(client, path)
-        if resource is not None and hasattr(vars(resource).get("create"), _ORIGINAL):
-            del vars(resource)["create"]
-    for name in ("copy", "with_options"):
-        if hasattr(vars(client).get(name), _ORIGINAL):
-            del vars(client)[name]
-    return client
-
-
-def _resolve(client: Any, path: str) -> Any:
-    obj = client
-    for part in path.split("."):
-        obj = getattr(obj, part, None)
-    return obj
-
-
-def _recordable(kwargs: dict[str, Any], step: str) -> bool:
-    """True when this call should go through ``run.llm``; raises for a stream inside an attempt."""
-    global _warned_raw
-    if not run.active:
-        return False
-    headers = kwargs.get("extra_headers") or {}
-    if any(str(h).lower().startswith("x-stainless-") and "raw-response" in str(h).lower() for h in headers):
-        if not _warned_raw:
-            _warned_raw = True
-            log.warning(
-                "%s called through with_raw_response/with_streaming_response inside a papayya attempt: "
-                "the call is not recorded in the ledger or journal; call it directly to record it.",
-                step,
-            )
-        return False
-    if kwargs.get("stream"):
-        raise StreamingNotSupported(
-            f"{step} with stream=True is not supported inside a papayya agent (a stream cannot be "
-            "journaled or priced yet); call it without stream=True."
-        )
-    return True
-
-
-def _with_key(step: str, kwargs: dict[str, Any]) -> dict[str, Any]:
-    """``kwargs`` with papayya's idempotency key as a header, unless the caller set one."""
-    headers = dict(kwargs.get("extra_headers") or {})
-    if not any(str(h).lower() == "idempotency-key" for h in headers):
-        headers["Idempotency-Key"] = run.idempotency_key(step)
-    return {**kwargs, "extra_headers": headers}
-
-
-def _wrap_sync(
-    original: Callable[..., Any], *, step: str, provider: str, decode: Callable[[Any], Any]
-) -> Callable[..., Any]:
-    @functools.wraps(original)
-    def create(*args: Any, **kwargs: Any) -> Any:
-        if not _recordable(kwargs, step):
-            return original(*args, **kwargs)
-        return run.llm(step, provider=provider, decode=decode)(original, *args, **_with_key(step, kwargs))
-
-    setattr(create, _ORIGINAL, original)
-    return create
-
-
-def _wrap_async(
-    original: Callable[..., Any], *, step: str, provider: str, decode: Callable[[Any], Any]
-) -> Callable[..., Any]:
-    @functools.wraps(original)
-    async def create(*args: Any, **kwargs: Any) -> Any:
-        if not _recordable(kwargs, step):
-            return await original(*args, **kwargs)
-        return await run.llm(step, provider=provider, decode=decode)(
-            original, *args, **_with_key(step, kwargs)
-        )
-
-    setattr(create, _ORIGINAL, original)
-    return create
-
-
-def _wrap_copy(original: Callable[..., Any], provider: str) -> Callable[..., Any]:
-    @functools.wraps(original)
-    def copy(*args: Any, **kwargs: Any) -> Any:
-        return instrument(original(*args, **kwargs), provider=provider)
-
-    setattr(copy, _ORIGINAL, original)
-    return copy
+    return uninstrument_client(client, _TARGETS)

@@ -13,7 +13,8 @@ Hierarchy::
         ├── InputError               bad input given to map()/submit(); names the item and the fix
         ├── TenantError              unknown tenant (strict mode) or an invalid tenant id
         ├── NotFound                 a run, item or tenant asked for by id does not exist
-        └── StaleLease               a worker tried to change an item it no longer holds
+        ├── StaleLease               a worker tried to change an item it no longer holds
+        └── StreamingNotSupported    an instrumented client was asked to stream inside an attempt
 
     BaseException
     └── ControlFlow                  stops a user's function; a bare ``except Exception`` does not swallow it
@@ -77,6 +78,10 @@ class NotFound(PapayyaError):
 
 class StaleLease(PapayyaError):
     """A state change carried a fencing token older than the item's; it was rejected."""
+
+
+class StreamingNotSupported(PapayyaError):
+    """A streaming call was made inside a papayya attempt, where it cannot be journaled and priced."""
 
 
 class ControlFlow(BaseException):
