@@ -23,9 +23,10 @@ from uuid import UUID
 
 from pydantic_core import to_jsonable_python
 
+from papayya import ledger
 from papayya.errors import AttemptAbandoned
 from papayya.models import Item, LLMCall, Reason
-from papayya.pricing import Usage, price_call
+from papayya.pricing import Usage
 
 if TYPE_CHECKING:
     from papayya.agent import Agent
@@ -35,19 +36,6 @@ log = logging.getLogger("papayya")
 
 T = TypeVar("T")
 
-# Stop reasons that mean the model did not finish its answer (OpenAI, Anthropic, Gemini spellings).
-DEGENERATE_STOP_REASONS = frozenset(
-    {
-        "length",
-        "max_tokens",
-        "max_output_tokens",
-        "content_filter",
-        "refusal",
-        "safety",
-        "recitation",
-        "model_context_window_exceeded",
-    }
-)
 
 _retrievers: dict[str, Callable[..., Any]] = {}
 _retrievers_lock = threading.Lock()
@@ -116,60 +104,6 @@ class AttemptContext:
 
     def signal(self, reason: Reason) -> None:
         self.signals.append(reason)
-
-    # -- ledger -----------------------------------------------------------------------------------
-
-    def record_llm_call(
-        self,
-        *,
-        provider: str,
-        model: str,
-        usage: Usage,
-        stop_reason: str | None,
-        latency_ms: float | None,
-        step_key: str | None,
-        idempotency_key: str | None,
-        journal_result: Any = None,
-        journal: bool = False,
-    ) -> LLMCall:
-        price = price_call(provider, model, usage, self.price_overrides)
-        call = LLMCall(
-            tenant_id=self.tenant_id,
-            run_id=self.run_id,
-            item_id=self.item_id,
-            attempt_id=self.attempt_id,
-            step_key=step_key,
-            provider=provider,
-            model=model,
-            input_tokens=usage.input_tokens,
-            output_tokens=usage.output_tokens,
-            cache_read_tokens=usage.cache_read_tokens,
-            cache_write_tokens=usage.cache_write_tokens,
-            stop_reason=stop_reason,
-            latency_ms=latency_ms,
-            cost_usd=price.cost_usd,
-            price_source=price.source,
-            idempotency_key=idempotency_key,
-        )
-        self.runtime.store.llm_call_record(
-            call.as_params(), journal_result=journal_result, journal=journal and step_key is not None
-        )
-        if journal and step_key is not None:
-            self.journal[step_key] = journal_result
-        if price.cost_usd is None:
-            self.cost_unknown = True
-        else:
-            self.cost_usd += price.cost_usd
-        if stop_reason is not None and stop_reason.lower() in DEGENERATE_STOP_REASONS:
-            self.signal(
-                Reason(
-                    code="llm_stop_reason",
-                    path=stop_reason.lower(),
-                    message=f"{provider}/{model} stopped with {stop_reason!r}; the answer is incomplete",
-                )
-            )
-        self.runtime.hooks.llm_call_recorded(call)
-        return call
 
 
 current: contextvars.ContextVar[AttemptContext | None] = contextvars.ContextVar(
@@ -240,39 +174,6 @@ def _tool_check(ctx: AttemptContext, name: str, result: Any) -> None:
 def _retrieval_check(ctx: AttemptContext, name: str, result: Any) -> None:
     if result is None or (hasattr(result, "__len__") and len(result) == 0):
         ctx.signal(Reason(code="retrieval_empty", path=name, message=f"retriever {name!r} found nothing"))
-
-
-def _extract_usage(provider: str, response: Any) -> tuple[str | None, Usage, str | None]:
-    """(model, usage, stop reason) from an OpenAI- or Anthropic-shaped response (object or dict)."""
-    data = to_jsonable_python(response, fallback=lambda o: None)
-    if not isinstance(data, dict):
-        return None, Usage(), None
-    usage = data.get("usage") or {}
-    details = usage.get("prompt_tokens_details") or {}
-    if "prompt_tokens" in usage:  # OpenAI chat completions
-        u = Usage(
-            input_tokens=int(usage.get("prompt_tokens") or 0),
-            output_tokens=int(usage.get("completion_tokens") or 0),
-            cache_read_tokens=int(details.get("cached_tokens") or 0),
-        )
-    else:  # Anthropic messages, OpenAI responses
-        cache_read = int(usage.get("cache_read_input_tokens") or 0)
-        cache_write = int(usage.get("cache_creation_input_tokens") or 0)
-        input_details = usage.get("input_tokens_details") or {}
-        u = Usage(
-            input_tokens=int(usage.get("input_tokens") or 0)
-            + (cache_read + cache_write if provider == "anthropic" else 0),
-            output_tokens=int(usage.get("output_tokens") or 0),
-            cache_read_tokens=cache_read or int(input_details.get("cached_tokens") or 0),
-            cache_write_tokens=cache_write,
-        )
-    stop = data.get("stop_reason")
-    choices = data.get("choices")
-    if stop is None and choices:
-        stop = choices[0].get("finish_reason")
-    if stop is None and data.get("object") == "response":  # OpenAI Responses API: why it is incomplete
-        stop = (data.get("incomplete_details") or {}).get("reason") or data.get("status")
-    return data.get("model"), u, stop
 
 
 class Run:
@@ -352,8 +253,9 @@ class Run:
 
             def finish(response: Any, started: float) -> Any:
                 latency = (time.perf_counter() - started) * 1000
-                got_model, usage, stop = _extract_usage(provider, response)
-                ctx.record_llm_call(
+                got_model, usage, stop = ledger.extract_usage(provider, response)
+                ledger.record(
+                    ctx,
                     provider=provider,
                     model=model or got_model or "unknown",
                     usage=usage,
@@ -393,7 +295,8 @@ class Run:
         idempotency_key: str | None = None,
     ) -> LLMCall:
         """Record an LLM call made outside ``run.llm`` (usage only; nothing is journaled)."""
-        return _ctx().record_llm_call(
+        return ledger.record(
+            _ctx(),
             provider=provider,
             model=model,
             usage=Usage(input_tokens, output_tokens, cache_read_tokens, cache_write_tokens),
