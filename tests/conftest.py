@@ -21,6 +21,7 @@ from psycopg import sql
 
 import papayya
 from papayya.runtime import Runtime, get_runtime
+from papayya.testing import FakeProvider
 
 IN_CI = bool(os.environ.get("CI"))
 
@@ -76,6 +77,13 @@ def rt(database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> It
     papayya.configure(database_url=database_url, home=tmp_path / ".papayya", progress=False)
     yield get_runtime()
     papayya.reset(forget_configuration=True)
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeProvider]:
+    """papayya's local OpenAI/Anthropic-compatible server; it counts what was paid for."""
+    with FakeProvider() as f:
+        yield f
 
 
 @pytest.fixture

@@ -25,12 +25,6 @@ MODEL = "claude-3-5-haiku-latest"
 
 
 @pytest.fixture
-def fake() -> Iterator[FakeProvider]:
-    with FakeProvider() as f:
-        yield f
-
-
-@pytest.fixture
 def client(fake: FakeProvider) -> Iterator[anthropic.Anthropic]:
     # max_retries=0: retries are papayya's business in these tests, not the SDK's.
     with anthropic.Anthropic(base_url=fake.anthropic_url, api_key="test", max_retries=0) as c:

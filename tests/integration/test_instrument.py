@@ -41,12 +41,6 @@ def anthropic_raw(client: Any) -> Any:
     )
 
 
-@pytest.fixture
-def fake() -> Iterator[FakeProvider]:
-    with FakeProvider() as f:
-        yield f
-
-
 @pytest.fixture(params=["openai", "anthropic"])
 def sdk(request: pytest.FixtureRequest, fake: FakeProvider) -> Iterator[tuple[Any, Callable[..., Any], Any]]:
     """(instrumented client, a plain call, a raw-response call) for each SDK."""

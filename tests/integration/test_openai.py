@@ -26,12 +26,6 @@ MODEL = "gpt-4o-mini"
 
 
 @pytest.fixture
-def fake() -> Iterator[FakeProvider]:
-    with FakeProvider() as f:
-        yield f
-
-
-@pytest.fixture
 def client(fake: FakeProvider) -> Iterator[openai.OpenAI]:
     # max_retries=0: retries are papayya's business in these tests, not the SDK's.
     with openai.OpenAI(base_url=fake.openai_url, api_key="test", max_retries=0) as c:

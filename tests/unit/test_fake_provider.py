@@ -18,12 +18,6 @@ HELLO = [{"role": "user", "content": "hello there"}]
 
 
 @pytest.fixture
-def fake() -> Iterator[FakeProvider]:
-    with FakeProvider() as f:
-        yield f
-
-
-@pytest.fixture
 def oai(fake: FakeProvider) -> Iterator[openai.OpenAI]:
     with openai.OpenAI(base_url=fake.openai_url, api_key="test", max_retries=0) as client:
         yield client
