@@ -20,14 +20,17 @@ from papayya.agent import Agent, agent
 from papayya.builtins import Retryable
 from papayya.config import Settings, UnknownTenants
 from papayya.context import retriever, run
+from papayya.control import pause, resume_run, resume_tenant
 from papayya.errors import (
     AttemptAbandoned,
+    BudgetError,
     ConfigError,
     ControlFlow,
     InputError,
     MigrationError,
     NotFound,
     PapayyaError,
+    Paused,
     StaleLease,
     StoreUnavailable,
     TenantError,
@@ -44,6 +47,7 @@ __all__ = [
     "Agent",
     # errors
     "AttemptAbandoned",
+    "BudgetError",
     "ConfigError",
     "ControlFlow",
     "InputError",
@@ -54,6 +58,7 @@ __all__ = [
     "NotFound",
     "Outcome",
     "PapayyaError",
+    "Paused",
     "Reason",
     "Retryable",
     "RunResult",
@@ -68,7 +73,10 @@ __all__ = [
     "agent",
     "configure",
     "hookimpl",
+    "pause",
     "reset",
+    "resume_run",
+    "resume_tenant",
     "retriever",
     "run",
     "tenants",

@@ -9,7 +9,9 @@ import logging
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, is_dataclass
-from typing import Any, overload
+from decimal import Decimal
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, overload
 
 from pydantic import BaseModel
 from pydantic_core import PydanticSerializationError, to_jsonable_python
@@ -17,6 +19,9 @@ from pydantic_core import PydanticSerializationError, to_jsonable_python
 from papayya.errors import InputError
 from papayya.models import Item
 from papayya.outcomes import Check
+
+if TYPE_CHECKING:
+    from papayya.runtime import Runtime
 
 log = logging.getLogger("papayya")
 
@@ -69,17 +74,23 @@ class Agent:
         run_name: str | None = None,
         concurrency: int = 8,
         progress: bool | None = None,
+        budget_usd: Decimal | float | str | None = None,
     ) -> RunResult:
         """Run every item for ``tenant`` and wait; return the run's accountable result.
 
         Every item is recorded (input snapshot) before any runs, and ends ``succeeded``, ``degraded``
-        or ``failed``. Bad input raises InputError naming the item, before anything is recorded.
+        or ``failed`` — or, when a budget breaks (``budget_usd`` for this run, on top of the tenant's),
+        the run pauses: the item at its LLM call becomes ``paused``, the rest stay ``queued``, and
+        ``map()`` returns a result with status ``paused``; ``papayya resume RUN`` continues it. Bad input
+        raises InputError naming the item, before anything is recorded.
         """
         from papayya import tenants
+        from papayya.budgets import parse_amount
         from papayya.runtime import get_runtime
 
         if concurrency < 1:
             raise InputError(f"concurrency={concurrency} must be at least 1.")
+        budget = None if budget_usd is None else parse_amount(budget_usd, "run budget")
         tenants.validate_tenant_id(tenant)
         rt = get_runtime()
         prepared = prepare_items(items, max_bytes=rt.settings.max_input_bytes)
@@ -95,20 +106,57 @@ class Agent:
             items=rows,
             max_attempts=self.max_attempts,
             options={"concurrency": concurrency, "timeout": self.timeout, "max_attempts": self.max_attempts},
+            budget_usd=budget,
+            entrypoint=self.entrypoint(),
         )
         log.info("run %s: %d items for tenant %r", run_id, len(rows), tenant)
+        return self._execute(
+            rt, run_id, tenant, [(r[0], r[1]) for r in rows], concurrency, progress, run_name
+        )
+
+    def _execute(
+        self,
+        rt: Runtime,
+        run_id: uuid.UUID,
+        tenant: str,
+        refs: list[tuple[uuid.UUID, str]],
+        concurrency: int,
+        progress: bool | None,
+        run_name: str | None,
+    ) -> RunResult:
         rt.backend.run(
             rt,
             self,
             run_id=run_id,
             tenant_id=tenant,
-            items=[(r[0], r[1]) for r in rows],
+            items=refs,
             concurrency=concurrency,
             progress=progress,
             run_name=run_name,
         )
         rt.store.run_complete(run_id, tenant)
         return RunResult.load(run_id, tenant)
+
+    def resume(
+        self, run_id: uuid.UUID | str, *, concurrency: int | None = None, progress: bool | None = None
+    ) -> RunResult:
+        """Continue a paused run of this agent in this process: its paused items go back to the queue
+        and every queued item runs. Recorded steps and LLM calls are reused, never paid again."""
+        from papayya.control import resume_run
+
+        return resume_run(run_id, agent=self, concurrency=concurrency, progress=progress)
+
+    def entrypoint(self) -> dict[str, Any]:
+        """How ``papayya resume`` finds this agent again: its module (or file) and qualified name."""
+        try:
+            path: str | None = inspect.getsourcefile(self.fn)
+        except TypeError:
+            path = None
+        return {
+            "module": self.fn.__module__,
+            "qualname": self.fn.__qualname__,
+            "file": str(Path(path).resolve()) if path else None,
+        }
 
 
 def _item_parts(index: int, raw: Any) -> tuple[Any, Any]:

@@ -44,6 +44,9 @@ class Settings(BaseSettings):
     pool_size: int = Field(default=16, ge=2, description="Most connections one process opens.")
     progress: bool | None = Field(default=None, description="Progress bar: None = only on a terminal.")
     auto_migrate: bool = Field(default=True, description="Apply pending migrations on first use.")
+    default_max_output_tokens: int = Field(
+        default=4096, gt=0, description="Output tokens a budget reserves for a call that sets no max_tokens."
+    )
 
     @field_validator("database_url")
     @classmethod

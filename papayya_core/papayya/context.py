@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import hashlib
 import inspect
+import json
 import logging
 import threading
 import time
@@ -30,6 +32,7 @@ from papayya.pricing import Usage
 
 if TYPE_CHECKING:
     from papayya.agent import Agent
+    from papayya.budgets import Accounts
     from papayya.runtime import Runtime
 
 log = logging.getLogger("papayya")
@@ -68,6 +71,7 @@ class AttemptContext:
     backend: str
     journal: dict[str, Any]
     price_overrides: dict[tuple[str, str], dict[str, Decimal | None]]
+    accounts: Accounts
     signals: list[Reason] = field(default_factory=list)
     counters: Counter[str] = field(default_factory=Counter)
     capturing: bool = False
@@ -89,7 +93,24 @@ class AttemptContext:
         if self.abandoned:
             raise AttemptAbandoned(f"attempt {self.attempt} of item {self.item.id} was abandoned")
 
-    def record_step(self, key: str, kind: str, result: Any) -> Any:
+    def recorded(self, key: str, request_hash: str) -> tuple[bool, Any]:
+        """(True, result) when the journal holds ``key`` for this same request."""
+        entry = self.journal.get(key)
+        if entry is None:
+            return False, None
+        if entry.get("hash") not in (None, request_hash):
+            log.warning(
+                "item %s: step %s was recorded for a different request; running it again",
+                self.item.id,
+                key,
+            )
+            return False, None
+        return True, entry.get("result")
+
+    def remember(self, key: str, request_hash: str, result: Any) -> None:
+        self.journal[key] = {"result": result, "hash": request_hash}
+
+    def record_step(self, key: str, kind: str, result: Any, request_hash: str) -> Any:
         encoded = to_jsonable_python(result, fallback=repr)
         self.runtime.store.step_record(
             item_id=self.item_id,
@@ -98,8 +119,9 @@ class AttemptContext:
             step_key=key,
             kind=kind,
             result=encoded,
+            request_hash=request_hash,
         )
-        self.journal[key] = encoded
+        self.remember(key, request_hash, encoded)
         return encoded
 
     def signal(self, reason: Reason) -> None:
@@ -132,8 +154,9 @@ def _journaled(
 ) -> Any:
     ctx = _ctx()
     key = ctx.next_key(kind, name)
-    if key in ctx.journal:
-        result = ctx.journal[key]
+    digest = request_hash(fn, args, kwargs)
+    found, result = ctx.recorded(key, digest)
+    if found:
         if after is not None:
             after(ctx, name, result)
         return _ready(result) if is_async_callable(fn) else result
@@ -142,7 +165,7 @@ def _journaled(
         async def run_async() -> Any:
             value = await fn(*args, **kwargs)
             ctx.check_alive()
-            await asyncio.to_thread(ctx.record_step, key, kind, value)
+            await asyncio.to_thread(ctx.record_step, key, kind, value, digest)
             if after is not None:
                 after(ctx, name, value)
             return value
@@ -150,10 +173,21 @@ def _journaled(
         return run_async()
     value = fn(*args, **kwargs)
     ctx.check_alive()
-    ctx.record_step(key, kind, value)
+    ctx.record_step(key, kind, value, digest)
     if after is not None:
         after(ctx, name, value)
     return value
+
+
+_UNHASHED = frozenset({"extra_headers", "timeout"})  # transport details, not the question asked
+
+
+def request_hash(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+    """A digest of what a step asks: the callable's name and its arguments (as JSON)."""
+    name = getattr(inspect.unwrap(fn), "__qualname__", type(fn).__qualname__)
+    payload = [name, args, {k: v for k, v in kwargs.items() if k not in _UNHASHED}]
+    text = json.dumps(to_jsonable_python(payload, fallback=repr), sort_keys=True, separators=(",", ":"))
+    return hashlib.blake2b(text.encode(), digest_size=12).hexdigest()
 
 
 def is_async_callable(fn: Callable[..., Any]) -> bool:
@@ -231,12 +265,17 @@ class Run:
         provider: str,
         model: str | None = None,
         decode: Callable[[Any], Any] | None = None,
+        max_tokens: int | None = None,
+        estimate_usd: Decimal | None = None,
     ) -> Callable[..., Any]:
-        """``run.llm("summary", provider="openai")(client.chat.completions.create, ...)``.
+        """``run.llm("summary", provider="openai")(client.chat.completions.create, model=..., ...)``.
 
-        Calls the provider once per item and step: usage, stop reason and cost go to the ledger and
-        the response to the journal, in one write. A retried attempt gets the recorded response back
-        (through ``decode`` if given, e.g. ``ChatCompletion.model_validate``) and pays nothing.
+        Once per item and step: the worst-case cost is reserved against the tenant's and the run's
+        budgets (from the request's size and ``max_tokens``, or ``estimate_usd``), the provider is
+        called, and usage, stop reason and cost go to the ledger with the response in the journal, in
+        one write. A retried or resumed attempt that reaches the same step with the same request gets
+        the recorded response back (through ``decode`` if given, e.g. ``ChatCompletion.model_validate``)
+        and pays nothing. A budget with no room stops the item here as ``paused``.
         """
 
         def call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -245,19 +284,29 @@ class Run:
             # ``AsyncCompletions.create``, ``AsyncMessages.create``); look through ``__wrapped__``.
             is_async = is_async_callable(fn)
             key = ctx.next_key("llm", name)
-            if key in ctx.journal:
-                recorded = ctx.journal[key]
+            digest = request_hash(fn, args, kwargs)
+            found, recorded = ctx.recorded(key, digest)
+            if found:
                 result = decode(recorded) if decode is not None else recorded
                 return _ready(result) if is_async else result
             idem = f"papayya-{ctx.item_id}-{key}"
+            asked_model = model or kwargs.get("model") or "unknown"
+            estimate = (
+                estimate_usd
+                if estimate_usd is not None
+                else ledger.estimate(ctx, provider, str(asked_model), kwargs, max_tokens)
+            )
 
-            def finish(response: Any, started: float) -> Any:
+            def reserve() -> Decimal:
+                return ctx.runtime.budgets.reserve(ctx.accounts, estimate, what=f"{provider}/{asked_model}")
+
+            def finish(response: Any, started: float, reserved: Decimal) -> Any:
                 latency = (time.perf_counter() - started) * 1000
                 got_model, usage, stop = ledger.extract_usage(provider, response)
                 ledger.record(
                     ctx,
                     provider=provider,
-                    model=model or got_model or "unknown",
+                    model=model or got_model or str(asked_model),
                     usage=usage,
                     stop_reason=stop,
                     latency_ms=latency,
@@ -265,19 +314,32 @@ class Run:
                     idempotency_key=idem,
                     journal_result=to_jsonable_python(response, fallback=repr),
                     journal=True,
+                    request_hash=digest,
+                    reserved=reserved,
                 )
                 return response
 
             if is_async:
 
                 async def run_async() -> Any:
+                    reserved = await asyncio.to_thread(reserve)
                     started = time.perf_counter()
-                    response = await fn(*args, **kwargs)
-                    return await asyncio.to_thread(finish, response, started)
+                    try:
+                        response = await fn(*args, **kwargs)
+                    except BaseException:
+                        await asyncio.to_thread(ctx.runtime.budgets.release, ctx.accounts, reserved)
+                        raise
+                    return await asyncio.to_thread(finish, response, started, reserved)
 
                 return run_async()
+            reserved = reserve()
             started = time.perf_counter()
-            return finish(fn(*args, **kwargs), started)
+            try:
+                response = fn(*args, **kwargs)
+            except BaseException:
+                ctx.runtime.budgets.release(ctx.accounts, reserved)
+                raise
+            return finish(response, started, reserved)
 
         return call
 

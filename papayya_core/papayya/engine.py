@@ -20,6 +20,7 @@ from uuid import UUID
 from papayya import execute
 from papayya.context import AttemptContext, current
 from papayya.execute import Concluded, ItemRef
+from papayya.models import ItemStatus
 from papayya.progress import Progress
 from papayya.tenants import overrides_map
 
@@ -28,6 +29,9 @@ if TYPE_CHECKING:
     from papayya.runtime import Runtime
 
 log = logging.getLogger("papayya.engine")
+
+# What a worker reports for an item it did not start because the run is paused.
+LEFT_QUEUED = Concluded(status="queued", terminal=False)
 
 BACKEND = "native"
 
@@ -74,9 +78,12 @@ class LocalRun:
         items: Sequence[tuple[UUID, str]],
         concurrency: int,
         progress: Progress,
+        budget_period: str = "month",
     ) -> None:
         self.rt = rt
         self.agent = agent
+        self.run_id = run_id
+        self.budget_period = budget_period
         self.concurrency = concurrency
         self.refs = [ItemRef(item_id, key, run_id, tenant_id) for item_id, key in items]
         self.overrides = overrides_map(tenant_id, rt)
@@ -85,13 +92,14 @@ class LocalRun:
         self._remaining = len(self.refs)
         self._done = threading.Condition()
         self._stop = threading.Event()
+        # Set when the run is paused (a budget broke, or a person paused it): queued items stay queued.
+        self._halted = threading.Event()
         self._queue: queue.SimpleQueue[ItemRef | None] = queue.SimpleQueue()
 
     # -- bookkeeping ------------------------------------------------------------------------------
 
     def _finished(self, result: Concluded) -> None:
-        if not result.terminal:
-            return
+        """This process is done with an item: terminal, paused, or left queued by a pause."""
         self.progress.advance(result.status, result.cost_usd)
         with self._done:
             self._remaining -= 1
@@ -133,8 +141,36 @@ class LocalRun:
 
     # -- sync agents ------------------------------------------------------------------------------
 
+    def _begin(self, ref: ItemRef) -> AttemptContext | None:
+        return execute.begin(
+            self.rt,
+            self.agent,
+            ref,
+            backend=BACKEND,
+            price_overrides=self.overrides,
+            budget_period=self.budget_period,
+        )
+
+    def _after(self, ref: ItemRef, result: Concluded) -> Concluded | None:
+        """Note a pause; return what to count, or None while the item will run again (a retry)."""
+        if result.status == ItemStatus.PAUSED:
+            self._halted.set()
+        elif (
+            result is execute.SKIPPED
+            and not self._halted.is_set()
+            and self.rt.store.run_get(self.run_id)["status"] != "running"
+        ):
+            # Not queued any more because the run was paused by a person or another worker.
+            self._halted.set()
+        if result.retry_in is not None:
+            self._requeue(ref, result.retry_in)
+            return None
+        return result
+
     def _attempt_sync(self, ref: ItemRef) -> Concluded:
-        ctx = execute.begin(self.rt, self.agent, ref, backend=BACKEND, price_overrides=self.overrides)
+        if self._halted.is_set():
+            return LEFT_QUEUED
+        ctx = self._begin(ref)
         if ctx is None:
             return execute.SKIPPED
         self.inflight.add(ctx, self.agent.timeout)
@@ -169,12 +205,9 @@ class LocalRun:
                 result = execute.Concluded(status="error", terminal=True)
             if result.status == "abandoned":
                 return  # the watchdog already concluded this item and replaced this thread
-            if result.discarded:
-                # Someone else holds or finished the item; its state is in the store, not ours to count.
-                result = Concluded(status=result.status, terminal=True)
-            if result.retry_in is not None:
-                self._requeue(ref, result.retry_in)
-            self._finished(result)
+            counted = self._after(ref, result)
+            if counted is not None:
+                self._finished(counted)
 
     def _spawn_worker(self) -> None:
         threading.Thread(target=self._worker, name="papayya-worker", daemon=True).start()
@@ -202,9 +235,9 @@ class LocalRun:
     # -- async agents -----------------------------------------------------------------------------
 
     async def _attempt_async(self, ref: ItemRef) -> Concluded:
-        ctx = await asyncio.to_thread(
-            execute.begin, self.rt, self.agent, ref, backend=BACKEND, price_overrides=self.overrides
-        )
+        if self._halted.is_set():
+            return LEFT_QUEUED
+        ctx = await asyncio.to_thread(self._begin, ref)
         if ctx is None:
             return execute.SKIPPED
         token = current.set(ctx)
@@ -241,10 +274,12 @@ class LocalRun:
             while True:
                 async with sem:
                     result = await self._attempt_async(ref)
+                if result.status == ItemStatus.PAUSED:
+                    self._halted.set()
                 if result.retry_in is None:
                     break
                 await asyncio.sleep(result.retry_in)
-            self._finished(result if result.terminal else Concluded(status=result.status, terminal=False))
+            self._finished(result)
 
         await asyncio.gather(*(one(ref) for ref in self.refs))
 
@@ -288,7 +323,15 @@ class NativeBackend:
     ) -> None:
         show = rt.settings.progress if progress is None else progress
         label = run_name or f"{agent.name} [{tenant_id}]"
-        with Progress(label, total=len(items), enabled=show) as bar:
+        tenant = rt.store.tenant_get(tenant_id)
+        run = rt.store.run_get(run_id, tenant_id)
+        period = tenant["budget_period"] if tenant else "month"
+        budgets = [
+            f"${b:,.2f} {what}"
+            for b, what in ((run["budget_usd"], "run"), (tenant and tenant["budget_usd"], f"tenant/{period}"))
+            if b is not None
+        ]
+        with Progress(label, total=len(items), enabled=show, budget=" + ".join(budgets) or None) as bar:
             LocalRun(
                 rt,
                 agent,
@@ -297,4 +340,5 @@ class NativeBackend:
                 items=items,
                 concurrency=concurrency,
                 progress=bar,
+                budget_period=period,
             ).run()

@@ -13,12 +13,15 @@ Hierarchy::
         ├── InputError               bad input given to map()/submit(); names the item and the fix
         ├── TenantError              unknown tenant (strict mode) or an invalid tenant id
         ├── NotFound                 a run, item or tenant asked for by id does not exist
+        ├── BudgetError              a budget setting is invalid, or a run cannot be resumed
         ├── StaleLease               a worker tried to change an item it no longer holds
+        ├── RateLimitError           a rate limit or a 429 closure was given unusable values
         └── StreamingNotSupported    an instrumented client was asked to stream inside an attempt
 
     BaseException
     └── ControlFlow                  stops a user's function; a bare ``except Exception`` does not swallow it
-        └── AttemptAbandoned         the attempt lost its lease (timed out or fenced); its result is void
+        ├── AttemptAbandoned         the attempt lost its lease (timed out or fenced); its result is void
+        └── Paused                   a budget broke or the run was paused: the item stops at this LLM call
 
 Control-flow signals derive from ``BaseException`` on purpose: user code that wraps an LLM call in
 ``except Exception`` must not turn "stop now" into "carry on with a default".
@@ -72,12 +75,20 @@ class TenantError(PapayyaError):
     """A tenant id is invalid, or unknown while unknown tenants are refused."""
 
 
+class BudgetError(PapayyaError):
+    """A budget is invalid (negative, not a number, unknown period) or a resume is not possible."""
+
+
 class NotFound(PapayyaError):
     """A run, item or tenant looked up by id does not exist."""
 
 
 class StaleLease(PapayyaError):
     """A state change carried a fencing token older than the item's; it was rejected."""
+
+
+class RateLimitError(PapayyaError):
+    """A rate limit (or a closure, or a request's token estimate) was given unusable values."""
 
 
 class StreamingNotSupported(PapayyaError):
@@ -90,3 +101,21 @@ class ControlFlow(BaseException):
 
 class AttemptAbandoned(ControlFlow):
     """The attempt was abandoned (timeout or lost lease); whatever it returns is discarded."""
+
+
+class Paused(ControlFlow):
+    """The item stops here and becomes ``paused``, its journal intact: a budget has no room for the next
+    LLM call, the call's price is unknown under a budget, or a person paused the run.
+
+    Attributes:
+        kind: ``budget:tenant``, ``budget:run``, ``unpriced`` or ``paused`` (the run was paused).
+        reason: one sentence for people, e.g. "tenant t47 has spent $40.00 of its $40.00 month budget".
+    """
+
+    def __init__(self, kind: str, reason: str) -> None:
+        super().__init__(reason)
+        self.kind = kind
+        self.reason = reason
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.kind, self.reason))

@@ -23,7 +23,7 @@ from uuid import UUID
 
 from papayya import fingerprint
 from papayya.context import AttemptContext
-from papayya.errors import AttemptAbandoned, StaleLease
+from papayya.errors import AttemptAbandoned, Paused, StaleLease
 from papayya.models import ErrorCategory, ErrorInfo, Item, ItemStatus, Reason
 
 if TYPE_CHECKING:
@@ -65,6 +65,7 @@ def begin(
     *,
     backend: str,
     price_overrides: dict[tuple[str, str], dict[str, Decimal | None]],
+    budget_period: str = "month",
 ) -> AttemptContext | None:
     """Claim ``ref`` for a new attempt; None when it is not queued any more."""
     attempt_id = uuid.uuid4()
@@ -91,6 +92,7 @@ def begin(
         backend=backend,
         journal=claim.journal,
         price_overrides=price_overrides,
+        accounts=rt.budgets.accounts(ref.tenant_id, ref.run_id, budget_period),
     )
     rt.hooks.attempt_started(ctx)
     return ctx
@@ -113,6 +115,8 @@ def conclude(
     """Classify the attempt's result and write it. Never raises for the user's errors."""
     if ctx.abandoned or isinstance(error, AttemptAbandoned):
         return Concluded(status="abandoned", terminal=False, discarded=True)
+    if isinstance(error, Paused):
+        return pause(ctx, error)
     agent = ctx.agent
     if error is None:
         recorded, reasons = _classify_output(ctx, output)
@@ -161,6 +165,27 @@ def conclude(
         fingerprint=fp,
         retry_in=retry_in,
     )
+
+
+def pause(ctx: AttemptContext, signal: Paused) -> Concluded:
+    """Stop the item here as ``paused`` (journal intact) and pause its run, or for a tenant budget every
+    running run of the tenant. ``papayya resume`` puts paused items back in the queue."""
+    result = _write(
+        ctx,
+        item_status=ItemStatus.PAUSED,
+        attempt_status=ItemStatus.PAUSED,
+        terminal=False,
+        reasons=[],
+        output=None,
+        error=None,
+        fingerprint=None,
+    )
+    if signal.kind != "paused":
+        scope_run = None if signal.kind == "budget:tenant" else ctx.run_id
+        paused = ctx.runtime.store.runs_pause(ctx.tenant_id, scope_run, f"{signal.kind}: {signal.reason}")
+        if paused:
+            log.warning("paused %d run(s) of tenant %r: %s", len(paused), ctx.tenant_id, signal.reason)
+    return result
 
 
 def release(ctx: AttemptContext) -> Concluded:
@@ -244,5 +269,6 @@ __all__ = [
     "abandon_for_timeout",
     "begin",
     "conclude",
+    "pause",
     "release",
 ]

@@ -6,6 +6,8 @@ model is recorded with cost unknown (NULL), never zero.
 
 from __future__ import annotations
 
+import json
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from pydantic_core import to_jsonable_python
@@ -43,6 +45,8 @@ def record(
     idempotency_key: str | None,
     journal_result: Any = None,
     journal: bool = False,
+    request_hash: str | None = None,
+    reserved: Decimal | None = None,
 ) -> LLMCall:
     """Price one LLM call (the tenant's override, else the public catalog, else unknown), write it to
     the ledger (with its journal step when ``journal``) in one round trip, add its cost to the
@@ -66,11 +70,18 @@ def record(
         price_source=price.source,
         idempotency_key=idempotency_key,
     )
+    journaled = journal and step_key is not None and request_hash is not None
     ctx.runtime.store.llm_call_record(
-        call.as_params(), journal_result=journal_result, journal=journal and step_key is not None
+        {**call.as_params(), "reserved_usd": reserved},
+        journal_result=journal_result,
+        journal=journaled,
+        request_hash=request_hash,
     )
-    if journal and step_key is not None:
-        ctx.journal[step_key] = journal_result
+    ctx.runtime.budgets.settle(ctx.accounts, reserved=reserved or Decimal(0), actual=price.cost_usd)
+    if journaled:
+        assert step_key is not None
+        assert request_hash is not None
+        ctx.remember(step_key, request_hash, journal_result)
     if price.cost_usd is None:
         ctx.cost_unknown = True
     else:
@@ -118,3 +129,23 @@ def extract_usage(provider: str, response: Any) -> tuple[str | None, Usage, str 
     if stop is None and data.get("object") == "response":  # OpenAI Responses API: why it is incomplete
         stop = (data.get("incomplete_details") or {}).get("reason") or data.get("status")
     return data.get("model"), u, stop
+
+
+_PROMPT_FIELDS = ("messages", "input", "prompt", "system", "instructions", "tools", "tool_choice")
+_MAX_OUTPUT_FIELDS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
+
+
+def estimate(
+    ctx: AttemptContext, provider: str, model: str, request: dict[str, Any], max_tokens: int | None
+) -> Decimal | None:
+    """The worst-case cost of a request, to reserve before it is sent (None: no price known).
+
+    Prompt tokens are over-estimated at one token per two characters of the request's JSON; output at
+    ``max_tokens`` (the argument, else the request's own cap, else ``PAPAYYA_DEFAULT_MAX_OUTPUT_TOKENS``).
+    A call that caps its output can therefore never cost more than it reserved.
+    """
+    prompt = {k: request[k] for k in _PROMPT_FIELDS if k in request}
+    chars = len(json.dumps(to_jsonable_python(prompt, fallback=repr), ensure_ascii=False))
+    cap = max_tokens or next((int(request[k]) for k in _MAX_OUTPUT_FIELDS if request.get(k)), None)
+    output = cap or ctx.runtime.settings.default_max_output_tokens
+    return price_call(provider, model, Usage(chars // 2 + 16, output), ctx.price_overrides).cost_usd

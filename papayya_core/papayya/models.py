@@ -124,6 +124,8 @@ class ErrorInfo(BaseModel):
 class TenantRecord(BaseModel):
     tenant_id: str
     config: dict[str, Any] = Field(default_factory=dict)
+    budget_usd: Decimal | None = None
+    budget_period: str = "month"
     created_at: datetime
     updated_at: datetime
 

@@ -12,8 +12,9 @@ from typing import Any
 class Progress:
     """Thread-safe progress; renders with rich on a terminal, does nothing otherwise."""
 
-    def __init__(self, label: str, *, total: int, enabled: bool | None) -> None:
+    def __init__(self, label: str, *, total: int, enabled: bool | None, budget: str | None = None) -> None:
         self.label = label
+        self.budget = budget
         self.total = total
         self.enabled = sys.stderr.isatty() if enabled is None else enabled
         self.counts: dict[str, int] = {"succeeded": 0, "degraded": 0, "failed": 0}
@@ -44,9 +45,12 @@ class Progress:
 
     def _outcomes(self) -> str:
         c = self.counts
+        paused = c.get("paused", 0) + c.get("queued", 0)
         return (
             f"[green]✓ {c['succeeded']:,}[/] [yellow]~ {c['degraded']:,}[/] [red]✗ {c['failed']:,}[/] "
-            f"${self.cost:.4f}"
+            + (f"[magenta]⏸ {paused:,}[/] " if paused else "")
+            + f"${self.cost:.4f}"
+            + (f" of {self.budget}" if self.budget else "")
         )
 
     def advance(self, status: str, cost: Decimal) -> None:

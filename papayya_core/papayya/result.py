@@ -7,6 +7,7 @@ from decimal import Decimal
 from typing import Any
 from uuid import UUID
 
+from papayya.budgets import period_of
 from papayya.models import Outcome
 from papayya.runtime import get_runtime
 
@@ -44,6 +45,8 @@ class RunResult:
     cost_usd: Decimal
     unpriced_calls: int
     llm_calls: int
+    paused_reason: str | None = None
+    budget: list[dict[str, Any]] = field(default_factory=list)
     top_reasons: list[dict[str, Any]] = field(default_factory=list)
     top_failures: list[dict[str, Any]] = field(default_factory=list)
     cost_by_model: list[dict[str, Any]] = field(default_factory=list)
@@ -55,6 +58,21 @@ class RunResult:
         summary = store.run_summary(run_id, tenant, top=top)
         counts = {o.value: 0 for o in (Outcome.SUCCEEDED, Outcome.DEGRADED, Outcome.FAILED)}
         counts.update(summary["counts"])
+        tenant_row = store.tenant_get(tenant)
+        key, _ = period_of(tenant_row["budget_period"] if tenant_row else "month")
+        budget = [
+            {
+                "scope": b["scope"],
+                "period": b["period"],
+                "spent_usd": b["spent_usd"],
+                "reserved_usd": b["reserved_usd"],
+                "budget_usd": b["limit_usd"],
+            }
+            for b in store.budget_view(
+                {"tenant_id": tenant, "tenant_period": key, "run_id": run_id, "run_key": str(run_id)}
+            )
+            if b["limit_usd"] is not None
+        ]
         cost = summary["cost"]
         return cls(
             run_id=run_id,
@@ -66,6 +84,8 @@ class RunResult:
             cost_usd=cost["cost_usd"],
             unpriced_calls=cost["unpriced_calls"],
             llm_calls=cost["calls"],
+            paused_reason=run["paused_reason"],
+            budget=budget,
             top_reasons=summary["reasons"],
             top_failures=summary["failures"],
             cost_by_model=summary["models"],
@@ -100,8 +120,9 @@ class RunResult:
         return out
 
     def __str__(self) -> str:
+        status = self.status + (f" ({self.paused_reason})" if self.paused_reason else "")
         lines = [
-            f"run {self.run_id} ({self.agent}) for tenant {self.tenant!r}: {self.status}",
+            f"run {self.run_id} ({self.agent}) for tenant {self.tenant!r}: {status}",
             "  " + ", ".join(f"{k} {v:,}" for k, v in self.counts.items()) + f" of {self.total:,} items",
             f"  cost ${self.cost_usd:.4f} over {self.llm_calls:,} LLM calls"
             + (
@@ -110,6 +131,14 @@ class RunResult:
                 else ""
             ),
         ]
+        lines.extend(
+            f"  budget {b['scope']}"
+            + (f" {b['period']}" if b["scope"] == "tenant" else "")
+            + f": spent ${b['spent_usd']:,.2f} of ${b['budget_usd']:,.2f}"
+            for b in self.budget
+        )
+        if self.status == "paused":
+            lines.append(f"  resume with: papayya resume {self.run_id}")
         if self.top_reasons:
             lines.append("  top degraded reasons:")
             lines.extend(

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import pluggy
 
+from papayya.budgets import Budgets
 from papayya.config import (
     Settings,
     clear_explicit,
@@ -55,6 +56,7 @@ class Runtime:
 
             url = embedded_url(settings.home)
         self.store = Store(url, pool_size=settings.pool_size, auto_migrate=settings.auto_migrate)
+        self.budgets = Budgets(self.store)
         install_log_watch()
 
     def close(self) -> None:

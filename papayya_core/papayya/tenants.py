@@ -8,7 +8,7 @@ from decimal import Decimal
 from typing import Any
 
 from papayya.config import UnknownTenants
-from papayya.errors import NotFound, TenantError
+from papayya.errors import BudgetError, NotFound, TenantError
 from papayya.models import PriceOverride, TenantRecord
 from papayya.runtime import Runtime, get_runtime
 
@@ -137,4 +137,41 @@ def overrides_map(tenant_id: str, runtime: Runtime) -> dict[tuple[str, str], dic
             k: r[k] for k in ("input_mtok", "output_mtok", "cache_read_mtok", "cache_write_mtok")
         }
         for r in runtime.store.price_overrides(tenant_id)
+    }
+
+
+def set_budget(tenant_id: str, amount: object | None, period: str | None = None) -> dict[str, Any]:
+    """Set (or with ``amount=None`` remove) a tenant's budget per period (total, month, day).
+
+    The new budget applies to the next LLM call of every worker. If the tenant has already spent it in
+    the current period, its running runs are paused at once; the returned dict says so
+    (``spent_usd``, ``budget_usd``, ``period``, ``paused_runs``).
+    """
+    from papayya.budgets import PERIODS, parse_amount, period_of
+
+    rt = get_runtime()
+    validate_tenant_id(tenant_id)
+    if period is not None and period not in PERIODS:
+        raise BudgetError(f"Unknown budget period {period!r}; use one of: {', '.join(PERIODS)}.")
+    budget = None if amount is None else parse_amount(amount)
+    rt.store.tenant_budget_set(tenant_id, budget, period)
+    record = rt.store.tenant_get(tenant_id)
+    assert record is not None
+    rt.store.budget_reconcile(tenant_id)
+    key, start = period_of(record["budget_period"])
+    spent = rt.store.tenant_spend_since(tenant_id, start)
+    paused: list[Any] = []
+    if budget is not None and spent >= budget:
+        reason = (
+            f"budget:tenant: tenant {tenant_id} has spent ${spent:,.2f} of its new ${budget:,.2f} budget "
+            f"for {key}"
+        )
+        paused = rt.store.runs_pause(tenant_id, None, reason)
+    return {
+        "tenant_id": tenant_id,
+        "budget_usd": budget,
+        "period": record["budget_period"],
+        "period_key": key,
+        "spent_usd": spent,
+        "paused_runs": paused,
     }

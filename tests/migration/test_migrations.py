@@ -73,6 +73,7 @@ EXPECTED_TABLES = {
         "price_source",
         "idempotency_key",
         "created_at",
+        "reserved_usd",
     },
     "price_overrides": {
         "tenant_id",
@@ -96,10 +97,23 @@ EXPECTED_TABLES = {
         "options",
         "created_at",
         "finished_at",
+        "budget_usd",
+        "paused_reason",
+        "entrypoint",
     },
     "schema_version": {"version", "name", "checksum", "applied_at"},
-    "steps": {"item_id", "step_key", "tenant_id", "attempt_id", "kind", "result", "created_at"},
-    "tenants": {"tenant_id", "config", "created_at", "updated_at"},
+    "steps": {"item_id", "step_key", "tenant_id", "attempt_id", "kind", "result", "created_at", "request_hash"},
+    "tenants": {"tenant_id", "config", "created_at", "updated_at", "budget_usd", "budget_period"},
+    "budget_accounts": {
+        "scope",
+        "owner",
+        "period",
+        "tenant_id",
+        "period_start",
+        "spent_usd",
+        "reserved_usd",
+        "updated_at",
+    },
 }
 
 

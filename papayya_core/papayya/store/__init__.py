@@ -49,6 +49,12 @@ class Store:
     def __init__(self, url: str, *, pool_size: int = 16, auto_migrate: bool = True) -> None:
         self.url = url
         self._pool: ConnectionPool[psycopg.Connection[Row]] = open_pool(url, max_size=pool_size)
+        # Budget reservations and settlements commit without waiting for the WAL flush: they are
+        # rewritten from the ledger (which is durable) by reconcile, and holding a hot account row for
+        # an fsync per LLM call would serialise every worker on it.
+        self._fast_pool: ConnectionPool[psycopg.Connection[Row]] = open_pool(
+            url, max_size=pool_size, synchronous_commit=False
+        )
         self._closed = False
         self._lock = threading.Lock()
         if auto_migrate:
@@ -62,6 +68,7 @@ class Store:
             if not self._closed:
                 self._closed = True
                 self._pool.close()
+                self._fast_pool.close()
 
     # -- plumbing ---------------------------------------------------------------------------------
 
@@ -142,6 +149,8 @@ class Store:
         max_attempts: int,
         options: dict[str, Any],
         replayed_from: UUID | None = None,
+        budget_usd: Decimal | None = None,
+        entrypoint: dict[str, Any] | None = None,
     ) -> None:
         """Record a run and all its items (id, key, input JSON text) in one transaction."""
         with translated(), self._pool.connection() as conn, conn.transaction():
@@ -156,6 +165,8 @@ class Store:
                     "total_items": len(items),
                     "options": Jsonb(options),
                     "replayed_from": replayed_from,
+                    "budget_usd": budget_usd,
+                    "entrypoint": _json(entrypoint),
                 },
             )
             chunk = 5000
@@ -209,6 +220,7 @@ class Store:
         step_key: str,
         kind: str,
         result: Any,
+        request_hash: str | None,
     ) -> None:
         self._execute(
             "step_record",
@@ -219,12 +231,25 @@ class Store:
                 "step_key": step_key,
                 "kind": kind,
                 "result": Jsonb(result),
+                "request_hash": request_hash,
             },
         )
 
-    def llm_call_record(self, params: dict[str, Any], *, journal_result: Any = None, journal: bool) -> None:
+    def llm_call_record(
+        self,
+        params: dict[str, Any],
+        *,
+        journal_result: Any = None,
+        journal: bool,
+        request_hash: str | None = None,
+    ) -> None:
         """Write one ledger row (and, when ``journal``, its journal step) in one round trip."""
-        params = {**params, "result": Jsonb(journal_result) if journal else None, "journal": journal}
+        params = {
+            **params,
+            "result": Jsonb(journal_result) if journal else None,
+            "journal": journal,
+            "request_hash": request_hash,
+        }
         with translated(), self._pool.connection() as conn:
             conn.execute(q("llm_call_record"), params)
 
@@ -359,6 +384,115 @@ class Store:
             )
         item_id: UUID = row["item_id"]
         return item_id
+
+    # -- rate limits ------------------------------------------------------------------------------
+
+    def rate_limit_set(
+        self,
+        provider: str,
+        model: str,
+        tenant_id: str,
+        requests_per_minute: int | None,
+        tokens_per_minute: int | None,
+    ) -> Row:
+        """Create or replace the limits of one (provider, model, tenant) key; return the row."""
+        row = self._fetchone(
+            "rate_limit_upsert",
+            {
+                "provider": provider,
+                "model": model,
+                "tenant_id": tenant_id,
+                "requests_per_minute": requests_per_minute,
+                "tokens_per_minute": tokens_per_minute,
+            },
+        )
+        assert row is not None  # an upsert always returns its row
+        return row
+
+    def rate_limit_delete(self, provider: str, model: str, tenant_id: str) -> bool:
+        params = {"provider": provider, "model": model, "tenant_id": tenant_id}
+        return self._execute("rate_limit_delete", params) > 0
+
+    def rate_limit_list(self, period: float = 60.0) -> list[Row]:
+        """Every limit, with the requests and tokens its bucket holds now."""
+        return self._fetchall("rate_limit_list", {"period": period})
+
+    def rate_snapshot(self) -> list[Row]:
+        """Keys with limits (``closed_for`` NULL) and closures in force (seconds left in ``closed_for``)."""
+        return self._fetchall("rate_snapshot", {})
+
+    def rate_take(self, provider: str, model: str, tenant_id: str, tokens: int, period: float) -> Row:
+        """Take one request of ``tokens`` from every matching limit, or nothing; ``ok``, ``wait_seconds``,
+        ``closed_for`` (a closure in force), ``keys`` (limits matched)."""
+        row = self._fetchone(
+            "rate_take",
+            {"provider": provider, "model": model, "tenant_id": tenant_id, "tokens": tokens, "period": period},
+        )
+        assert row is not None  # an aggregate always returns one row
+        return row
+
+    def rate_close(self, provider: str, model: str, seconds: float) -> Row:
+        """Close provider/model for ``seconds`` (never shortening a closure); return it."""
+        row = self._fetchone("rate_close", {"provider": provider, "model": model, "seconds": seconds})
+        assert row is not None
+        return row
+
+    def rate_closures_open(self) -> list[Row]:
+        return self._fetchall("rate_closures_open", {})
+
+    # -- budgets ----------------------------------------------------------------------------------
+
+    def budget_accounts_ensure(self, keys: dict[str, Any]) -> None:
+        """Create the tenant's period account and the run's account if missing, spent from the ledger."""
+        self._execute("budget_accounts_ensure", keys)
+
+    def budget_reserve(self, keys: dict[str, Any], amount: Decimal | None) -> Row:
+        """Atomically reserve ``amount`` on both accounts, or nothing. Row: fits, run_status, reserved,
+        accounts (each scope's spent, reserved and limit as seen under the row lock)."""
+        with translated(), self._fast_pool.connection() as conn:
+            row = conn.execute(q("budget_reserve"), {**keys, "amount": amount}).fetchone()
+        assert row is not None
+        return row
+
+    def budget_settle(self, keys: dict[str, Any], *, reserved: Decimal, actual: Decimal) -> None:
+        with translated(), self._fast_pool.connection() as conn:
+            conn.execute(q("budget_settle"), {**keys, "reserved": reserved, "actual": actual})
+
+    def budget_reconcile(self, tenant_id: str) -> None:
+        self._execute("budget_reconcile", {"tenant_id": tenant_id})
+
+    def budget_view(self, keys: dict[str, Any]) -> list[Row]:
+        return self._fetchall("budget_view", keys)
+
+    def tenant_budget_set(self, tenant_id: str, budget_usd: Decimal | None, period: str | None) -> None:
+        row = self._fetchone(
+            "tenant_budget_set", {"tenant_id": tenant_id, "budget_usd": budget_usd, "budget_period": period}
+        )
+        if row is None:
+            raise NotFound(f"Tenant {tenant_id!r} does not exist; create it with `papayya tenants add`.")
+
+    def run_budget_set(self, run_id: UUID, tenant_id: str, budget_usd: Decimal | None) -> None:
+        self._execute("run_budget_set", {"run_id": run_id, "tenant_id": tenant_id, "budget_usd": budget_usd})
+
+    def runs_pause(self, tenant_id: str, run_id: UUID | None, reason: str) -> list[UUID]:
+        rows = self._fetchall("runs_pause", {"tenant_id": tenant_id, "run_id": run_id, "reason": reason})
+        return [r["run_id"] for r in rows]
+
+    def run_resume(self, run_id: UUID, tenant_id: str) -> Row:
+        row = self._fetchone("run_resume", {"run_id": run_id, "tenant_id": tenant_id})
+        assert row is not None
+        return row
+
+    def run_pending_items(self, run_id: UUID, tenant_id: str) -> list[tuple[UUID, str]]:
+        rows = self._fetchall("run_pending_items", {"run_id": run_id, "tenant_id": tenant_id})
+        return [(r["item_id"], r["key"]) for r in rows]
+
+    def tenant_spend_since(self, tenant_id: str, since: datetime | None) -> Decimal:
+        row = self._fetchone("tenant_spend_since", {"tenant_id": tenant_id, "since": since})
+        return Decimal(row["spent"]) if row else Decimal(0)
+
+    def runs_paused_of_tenant(self, tenant_id: str) -> list[UUID]:
+        return [r["run_id"] for r in self._fetchall("runs_paused_of_tenant", {"tenant_id": tenant_id})]
 
 
 def dumps(value: Any) -> str:

@@ -33,7 +33,14 @@ def _configure(conn: psycopg.Connection[Any]) -> None:
     conn.execute("SET application_name = 'papayya'")
 
 
-def open_pool(url: str, *, max_size: int) -> ConnectionPool[psycopg.Connection[dict[str, Any]]]:
+def _configure_fast(conn: psycopg.Connection[Any]) -> None:
+    conn.execute("SET application_name = 'papayya'")
+    conn.execute("SET synchronous_commit = off")
+
+
+def open_pool(
+    url: str, *, max_size: int, synchronous_commit: bool = True
+) -> ConnectionPool[psycopg.Connection[dict[str, Any]]]:
     """Open a pool and check the server answers, or raise StoreUnavailable with the reason."""
     try:
         with psycopg.connect(url, connect_timeout=10) as probe:
@@ -55,7 +62,7 @@ def open_pool(url: str, *, max_size: int) -> ConnectionPool[psycopg.Connection[d
         # Autocommit: most writes are one statement, and a COMMIT round trip per write would double
         # their cost. Multi-statement writes use ``conn.transaction()``.
         kwargs={"row_factory": dict_row, "autocommit": True},
-        configure=_configure,
+        configure=_configure if synchronous_commit else _configure_fast,
         open=True,
         name="papayya",
         timeout=30,

@@ -10,7 +10,8 @@ ON CONFLICT (tenant_id) DO NOTHING
 RETURNING tenant_id;
 
 -- name: tenant_get
-SELECT tenant_id, config, created_at, updated_at FROM papayya.tenants WHERE tenant_id = %(tenant_id)s;
+SELECT tenant_id, config, budget_usd, budget_period, created_at, updated_at
+FROM papayya.tenants WHERE tenant_id = %(tenant_id)s;
 
 -- name: tenant_list
 SELECT t.tenant_id, t.config, t.created_at, t.updated_at,
@@ -47,9 +48,10 @@ SELECT tenant_id, provider, model, input_mtok, output_mtok, cache_read_mtok, cac
 FROM papayya.price_overrides WHERE tenant_id = %(tenant_id)s ORDER BY provider, model;
 
 -- name: run_insert
-INSERT INTO papayya.runs (run_id, tenant_id, agent_name, name, backend, total_items, options, replayed_from)
+INSERT INTO papayya.runs (run_id, tenant_id, agent_name, name, backend, total_items, options, replayed_from,
+                          budget_usd, entrypoint)
 VALUES (%(run_id)s, %(tenant_id)s, %(agent_name)s, %(name)s, %(backend)s, %(total_items)s, %(options)s,
-        %(replayed_from)s);
+        %(replayed_from)s, %(budget_usd)s, %(entrypoint)s);
 
 -- name: items_insert
 INSERT INTO papayya.items (item_id, run_id, tenant_id, key, input, max_attempts)
@@ -64,6 +66,8 @@ WITH claimed AS (
         lease_expires_at = now() + make_interval(secs => %(lease_seconds)s),
         updated_at = now()
     WHERE item_id = %(item_id)s AND tenant_id = %(tenant_id)s AND status = 'queued'
+      AND EXISTS (SELECT 1 FROM papayya.runs r
+                  WHERE r.run_id = items.run_id AND r.tenant_id = items.tenant_id AND r.status = 'running')
     RETURNING item_id, run_id, tenant_id, attempts, lease_token, input
 ), attempt AS (
     INSERT INTO papayya.attempts (attempt_id, item_id, run_id, tenant_id, number, backend, worker, lease_token)
@@ -72,31 +76,41 @@ WITH claimed AS (
     RETURNING attempt_id
 )
 SELECT c.attempts, c.lease_token, c.input,
-       (SELECT coalesce(jsonb_object_agg(s.step_key, s.result), '{}'::jsonb)
+       (SELECT coalesce(jsonb_object_agg(s.step_key,
+                                         jsonb_build_object('result', s.result, 'hash', s.request_hash)),
+                       '{}'::jsonb)
           FROM papayya.steps s WHERE s.item_id = c.item_id) AS journal,
        (SELECT count(*) FROM attempt) AS inserted
 FROM claimed c;
 
 -- name: step_record
-INSERT INTO papayya.steps (item_id, step_key, tenant_id, attempt_id, kind, result)
-VALUES (%(item_id)s, %(step_key)s, %(tenant_id)s, %(attempt_id)s, %(kind)s, %(result)s)
-ON CONFLICT (item_id, step_key) DO NOTHING;
+-- A step reached again with a different request replaces the result recorded for the old one.
+INSERT INTO papayya.steps (item_id, step_key, tenant_id, attempt_id, kind, result, request_hash)
+VALUES (%(item_id)s, %(step_key)s, %(tenant_id)s, %(attempt_id)s, %(kind)s, %(result)s, %(request_hash)s)
+ON CONFLICT (item_id, step_key) DO UPDATE
+SET result = excluded.result, request_hash = excluded.request_hash, attempt_id = excluded.attempt_id,
+    created_at = now()
+WHERE steps.request_hash IS DISTINCT FROM excluded.request_hash;
 
 -- name: llm_call_record
 -- The ledger row and, for a journaled call (%(journal)s), its journal step: one round trip.
 WITH journal AS (
-    INSERT INTO papayya.steps (item_id, step_key, tenant_id, attempt_id, kind, result)
-    SELECT %(item_id)s, %(step_key)s, %(tenant_id)s, %(attempt_id)s, 'llm', %(result)s
+    INSERT INTO papayya.steps (item_id, step_key, tenant_id, attempt_id, kind, result, request_hash)
+    SELECT %(item_id)s, %(step_key)s, %(tenant_id)s, %(attempt_id)s, 'llm', %(result)s, %(request_hash)s
     WHERE %(journal)s
-    ON CONFLICT (item_id, step_key) DO NOTHING
+    ON CONFLICT (item_id, step_key) DO UPDATE
+    SET result = excluded.result, request_hash = excluded.request_hash, attempt_id = excluded.attempt_id,
+        created_at = now()
+    WHERE steps.request_hash IS DISTINCT FROM excluded.request_hash
 )
 INSERT INTO papayya.llm_calls
     (tenant_id, run_id, item_id, attempt_id, step_key, provider, model, input_tokens, output_tokens,
      cache_read_tokens, cache_write_tokens, stop_reason, latency_ms, cost_usd, price_source,
-     idempotency_key)
+     idempotency_key, reserved_usd)
 VALUES (%(tenant_id)s, %(run_id)s, %(item_id)s, %(attempt_id)s, %(step_key)s, %(provider)s, %(model)s,
         %(input_tokens)s, %(output_tokens)s, %(cache_read_tokens)s, %(cache_write_tokens)s,
-        %(stop_reason)s, %(latency_ms)s, %(cost_usd)s, %(price_source)s, %(idempotency_key)s);
+        %(stop_reason)s, %(latency_ms)s, %(cost_usd)s, %(price_source)s, %(idempotency_key)s,
+        %(reserved_usd)s);
 
 -- name: attempt_finish
 WITH cost AS (
@@ -144,7 +158,7 @@ WHERE r.run_id = %(run_id)s AND r.tenant_id = %(tenant_id)s AND r.status = 'runn
 
 -- name: run_get
 SELECT run_id, tenant_id, agent_name, name, backend, status, replayed_from, total_items, options,
-       created_at, finished_at
+       created_at, finished_at, budget_usd, paused_reason, entrypoint
 FROM papayya.runs
 WHERE run_id = %(run_id)s AND (%(tenant_id)s::text IS NULL OR tenant_id = %(tenant_id)s);
 
@@ -301,3 +315,230 @@ LIMIT %(limit)s;
 -- name: item_id_by_key
 SELECT item_id FROM papayya.items
 WHERE run_id = %(run_id)s AND tenant_id = %(tenant_id)s AND key = %(key)s;
+
+-- budgets
+
+-- name: budget_accounts_ensure
+INSERT INTO papayya.budget_accounts (scope, owner, period, tenant_id, period_start, spent_usd)
+VALUES ('tenant', %(tenant_id)s, %(tenant_period)s, %(tenant_id)s, %(period_start)s,
+        (SELECT coalesce(sum(c.cost_usd), 0) FROM papayya.llm_calls c
+          WHERE c.tenant_id = %(tenant_id)s
+            AND c.created_at >= coalesce(%(period_start)s::timestamptz, '-infinity'))),
+       ('run', %(run_key)s, 'total', %(tenant_id)s, NULL,
+        (SELECT coalesce(sum(c.cost_usd), 0) FROM papayya.llm_calls c
+          WHERE c.run_id = %(run_id)s AND c.tenant_id = %(tenant_id)s))
+ON CONFLICT (scope, owner, period) DO NOTHING;
+
+-- name: budget_reserve
+-- All or nothing over the tenant's and the run's account; refused when either budget has no room or
+-- the run is not running (paused by a person, or by a budget on another worker).
+WITH acct AS (
+    SELECT a.scope, a.owner, a.period, a.spent_usd, a.reserved_usd,
+           CASE a.scope
+               WHEN 'tenant' THEN (SELECT t.budget_usd FROM papayya.tenants t WHERE t.tenant_id = a.owner)
+               ELSE (SELECT r.budget_usd FROM papayya.runs r WHERE r.run_id = %(run_id)s)
+           END AS limit_usd
+    FROM papayya.budget_accounts a
+    WHERE (a.scope, a.owner, a.period) IN (('tenant', %(tenant_id)s, %(tenant_period)s),
+                                           ('run', %(run_key)s, 'total'))
+    FOR UPDATE
+), verdict AS (
+    SELECT coalesce(bool_and(acct.limit_usd IS NULL
+                             OR (%(amount)s::numeric IS NOT NULL
+                                 AND acct.spent_usd + acct.reserved_usd + %(amount)s <= acct.limit_usd)),
+                    true) AS fits,
+           (SELECT r.status FROM papayya.runs r WHERE r.run_id = %(run_id)s AND r.tenant_id = %(tenant_id)s)
+               AS run_status
+    FROM acct
+), reserved AS (
+    UPDATE papayya.budget_accounts a
+    SET reserved_usd = a.reserved_usd + coalesce(%(amount)s::numeric, 0), updated_at = now()
+    FROM verdict v
+    WHERE v.fits AND v.run_status = 'running'
+      AND (a.scope, a.owner, a.period) IN (('tenant', %(tenant_id)s, %(tenant_period)s),
+                                           ('run', %(run_key)s, 'total'))
+    RETURNING a.scope
+)
+SELECT v.fits, v.run_status, (SELECT count(*) FROM reserved) AS reserved,
+       (SELECT jsonb_agg(jsonb_build_object('scope', acct.scope, 'period', acct.period,
+                                            'spent', acct.spent_usd, 'reserved', acct.reserved_usd,
+                                            'limit', acct.limit_usd))
+          FROM acct) AS accounts
+FROM verdict v;
+
+-- name: budget_settle
+UPDATE papayya.budget_accounts
+SET reserved_usd = greatest(0, reserved_usd - %(reserved)s), spent_usd = spent_usd + %(actual)s,
+    updated_at = now()
+WHERE (scope, owner, period) IN (('tenant', %(tenant_id)s, %(tenant_period)s), ('run', %(run_key)s, 'total'));
+
+-- name: budget_reconcile
+-- Spent recomputed from the ledger (the truth); reservations dropped where nothing of the scope runs.
+UPDATE papayya.budget_accounts a
+SET spent_usd = CASE a.scope
+        WHEN 'tenant' THEN (SELECT coalesce(sum(c.cost_usd), 0) FROM papayya.llm_calls c
+                             WHERE c.tenant_id = a.owner
+                               AND c.created_at >= coalesce(a.period_start, '-infinity'))
+        ELSE (SELECT coalesce(sum(c.cost_usd), 0) FROM papayya.llm_calls c
+               WHERE c.run_id::text = a.owner AND c.tenant_id = a.tenant_id)
+    END,
+    reserved_usd = CASE WHEN EXISTS (SELECT 1 FROM papayya.items i
+                                      WHERE i.tenant_id = a.tenant_id AND i.status = 'running'
+                                        AND (a.scope = 'tenant' OR i.run_id::text = a.owner))
+                        THEN a.reserved_usd ELSE 0 END,
+    updated_at = now()
+WHERE a.tenant_id = %(tenant_id)s;
+
+-- name: budget_view
+SELECT a.scope, a.period, a.spent_usd, a.reserved_usd,
+       CASE a.scope
+           WHEN 'tenant' THEN (SELECT t.budget_usd FROM papayya.tenants t WHERE t.tenant_id = a.owner)
+           ELSE (SELECT r.budget_usd FROM papayya.runs r WHERE r.run_id::text = a.owner)
+       END AS limit_usd
+FROM papayya.budget_accounts a
+WHERE (a.scope, a.owner, a.period) IN (('tenant', %(tenant_id)s, %(tenant_period)s),
+                                       ('run', %(run_key)s, 'total'))
+ORDER BY a.scope DESC;
+
+-- name: tenant_budget_set
+UPDATE papayya.tenants
+SET budget_usd = %(budget_usd)s, budget_period = coalesce(%(budget_period)s, budget_period), updated_at = now()
+WHERE tenant_id = %(tenant_id)s
+RETURNING budget_usd, budget_period;
+
+-- name: run_budget_set
+UPDATE papayya.runs SET budget_usd = %(budget_usd)s WHERE run_id = %(run_id)s AND tenant_id = %(tenant_id)s;
+
+-- name: runs_pause
+-- Pause one run (run_id given) or every running run of a tenant (run_id NULL).
+UPDATE papayya.runs
+SET status = 'paused', paused_reason = %(reason)s
+WHERE tenant_id = %(tenant_id)s AND status = 'running'
+  AND (%(run_id)s::uuid IS NULL OR run_id = %(run_id)s)
+RETURNING run_id;
+
+-- name: run_resume
+WITH run AS (
+    UPDATE papayya.runs SET status = 'running', paused_reason = NULL, finished_at = NULL
+    WHERE run_id = %(run_id)s AND tenant_id = %(tenant_id)s AND status IN ('paused', 'running')
+    RETURNING run_id
+), requeued AS (
+    UPDATE papayya.items i SET status = 'queued', updated_at = now()
+    FROM run WHERE i.run_id = run.run_id AND i.tenant_id = %(tenant_id)s AND i.status = 'paused'
+    RETURNING i.item_id
+)
+SELECT (SELECT count(*) FROM run) AS resumed, (SELECT count(*) FROM requeued) AS requeued;
+
+-- name: run_pending_items
+SELECT item_id, key FROM papayya.items
+WHERE run_id = %(run_id)s AND tenant_id = %(tenant_id)s AND status = 'queued'
+ORDER BY key;
+
+-- name: runs_paused_of_tenant
+SELECT run_id FROM papayya.runs WHERE tenant_id = %(tenant_id)s AND status = 'paused' ORDER BY created_at;
+
+-- name: tenant_spend_since
+SELECT coalesce(sum(cost_usd), 0) AS spent
+FROM papayya.llm_calls
+WHERE tenant_id = %(tenant_id)s AND created_at >= coalesce(%(since)s::timestamptz, '-infinity');
+
+-- rate limits
+
+-- name: rate_limit_upsert
+-- Set a key's limits (replacing both); its bucket keeps what is left, capped by the new limits.
+INSERT INTO papayya.rate_limits (provider, model, tenant_id, requests_per_minute, tokens_per_minute)
+VALUES (%(provider)s, %(model)s, %(tenant_id)s, %(requests_per_minute)s, %(tokens_per_minute)s)
+ON CONFLICT (provider, model, tenant_id) DO UPDATE
+SET requests_per_minute = excluded.requests_per_minute, tokens_per_minute = excluded.tokens_per_minute,
+    updated_at = now()
+RETURNING provider, model, tenant_id, requests_per_minute, tokens_per_minute, created_at, updated_at;
+
+-- name: rate_limit_delete
+DELETE FROM papayya.rate_limits
+WHERE provider = %(provider)s AND model = %(model)s AND tenant_id = %(tenant_id)s;
+
+-- name: rate_limit_list
+-- Every limit with what its bucket holds now (refilled at its per-minute rate over %(period)s seconds).
+SELECT l.provider, l.model, l.tenant_id, l.requests_per_minute, l.tokens_per_minute, l.created_at,
+       l.updated_at,
+       floor(least(l.requests_per_minute::float8,
+                   coalesce(l.requests_left, l.requests_per_minute)
+                   + l.requests_per_minute * e.secs / %(period)s::float8))::bigint AS requests_available,
+       floor(least(l.tokens_per_minute::float8,
+                   coalesce(l.tokens_left, l.tokens_per_minute)
+                   + l.tokens_per_minute * e.secs / %(period)s::float8))::bigint AS tokens_available
+FROM papayya.rate_limits l
+CROSS JOIN LATERAL (SELECT greatest(0, extract(epoch FROM now() - l.refilled_at))::float8 AS secs) e
+ORDER BY l.provider, l.model, l.tenant_id;
+
+-- name: rate_snapshot
+-- What a RateLimiter caches for a second: which keys have limits, and the closures in force with
+-- the seconds they have left on the database clock.
+SELECT provider, model, tenant_id, NULL::float8 AS closed_for
+FROM papayya.rate_limits
+UNION ALL
+SELECT provider, model, NULL, extract(epoch FROM closed_until - now())::float8
+FROM papayya.rate_closures
+WHERE closed_until > now();
+
+-- name: rate_take
+-- One request of %(tokens)s tokens against every limit matching (provider, model, tenant), all or
+-- nothing, in one statement: the matching rows are locked in key order (FOR UPDATE returns their
+-- latest committed state), refilled to now, and taken from only when every one of them has room and
+-- no closure is in force. Otherwise nothing changes and wait_seconds says when to ask again.
+WITH closure AS (
+    SELECT max(extract(epoch FROM c.closed_until - now()))::float8 AS closed_for
+    FROM papayya.rate_closures c
+    WHERE c.provider = %(provider)s AND c.model IN (%(model)s, '*') AND c.closed_until > now()
+), locked AS MATERIALIZED (
+    SELECT l.provider, l.model, l.tenant_id, l.requests_per_minute::float8 AS rpm,
+           l.tokens_per_minute::float8 AS tpm, l.requests_left, l.tokens_left, l.refilled_at
+    FROM papayya.rate_limits l
+    WHERE l.provider = %(provider)s AND l.model IN (%(model)s, '*') AND l.tenant_id IN (%(tenant_id)s, '*')
+    ORDER BY l.provider, l.model, l.tenant_id
+    FOR UPDATE
+), level AS MATERIALIZED (
+    SELECT k.provider, k.model, k.tenant_id, k.rpm, k.tpm, greatest(k.refilled_at, now()) AS refilled_at,
+           least(k.rpm, coalesce(k.requests_left, k.rpm) + k.rpm * e.secs / %(period)s::float8)
+               AS requests_now,
+           least(k.tpm, coalesce(k.tokens_left, k.tpm) + k.tpm * e.secs / %(period)s::float8) AS tokens_now
+    FROM locked k
+    CROSS JOIN LATERAL (SELECT greatest(0, extract(epoch FROM now() - k.refilled_at))::float8 AS secs) e
+), verdict AS MATERIALIZED (
+    SELECT coalesce(max(greatest(
+               CASE WHEN v.rpm IS NULL THEN 0 ELSE (1 - v.requests_now) * %(period)s::float8 / v.rpm END,
+               CASE WHEN v.tpm IS NULL THEN 0
+                    ELSE (least(%(tokens)s::float8, v.tpm) - v.tokens_now) * %(period)s::float8 / v.tpm END
+           )), 0) AS wait_limits,
+           (SELECT closed_for FROM closure) AS closed_for,
+           count(*) AS keys
+    FROM level v
+), taken AS (
+    UPDATE papayya.rate_limits l
+    SET requests_left = v.requests_now - 1, tokens_left = v.tokens_now - %(tokens)s::float8,
+        refilled_at = v.refilled_at
+    FROM level v, verdict d
+    WHERE l.provider = v.provider AND l.model = v.model AND l.tenant_id = v.tenant_id
+      AND d.wait_limits <= 1e-9 AND d.closed_for IS NULL
+    RETURNING l.provider
+)
+SELECT d.wait_limits <= 1e-9 AND d.closed_for IS NULL AS ok,
+       greatest(d.wait_limits, coalesce(d.closed_for, 0)) AS wait_seconds,
+       d.closed_for, d.keys, (SELECT count(*) FROM taken) AS taken
+FROM verdict d;
+
+-- name: rate_close
+-- A 429 with Retry-After: close provider/model until now() + %(seconds)s, never earlier than it was.
+INSERT INTO papayya.rate_closures (provider, model, closed_until)
+VALUES (%(provider)s, %(model)s, now() + make_interval(secs => %(seconds)s::float8))
+ON CONFLICT (provider, model) DO UPDATE
+SET closed_until = greatest(papayya.rate_closures.closed_until, excluded.closed_until), updated_at = now()
+RETURNING provider, model, closed_until,
+          greatest(0, extract(epoch FROM closed_until - now()))::float8 AS closed_for;
+
+-- name: rate_closures_open
+SELECT provider, model, closed_until,
+       extract(epoch FROM closed_until - now())::float8 AS closed_for
+FROM papayya.rate_closures
+WHERE closed_until > now()
+ORDER BY provider, model;

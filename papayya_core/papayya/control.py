@@ -1,0 +1,157 @@
+"""Pause and resume: people (and budgets) stop runs; ``resume`` continues them where they stopped.
+
+A paused run keeps every item: the ones stopped at an LLM call are ``paused`` with their journal, the
+rest are ``queued``. Resuming puts paused items back in the queue and runs every queued item through
+the lifecycle again, in this process, with the agent loaded from where the run was started (its
+module, or its script file). Recorded steps and LLM calls are reused, so nothing is paid twice.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import logging
+import sys
+from decimal import Decimal
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from uuid import UUID
+
+from papayya.budgets import period_of
+from papayya.errors import BudgetError, NotFound
+from papayya.runtime import get_runtime
+
+if TYPE_CHECKING:
+    from papayya.agent import Agent
+    from papayya.result import RunResult
+
+log = logging.getLogger("papayya.control")
+
+
+def _uuid(value: UUID | str) -> UUID:
+    if isinstance(value, UUID):
+        return value
+    try:
+        return UUID(str(value))
+    except ValueError:
+        raise NotFound(f"{value!r} is not a run id; list runs with `papayya runs list`.") from None
+
+
+def pause(run_id: UUID | str, *, reason: str = "paused by a person") -> None:
+    """Pause a running run: no queued item starts, in-flight items stop at their next LLM call."""
+    store = get_runtime().store
+    run = store.run_get(_uuid(run_id))
+    if run["status"] != "running":
+        raise BudgetError(f"Run {run['run_id']} is {run['status']}, not running; there is nothing to pause.")
+    store.runs_pause(run["tenant_id"], run["run_id"], f"manual: {reason}")
+
+
+def load_agent(entrypoint: dict[str, Any] | None, agent_name: str) -> Agent:
+    """Import the agent a run was started with, from its module or (for a script) its file."""
+    from papayya.agent import Agent
+
+    if not entrypoint or not entrypoint.get("qualname"):
+        raise BudgetError(
+            f"This run does not say where its agent {agent_name} lives; resume it from Python "
+            "with agent.resume(RUN)."
+        )
+    qualname: str = entrypoint["qualname"]
+    if "<locals>" in qualname:
+        raise BudgetError(
+            f"Agent {agent_name} was defined inside a function, so it cannot be imported; resume "
+            "the run from Python with agent.resume(RUN)."
+        )
+    module_name, file = entrypoint.get("module"), entrypoint.get("file")
+    try:
+        if module_name and module_name != "__main__":
+            module = importlib.import_module(module_name)
+        elif file and Path(file).is_file():
+            sys.path.insert(0, str(Path(file).parent))
+            spec = importlib.util.spec_from_file_location(f"papayya_resumed_{Path(file).stem}", file)
+            assert spec is not None
+            assert spec.loader is not None
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[spec.name] = module
+            spec.loader.exec_module(module)
+        else:
+            raise BudgetError(
+                f"The script that started this run ({file}) is not here any more; resume it "
+                "from Python with agent.resume(RUN)."
+            )
+    except ImportError as exc:
+        raise BudgetError(
+            f"Cannot import the agent's module {module_name!r} ({exc}); run `papayya resume` "
+            "where the agent's code is importable (same directory or PYTHONPATH)."
+        ) from exc
+    obj: Any = module
+    for part in qualname.split("."):
+        obj = getattr(obj, part, None)
+    if not isinstance(obj, Agent):
+        raise BudgetError(
+            f"{module_name or file}:{qualname} is not a papayya agent any more; resume the run "
+            "from Python with agent.resume(RUN)."
+        )
+    return obj
+
+
+def check_budget_room(tenant_id: str, run_id: UUID, budget_period: str) -> None:
+    """Raise BudgetError when a budget of the run is already spent: resuming would pause again at once."""
+    store = get_runtime().store
+    key, start = period_of(budget_period)
+    keys = {
+        "tenant_id": tenant_id,
+        "tenant_period": key,
+        "period_start": start,
+        "run_id": run_id,
+        "run_key": str(run_id),
+    }
+    store.budget_accounts_ensure(keys)
+    for acct in store.budget_view(keys):
+        limit = acct["limit_usd"]
+        if limit is not None and Decimal(acct["spent_usd"]) >= Decimal(limit):
+            if acct["scope"] == "tenant":
+                raise BudgetError(
+                    f"Tenant {tenant_id} has spent ${acct['spent_usd']:,.2f} of its ${limit:,.2f} budget "
+                    f"for {acct['period']}; raise it with `papayya tenants set {tenant_id} --budget N` "
+                    "(or wait for the next period), then resume."
+                )
+            raise BudgetError(
+                f"Run {run_id} has spent ${acct['spent_usd']:,.2f} of its ${limit:,.2f} budget; "
+                f"raise it with `papayya runs set {run_id} --budget N`, then resume."
+            )
+
+
+def resume_run(
+    run_id: UUID | str,
+    *,
+    agent: Agent | None = None,
+    concurrency: int | None = None,
+    progress: bool | None = None,
+) -> RunResult:
+    """Resume a paused run in this process and wait for it, as ``map()`` does."""
+    rt = get_runtime()
+    store = rt.store
+    run = store.run_get(_uuid(run_id))
+    rid, tenant_id = run["run_id"], run["tenant_id"]
+    if run["status"] != "paused":
+        raise BudgetError(f"Run {rid} is {run['status']}, not paused; only a paused run can be resumed.")
+    if agent is None:
+        agent = load_agent(run["entrypoint"], run["agent_name"])
+    elif agent.name != run["agent_name"]:
+        raise BudgetError(f"Run {rid} was started by agent {run['agent_name']}, not {agent.name}.")
+    tenant = store.tenant_get(tenant_id)
+    store.budget_reconcile(tenant_id)
+    check_budget_room(tenant_id, rid, tenant["budget_period"] if tenant else "month")
+    counts = store.run_resume(rid, tenant_id)
+    pending = store.run_pending_items(rid, tenant_id)
+    log.info("resuming run %s: %d paused items requeued, %d to run", rid, counts["requeued"], len(pending))
+    workers = concurrency or int((run["options"] or {}).get("concurrency") or 8)
+    return agent._execute(rt, rid, tenant_id, pending, workers, progress, run["name"])
+
+
+def resume_tenant(tenant_id: str, **kwargs: Any) -> list[RunResult]:
+    """Resume every paused run of a tenant, oldest first."""
+    runs = get_runtime().store.runs_paused_of_tenant(tenant_id)
+    if not runs:
+        raise BudgetError(f"Tenant {tenant_id} has no paused runs.")
+    return [resume_run(r, **kwargs) for r in runs]
