@@ -1,9 +1,9 @@
 """Test doubles shipped with papayya, for its own tests and for yours.
 
-``FakeProvider`` is a real HTTP server on 127.0.0.1 that answers the OpenAI Chat Completions and
-Responses APIs and the Anthropic Messages API (non-streaming) well enough for the real ``openai`` and
-``anthropic`` clients. It is deterministic (the reply is derived from the prompt, token counts from
-text length), it counts every request it receives, and it can be told to fail::
+``FakeProvider`` is a real HTTP server on 127.0.0.1 that answers the OpenAI Chat Completions,
+Responses and Embeddings APIs and the Anthropic Messages API (non-streaming) well enough for the real
+``openai`` and ``anthropic`` clients. It is deterministic (the reply is derived from the prompt, token
+counts from text length), it counts every request it receives, and it can be told to fail::
 
     from papayya.testing import FakeProvider
 
@@ -28,6 +28,12 @@ Rules, in the order they are consulted for each request:
 Tokens are counted as one per four characters (at least one): ``input_tokens`` over every text part
 of the request (system prompt, instructions, messages), ``output_tokens`` over the reply.
 
+Embeddings (``POST /v1/embeddings``) are answered with one deterministic unit vector per input, derived
+from the input alone (``fake_embedding``), ``dimensions`` long (default 1536, as text-embedding-3-small),
+as floats or base64 as the request's ``encoding_format`` asks. ``usage.prompt_tokens`` counts each text
+input as above and each token-array input by its length. ``fail()`` applies to them like to any request;
+``stop_with()`` and ``reply`` do not (an embedding has no stop reason and no text).
+
 Streaming requests (``"stream": true``) are answered 400: the fake does not stream. Each error body
 has the provider's shape, so the SDKs raise their usual exceptions (``RateLimitError``,
 ``InternalServerError``, ``OverloadedError``...).
@@ -38,8 +44,13 @@ and runs in a daemon thread, so a forgotten ``stop()`` cannot hang the interpret
 
 from __future__ import annotations
 
+import base64
 import dataclasses
+import hashlib
 import json
+import math
+import random
+import struct
 import threading
 from collections import Counter
 from collections.abc import Callable
@@ -47,15 +58,17 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Literal
 
-__all__ = ["FakeProvider", "FakeRequest", "Fault", "Reply", "count_tokens"]
+__all__ = ["FakeProvider", "FakeRequest", "Fault", "Reply", "count_tokens", "fake_embedding"]
 
-Api = Literal["openai.chat", "openai.responses", "anthropic.messages"]
+Api = Literal["openai.chat", "openai.responses", "openai.embeddings", "anthropic.messages"]
 
 _ROUTES: dict[str, Api] = {
     "/v1/chat/completions": "openai.chat",
     "/v1/responses": "openai.responses",
+    "/v1/embeddings": "openai.embeddings",
     "/v1/messages": "anthropic.messages",
 }
+EMBEDDING_DIMENSIONS = 1536  # text-embedding-3-small's, when the request does not ask for fewer
 
 # Stop reasons in papayya's spelling (OpenAI's) and Anthropic's; anything else passes through as given.
 _OPENAI_STOP = {
@@ -97,16 +110,28 @@ def count_tokens(text: str) -> int:
     return max(1, (len(text) + 3) // 4)
 
 
+def fake_embedding(value: str | list[int], dimensions: int = EMBEDDING_DIMENSIONS) -> list[float]:
+    """The unit vector the fake answers for one embeddings input (a text or an array of token ids)."""
+    text = value if isinstance(value, str) else json.dumps(value)
+    seed = int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big")
+    rng = random.Random(seed)
+    vector = [rng.gauss(0.0, 1.0) for _ in range(dimensions)]
+    norm = math.sqrt(sum(x * x for x in vector)) or 1.0
+    return [x / norm for x in vector]
+
+
 @dataclass
 class FakeRequest:
     """One request the fake received.
 
     Attributes:
-        api: ``"openai.chat"``, ``"openai.responses"`` or ``"anthropic.messages"``.
+        api: ``"openai.chat"``, ``"openai.responses"``, ``"openai.embeddings"`` or
+            ``"anthropic.messages"``.
         model: The ``model`` field of the request body.
         body: The parsed JSON body.
         headers: Request headers, names lower-cased.
-        prompt: Every text part of the request (system, instructions, messages), one per line.
+        prompt: Every text part of the request (system, instructions, messages; each embeddings
+            input), one per line.
         number: 1 for the first request this fake received, 2 for the next, and so on.
         status: The HTTP status the fake answered with (0 while it is being answered).
     """
@@ -338,7 +363,7 @@ class FakeProvider:
                 number=len(self._requests) + 1,
             )
             self._requests.append(request)
-            rule = next((r for r in self._rules if r.when is None or r.when(request)), None)
+            rule = next((r for r in self._rules if _applies(r, request)), None)
             if rule is not None and rule.times is not None:
                 rule.times -= 1
                 if rule.times <= 0:
@@ -354,6 +379,8 @@ class FakeProvider:
             return _error(request.api, Fault(400, message="the fake provider does not stream"))
         if rule is not None and rule.fault is not None:
             return _error(request.api, rule.fault)
+        if request.api == "openai.embeddings":
+            return _embeddings(request)
         try:
             answer = self.reply(request)
         except Exception as exc:  # a broken reply hook answers 500 instead of dropping the connection
@@ -365,6 +392,12 @@ class FakeProvider:
             reply = dataclasses.replace(reply, stop=rule.stop)
         reply = _limit(reply, request.max_tokens)
         return 200, {}, _BUILDERS[request.api](request, reply)
+
+
+def _applies(rule: _Rule, request: FakeRequest) -> bool:
+    if rule.stop is not None and request.api == "openai.embeddings":
+        return False  # an embedding has no stop reason to change
+    return rule.when is None or rule.when(request)
 
 
 def _limit(reply: Reply, max_tokens: int | None) -> Reply:
@@ -391,6 +424,8 @@ def _texts(content: Any) -> list[str]:
 
 
 def _prompt_texts(api: Api, body: dict[str, Any]) -> list[str]:
+    if api == "openai.embeddings":
+        return [v if isinstance(v, str) else json.dumps(v) for v in _embedding_inputs(body.get("input"))]
     texts = _texts(body.get("system")) + _texts(body.get("instructions"))
     if api == "openai.responses":
         return texts + _texts(body.get("input"))
@@ -486,6 +521,42 @@ def _message(request: FakeRequest, reply: Reply) -> dict[str, Any]:
             "cache_creation_input_tokens": reply.cache_write_tokens,
         },
     }
+
+
+def _embedding_inputs(value: Any) -> list[str | list[int]]:
+    """The inputs of an embeddings request: a text, texts, one token array, or token arrays."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list) and value and all(isinstance(v, int) for v in value):
+        return [value]
+    if isinstance(value, list):
+        return [v for v in value if isinstance(v, str | list)]
+    return []
+
+
+def _embeddings(request: FakeRequest) -> tuple[int, dict[str, str], Any]:
+    inputs = _embedding_inputs(request.body.get("input"))
+    if not inputs or any(v in ("", []) for v in inputs):
+        return _error(request.api, Fault(400, message="input must be a non-empty string or array"))
+    dimensions = request.body.get("dimensions")
+    size = dimensions if isinstance(dimensions, int) and dimensions > 0 else EMBEDDING_DIMENSIONS
+    as_base64 = request.body.get("encoding_format") == "base64"
+    data = []
+    for index, value in enumerate(inputs):
+        vector = fake_embedding(value, size)
+        encoded: Any = base64.b64encode(struct.pack(f"<{size}f", *vector)).decode() if as_base64 else vector
+        data.append({"object": "embedding", "index": index, "embedding": encoded})
+    tokens = sum(count_tokens(v) if isinstance(v, str) else len(v) for v in inputs)
+    return (
+        200,
+        {},
+        {
+            "object": "list",
+            "data": data,
+            "model": request.model,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        },
+    )
 
 
 _BUILDERS: dict[Api, Callable[[FakeRequest, Reply], dict[str, Any]]] = {

@@ -9,10 +9,11 @@ import anthropic
 import openai
 import pytest
 from anthropic.types import Message
+from openai.types import CreateEmbeddingResponse
 from openai.types.chat import ChatCompletion
 from openai.types.responses import Response
 
-from papayya.testing import FakeProvider, FakeRequest, Fault, Reply, count_tokens
+from papayya.testing import FakeProvider, FakeRequest, Fault, Reply, count_tokens, fake_embedding
 
 HELLO = [{"role": "user", "content": "hello there"}]
 
@@ -254,5 +255,67 @@ def test_url_needs_a_running_server() -> None:
 
 def test_unknown_route_is_404(fake: FakeProvider, oai: openai.OpenAI) -> None:
     with pytest.raises(openai.NotFoundError):
-        oai.embeddings.create(model="text-embedding-3-small", input="hi")
+        oai.moderations.create(model="omni-moderation-latest", input="hi")
     assert fake.count == 0
+
+
+def test_embeddings_are_deterministic_unit_vectors_as_floats_or_base64(
+    fake: FakeProvider, oai: openai.OpenAI
+) -> None:
+    texts = ["hello there", "general kenobi"]
+
+    # the SDK asks for base64 unless told otherwise, and decodes it to float32 values
+    packed = oai.embeddings.create(model="text-embedding-3-small", input=texts, dimensions=8)
+    floats = oai.embeddings.create(
+        model="text-embedding-3-small", input=texts, dimensions=8, encoding_format="float"
+    )
+    full = oai.embeddings.create(model="text-embedding-3-small", input="hello there", encoding_format="float")
+
+    assert isinstance(packed, CreateEmbeddingResponse)
+    assert [d.embedding for d in floats.data] == [fake_embedding(t, 8) for t in texts]
+    for got, want in zip(packed.data, floats.data, strict=True):
+        assert got.embedding == pytest.approx(want.embedding, rel=1e-6)
+    assert [d.index for d in floats.data] == [0, 1]
+    assert sum(x * x for x in floats.data[0].embedding) == pytest.approx(1.0)
+    assert len(full.data[0].embedding) == 1536
+    assert full.data[0].embedding[:8] != floats.data[0].embedding  # derived from text and size
+    assert floats.model == "text-embedding-3-small"
+    tokens = count_tokens("hello there") + count_tokens("general kenobi")
+    assert (floats.usage.prompt_tokens, floats.usage.total_tokens) == (tokens, tokens)
+    assert [r.api for r in fake.requests] == ["openai.embeddings"] * 3
+    assert fake.requests[0].body["encoding_format"] == "base64"
+    assert fake.requests[0].prompt == "hello there\ngeneral kenobi"
+
+
+def test_embeddings_of_token_arrays_count_one_token_per_id(oai: openai.OpenAI) -> None:
+    one = oai.embeddings.create(model="text-embedding-3-small", input=[101, 102, 103], dimensions=4)
+    two = oai.embeddings.create(model="text-embedding-3-small", input=[[1, 2], [3, 4, 5, 6]], dimensions=4)
+
+    assert len(one.data) == 1
+    assert one.usage.prompt_tokens == 3
+    assert [d.embedding for d in two.data] == [
+        pytest.approx(fake_embedding([1, 2], 4), rel=1e-6),
+        pytest.approx(fake_embedding([3, 4, 5, 6], 4), rel=1e-6),
+    ]
+    assert two.usage.prompt_tokens == 6
+
+
+def test_embeddings_are_counted_and_fail_on_demand_but_have_no_stop_reason(
+    fake: FakeProvider, oai: openai.OpenAI
+) -> None:
+    fake.stop_with("length")  # not for embeddings: left for the next chat request
+    fake.fail(500)
+
+    with pytest.raises(openai.InternalServerError):
+        oai.embeddings.create(
+            model="text-embedding-3-small", input="hi", extra_headers={"Idempotency-Key": "k"}
+        )
+    oai.embeddings.create(model="text-embedding-3-small", input="hi", extra_headers={"Idempotency-Key": "k"})
+    with pytest.raises(openai.BadRequestError, match="non-empty"):
+        oai.embeddings.create(model="text-embedding-3-small", input=[])
+    chat = oai.chat.completions.create(model="gpt-4o-mini", messages=HELLO)
+
+    assert [r.status for r in fake.requests] == [500, 200, 400, 200]
+    assert fake.idempotency_keys == ["k", "k", None, None]
+    assert fake.counts == {"text-embedding-3-small": 3, "gpt-4o-mini": 1}
+    assert chat.choices[0].finish_reason == "length"
