@@ -13,13 +13,15 @@
         reply = client.chat.completions.create(model="gpt-4o-mini", messages=[...])
         return {"summary": reply.choices[0].message.content}
 
-Inside an attempt, ``client.chat.completions.create`` and ``client.responses.create`` go through
-``run.llm``: the call's usage, stop reason and cost go to the ledger (attributed to tenant, run,
-item and model), the response goes to the journal, and a retried or resumed attempt gets the
-recorded response back, as the same SDK type (``ChatCompletion``, ``Response``), without calling
-OpenAI again. A ``length`` or ``content_filter`` stop degrades the item. Each call carries an
-``Idempotency-Key`` header that is stable across retries of the same step (the SDK's own
-``idempotency_key`` option sends nothing for OpenAI, so papayya sets the header itself).
+Inside an attempt, ``client.chat.completions.create``, ``client.responses.create`` and
+``client.embeddings.create`` go through ``run.llm``: the call's usage, stop reason and cost go to the
+ledger (attributed to tenant, run, item and model), the response goes to the journal, and a retried
+or resumed attempt gets the recorded response back, as the same SDK type (``ChatCompletion``,
+``Response``, ``CreateEmbeddingResponse``), without calling OpenAI again. A ``length`` or
+``content_filter`` stop degrades the item. An embeddings call reserves only its input against a
+budget, as it generates no output tokens. Each call carries an ``Idempotency-Key`` header that is
+stable across retries of the same step (the SDK's own ``idempotency_key`` option sends nothing for
+OpenAI, so papayya sets the header itself).
 
 Outside an attempt the client behaves exactly as before. ``instrument`` works on ``openai.OpenAI``
 and ``openai.AsyncOpenAI`` (and their subclasses such as ``AzureOpenAI``; pass ``provider=`` to price
@@ -40,6 +42,7 @@ from typing import TypeVar
 
 try:
     import openai
+    from openai.types import CreateEmbeddingResponse
     from openai.types.chat import ChatCompletion
     from openai.types.responses import Response
 except ImportError as exc:
@@ -59,6 +62,12 @@ Client = TypeVar("Client", bound=openai.OpenAI | openai.AsyncOpenAI)
 _TARGETS = (
     Target("chat.completions", step="openai.chat", decode=lambda data: ChatCompletion.construct(**data)),
     Target("responses", step="openai.responses", decode=lambda data: Response.construct(**data)),
+    Target(
+        "embeddings",
+        step="openai.embeddings",
+        decode=lambda data: CreateEmbeddingResponse.construct(**data),
+        max_output_tokens=0,
+    ),
 )
 
 

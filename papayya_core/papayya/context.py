@@ -276,6 +276,10 @@ class Run:
         one write. A retried or resumed attempt that reaches the same step with the same request gets
         the recorded response back (through ``decode`` if given, e.g. ``ChatCompletion.model_validate``)
         and pays nothing. A budget with no room stops the item here as ``paused``.
+
+        ``max_tokens`` is the output the reservation assumes (default: the request's own cap, else
+        ``PAPAYYA_DEFAULT_MAX_OUTPUT_TOKENS``); ``max_tokens=0`` for a call that generates none
+        (embeddings).
         """
 
         def call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:

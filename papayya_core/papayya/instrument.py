@@ -47,11 +47,15 @@ class Target:
             (an older SDK) is left alone there.
         step: The step name in the journal and the ledger, e.g. ``"openai.chat"``.
         decode: Rebuilds the SDK's response type from a recorded response, on replay.
+        max_output_tokens: The output tokens the budget reservation assumes for every call of this
+            method: ``0`` for one that generates none (embeddings). None: the request's own cap, else
+            ``PAPAYYA_DEFAULT_MAX_OUTPUT_TOKENS``.
     """
 
     path: str
     step: str
     decode: Callable[[Any], Any]
+    max_output_tokens: int | None = None
 
     @property
     def call(self) -> str:
@@ -148,7 +152,9 @@ def _wrap_sync(
     def create(*args: Any, **kwargs: Any) -> Any:
         if not _recordable(kwargs, target, log):
             return original(*args, **kwargs)
-        llm = run.llm(target.step, provider=provider, decode=target.decode)
+        llm = run.llm(
+            target.step, provider=provider, decode=target.decode, max_tokens=target.max_output_tokens
+        )
         return llm(original, *args, **_with_key(kwargs, target.step))
 
     setattr(create, _ORIGINAL, original)
@@ -162,7 +168,9 @@ def _wrap_async(
     async def create(*args: Any, **kwargs: Any) -> Any:
         if not _recordable(kwargs, target, log):
             return await original(*args, **kwargs)
-        llm = run.llm(target.step, provider=provider, decode=target.decode)
+        llm = run.llm(
+            target.step, provider=provider, decode=target.decode, max_tokens=target.max_output_tokens
+        )
         return await llm(original, *args, **_with_key(kwargs, target.step))
 
     setattr(create, _ORIGINAL, original)

@@ -141,11 +141,14 @@ def estimate(
     """The worst-case cost of a request, to reserve before it is sent (None: no price known).
 
     Prompt tokens are over-estimated at one token per two characters of the request's JSON; output at
-    ``max_tokens`` (the argument, else the request's own cap, else ``PAPAYYA_DEFAULT_MAX_OUTPUT_TOKENS``).
-    A call that caps its output can therefore never cost more than it reserved.
+    ``max_tokens`` (the argument, else the request's own cap, else ``PAPAYYA_DEFAULT_MAX_OUTPUT_TOKENS``;
+    ``max_tokens=0`` for a call that generates nothing, such as embeddings). A call that caps its
+    output can therefore never cost more than it reserved.
     """
     prompt = {k: request[k] for k in _PROMPT_FIELDS if k in request}
     chars = len(json.dumps(to_jsonable_python(prompt, fallback=repr), ensure_ascii=False))
-    cap = max_tokens or next((int(request[k]) for k in _MAX_OUTPUT_FIELDS if request.get(k)), None)
-    output = cap or ctx.runtime.settings.default_max_output_tokens
+    cap = max_tokens
+    if cap is None:
+        cap = next((int(request[k]) for k in _MAX_OUTPUT_FIELDS if request.get(k)), None)
+    output = ctx.runtime.settings.default_max_output_tokens if cap is None else cap
     return price_call(provider, model, Usage(chars // 2 + 16, output), ctx.price_overrides).cost_usd
