@@ -102,7 +102,16 @@ EXPECTED_TABLES = {
         "entrypoint",
     },
     "schema_version": {"version", "name", "checksum", "applied_at"},
-    "steps": {"item_id", "step_key", "tenant_id", "attempt_id", "kind", "result", "created_at", "request_hash"},
+    "steps": {
+        "item_id",
+        "step_key",
+        "tenant_id",
+        "attempt_id",
+        "kind",
+        "result",
+        "created_at",
+        "request_hash",
+    },
     "tenants": {"tenant_id", "config", "created_at", "updated_at", "budget_usd", "budget_period"},
     "budget_accounts": {
         "scope",
@@ -114,6 +123,19 @@ EXPECTED_TABLES = {
         "reserved_usd",
         "updated_at",
     },
+    "rate_limits": {
+        "provider",
+        "model",
+        "tenant_id",
+        "requests_per_minute",
+        "tokens_per_minute",
+        "requests_left",
+        "tokens_left",
+        "refilled_at",
+        "created_at",
+        "updated_at",
+    },
+    "rate_closures": {"provider", "model", "closed_until", "updated_at"},
 }
 
 

@@ -22,6 +22,7 @@ import click
 from papayya.cli import render
 from papayya.cli.costs import costs_command
 from papayya.cli.items import items_group
+from papayya.cli.limits import limits_group
 from papayya.cli.migrate import migrate_command
 from papayya.cli.runs import runs_group
 from papayya.cli.tenants import tenants_group
@@ -51,6 +52,7 @@ cli.add_command(tenants_group)
 cli.add_command(runs_group)
 cli.add_command(items_group)
 cli.add_command(costs_command)
+cli.add_command(limits_group)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

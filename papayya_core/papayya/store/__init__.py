@@ -426,10 +426,21 @@ class Store:
         ``closed_for`` (a closure in force), ``keys`` (limits matched)."""
         row = self._fetchone(
             "rate_take",
-            {"provider": provider, "model": model, "tenant_id": tenant_id, "tokens": tokens, "period": period},
+            {
+                "provider": provider,
+                "model": model,
+                "tenant_id": tenant_id,
+                "tokens": tokens,
+                "period": period,
+            },
         )
         assert row is not None  # an aggregate always returns one row
         return row
+
+    def rate_settle(self, provider: str, model: str, tenant_id: str, delta: int) -> int:
+        """Add ``delta`` tokens (estimated minus used) to every matching token bucket; return how many."""
+        params = {"provider": provider, "model": model, "tenant_id": tenant_id, "delta": delta}
+        return self._execute("rate_settle", params)
 
     def rate_close(self, provider: str, model: str, seconds: float) -> Row:
         """Close provider/model for ``seconds`` (never shortening a closure); return it."""

@@ -542,3 +542,20 @@ SELECT provider, model, closed_until,
 FROM papayya.rate_closures
 WHERE closed_until > now()
 ORDER BY provider, model;
+
+-- name: rate_settle
+-- After a call: give back to (or take more from) every matching token bucket the difference between
+-- the tokens estimated at rate_take and those used. Rows locked in rate_take's order (no deadlock).
+WITH locked AS MATERIALIZED (
+    SELECT l.provider, l.model, l.tenant_id
+    FROM papayya.rate_limits l
+    WHERE l.provider = %(provider)s AND l.model IN (%(model)s, '*') AND l.tenant_id IN (%(tenant_id)s, '*')
+      AND l.tokens_per_minute IS NOT NULL
+    ORDER BY l.provider, l.model, l.tenant_id
+    FOR UPDATE
+)
+UPDATE papayya.rate_limits l
+SET tokens_left = least(l.tokens_per_minute::float8,
+                        coalesce(l.tokens_left, l.tokens_per_minute) + %(delta)s::float8)
+FROM locked k
+WHERE l.provider = k.provider AND l.model = k.model AND l.tenant_id = k.tenant_id;
