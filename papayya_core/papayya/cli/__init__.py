@@ -20,6 +20,7 @@ from collections.abc import Sequence
 import click
 
 from papayya.cli import render
+from papayya.cli.control import pause_command, resume_command
 from papayya.cli.costs import costs_command
 from papayya.cli.items import items_group
 from papayya.cli.limits import limits_group
@@ -51,6 +52,8 @@ cli.add_command(migrate_command)
 cli.add_command(tenants_group)
 cli.add_command(runs_group)
 cli.add_command(items_group)
+cli.add_command(pause_command)
+cli.add_command(resume_command)
 cli.add_command(costs_command)
 cli.add_command(limits_group)
 

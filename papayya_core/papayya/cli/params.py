@@ -15,6 +15,7 @@ from uuid import UUID
 
 import click
 
+from papayya.budgets import parse_amount
 from papayya.tenants import validate_tenant_id
 
 T = TypeVar("T")
@@ -177,6 +178,21 @@ class ModelType(Param[tuple[str, str]]):
 
 
 MODEL = ModelType()
+
+
+class BudgetType(Param[Decimal]):
+    """A budget in USD: a finite number >= 0 (``40``, ``12.50``, ``$40``), checked like the library checks
+    it (BudgetError says what is wrong)."""
+
+    name = "usd"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Decimal:
+        if isinstance(value, Decimal):
+            return value
+        return parse_amount(value)
+
+
+BUDGET = BudgetType()
 
 
 _DURATION = re.compile(r"^\s*(\d+)\s*([mhdw])\s*$", re.IGNORECASE)

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
+from shlex import quote
 from typing import Any
 from uuid import UUID
 
 import click
+from rich.text import Text
 
 from papayya import tenants
 from papayya.cli import render
 from papayya.cli.connect import connect
-from papayya.cli.params import RUN_ID, TENANT
+from papayya.cli.params import BUDGET, RUN_ID, TENANT
+from papayya.errors import BudgetError
 from papayya.models import TERMINAL, Outcome
 from papayya.result import RunResult
 
@@ -31,7 +35,9 @@ def list_command(tenant: str | None, limit: int, as_json: bool) -> None:
     store = connect()
     if tenant is not None:
         tenants.get(tenant)
-    rows = [_run_row(r) for r in store.run_list_detail(tenant, limit)]
+    found = store.run_list_detail(tenant, limit)
+    budgets = store.run_budgets([r["run_id"] for r in found])
+    rows = [_run_row({**r, **budgets.get(r["run_id"], {})}) for r in found]
     if as_json:
         render.emit_json(rows)
         return
@@ -47,7 +53,7 @@ def list_command(tenant: str | None, limit: int, as_json: bool) -> None:
                     r["run_id"],
                     r["tenant"],
                     r["agent"],
-                    r["status"],
+                    status_cell(r["status"], r["paused_reason"]),
                     f"{r['done']:,}/{r['total']:,}",
                     *(f"{r['counts'][o]:,}" for o in _OUTCOMES),
                     render.cost_label(r["cost_usd"], r["unpriced_calls"] > 0),
@@ -61,6 +67,14 @@ def list_command(tenant: str | None, limit: int, as_json: bool) -> None:
     )
     if len(rows) == limit:
         render.out(render.note(f"(the newest {limit}; --limit shows more)"))
+    paused = sum(r["status"] == "paused" for r in rows)
+    if paused:
+        render.out(
+            render.note(
+                f"({paused:,} paused: see why with `papayya runs show RUN`, continue with "
+                "`papayya resume RUN`)"
+            )
+        )
 
 
 @runs_group.command("show")
@@ -74,7 +88,7 @@ def show_command(run_id: UUID, top: int, as_json: bool) -> None:
     store = connect()
     run = store.run_get(run_id)
     result = RunResult.load(run_id, run["tenant_id"], top=top)
-    detail = _run_detail(run, result)
+    detail = run_detail(run, result)
     if as_json:
         render.emit_json(detail)
         return
@@ -91,7 +105,7 @@ def show_command(run_id: UUID, top: int, as_json: bool) -> None:
     if run["name"]:
         pairs.append(("name", run["name"]))
     pairs += [
-        ("status", result.status),
+        ("status", status_text(result.status, result.paused_reason)),
         ("backend", run["backend"]),
         ("started", render.when(run["created_at"])),
         ("finished", render.when(run["finished_at"])),
@@ -99,7 +113,10 @@ def show_command(run_id: UUID, top: int, as_json: bool) -> None:
     if run["replayed_from"]:
         pairs.append(("replay of", run["replayed_from"]))
     pairs += [("items", f"{result.total:,}: {counts}"), ("cost", cost)]
+    pairs += [("budget", line) for line in budget_lines(result.budget)] or [("budget", "none")]
     render.out(render.fields(pairs))
+    if result.status == "paused":
+        render.out(render.note(resume_hint(result)))
 
     if result.top_reasons:
         render.out(render.heading("top degraded reasons"))
@@ -157,6 +174,111 @@ def show_command(run_id: UUID, top: int, as_json: bool) -> None:
         )
 
 
+@runs_group.command("set")
+@click.argument("run_id", metavar="RUN", type=RUN_ID)
+@click.option(
+    "--budget",
+    type=BUDGET,
+    default=None,
+    metavar="USD",
+    help="What this run may spend on LLM calls in total, in USD, on top of its tenant's budget. When it "
+    "is spent, the run pauses (it does not fail).",
+)
+@click.option("--no-budget", is_flag=True, help="Remove the run's own budget (its tenant's still applies).")
+@render.json_option
+def set_command(run_id: UUID, budget: Decimal | None, no_budget: bool, as_json: bool) -> None:
+    """Change RUN's own budget. It applies to the run's next LLM call."""
+    if budget is None and not no_budget:
+        raise click.UsageError("Nothing to change: give --budget or --no-budget")
+    if budget is not None and no_budget:
+        raise click.UsageError("Give --budget or --no-budget, not both")
+    store = connect()
+    run = store.run_get(run_id)
+    if run["status"] not in ("running", "paused"):
+        raise BudgetError(
+            f"Run {run_id} is {run['status']}; a budget applies only to a running or paused run."
+        )
+    store.run_budget_set(run_id, run["tenant_id"], budget)
+    run = store.run_get(run_id, run["tenant_id"])
+    result = RunResult.load(run_id, run["tenant_id"])
+    if as_json:
+        render.emit_json(run_detail(run, result))
+        return
+    spent = render.money(result.cost_usd)
+    if budget is None:
+        render.out(
+            f"Run {run_id} has no budget of its own now (spent {spent}); its tenant's budget still applies."
+        )
+    else:
+        render.out(f"Run {run_id} now has a budget of {render.money(budget)} (spent {spent} of it).")
+    if budget is not None and result.cost_usd >= budget and result.status == "running":
+        render.out("It is all spent: the run pauses at its next LLM call.")
+    elif result.status == "paused":
+        render.out(render.note(resume_hint(result)))
+
+
+# -- paused runs and their budgets, for people ----------------------------------------------------
+
+_KINDS = ("budget:tenant", "budget:run", "unpriced", "manual")
+
+
+def _reason_parts(reason: str | None) -> tuple[str | None, str]:
+    """``budget:tenant: tenant t47 has spent ...`` -> ("budget:tenant", "tenant t47 has spent ...")."""
+    if not reason:
+        return None, ""
+    kind, sep, message = reason.partition(": ")
+    return (kind, message) if sep and kind in _KINDS else (None, reason)
+
+
+def status_text(status: str, reason: str | None) -> str:
+    """A run's status for people, with why it is paused: ``paused: tenant t47 has spent ...``."""
+    if status != "paused" or not reason:
+        return status
+    _, message = _reason_parts(reason)
+    return message if message.startswith("paused") else f"paused: {message}"
+
+
+def status_cell(status: str, reason: str | None) -> Text | str:
+    """A run's status in a table; a paused run stands out, with what paused it."""
+    if status != "paused":
+        return status
+    kind, _ = _reason_parts(reason)
+    return Text(f"paused ({kind})" if kind else "paused", style="bold magenta")
+
+
+def budget_lines(budget: list[dict[str, Any]]) -> list[str]:
+    """``tenant 2026-11: spent $40.00 of $40.00`` for each budget a run is held to."""
+    lines = []
+    for b in budget:
+        line = f"{b['scope']} {b['period']}" if b["scope"] == "tenant" else b["scope"]
+        line += f": spent {render.money(b['spent_usd'])} of {render.money(b['budget_usd'])}"
+        if b["reserved_usd"]:
+            line += f" (+{render.money(b['reserved_usd'])} reserved)"
+        lines.append(line)
+    return lines
+
+
+def resume_hint(result: RunResult) -> str:
+    """What to do about a paused run: make room in the budget that stopped it, if it is spent; resume."""
+    resume = f"`papayya resume {result.run_id}`"
+    kind, _ = _reason_parts(result.paused_reason)
+    tenant = quote(result.tenant)
+    if kind == "unpriced":
+        return (
+            f"give the model a price with `papayya tenants set {tenant} --price PROVIDER:MODEL=IN/OUT`, "
+            f"then {resume}"
+        )
+    scope = {"budget:tenant": "tenant", "budget:run": "run"}.get(kind or "")
+    held = next((b for b in result.budget if b["scope"] == scope), None)
+    if held is None:
+        return f"continue with {resume}"
+    left = held["budget_usd"] - held["spent_usd"]
+    if left > 0:
+        return f"continue with {resume} (the {scope}'s budget has {render.money(left)} left)"
+    where = f"tenants set {tenant}" if scope == "tenant" else f"runs set {result.run_id}"
+    return f"raise the {scope}'s budget with `papayya {where} --budget USD`, then {resume}"
+
+
 def _run_row(r: dict[str, Any]) -> dict[str, Any]:
     counts = dict.fromkeys(_OUTCOMES, 0)
     counts.update(r["counts"])
@@ -167,6 +289,8 @@ def _run_row(r: dict[str, Any]) -> dict[str, Any]:
         "name": r["name"],
         "backend": r["backend"],
         "status": r["status"],
+        "paused_reason": r.get("paused_reason"),
+        "budget_usd": r.get("budget_usd"),
         "total": r["total_items"],
         "done": sum(n for status, n in counts.items() if status in TERMINAL),
         "counts": render.by_status(counts),
@@ -178,7 +302,7 @@ def _run_row(r: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _run_detail(run: dict[str, Any], result: RunResult) -> dict[str, Any]:
+def run_detail(run: dict[str, Any], result: RunResult) -> dict[str, Any]:
     return {
         "run_id": result.run_id,
         "tenant": result.tenant,
@@ -186,6 +310,18 @@ def _run_detail(run: dict[str, Any], result: RunResult) -> dict[str, Any]:
         "name": run["name"],
         "backend": run["backend"],
         "status": result.status,
+        "paused_reason": result.paused_reason,
+        "budget_usd": run["budget_usd"],
+        "budget": [
+            {
+                "scope": b["scope"],
+                "period": b["period"],
+                "spent_usd": b["spent_usd"],
+                "reserved_usd": b["reserved_usd"],
+                "budget_usd": b["budget_usd"],
+            }
+            for b in result.budget
+        ],
         "replayed_from": run["replayed_from"],
         "created_at": run["created_at"],
         "finished_at": run["finished_at"],

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Any
 
 import click
 
 from papayya import tenants
+from papayya.budgets import PERIODS, period_of
 from papayya.cli import render
 from papayya.cli.connect import connect
-from papayya.cli.params import CONFIG_PAIR, MODEL, PRICE, TENANT, PriceSpec
+from papayya.cli.params import BUDGET, CONFIG_PAIR, MODEL, PRICE, TENANT, PriceSpec
 from papayya.errors import NotFound
 from papayya.models import PriceOverride
 
@@ -20,6 +22,16 @@ _PRICE_HELP = (
 _CONFIG_HELP = (
     "Set a config key (VALUE is read as JSON when it is JSON, e.g. 5 or true, else as text). Repeatable."
 )
+
+
+_BUDGET_HELP = (
+    "What the tenant may spend on LLM calls per period, in USD (e.g. 40 or 12.50). When it is spent, "
+    "the tenant's runs pause (they do not fail) until it is raised or the period ends."
+)
+_PERIOD_HELP = "The budget's period: a calendar month or day in UTC, or in total.  [default: month]"
+
+budget_option = click.option("--budget", type=BUDGET, default=None, metavar="USD", help=_BUDGET_HELP)
+period_option = click.option("--period", type=click.Choice(PERIODS), default=None, help=_PERIOD_HELP)
 
 
 @click.group("tenants")
@@ -46,18 +58,28 @@ def _apply_prices(tenant_id: str, prices: tuple[PriceSpec, ...]) -> None:
 @click.option(
     "--price", "prices", type=PRICE, multiple=True, metavar="PROVIDER:MODEL=IN/OUT", help=_PRICE_HELP
 )
+@budget_option
+@period_option
 @render.json_option
 def add_command(
-    tenant: str, config: tuple[tuple[str, Any], ...], prices: tuple[PriceSpec, ...], as_json: bool
+    tenant: str,
+    config: tuple[tuple[str, Any], ...],
+    prices: tuple[PriceSpec, ...],
+    budget: Decimal | None,
+    period: str | None,
+    as_json: bool,
 ) -> None:
-    """Create TENANT, optionally with config and negotiated prices."""
+    """Create TENANT, optionally with config, negotiated prices and a budget."""
     connect()
     tenants.add(tenant, config=dict(config))
     _apply_prices(tenant, prices)
+    if budget is not None or period is not None:
+        tenants.set_budget(tenant, budget, period)
     if as_json:
         render.emit_json(_detail(tenant))
         return
-    render.out(f"Created tenant {tenant!r}; see it with `papayya tenants show {_shell(tenant)}`.")
+    limit = f" with a budget of {_budget_phrase(budget, period or 'month')}" if budget is not None else ""
+    render.out(f"Created tenant {tenant!r}{limit}; see it with `papayya tenants show {_shell(tenant)}`.")
 
 
 @tenants_group.command("set")
@@ -75,6 +97,9 @@ def add_command(
     metavar="PROVIDER:MODEL",
     help="Remove a negotiated price (the public price applies again). Repeatable.",
 )
+@budget_option
+@period_option
+@click.option("--no-budget", is_flag=True, help="Remove the budget: the tenant's spend is not capped.")
 @render.json_option
 def set_command(
     tenant: str,
@@ -82,20 +107,31 @@ def set_command(
     unset: tuple[str, ...],
     prices: tuple[PriceSpec, ...],
     unset_prices: tuple[tuple[str, str], ...],
+    budget: Decimal | None,
+    period: str | None,
+    no_budget: bool,
     as_json: bool,
 ) -> None:
-    """Change TENANT's config and negotiated prices.
+    """Change TENANT's config, negotiated prices and budget.
 
-    Prices apply to calls recorded from now on; calls already recorded keep their cost.
+    Prices apply to calls recorded from now on; calls already recorded keep their cost. A budget applies
+    to the next LLM call of every worker: if the tenant has already spent it this period, its running
+    runs pause at once (resume them with `papayya resume --tenant TENANT` once there is room).
     """
-    if not (config or unset or prices or unset_prices):
-        raise click.UsageError("Nothing to change: give --config, --unset, --price or --unset-price")
+    budgeting = budget is not None or period is not None or no_budget
+    if not (config or unset or prices or unset_prices or budgeting):
+        raise click.UsageError(
+            "Nothing to change: give --config, --unset, --price, --unset-price, --budget, --period "
+            "or --no-budget"
+        )
+    if budget is not None and no_budget:
+        raise click.UsageError("Give --budget or --no-budget, not both")
     both = sorted({k for k, _ in config} & set(unset))
     if both:
         raise click.UsageError(f"Config key {both[0]!r} is both set and unset; pick one")
     store = connect()
     # Check everything before the first write, so a refused change leaves the tenant as it was.
-    tenants.get(tenant)
+    record = tenants.get(tenant)
     existing = {(p.provider, p.model) for p in tenants.prices(tenant)}
     for provider, model in unset_prices:
         if (provider, model) not in existing:
@@ -108,12 +144,21 @@ def set_command(
     _apply_prices(tenant, prices)
     for provider, model in unset_prices:
         store.price_override_delete(tenant, provider, model)
+    outcome: dict[str, Any] | None = None
+    if budgeting:
+        # --period alone keeps the amount; --no-budget removes it.
+        amount = None if no_budget else budget if budget is not None else record.budget_usd
+        outcome = tenants.set_budget(tenant, amount, period)
     if as_json:
         render.emit_json(_detail(tenant))
         return
     changes = [f"set {k}" for k, _ in config] + [f"unset {k}" for k in unset]
     changes += [f"priced {p.label}" for p in prices] + [f"unpriced {p}/{m}" for p, m in unset_prices]
+    if outcome is not None:
+        changes.append(_budget_change(outcome))
     render.out(f"Updated tenant {tenant!r}: {', '.join(changes)}.")
+    if outcome is not None:
+        _report_spent(tenant, outcome)
 
 
 @tenants_group.command("show")
@@ -141,6 +186,8 @@ def show_command(tenant: str, as_json: bool) -> None:
                 ("runs", f"{detail['runs']:,}" + _last_run(detail["last_run_at"])),
                 ("items", items),
                 ("spend", spend),
+                ("budget", _budget_text(tenant, detail["budget"])),
+                *_paused_line(tenant, detail["paused_runs"]),
             ]
         )
     )
@@ -175,6 +222,7 @@ def list_command(limit: int, as_json: bool) -> None:
     """List tenants with their run count and spend."""
     connect()
     rows = tenants.list_all(limit)
+    budgets = _budgets([r["tenant_id"] for r in rows])
     if as_json:
         render.emit_json(
             [
@@ -184,6 +232,7 @@ def list_command(limit: int, as_json: bool) -> None:
                     "runs": r["runs"],
                     "cost_usd": render.known_cost(r["spend_usd"], r["unpriced_calls"] > 0),
                     "unpriced_calls": r["unpriced_calls"],
+                    "budget": budgets[r["tenant_id"]],
                     "created_at": r["created_at"],
                     "updated_at": r["updated_at"],
                 }
@@ -194,19 +243,22 @@ def list_command(limit: int, as_json: bool) -> None:
     if not rows:
         render.out("No tenants yet; create one with `papayya tenants add TENANT`.")
         return
+    headers = ["tenant", "runs", "spend", "budget", "spent this period", "created"]
     render.out(
         render.table(
-            ["tenant", "runs", "spend", "created"],
+            headers,
             [
                 (
                     r["tenant_id"],
                     f"{r['runs']:,}",
                     render.cost_text(r["spend_usd"], r["unpriced_calls"] > 0),
+                    _budget_cell(budgets[r["tenant_id"]]),
+                    _spent_cell(budgets[r["tenant_id"]]),
                     render.when(r["created_at"], seconds=False),
                 )
                 for r in rows
             ],
-            right=["runs", "spend"],
+            right=["runs", "spend", "budget", "spent this period"],
         )
     )
 
@@ -228,6 +280,8 @@ def _detail(tenant_id: str) -> dict[str, Any]:
         "cost_usd": render.known_cost(stats["cost_usd"], unpriced > 0),
         "unpriced_calls": unpriced,
         "prices": [p.model_dump(exclude={"tenant_id"}) for p in prices],
+        "budget": _budgets([tenant_id])[tenant_id],
+        "paused_runs": connect().runs_paused_of_tenant(tenant_id),
     }
 
 
@@ -244,3 +298,108 @@ def _shell(text: str) -> str:
     import shlex
 
     return shlex.quote(text)
+
+
+# -- budgets --------------------------------------------------------------------------------------
+
+_PER = {"total": "in total", "month": "per month", "day": "per day"}
+
+
+def _budgets(tenant_ids: list[str]) -> dict[str, dict[str, Any]]:
+    """Each tenant's budget and what it spent (and running workers hold reserved) in its current period."""
+    month_key, month_start = period_of("month")
+    day_key, day_start = period_of("day")
+    rows = connect().tenant_budgets(
+        tenant_ids,
+        {"month_key": month_key, "month_start": month_start, "day_key": day_key, "day_start": day_start},
+    )
+    return {
+        tid: {
+            "budget_usd": row["budget_usd"],
+            "period": row["budget_period"],
+            "period_key": row["period_key"],
+            "spent_usd": row["spent_usd"],
+            "reserved_usd": row["reserved_usd"],
+        }
+        for tid, row in rows.items()
+    }
+
+
+def _budget_phrase(amount: Decimal, period: str) -> str:
+    return f"{render.money(amount)} {_PER[period]}"
+
+
+def _in_period(budget: dict[str, Any]) -> str:
+    return "" if budget["period"] == "total" else f" in {budget['period_key']}"
+
+
+def _budget_text(tenant_id: str, budget: dict[str, Any]) -> str:
+    spent = f"spent {render.money(budget['spent_usd'])}{_in_period(budget)}"
+    if budget["reserved_usd"]:
+        spent += f" (+{render.money(budget['reserved_usd'])} reserved)"
+    limit = budget["budget_usd"]
+    if limit is None:
+        return f"none ({spent}); set one with `papayya tenants set {_shell(tenant_id)} --budget USD`"
+    text = f"{_budget_phrase(limit, budget['period'])}; {spent}"
+    if budget["spent_usd"] >= limit:
+        text += ", all of it: its runs pause at their next LLM call"
+    return text
+
+
+def _budget_cell(budget: dict[str, Any]) -> str | None:
+    limit = budget["budget_usd"]
+    return None if limit is None else f"{render.money(limit)}/{budget['period']}"
+
+
+def _spent_cell(budget: dict[str, Any]) -> str:
+    spent = render.money(budget["spent_usd"])
+    return spent if budget["period"] == "total" else f"{spent} ({budget['period_key']})"
+
+
+def _paused_line(tenant_id: str, paused: list[Any]) -> list[tuple[str, str]]:
+    if not paused:
+        return []
+    runs = "1 run" if len(paused) == 1 else f"{len(paused):,} runs"
+    return [("paused", f"{runs}; continue with `papayya resume --tenant {_shell(tenant_id)}`")]
+
+
+def _budget_change(outcome: dict[str, Any]) -> str:
+    if outcome["budget_usd"] is None:
+        return f"removed the budget (period {outcome['period']})"
+    return f"budget {_budget_phrase(outcome['budget_usd'], outcome['period'])}"
+
+
+def _report_spent(tenant_id: str, outcome: dict[str, Any]) -> None:
+    """Say what the new budget means now: runs just paused because it is already spent, or paused runs
+    that can continue because it has room again."""
+    limit = outcome["budget_usd"]
+    tenant = _shell(tenant_id)
+    if limit is None or outcome["spent_usd"] < limit:
+        waiting = connect().runs_paused_of_tenant(tenant_id)
+        if waiting:
+            runs = "1 paused run" if len(waiting) == 1 else f"{len(waiting):,} paused runs"
+            render.out(
+                render.cell(
+                    f"Tenant {tenant_id!r} has {runs}; continue with `papayya resume --tenant {tenant}`."
+                )
+            )
+        return
+    period = "" if outcome["period"] == "total" else f" for {outcome['period_key']}"
+    spent = (
+        f"Tenant {tenant_id!r} has already spent {render.money(outcome['spent_usd'])} of its new "
+        f"{render.money(limit)} budget{period}"
+    )
+    paused: list[Any] = outcome["paused_runs"]
+    if not paused:
+        until = "the budget is raised" + ("" if outcome["period"] == "total" else " or the period ends")
+        render.out(render.cell(f"{spent}; its runs will pause at their next LLM call until {until}."))
+        return
+    which = "run is" if len(paused) == 1 else "runs are"
+    render.out(
+        render.cell(
+            f"{spent}, so its {len(paused):,} running {which} now paused; raise the budget, then continue "
+            f"with `papayya resume --tenant {tenant}`:"
+        )
+    )
+    for run_id in paused:
+        render.out(f"  {run_id}")

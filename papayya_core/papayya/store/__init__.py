@@ -505,6 +505,19 @@ class Store:
     def runs_paused_of_tenant(self, tenant_id: str) -> list[UUID]:
         return [r["run_id"] for r in self._fetchall("runs_paused_of_tenant", {"tenant_id": tenant_id})]
 
+    # -- CLI budget reads -------------------------------------------------------------------------
+
+    def tenant_budgets(self, tenant_ids: Sequence[str], periods: dict[str, Any]) -> dict[str, Row]:
+        """Each tenant's budget and period, with what it spent (``spent_usd``, from the ledger) and what
+        running workers hold reserved (``reserved_usd``) in its current period (``period_key``), by tenant id.
+        ``periods``: ``month_key``, ``month_start``, ``day_key``, ``day_start`` (budgets.period_of)."""
+        rows = self._fetchall("tenant_budgets", {**periods, "tenant_ids": list(tenant_ids)})
+        return {r["tenant_id"]: r for r in rows}
+
+    def run_budgets(self, run_ids: Sequence[UUID]) -> dict[UUID, Row]:
+        """Each run's own budget (``budget_usd``) and ``paused_reason``, by run id."""
+        return {r["run_id"]: r for r in self._fetchall("run_budgets", {"run_ids": list(run_ids)})}
+
 
 def dumps(value: Any) -> str:
     """JSON text for a value already checked to be JSON-serialisable."""

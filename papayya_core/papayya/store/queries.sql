@@ -559,3 +559,31 @@ SET tokens_left = least(l.tokens_per_minute::float8,
                         coalesce(l.tokens_left, l.tokens_per_minute) + %(delta)s::float8)
 FROM locked k
 WHERE l.provider = k.provider AND l.model = k.model AND l.tenant_id = k.tenant_id;
+
+-- CLI budget reads
+
+-- name: tenant_budgets
+-- Each tenant's budget with what it spent (the ledger) and what running workers hold reserved (its
+-- account) in its current period. The caller names the current month and day (keys and UTC starts),
+-- so periods are cut in one place (budgets.period_of).
+SELECT t.tenant_id, t.budget_usd, t.budget_period, p.period_key,
+       (SELECT coalesce(sum(c.cost_usd), 0) FROM papayya.llm_calls c
+         WHERE c.tenant_id = t.tenant_id
+           AND c.created_at >= coalesce(p.period_start, '-infinity')) AS spent_usd,
+       coalesce((SELECT a.reserved_usd FROM papayya.budget_accounts a
+                  WHERE a.scope = 'tenant' AND a.owner = t.tenant_id AND a.period = p.period_key), 0)
+           AS reserved_usd
+FROM papayya.tenants t
+CROSS JOIN LATERAL (
+    SELECT CASE t.budget_period WHEN 'month' THEN %(month_key)s::text
+                                WHEN 'day' THEN %(day_key)s::text ELSE 'total' END AS period_key,
+           CASE t.budget_period WHEN 'month' THEN %(month_start)s::timestamptz
+                                WHEN 'day' THEN %(day_start)s::timestamptz END AS period_start
+) p
+WHERE t.tenant_id = ANY(%(tenant_ids)s::text[]);
+
+-- name: run_budgets
+-- A run's own budget and why it is paused, for runs listed by run_list_detail.
+SELECT run_id, budget_usd, paused_reason
+FROM papayya.runs
+WHERE run_id = ANY(%(run_ids)s::uuid[]);
