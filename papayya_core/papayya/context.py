@@ -68,6 +68,7 @@ class AttemptContext:
     attempt_id: UUID
     attempt: int
     lease_token: int
+    failures: int
     backend: str
     journal: dict[str, Any]
     price_overrides: dict[tuple[str, str], dict[str, Decimal | None]]

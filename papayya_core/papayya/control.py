@@ -143,6 +143,7 @@ def resume_run(
     store.budget_reconcile(tenant_id)
     check_budget_room(tenant_id, rid, tenant["budget_period"] if tenant else "month")
     counts = store.run_resume(rid, tenant_id)
+    rt.budgets.run_resumed(rid)
     pending = store.run_pending_items(rid, tenant_id)
     log.info("resuming run %s: %d paused items requeued, %d to run", rid, counts["requeued"], len(pending))
     workers = concurrency or int((run["options"] or {}).get("concurrency") or 8)

@@ -108,9 +108,12 @@ class LocalRun:
 
     def _monitor(self) -> None:
         interval = self.rt.settings.lease_seconds / 3
-        tick = min(interval, 0.05) if self.agent.timeout else interval
-        last_beat = time.monotonic()
+        tick = min(interval, 0.05) if self.agent.timeout else min(interval, 1.0)
+        last_beat = last_check = time.monotonic()
         while not self._stop.wait(tick):
+            if time.monotonic() - last_check >= 1.0:
+                last_check = time.monotonic()
+                self._check_run()
             for ctx in self.inflight.overdue():
                 assert self.agent.timeout is not None
                 log.warning(
@@ -130,6 +133,17 @@ class LocalRun:
                     self.rt.store.leases_extend(self.inflight.leases(), self.rt.settings.lease_seconds)
                 except Exception:
                     log.exception("heartbeat failed; leases will be retried next beat")
+
+    def _check_run(self) -> None:
+        """Once a second: write this process's spend to the budget accounts, and notice a run paused
+        elsewhere (a person, or a budget on another worker) so in-flight items stop at their next call."""
+        try:
+            self.rt.budgets.flush()
+            if self.rt.store.run_get(self.run_id)["status"] != "running":
+                self.rt.budgets.run_paused(self.run_id)
+                self._halted.set()
+        except Exception:
+            log.exception("budget flush or run check failed; retried next second")
 
     def _requeue(self, ref: ItemRef, delay: float) -> None:
         if delay <= 0:
@@ -231,6 +245,7 @@ class LocalRun:
             for _ in range(self.concurrency + 1):
                 self._queue.put(None)
             monitor.join(timeout=5)
+            self.rt.budgets.give_back(self.run_id)
 
     # -- async agents -----------------------------------------------------------------------------
 

@@ -89,6 +89,7 @@ def begin(
         attempt_id=attempt_id,
         attempt=claim.number,
         lease_token=claim.token,
+        failures=claim.failures,
         backend=backend,
         journal=claim.journal,
         price_overrides=price_overrides,
@@ -145,7 +146,8 @@ def conclude(
         retryable=retryable,
     )
     retry_in = None
-    if retryable and ctx.attempt < agent.max_attempts:
+    # Only failed attempts use up retries: an attempt stopped by a pause or a stopping process does not.
+    if retryable and ctx.failures + 1 < agent.max_attempts:
         retry_in = backoff(agent.backoff, agent.backoff_max, ctx.attempt)
         log.info(
             "item %s attempt %d failed (%s), retrying in %.1fs",

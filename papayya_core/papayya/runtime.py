@@ -60,6 +60,10 @@ class Runtime:
         install_log_watch()
 
     def close(self) -> None:
+        try:
+            self.budgets.give_back()
+        except Exception:
+            log.exception("could not return unspent budget leases; `papayya resume` reconciles them")
         self.store.close()
 
 

@@ -34,13 +34,21 @@ def _json(value: Any) -> Jsonb | None:
 class AttemptClaim:
     """What ``begin_attempt`` hands back: the attempt number, fencing token, input and journal."""
 
-    __slots__ = ("input", "journal", "number", "token")
+    __slots__ = ("failures", "input", "journal", "number", "token")
 
-    def __init__(self, number: int, token: int, input: dict[str, Any], journal: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        number: int,
+        token: int,
+        input: dict[str, Any],
+        journal: dict[str, Any],
+        failures: int = 0,
+    ) -> None:
         self.number = number
         self.token = token
         self.input = input
         self.journal = journal
+        self.failures = failures  # earlier attempts that failed (pauses and stalls do not count)
 
 
 class Store:
@@ -209,7 +217,9 @@ class Store:
             ).fetchone()
         if row is None:
             return None
-        return AttemptClaim(row["attempts"], row["lease_token"], row["input"], row["journal"])
+        return AttemptClaim(
+            row["attempts"], row["lease_token"], row["input"], row["journal"], row["failures"]
+        )
 
     def step_record(
         self,

@@ -80,6 +80,8 @@ SELECT c.attempts, c.lease_token, c.input,
                                          jsonb_build_object('result', s.result, 'hash', s.request_hash)),
                        '{}'::jsonb)
           FROM papayya.steps s WHERE s.item_id = c.item_id) AS journal,
+       (SELECT count(*) FROM papayya.attempts a WHERE a.item_id = c.item_id AND a.status = 'failed')
+           AS failures,
        (SELECT count(*) FROM attempt) AS inserted
 FROM claimed c;
 
@@ -341,6 +343,7 @@ WITH acct AS (
     FROM papayya.budget_accounts a
     WHERE (a.scope, a.owner, a.period) IN (('tenant', %(tenant_id)s, %(tenant_period)s),
                                            ('run', %(run_key)s, 'total'))
+    ORDER BY a.scope, a.owner, a.period  -- every statement locks accounts in this order: no deadlocks
     FOR UPDATE
 ), verdict AS (
     SELECT coalesce(bool_and(acct.limit_usd IS NULL
@@ -367,13 +370,21 @@ SELECT v.fits, v.run_status, (SELECT count(*) FROM reserved) AS reserved,
 FROM verdict v;
 
 -- name: budget_settle
-UPDATE papayya.budget_accounts
-SET reserved_usd = greatest(0, reserved_usd - %(reserved)s), spent_usd = spent_usd + %(actual)s,
+WITH locked AS (
+    SELECT scope, owner, period FROM papayya.budget_accounts
+    WHERE (scope, owner, period) IN (('tenant', %(tenant_id)s, %(tenant_period)s), ('run', %(run_key)s, 'total'))
+    ORDER BY scope, owner, period
+    FOR UPDATE
+)
+UPDATE papayya.budget_accounts a
+SET reserved_usd = greatest(0, a.reserved_usd - %(reserved)s), spent_usd = a.spent_usd + %(actual)s,
     updated_at = now()
-WHERE (scope, owner, period) IN (('tenant', %(tenant_id)s, %(tenant_period)s), ('run', %(run_key)s, 'total'));
+FROM locked l
+WHERE (a.scope, a.owner, a.period) = (l.scope, l.owner, l.period);
 
 -- name: budget_reconcile
--- Spent recomputed from the ledger (the truth); reservations dropped where nothing of the scope runs.
+-- Accounts recomputed from the ledger (the truth) and leases dropped, where nothing of the account runs
+-- (a running worker holds leases and spend not yet written to the account; its account is left alone).
 UPDATE papayya.budget_accounts a
 SET spent_usd = CASE a.scope
         WHEN 'tenant' THEN (SELECT coalesce(sum(c.cost_usd), 0) FROM papayya.llm_calls c
@@ -382,12 +393,14 @@ SET spent_usd = CASE a.scope
         ELSE (SELECT coalesce(sum(c.cost_usd), 0) FROM papayya.llm_calls c
                WHERE c.run_id::text = a.owner AND c.tenant_id = a.tenant_id)
     END,
-    reserved_usd = CASE WHEN EXISTS (SELECT 1 FROM papayya.items i
-                                      WHERE i.tenant_id = a.tenant_id AND i.status = 'running'
-                                        AND (a.scope = 'tenant' OR i.run_id::text = a.owner))
-                        THEN a.reserved_usd ELSE 0 END,
+    reserved_usd = 0,
     updated_at = now()
-WHERE a.tenant_id = %(tenant_id)s;
+FROM (SELECT scope, owner, period FROM papayya.budget_accounts WHERE tenant_id = %(tenant_id)s
+      ORDER BY scope, owner, period FOR UPDATE) l
+WHERE (a.scope, a.owner, a.period) = (l.scope, l.owner, l.period)
+  AND NOT EXISTS (SELECT 1 FROM papayya.items i
+                  WHERE i.tenant_id = a.tenant_id AND i.status = 'running'
+                    AND (a.scope = 'tenant' OR i.run_id::text = a.owner));
 
 -- name: budget_view
 SELECT a.scope, a.period, a.spent_usd, a.reserved_usd,
