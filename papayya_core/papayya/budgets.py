@@ -75,8 +75,12 @@ class Accounts:
         }
 
 
-def _money(value: Any) -> str:
-    return f"${Decimal(value):,.2f}"
+def usd(value: Any) -> str:
+    """Money for people: cents from a dollar up, exact (to a millionth) below, so $0.004 is not $0.00."""
+    amount = Decimal(str(value))
+    if amount == 0 or abs(amount) >= 1:
+        return f"${amount:,.2f}"
+    return "$" + f"{amount:.6f}".rstrip("0").rstrip(".")
 
 
 @dataclass
@@ -191,14 +195,14 @@ class Budgets:
                 if acct["scope"] == "tenant":
                     return Paused(
                         "budget:tenant",
-                        f"tenant {accounts.tenant_id} has spent {_money(acct['spent'])} "
-                        f"(+{_money(acct['reserved'])} reserved) of its {_money(limit)} budget for "
+                        f"tenant {accounts.tenant_id} has spent {usd(acct['spent'])} "
+                        f"(+{usd(acct['reserved'])} reserved) of its {usd(limit)} budget for "
                         f"{acct['period']}",
                     )
                 return Paused(
                     "budget:run",
-                    f"run {accounts.run_id} has spent {_money(acct['spent'])} "
-                    f"(+{_money(acct['reserved'])} reserved) of its {_money(limit)} budget",
+                    f"run {accounts.run_id} has spent {usd(acct['spent'])} "
+                    f"(+{usd(acct['reserved'])} reserved) of its {usd(limit)} budget",
                 )
         return Paused("budget:run", f"run {accounts.run_id}: no budget room for {what}")
 

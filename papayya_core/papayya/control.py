@@ -11,13 +11,14 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import logging
+import shlex
 import sys
 from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
-from papayya.budgets import period_of
+from papayya.budgets import period_of, usd
 from papayya.errors import BudgetError, NotFound
 from papayya.runtime import get_runtime
 
@@ -91,6 +92,8 @@ def load_agent(entrypoint: dict[str, Any] | None, agent_name: str) -> Agent:
             f"{module_name or file}:{qualname} is not a papayya agent any more; resume the run "
             "from Python with agent.resume(RUN)."
         )
+    if module_name == "__main__":
+        obj.name = agent_name  # loaded from its script under another module name; keep the run's name
     return obj
 
 
@@ -111,13 +114,14 @@ def check_budget_room(tenant_id: str, run_id: UUID, budget_period: str) -> None:
         if limit is not None and Decimal(acct["spent_usd"]) >= Decimal(limit):
             if acct["scope"] == "tenant":
                 raise BudgetError(
-                    f"Tenant {tenant_id} has spent ${acct['spent_usd']:,.2f} of its ${limit:,.2f} budget "
-                    f"for {acct['period']}; raise it with `papayya tenants set {tenant_id} --budget N` "
+                    f"Tenant {tenant_id!r} has spent {usd(acct['spent_usd'])} of its {usd(limit)} budget "
+                    f"for {acct['period']}; raise it with `papayya tenants set {shlex.quote(tenant_id)} "
+                    "--budget USD` "
                     "(or wait for the next period), then resume."
                 )
             raise BudgetError(
-                f"Run {run_id} has spent ${acct['spent_usd']:,.2f} of its ${limit:,.2f} budget; "
-                f"raise it with `papayya runs set {run_id} --budget N`, then resume."
+                f"Run {run_id} has spent {usd(acct['spent_usd'])} of its {usd(limit)} budget; "
+                f"raise it with `papayya runs set {run_id} --budget USD`, then resume."
             )
 
 

@@ -240,6 +240,10 @@ class LocalRun:
                 with self._done:
                     while self._remaining > 0:
                         self._done.wait(0.5)
+        except BaseException:
+            # Ctrl-C or a crash of papayya itself: leave the run resumable rather than "running".
+            self.rt.store.runs_pause(self.refs[0].tenant_id, self.run_id, "interrupted: the process stopped")
+            raise
         finally:
             self._stop.set()
             for _ in range(self.concurrency + 1):

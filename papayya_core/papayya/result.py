@@ -7,7 +7,7 @@ from decimal import Decimal
 from typing import Any
 from uuid import UUID
 
-from papayya.budgets import period_of
+from papayya.budgets import period_of, usd
 from papayya.models import Outcome
 from papayya.runtime import get_runtime
 
@@ -59,7 +59,15 @@ class RunResult:
         counts = {o.value: 0 for o in (Outcome.SUCCEEDED, Outcome.DEGRADED, Outcome.FAILED)}
         counts.update(summary["counts"])
         tenant_row = store.tenant_get(tenant)
-        key, _ = period_of(tenant_row["budget_period"] if tenant_row else "month")
+        key, start = period_of(tenant_row["budget_period"] if tenant_row else "month")
+        keys = {
+            "tenant_id": tenant,
+            "tenant_period": key,
+            "period_start": start,
+            "run_id": run_id,
+            "run_key": str(run_id),
+        }
+        store.budget_accounts_ensure(keys)
         budget = [
             {
                 "scope": b["scope"],
@@ -68,9 +76,7 @@ class RunResult:
                 "reserved_usd": b["reserved_usd"],
                 "budget_usd": b["limit_usd"],
             }
-            for b in store.budget_view(
-                {"tenant_id": tenant, "tenant_period": key, "run_id": run_id, "run_key": str(run_id)}
-            )
+            for b in store.budget_view(keys)
             if b["limit_usd"] is not None
         ]
         cost = summary["cost"]
@@ -134,7 +140,7 @@ class RunResult:
         lines.extend(
             f"  budget {b['scope']}"
             + (f" {b['period']}" if b["scope"] == "tenant" else "")
-            + f": spent ${b['spent_usd']:,.2f} of ${b['budget_usd']:,.2f}"
+            + f": spent {usd(b['spent_usd'])} of {usd(b['budget_usd'])}"
             for b in self.budget
         )
         if self.status == "paused":

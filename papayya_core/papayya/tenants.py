@@ -147,7 +147,7 @@ def set_budget(tenant_id: str, amount: object | None, period: str | None = None)
     the current period, its running runs are paused at once; the returned dict says so
     (``spent_usd``, ``budget_usd``, ``period``, ``paused_runs``).
     """
-    from papayya.budgets import PERIODS, parse_amount, period_of
+    from papayya.budgets import PERIODS, parse_amount, period_of, usd
 
     rt = get_runtime()
     validate_tenant_id(tenant_id)
@@ -163,8 +163,8 @@ def set_budget(tenant_id: str, amount: object | None, period: str | None = None)
     paused: list[Any] = []
     if budget is not None and spent >= budget:
         reason = (
-            f"budget:tenant: tenant {tenant_id} has spent ${spent:,.2f} of its new ${budget:,.2f} budget "
-            f"for {key}"
+            f"budget:tenant: tenant {tenant_id} has spent {usd(spent)} of its new {usd(budget)} "
+            f"budget for {key}"
         )
         paused = rt.store.runs_pause(tenant_id, None, reason)
     return {

@@ -179,13 +179,14 @@ def test_without_a_budget_an_unpriced_model_runs_and_is_flagged(rt: Runtime, ten
 
 
 def test_a_person_pauses_a_running_run(rt: Runtime, tenant: str) -> None:
-    started = threading.Event()
+    both_started = threading.Barrier(3)  # the two workers in flight and this test
     release = threading.Event()
     provider = Provider()
 
     @agent
     def slow(item: papayya.Item) -> str:
-        started.set()
+        if item.id in ("i0", "i1"):
+            both_started.wait(10)
         release.wait(10)
         reply = run.llm("answer", provider="openai", model="gpt-4o-mini", max_tokens=5)(
             provider, prompt=item.id, key=run.idempotency_key("answer"), max_tokens=5
@@ -199,7 +200,7 @@ def test_a_person_pauses_a_running_run(rt: Runtime, tenant: str) -> None:
         )
     )
     worker.start()
-    assert started.wait(10)
+    both_started.wait(10)
     run_id = papayya.runtime.get_runtime().store.run_list_detail(tenant_id=tenant, limit=1)[0]["run_id"]
     papayya.pause(run_id)
     release.set()

@@ -437,7 +437,8 @@ WITH run AS (
     RETURNING run_id
 ), requeued AS (
     UPDATE papayya.items i SET status = 'queued', updated_at = now()
-    FROM run WHERE i.run_id = run.run_id AND i.tenant_id = %(tenant_id)s AND i.status = 'paused'
+    FROM run WHERE i.run_id = run.run_id AND i.tenant_id = %(tenant_id)s
+      AND (i.status = 'paused' OR (i.status = 'running' AND i.lease_expires_at < now()))
     RETURNING i.item_id
 )
 SELECT (SELECT count(*) FROM run) AS resumed, (SELECT count(*) FROM requeued) AS requeued;
