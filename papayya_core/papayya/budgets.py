@@ -78,7 +78,7 @@ class Accounts:
 def usd(value: Any) -> str:
     """Money for people: cents from a dollar up, exact (to a millionth) below, so $0.004 is not $0.00."""
     amount = Decimal(str(value))
-    if amount == 0 or abs(amount) >= 1:
+    if abs(amount) >= 1 or amount == amount.quantize(Decimal("0.01")):
         return f"${amount:,.2f}"
     return "$" + f"{amount:.6f}".rstrip("0").rstrip(".")
 

@@ -29,6 +29,7 @@ from papayya import ledger
 from papayya.errors import AttemptAbandoned
 from papayya.models import Item, LLMCall, Reason
 from papayya.pricing import Usage
+from papayya.ratelimit import retry_after_of
 
 if TYPE_CHECKING:
     from papayya.agent import Agent
@@ -295,23 +296,38 @@ class Run:
                 result = decode(recorded) if decode is not None else recorded
                 return _ready(result) if is_async else result
             idem = f"papayya-{ctx.item_id}-{key}"
-            asked_model = model or kwargs.get("model") or "unknown"
+            asked_model = str(model or kwargs.get("model") or "unknown")
+            worst = ledger.estimate_usage(ctx, kwargs, max_tokens)
+            tokens = worst.input_tokens + worst.output_tokens
             estimate = (
                 estimate_usd
                 if estimate_usd is not None
-                else ledger.estimate(ctx, provider, str(asked_model), kwargs, max_tokens)
+                else ledger.estimate(ctx, provider, asked_model, worst)
             )
+            limits = ctx.runtime.ratelimits
 
             def reserve() -> Decimal:
+                # Rate limit first: a call waiting for its turn should not hold budget others could use.
+                limits.acquire(provider, asked_model, ctx.tenant_id, tokens)
                 return ctx.runtime.budgets.reserve(ctx.accounts, estimate, what=f"{provider}/{asked_model}")
+
+            def failed(exc: BaseException, reserved: Decimal) -> None:
+                ctx.runtime.budgets.release(ctx.accounts, reserved)
+                limits.settle(provider, asked_model, ctx.tenant_id, tokens, 0)
+                retry_after = retry_after_of(exc)
+                if retry_after is not None:  # the provider said 429: close the key for every worker
+                    limits.close(provider, asked_model, retry_after)
 
             def finish(response: Any, started: float, reserved: Decimal) -> Any:
                 latency = (time.perf_counter() - started) * 1000
                 got_model, usage, stop = ledger.extract_usage(provider, response)
+                limits.settle(
+                    provider, asked_model, ctx.tenant_id, tokens, usage.input_tokens + usage.output_tokens
+                )
                 ledger.record(
                     ctx,
                     provider=provider,
-                    model=model or got_model or str(asked_model),
+                    model=model or got_model or asked_model,
                     usage=usage,
                     stop_reason=stop,
                     latency_ms=latency,
@@ -327,12 +343,15 @@ class Run:
             if is_async:
 
                 async def run_async() -> Any:
-                    reserved = await asyncio.to_thread(reserve)
+                    await limits.acquire_async(provider, asked_model, ctx.tenant_id, tokens)
+                    reserved = await asyncio.to_thread(
+                        ctx.runtime.budgets.reserve, ctx.accounts, estimate, what=f"{provider}/{asked_model}"
+                    )
                     started = time.perf_counter()
                     try:
                         response = await fn(*args, **kwargs)
-                    except BaseException:
-                        await asyncio.to_thread(ctx.runtime.budgets.release, ctx.accounts, reserved)
+                    except BaseException as exc:
+                        await asyncio.to_thread(failed, exc, reserved)
                         raise
                     return await asyncio.to_thread(finish, response, started, reserved)
 
@@ -341,8 +360,8 @@ class Run:
             started = time.perf_counter()
             try:
                 response = fn(*args, **kwargs)
-            except BaseException:
-                ctx.runtime.budgets.release(ctx.accounts, reserved)
+            except BaseException as exc:
+                failed(exc, reserved)
                 raise
             return finish(response, started, reserved)
 

@@ -135,15 +135,13 @@ _PROMPT_FIELDS = ("messages", "input", "prompt", "system", "instructions", "tool
 _MAX_OUTPUT_FIELDS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
 
 
-def estimate(
-    ctx: AttemptContext, provider: str, model: str, request: dict[str, Any], max_tokens: int | None
-) -> Decimal | None:
-    """The worst-case cost of a request, to reserve before it is sent (None: no price known).
+def estimate_usage(ctx: AttemptContext, request: dict[str, Any], max_tokens: int | None) -> Usage:
+    """The worst-case usage of a request, before it is sent.
 
     Prompt tokens are over-estimated at one token per two characters of the request's JSON; output at
     ``max_tokens`` (the argument, else the request's own cap, else ``PAPAYYA_DEFAULT_MAX_OUTPUT_TOKENS``;
     ``max_tokens=0`` for a call that generates nothing, such as embeddings). A call that caps its
-    output can therefore never cost more than it reserved.
+    output can therefore never use, or cost, more than was reserved for it.
     """
     prompt = {k: request[k] for k in _PROMPT_FIELDS if k in request}
     chars = len(json.dumps(to_jsonable_python(prompt, fallback=repr), ensure_ascii=False))
@@ -151,4 +149,9 @@ def estimate(
     if cap is None:
         cap = next((int(request[k]) for k in _MAX_OUTPUT_FIELDS if request.get(k)), None)
     output = ctx.runtime.settings.default_max_output_tokens if cap is None else cap
-    return price_call(provider, model, Usage(chars // 2 + 16, output), ctx.price_overrides).cost_usd
+    return Usage(chars // 2 + 16, output)
+
+
+def estimate(ctx: AttemptContext, provider: str, model: str, usage: Usage) -> Decimal | None:
+    """The worst-case cost of that usage at the tenant's prices (None: no price known)."""
+    return price_call(provider, model, usage, ctx.price_overrides).cost_usd

@@ -25,6 +25,7 @@ from papayya.config import (
 )
 from papayya.errors import ConfigError
 from papayya.plugins import Hooks, make_plugin_manager
+from papayya.ratelimit import RateLimiter
 from papayya.store import Store
 
 if TYPE_CHECKING:
@@ -57,6 +58,7 @@ class Runtime:
             url = embedded_url(settings.home)
         self.store = Store(url, pool_size=settings.pool_size, auto_migrate=settings.auto_migrate)
         self.budgets = Budgets(self.store)
+        self.ratelimits = RateLimiter(self.store)
         install_log_watch()
 
     def close(self) -> None:

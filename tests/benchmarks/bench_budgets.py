@@ -124,7 +124,8 @@ def main() -> None:
                 p.join()
             rates.append(total / SECONDS)
         print(
-            f"   {n:>7} {rates[0]:>24,.0f} {rates[1]:>22,.0f} {rates[2]:>18,.0f} {rates[0] / rates[2]:>12.1f}x"
+            f"   {n:>7} {rates[0]:>24,.0f} {rates[1]:>22,.0f} {rates[2]:>18,.0f} "
+            f"{rates[0] / rates[2]:>12.1f}x"
         )
 
 
