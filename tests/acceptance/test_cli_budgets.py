@@ -215,7 +215,9 @@ def test_a_tenant_budget_pauses_the_batch_and_resume_finishes_it_paying_nothing_
 
     # When the user resumes while the budget is still spent, it is refused with one sentence
     assert_one_sentence(
-        papayya(cli_env, "resume", run_id), f"Tenant {tenant!r} has spent $0.50 of its $0.50 budget", "--budget"
+        papayya(cli_env, "resume", run_id),
+        f"Tenant {tenant!r} has spent $0.50 of its $0.50 budget",
+        "--budget",
     )
     assert sum(billed(batch).values()) == 10
 
