@@ -3,6 +3,10 @@
 Run it with ``python examples/tenant_batch.py``. With no ``PAPAYYA_DATABASE_URL`` papayya starts an
 embedded PostgreSQL under ./.papayya/; nothing else is needed.
 
+Budgets: ``papayya tenants set acme --budget 0.02`` before a run makes acme's run pause when its
+two cents are spent while the other tenants finish; ``papayya tenants set acme --budget 1`` then
+``papayya resume RUN`` finishes it without paying for any recorded call again.
+
 The LLM here is a SIMULATION (deterministic, seeded, no network) unless ``OPENAI_API_KEY`` is set,
 in which case the same agent calls the real OpenAI API through ``papayya_openai.instrument``. The
 simulation injects the failures real pipelines hide behind "the job succeeded":
@@ -212,15 +216,22 @@ def main() -> int:
     for r in results:
         c = r.counts
         print(f"tenant {r.tenant}  (run {r.run_id})")
+        waiting = c.get("paused", 0) + c.get("queued", 0)
         print(
             f"  items      {r.total:,}: {c['succeeded']:,} succeeded, {c['degraded']:,} degraded, "
-            f"{c['failed']:,} failed"
+            f"{c['failed']:,} failed" + (f", {waiting:,} paused/queued" if waiting else "")
         )
+        if r.status == "paused":
+            print(f"  PAUSED     {r.paused_reason}")
+            print(f"             raise the budget, then: papayya resume {r.run_id}")
         print(
             f"  cost       ${r.cost_usd:.6f} this run over {r.llm_calls:,} LLM calls"
             + (f" (+{r.unpriced_calls} calls of unknown price)" if r.unpriced_calls else "")
         )
         print(f"  spend      ${Decimal(spend.get(r.tenant, 0)):.6f} all-time for this tenant")
+        for b in r.budget:
+            spent, limit = b["spent_usd"], b["budget_usd"]
+            print(f"  budget     {b['scope']} {b['period']}: spent ${spent:.6f} of ${limit:.2f}")
         if r.top_reasons:
             print(
                 "  degraded   "

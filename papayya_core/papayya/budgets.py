@@ -191,18 +191,17 @@ class Budgets:
                     f"{what} has no known price, and the {acct['scope']} has a budget; set a price with "
                     f"`papayya tenants set {accounts.tenant_id} --price PROVIDER:MODEL=IN/OUT`",
                 )
-            if Decimal(str(acct["spent"])) + Decimal(str(acct["reserved"])) + amount > Decimal(str(limit)):
+            used = Decimal(str(acct["spent"])) + Decimal(str(acct["reserved"]))
+            if used + amount > Decimal(str(limit)):
                 if acct["scope"] == "tenant":
                     return Paused(
                         "budget:tenant",
-                        f"tenant {accounts.tenant_id} has spent {usd(acct['spent'])} "
-                        f"(+{usd(acct['reserved'])} reserved) of its {usd(limit)} budget for "
-                        f"{acct['period']}",
+                        f"tenant {accounts.tenant_id} has spent or reserved {usd(used)} of its "
+                        f"{usd(limit)} budget for {acct['period']}",
                     )
                 return Paused(
                     "budget:run",
-                    f"run {accounts.run_id} has spent {usd(acct['spent'])} "
-                    f"(+{usd(acct['reserved'])} reserved) of its {usd(limit)} budget",
+                    f"run {accounts.run_id} has spent or reserved {usd(used)} of its {usd(limit)} budget",
                 )
         return Paused("budget:run", f"run {accounts.run_id}: no budget room for {what}")
 
