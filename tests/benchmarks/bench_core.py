@@ -115,6 +115,8 @@ def bench_llm_call() -> tuple[float, float, float, float]:
             "idempotency_key": None,
             "result": None,
             "journal": False,
+            "request_hash": None,
+            "reserved_usd": None,
         }
         with psycopg.connect(ctx.runtime.store.url, autocommit=True) as conn:
             for _ in range(REPEAT):
