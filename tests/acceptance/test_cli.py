@@ -8,17 +8,13 @@ Independent CLI calls of a test run side by side to keep the suite fast.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import uuid
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
-
-import pytest
 
 from papayya import Item, RunResult, agent, run
 from papayya.migrate import available
@@ -28,15 +24,6 @@ SQL_TENANT = "t'; DROP TABLE papayya.items; --"
 UNICODE_TENANT = "テナント-ü"
 
 Result = tuple[int, str, str]
-
-
-@pytest.fixture
-def cli_env(database_url: str, tmp_path: Path) -> dict[str, str]:
-    """The environment of a user's shell pointed at the test database (and nothing else of papayya's)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PAPAYYA_")}
-    env["PAPAYYA_DATABASE_URL"] = database_url
-    env["PAPAYYA_HOME"] = str(tmp_path / "cli-home")  # never an embedded server in the working directory
-    return env
 
 
 def papayya(env: dict[str, str], *args: str, **overrides: str) -> Result:

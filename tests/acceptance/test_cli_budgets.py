@@ -9,7 +9,6 @@ the $0.05 it reserved, so a budget is spent to the cent and the figures are easy
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from collections import Counter
@@ -87,15 +86,6 @@ def main() -> None:
 if __name__ == "__main__":
     main()
 '''
-
-
-@pytest.fixture
-def cli_env(database_url: str, tmp_path: Path) -> dict[str, str]:
-    """The environment of a user's shell pointed at the test database (and nothing else of papayya's)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PAPAYYA_")}
-    env["PAPAYYA_DATABASE_URL"] = database_url
-    env["PAPAYYA_HOME"] = str(tmp_path / "cli-home")
-    return env
 
 
 @pytest.fixture

@@ -6,10 +6,8 @@ its own and removes its limits afterwards.
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,15 +15,6 @@ import pytest
 from papayya.ratelimit import RateLimiter
 from papayya.runtime import Runtime
 from tests.acceptance.test_cli import assert_one_sentence, ok_json, ok_text, papayya, papayya_all
-
-
-@pytest.fixture
-def cli_env(database_url: str, tmp_path: Path) -> dict[str, str]:
-    """The environment of a user's shell pointed at the test database (and nothing else of papayya's)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PAPAYYA_")}
-    env["PAPAYYA_DATABASE_URL"] = database_url
-    env["PAPAYYA_HOME"] = str(tmp_path / "cli-home")
-    return env
 
 
 @pytest.fixture
