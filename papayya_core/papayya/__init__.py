@@ -18,6 +18,7 @@ from __future__ import annotations
 from papayya import tenants
 from papayya.agent import Agent, agent
 from papayya.builtins import Retryable
+from papayya.clusters import Cluster, clusters
 from papayya.config import Settings, UnknownTenants
 from papayya.context import retriever, run
 from papayya.control import pause, resume_run, resume_tenant
@@ -27,43 +28,46 @@ from papayya.errors import (
     ConfigError,
     ControlFlow,
     InputError,
+    JournalMiss,
     MigrationError,
     NotFound,
     PapayyaError,
     Paused,
+    ReplayError,
     StaleLease,
     StoreUnavailable,
     TenantError,
 )
 from papayya.hookspecs import hookimpl
 from papayya.models import Item, ItemStatus, Outcome, Reason, RunStatus
+from papayya.replay import replay
 from papayya.result import ItemResult, RunResult
 from papayya.runtime import configure, reset
 
 __version__ = "0.1.0"
 
 __all__ = [
-    # the contract
     "Agent",
-    # errors
     "AttemptAbandoned",
     "BudgetError",
+    "Cluster",
     "ConfigError",
     "ControlFlow",
     "InputError",
     "Item",
     "ItemResult",
     "ItemStatus",
+    "JournalMiss",
     "MigrationError",
     "NotFound",
     "Outcome",
     "PapayyaError",
     "Paused",
     "Reason",
+    "ReplayError",
     "Retryable",
     "RunResult",
     "RunStatus",
-    # configuration and tenants
     "Settings",
     "StaleLease",
     "StoreUnavailable",
@@ -71,9 +75,11 @@ __all__ = [
     "UnknownTenants",
     "__version__",
     "agent",
+    "clusters",
     "configure",
     "hookimpl",
     "pause",
+    "replay",
     "reset",
     "resume_run",
     "resume_tenant",

@@ -146,6 +146,12 @@ class Agent:
 
         return resume_run(run_id, agent=self, concurrency=concurrency, progress=progress)
 
+    def replay(self, **slice_: Any) -> RunResult:
+        """``papayya.replay(...)`` with this agent: e.g. ``enrich.replay(run=RUN, outcome="degraded")``."""
+        from papayya.replay import replay
+
+        return replay(agent=self, **slice_)
+
     def entrypoint(self) -> dict[str, Any]:
         """How ``papayya resume`` finds this agent again: its module (or file) and qualified name."""
         try:

@@ -26,7 +26,7 @@ from uuid import UUID
 from pydantic_core import to_jsonable_python
 
 from papayya import ledger
-from papayya.errors import AttemptAbandoned
+from papayya.errors import AttemptAbandoned, JournalMiss
 from papayya.models import Item, LLMCall, Reason
 from papayya.pricing import Usage
 from papayya.ratelimit import retry_after_of
@@ -70,6 +70,7 @@ class AttemptContext:
     attempt: int
     lease_token: int
     failures: int
+    from_journal: bool
     backend: str
     journal: dict[str, Any]
     price_overrides: dict[tuple[str, str], dict[str, Decimal | None]]
@@ -100,6 +101,8 @@ class AttemptContext:
         entry = self.journal.get(key)
         if entry is None:
             return False, None
+        if self.from_journal:  # debugging a recorded run: its answers, even if the question moved
+            return True, entry.get("result")
         if entry.get("hash") not in (None, request_hash):
             log.warning(
                 "item %s: step %s was recorded for a different request; running it again",
@@ -295,6 +298,11 @@ class Run:
             if found:
                 result = decode(recorded) if decode is not None else recorded
                 return _ready(result) if is_async else result
+            if ctx.from_journal:
+                raise JournalMiss(
+                    f"Step {key} of item {ctx.item.id} has no recorded response, and a from-journal replay "
+                    "never calls a provider; replay without --from-journal to call it."
+                )
             idem = f"papayya-{ctx.item_id}-{key}"
             asked_model = str(model or kwargs.get("model") or "unknown")
             worst = ledger.estimate_usage(ctx, kwargs, max_tokens)

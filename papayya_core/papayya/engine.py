@@ -215,7 +215,10 @@ class LocalRun:
             try:
                 result = self._attempt_sync(ref)
             except Exception:
-                log.exception("item %s: papayya could not record its attempt; it stays queued", ref.key)
+                log.exception(
+                    "item %s: papayya could not record its attempt; it is resumable once its lease expires",
+                    ref.key,
+                )
                 result = execute.Concluded(status="error", terminal=True)
             if result.status == "abandoned":
                 return  # the watchdog already concluded this item and replaced this thread

@@ -14,6 +14,8 @@ Hierarchy::
         ├── TenantError              unknown tenant (strict mode) or an invalid tenant id
         ├── NotFound                 a run, item or tenant asked for by id does not exist
         ├── BudgetError              a budget setting is invalid, or a run cannot be resumed
+        ├── ReplayError              a replay's slice is empty or cannot be replayed as asked
+        │   └── JournalMiss          a from-journal replay reached a step with no recorded response
         ├── StaleLease               a worker tried to change an item it no longer holds
         ├── RateLimitError           a rate limit or a 429 closure was given unusable values
         └── StreamingNotSupported    an instrumented client was asked to stream inside an attempt
@@ -77,6 +79,14 @@ class TenantError(PapayyaError):
 
 class BudgetError(PapayyaError):
     """A budget is invalid (negative, not a number, unknown period) or a resume is not possible."""
+
+
+class ReplayError(PapayyaError):
+    """A replay cannot be made as asked (empty slice, no journal to answer from)."""
+
+
+class JournalMiss(ReplayError):
+    """A from-journal replay reached an LLM step the original never recorded; it pays for nothing."""
 
 
 class NotFound(PapayyaError):

@@ -90,6 +90,7 @@ def begin(
         attempt=claim.number,
         lease_token=claim.token,
         failures=claim.failures,
+        from_journal=claim.from_journal,
         backend=backend,
         journal=claim.journal,
         price_overrides=price_overrides,
@@ -233,6 +234,13 @@ def _write(
     retry_in: float | None = None,
 ) -> Concluded:
     reason_dicts = [r.model_dump(mode="json") for r in reasons]
+    label = None
+    if fingerprint is not None:
+        if reasons:
+            label = "; ".join(sorted({r.label() for r in reasons}))
+        elif error is not None:
+            where = f" in {error['frame']}" if error.get("frame") else ""
+            label = f"{error['type']} {error.get('pattern', '')}{where} ({error['category']})"
     try:
         ctx.runtime.store.attempt_finish(
             item_id=ctx.item_id,
@@ -246,6 +254,7 @@ def _write(
             output=output,
             error=error,
             fingerprint=fingerprint,
+            cluster_label=label,
         )
     except StaleLease:
         log.warning("item %s: attempt %d lost its lease; its result was discarded", ctx.item.id, ctx.attempt)

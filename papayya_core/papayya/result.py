@@ -8,6 +8,7 @@ from typing import Any
 from uuid import UUID
 
 from papayya.budgets import period_of, usd
+from papayya.clusters import Cluster, clusters
 from papayya.models import Outcome
 from papayya.runtime import get_runtime
 
@@ -47,6 +48,9 @@ class RunResult:
     llm_calls: int
     paused_reason: str | None = None
     budget: list[dict[str, Any]] = field(default_factory=list)
+    replayed_from: UUID | None = None
+    replay_slice: dict[str, Any] | None = None
+    transitions: dict[str, int] = field(default_factory=dict)  # "degraded->succeeded": n, for a replay
     top_reasons: list[dict[str, Any]] = field(default_factory=list)
     top_failures: list[dict[str, Any]] = field(default_factory=list)
     cost_by_model: list[dict[str, Any]] = field(default_factory=list)
@@ -92,10 +96,21 @@ class RunResult:
             llm_calls=cost["calls"],
             paused_reason=run["paused_reason"],
             budget=budget,
+            replayed_from=run["replayed_from"],
+            replay_slice=run["replay_slice"],
+            transitions=next(
+                (r["transitions"] for r in store.run_lineage(run_id, tenant) if r["run_id"] == run_id), {}
+            )
+            if run["replayed_from"]
+            else {},
             top_reasons=summary["reasons"],
             top_failures=summary["failures"],
             cost_by_model=summary["models"],
         )
+
+    def clusters(self, limit: int = 50) -> list[Cluster]:
+        """This run's failure clusters (degraded and failed items by fingerprint), largest first."""
+        return clusters(run_id=self.run_id, tenant=self.tenant, limit=limit)
 
     def items(self, outcome: str | None = None, *, limit: int | None = None) -> list[ItemResult]:
         """Items of this run (optionally only one outcome), ordered by id; all of them by default."""
@@ -137,6 +152,14 @@ class RunResult:
                 else ""
             ),
         ]
+        if self.replayed_from is not None:
+            what = ", ".join(f"{k}: {v}" for k, v in (self.replay_slice or {}).items() if k != "from_journal")
+            mode = "from the journal" if (self.replay_slice or {}).get("from_journal") else "fresh"
+            lines.append(f"  replay of {self.replayed_from} ({what or 'all items'}; {mode})")
+            if self.transitions:
+                lines.append(
+                    "  then -> now: " + ", ".join(f"{k} {v:,}" for k, v in sorted(self.transitions.items()))
+                )
         lines.extend(
             f"  budget {b['scope']}"
             + (f" {b['period']}" if b["scope"] == "tenant" else "")

@@ -53,6 +53,7 @@ EXPECTED_TABLES = {
         "created_at",
         "updated_at",
         "finished_at",
+        "cluster_label",
     },
     "llm_calls": {
         "call_id",
@@ -100,6 +101,8 @@ EXPECTED_TABLES = {
         "budget_usd",
         "paused_reason",
         "entrypoint",
+        "from_journal",
+        "replay_slice",
     },
     "schema_version": {"version", "name", "checksum", "applied_at"},
     "steps": {

@@ -16,7 +16,7 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
 from papayya import migrate as _migrate
-from papayya.errors import NotFound, StaleLease
+from papayya.errors import NotFound, ReplayError, StaleLease
 from papayya.store.connection import open_pool, redact, translated
 from papayya.store.queries import q
 
@@ -34,7 +34,7 @@ def _json(value: Any) -> Jsonb | None:
 class AttemptClaim:
     """What ``begin_attempt`` hands back: the attempt number, fencing token, input and journal."""
 
-    __slots__ = ("failures", "input", "journal", "number", "token")
+    __slots__ = ("failures", "from_journal", "input", "journal", "number", "replayed_from", "token")
 
     def __init__(
         self,
@@ -43,12 +43,16 @@ class AttemptClaim:
         input: dict[str, Any],
         journal: dict[str, Any],
         failures: int = 0,
+        from_journal: bool = False,
+        replayed_from: UUID | None = None,
     ) -> None:
         self.number = number
         self.token = token
         self.input = input
         self.journal = journal
         self.failures = failures  # earlier attempts that failed (pauses and stalls do not count)
+        self.from_journal = from_journal  # a replay that answers from the original's recorded steps
+        self.replayed_from = replayed_from
 
 
 class Store:
@@ -218,7 +222,13 @@ class Store:
         if row is None:
             return None
         return AttemptClaim(
-            row["attempts"], row["lease_token"], row["input"], row["journal"], row["failures"]
+            row["attempts"],
+            row["lease_token"],
+            row["input"],
+            row["journal"],
+            row["failures"],
+            bool(row["from_journal"]),
+            row["replayed_from"],
         )
 
     def step_record(
@@ -277,6 +287,7 @@ class Store:
         output: Any,
         error: dict[str, Any] | None,
         fingerprint: str | None,
+        cluster_label: str | None = None,
     ) -> None:
         """Write an attempt's result and the item's new status in one statement, fenced by token."""
         with translated(), self._pool.connection() as conn:
@@ -294,6 +305,7 @@ class Store:
                     "output": _json(output),
                     "error": _json(error),
                     "fingerprint": fingerprint,
+                    "cluster_label": cluster_label,
                 },
             ).fetchone()
         if row is None or row["applied"] == 0:
@@ -527,6 +539,37 @@ class Store:
     def run_budgets(self, run_ids: Sequence[UUID]) -> dict[UUID, Row]:
         """Each run's own budget (``budget_usd``) and ``paused_reason``, by run id."""
         return {r["run_id"]: r for r in self._fetchall("run_budgets", {"run_ids": list(run_ids)})}
+
+    # -- replay and clusters ----------------------------------------------------------------------
+
+    def replay_create(self, params: dict[str, Any], *, require_journal: bool) -> Row:
+        """Create a replay run of a slice of a source run; returns counts of runs (0/1) and items.
+
+        With ``require_journal`` (a from-journal replay), an original item with no recorded steps raises
+        ReplayError naming it, and nothing is created."""
+        with translated(), self._pool.connection() as conn, conn.transaction():
+            row = conn.execute(q("replay_create"), {**params, "slice": Jsonb(params["slice"])}).fetchone()
+            assert row is not None
+            if require_journal and row["runs"]:
+                bare = conn.execute(
+                    q("replay_sources_without_journal"),
+                    {"run_id": params["run_id"], "tenant_id": params["tenant_id"]},
+                ).fetchall()
+                if bare:
+                    raise ReplayError(
+                        f"Item {bare[0]['key']!r} has no recorded steps to answer from; replay it without "
+                        "--from-journal. Nothing was created."
+                    )
+        return row
+
+    def clusters(self, **filters: Any) -> list[Row]:
+        return self._fetchall("clusters", filters)
+
+    def item_lineage(self, item_id: UUID, tenant_id: str) -> list[Row]:
+        return self._fetchall("item_lineage", {"item_id": item_id, "tenant_id": tenant_id})
+
+    def run_lineage(self, run_id: UUID, tenant_id: str) -> list[Row]:
+        return self._fetchall("run_lineage", {"run_id": run_id, "tenant_id": tenant_id})
 
 
 def dumps(value: Any) -> str:

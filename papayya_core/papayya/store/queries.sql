@@ -68,18 +68,23 @@ WITH claimed AS (
     WHERE item_id = %(item_id)s AND tenant_id = %(tenant_id)s AND status = 'queued'
       AND EXISTS (SELECT 1 FROM papayya.runs r
                   WHERE r.run_id = items.run_id AND r.tenant_id = items.tenant_id AND r.status = 'running')
-    RETURNING item_id, run_id, tenant_id, attempts, lease_token, input
+    RETURNING item_id, run_id, tenant_id, attempts, lease_token, input, replayed_from
 ), attempt AS (
     INSERT INTO papayya.attempts (attempt_id, item_id, run_id, tenant_id, number, backend, worker, lease_token)
     SELECT %(attempt_id)s, item_id, run_id, tenant_id, attempts, %(backend)s, %(worker)s, lease_token
     FROM claimed
     RETURNING attempt_id
 )
-SELECT c.attempts, c.lease_token, c.input,
+SELECT c.attempts, c.lease_token, c.input, c.replayed_from,
        (SELECT coalesce(jsonb_object_agg(s.step_key,
                                          jsonb_build_object('result', s.result, 'hash', s.request_hash)),
                        '{}'::jsonb)
-          FROM papayya.steps s WHERE s.item_id = c.item_id) AS journal,
+          FROM papayya.steps s
+          WHERE s.item_id = c.item_id
+             -- a from-journal replay answers from the original item's recorded steps
+             OR (s.item_id = c.replayed_from
+                 AND (SELECT r.from_journal FROM papayya.runs r WHERE r.run_id = c.run_id))) AS journal,
+       (SELECT r.from_journal FROM papayya.runs r WHERE r.run_id = c.run_id) AS from_journal,
        (SELECT count(*) FROM papayya.attempts a WHERE a.item_id = c.item_id AND a.status = 'failed')
            AS failures,
        (SELECT count(*) FROM attempt) AS inserted
@@ -125,7 +130,8 @@ WITH cost AS (
 ), item AS (
     UPDATE papayya.items i
     SET status = %(item_status)s, reasons = %(reasons)s, output = %(output)s, error = %(error)s,
-        fingerprint = %(fingerprint)s, cost_usd = cost.item_usd, cost_unknown = cost.item_unknown,
+        fingerprint = %(fingerprint)s, cluster_label = %(cluster_label)s,
+        cost_usd = cost.item_usd, cost_unknown = cost.item_unknown,
         lease_token = NULL, lease_expires_at = NULL, updated_at = now(),
         finished_at = CASE WHEN %(terminal)s THEN now() END
     FROM cost
@@ -160,7 +166,7 @@ WHERE r.run_id = %(run_id)s AND r.tenant_id = %(tenant_id)s AND r.status = 'runn
 
 -- name: run_get
 SELECT run_id, tenant_id, agent_name, name, backend, status, replayed_from, total_items, options,
-       created_at, finished_at, budget_usd, paused_reason, entrypoint
+       created_at, finished_at, budget_usd, paused_reason, entrypoint, from_journal, replay_slice
 FROM papayya.runs
 WHERE run_id = %(run_id)s AND (%(tenant_id)s::text IS NULL OR tenant_id = %(tenant_id)s);
 
@@ -601,3 +607,94 @@ WHERE t.tenant_id = ANY(%(tenant_ids)s::text[]);
 SELECT run_id, budget_usd, paused_reason
 FROM papayya.runs
 WHERE run_id = ANY(%(run_ids)s::uuid[]);
+
+-- replay and clusters
+
+-- name: replay_create
+-- A new run holding exactly the chosen items of the source run, from their recorded input snapshots,
+-- each linked to the item it replays. Nothing of the source run changes.
+WITH source AS (
+    SELECT i.item_id, i.key, i.input
+    FROM papayya.items i
+    WHERE i.run_id = %(source_run_id)s AND i.tenant_id = %(tenant_id)s
+      AND (%(item_ids)s::uuid[] IS NULL OR i.item_id = ANY(%(item_ids)s::uuid[]))
+      AND (%(keys)s::text[] IS NULL OR i.key = ANY(%(keys)s::text[]))
+      AND (%(status)s::text IS NULL OR i.status = %(status)s)
+      AND (NOT %(not_succeeded)s OR i.status IN ('degraded', 'failed', 'paused', 'stalled', 'cancelled'))
+      AND (%(fingerprint)s::text IS NULL OR i.fingerprint = %(fingerprint)s)
+), run AS (
+    INSERT INTO papayya.runs (run_id, tenant_id, agent_name, name, backend, total_items, options, replayed_from,
+                              budget_usd, entrypoint, from_journal, replay_slice)
+    SELECT %(run_id)s, r.tenant_id, r.agent_name, %(name)s, coalesce(%(backend)s, r.backend),
+           (SELECT count(*) FROM source), r.options, r.run_id, NULL, r.entrypoint, %(from_journal)s,
+           %(slice)s
+    FROM papayya.runs r
+    WHERE r.run_id = %(source_run_id)s AND r.tenant_id = %(tenant_id)s AND EXISTS (SELECT 1 FROM source)
+    RETURNING run_id
+), created AS (
+    INSERT INTO papayya.items (item_id, run_id, tenant_id, key, input, max_attempts, replayed_from)
+    SELECT gen_random_uuid(), run.run_id, %(tenant_id)s, s.key, s.input,
+           (SELECT max_attempts FROM papayya.items o WHERE o.item_id = s.item_id), s.item_id
+    FROM source s, run
+    RETURNING item_id
+)
+SELECT (SELECT count(*) FROM run) AS runs, (SELECT count(*) FROM created) AS items;
+
+-- name: replay_sources_without_journal
+SELECT i.key FROM papayya.items i
+WHERE i.run_id = %(run_id)s AND i.tenant_id = %(tenant_id)s
+  AND NOT EXISTS (SELECT 1 FROM papayya.steps s WHERE s.item_id = i.replayed_from)
+ORDER BY i.key
+LIMIT 5;
+
+-- name: clusters
+-- Degraded and failed items grouped by fingerprint, over a run, a tenant, an agent and a time window.
+SELECT i.fingerprint AS cluster, i.status AS outcome, min(i.cluster_label) AS label,
+       count(*) AS items, count(DISTINCT i.tenant_id) AS tenants,
+       min(i.finished_at) AS first_seen, max(i.finished_at) AS last_seen,
+       coalesce(sum(i.cost_usd), 0) AS cost_usd,
+       (array_agg(i.item_id ORDER BY i.key))[1:3] AS sample_item_ids,
+       (array_agg(i.key ORDER BY i.key))[1:3] AS sample_keys
+FROM papayya.items i
+WHERE i.fingerprint IS NOT NULL AND i.status IN ('degraded', 'failed')
+  AND (%(run_id)s::uuid IS NULL OR i.run_id = %(run_id)s)
+  AND (%(tenant_id)s::text IS NULL OR i.tenant_id = %(tenant_id)s)
+  AND (%(agent)s::text IS NULL
+       OR i.run_id IN (SELECT r.run_id FROM papayya.runs r WHERE r.agent_name = %(agent)s))
+  AND (%(since)s::timestamptz IS NULL OR i.finished_at >= %(since)s)
+  AND (%(until)s::timestamptz IS NULL OR i.finished_at < %(until)s)
+GROUP BY i.fingerprint, i.status
+ORDER BY items DESC, cluster
+LIMIT %(limit)s;
+
+-- name: item_lineage
+-- Every item linked to this one by replays (its originals and its replays), oldest first.
+WITH RECURSIVE up AS (
+    SELECT i.item_id, i.replayed_from FROM papayya.items i
+    WHERE i.item_id = %(item_id)s AND i.tenant_id = %(tenant_id)s
+    UNION
+    SELECT p.item_id, p.replayed_from FROM papayya.items p JOIN up ON p.item_id = up.replayed_from
+), root AS (
+    SELECT item_id FROM up WHERE replayed_from IS NULL
+), down AS (
+    SELECT i.item_id FROM papayya.items i JOIN root ON i.item_id = root.item_id
+    UNION
+    SELECT c.item_id FROM papayya.items c JOIN down ON c.replayed_from = down.item_id
+)
+SELECT i.item_id, i.run_id, i.key, i.status, i.replayed_from, i.created_at
+FROM papayya.items i JOIN down USING (item_id)
+WHERE i.tenant_id = %(tenant_id)s
+ORDER BY i.created_at;
+
+-- name: run_lineage
+-- For a replay run: what it re-drove and how those items did then and now. For any run: its replays.
+SELECT r.run_id, r.replayed_from, r.replay_slice, r.from_journal, r.created_at, r.status,
+       (SELECT coalesce(jsonb_object_agg(x.before || '->' || x.after, x.n), '{}'::jsonb)
+          FROM (SELECT o.status AS before, i.status AS after, count(*) AS n
+                FROM papayya.items i JOIN papayya.items o ON o.item_id = i.replayed_from
+                WHERE i.run_id = r.run_id AND i.tenant_id = r.tenant_id
+                GROUP BY 1, 2) x) AS transitions
+FROM papayya.runs r
+WHERE r.tenant_id = %(tenant_id)s AND (r.run_id = %(run_id)s OR r.replayed_from = %(run_id)s)
+ORDER BY r.created_at;
+

@@ -1,0 +1,57 @@
+"""Failure clusters: degraded and failed items grouped by fingerprint, with what they cost.
+
+A cluster is one shape of failure (exception type + normalised message + frame + category) or of
+degradation (reason codes + field paths), across a run, a tenant, an agent or a time window. Its label
+is built from codes, paths, types and frames, never from item data, so one tenant's payload never
+labels another tenant's cluster.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+from uuid import UUID
+
+from papayya.runtime import get_runtime
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """One cluster. ``cluster`` is its id (the fingerprint), usable as ``replay(cluster=...)``."""
+
+    cluster: str
+    outcome: str
+    label: str
+    items: int
+    tenants: int
+    first_seen: datetime | None
+    last_seen: datetime | None
+    cost_usd: Decimal
+    sample_item_ids: list[UUID]
+    sample_keys: list[str]
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def clusters(
+    *,
+    run_id: UUID | str | None = None,
+    tenant: str | None = None,
+    agent: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    limit: int = 50,
+) -> list[Cluster]:
+    """Clusters over a run, a tenant, an agent and/or a time window (when items finished), largest first."""
+    rows = get_runtime().store.clusters(
+        run_id=UUID(str(run_id)) if run_id is not None else None,
+        tenant_id=tenant,
+        agent=agent,
+        since=since,
+        until=until,
+        limit=limit,
+    )
+    return [Cluster(**{**row, "label": row["label"] or row["cluster"]}) for row in rows]

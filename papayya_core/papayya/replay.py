@@ -1,0 +1,141 @@
+"""Replay: re-drive exactly what did not work, into a new run, from the recorded inputs.
+
+A replay never changes the run it replays. It creates a new run linked by ``replayed_from`` (at run
+and item level) holding exactly the chosen slice — one item, an outcome, a cluster, explicit ids, or
+everything that did not succeed — with each item's recorded input snapshot (not the user's source
+data, which may have changed since). Two modes:
+
+- fresh (the default): new item ids, so new idempotency keys and new LLM calls, paid for;
+- ``from_journal=True``: every journaled step answers from the original item's journal, so nothing is
+  paid; an LLM step the original never recorded is an error (``JournalMiss``), never a call.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import TYPE_CHECKING, Any
+from uuid import UUID
+
+from papayya.control import load_agent
+from papayya.errors import NotFound, ReplayError
+from papayya.runtime import get_runtime
+
+if TYPE_CHECKING:
+    from papayya.agent import Agent
+    from papayya.result import RunResult
+
+OUTCOMES = ("succeeded", "degraded", "failed", "cancelled", "paused", "stalled", "queued", "running")
+
+
+def _uuid(value: UUID | str, what: str) -> UUID:
+    if isinstance(value, UUID):
+        return value
+    try:
+        return UUID(str(value))
+    except ValueError:
+        raise NotFound(
+            f"{value!r} is not {what}; list them with `papayya runs list` or `papayya items list`."
+        ) from None
+
+
+def replay(
+    *,
+    item: UUID | str | None = None,
+    run: UUID | str | None = None,
+    outcome: str | None = None,
+    cluster: str | None = None,
+    keys: list[str] | None = None,
+    not_succeeded: bool = False,
+    tenant: str | None = None,
+    from_journal: bool = False,
+    agent: Agent | None = None,
+    concurrency: int | None = None,
+    progress: bool | None = None,
+    execute: bool = True,
+) -> RunResult:
+    """Replay one item (``item``) or a slice of a run (``run`` with ``outcome``, ``cluster``, ``keys`` or
+    ``not_succeeded``; no filter replays the whole run) into a new run, and run it in this process.
+
+    Args:
+        tenant: Scope: the item or run must belong to this tenant (a tenant-scoped caller passes it).
+        from_journal: Answer every journaled step from the original items' journal (zero cost).
+        agent: The agent to run; by default the one that ran the original, imported from its module
+            or script.
+        execute: False creates the replay run (items queued) without running it.
+
+    Raises:
+        NotFound: the item, run or tenant scope does not match anything.
+        ReplayError: the slice is empty (nothing is created), or ``from_journal`` for items with no journal.
+    """
+    from papayya.result import RunResult
+
+    rt = get_runtime()
+    store = rt.store
+    item_ids: list[UUID] | None = None
+    if item is not None:
+        if run is not None or outcome or cluster or keys or not_succeeded:
+            raise ReplayError("Replay either one item or a slice of a run, not both.")
+        detail = store.item_detail(_uuid(item, "an item id"), tenant)
+        source = store.run_get(detail["run_id"], detail["tenant_id"])
+        item_ids = [detail["item_id"]]
+        slice_: dict[str, Any] = {"item": str(detail["item_id"]), "key": detail["key"]}
+    elif run is not None:
+        source = store.run_get(_uuid(run, "a run id"), tenant)
+        if outcome is not None and outcome not in OUTCOMES:
+            raise ReplayError(f"Unknown outcome {outcome!r}; use one of: {', '.join(OUTCOMES)}.")
+        slice_ = {
+            k: v
+            for k, v in {
+                "outcome": outcome,
+                "cluster": cluster,
+                "keys": keys,
+                "not_succeeded": not_succeeded or None,
+            }.items()
+            if v
+        }
+    else:
+        raise ReplayError("Say what to replay: an item, or a run (with --outcome, --cluster or ids).")
+    if cluster is not None:
+        known = store.clusters(
+            run_id=source["run_id"],
+            tenant_id=source["tenant_id"],
+            agent=None,
+            since=None,
+            until=None,
+            limit=1_000_000,
+        )
+        if cluster not in {c["cluster"] for c in known}:
+            raise NotFound(
+                f"No cluster {cluster!r} in run {source['run_id']}; list them with "
+                f"`papayya failures {source['run_id']}`."
+            )
+    tenant_id = source["tenant_id"]
+    new_run = uuid.uuid4()
+    counts = store.replay_create(
+        {
+            "run_id": new_run,
+            "source_run_id": source["run_id"],
+            "tenant_id": tenant_id,
+            "item_ids": item_ids,
+            "keys": keys,
+            "status": outcome,
+            "not_succeeded": not_succeeded,
+            "fingerprint": cluster,
+            "from_journal": from_journal,
+            "name": f"replay of {source['name'] or source['run_id']}",
+            "backend": None,
+            "slice": {**slice_, "from_journal": from_journal},
+        },
+        require_journal=from_journal,
+    )
+    if not counts["runs"]:
+        raise ReplayError(
+            f"The slice {slice_ or 'all items'} of run {source['run_id']} is empty; nothing was created."
+        )
+    if not execute:
+        return RunResult.load(new_run, tenant_id)
+    if agent is None:
+        agent = load_agent(source["entrypoint"], source["agent_name"])
+    pending = store.run_pending_items(new_run, tenant_id)
+    workers = concurrency or int((source["options"] or {}).get("concurrency") or 8)
+    return agent._execute(rt, new_run, tenant_id, pending, workers, progress, f"replay of {source['run_id']}")
