@@ -22,9 +22,11 @@ import click
 from papayya.cli import render
 from papayya.cli.control import pause_command, resume_command
 from papayya.cli.costs import costs_command
+from papayya.cli.failures import failures_command
 from papayya.cli.items import items_group
 from papayya.cli.limits import limits_group
 from papayya.cli.migrate import migrate_command
+from papayya.cli.replay import replay_command
 from papayya.cli.runs import runs_group
 from papayya.cli.tenants import tenants_group
 from papayya.errors import PapayyaError
@@ -52,6 +54,8 @@ cli.add_command(migrate_command)
 cli.add_command(tenants_group)
 cli.add_command(runs_group)
 cli.add_command(items_group)
+cli.add_command(failures_command)
+cli.add_command(replay_command)
 cli.add_command(pause_command)
 cli.add_command(resume_command)
 cli.add_command(costs_command)

@@ -81,7 +81,7 @@ def resume_command(run_id: UUID | None, tenant: str | None, concurrency: int | N
         runs = store.runs_paused_of_tenant(tenant)
         if not runs:
             raise BudgetError(f"Tenant {tenant!r} has no paused runs; there is nothing to resume.")
-    _import_from_here()
+    import_from_here()
     results: list[RunResult] = []
     for rid in runs:
         result = control.resume_run(rid, concurrency=concurrency)
@@ -95,7 +95,7 @@ def resume_command(run_id: UUID | None, tenant: str | None, concurrency: int | N
         render.emit_json(details[0] if tenant is None else details)
 
 
-def _import_from_here() -> None:
+def import_from_here() -> None:
     """Let the agent's module be imported from the current directory, as ``python -m`` would.
 
     The ``papayya`` console script has its own directory first on ``sys.path``, not the user's.

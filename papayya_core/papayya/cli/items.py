@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from itertools import pairwise
 from typing import Any
 from uuid import UUID
 
@@ -11,6 +12,7 @@ from papayya.cli import render
 from papayya.cli.connect import connect
 from papayya.cli.params import ITEM_ID, RUN_ID
 from papayya.models import ItemStatus
+from papayya.store import Store
 
 # What `items show` prints of an input or output before pointing at --json for the rest.
 _SHOW_CHARS = 4000
@@ -122,10 +124,76 @@ def show_command(item: str, run_id: UUID | None, show_traceback: bool, as_json: 
         item_id = ITEM_ID.convert(item, param, ctx)
     row = store.item_detail(item_id)
     detail = _item_detail(row)
+    detail["lineage"] = lineage(row, _linked_details(store, row))
     if as_json:
         render.emit_json(detail)
         return
     _print_item(detail, show_traceback)
+
+
+def _linked_details(store: Store, row: dict[str, Any]) -> list[dict[str, Any]]:
+    """``item_detail`` of every item linked to ``row`` by replays (itself included), oldest first."""
+    links = store.item_lineage(row["item_id"], row["tenant_id"])
+    # A lineage is an item and its few replays: one read each is fine.
+    return [
+        row if link["item_id"] == row["item_id"] else store.item_detail(link["item_id"], row["tenant_id"])
+        for link in links
+    ]
+
+
+def lineage(row: dict[str, Any], linked: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The item's original and its replays, oldest first, each with its attempts side by side.
+
+    Each attempt with an output carries ``output_diff``: a unified diff from the previous attempt (across
+    the whole lineage) that had an output, ``""`` when nothing changed, None for the first.
+    """
+    entries = [
+        {
+            "item_id": d["item_id"],
+            "run_id": d["run_id"],
+            "key": d["key"],
+            "status": d["status"],
+            "replayed_from": d["replayed_from"],
+            "created_at": d["created_at"],
+            "attempts": [_lineage_attempt(d, a) for a in d["attempts_detail"]],
+        }
+        for d in linked or [row]
+    ]
+    previous: tuple[str, Any] | None = None
+    for entry in entries:
+        for a in entry["attempts"]:
+            if a["output"] is None:
+                continue
+            label = f"run {entry['run_id']} attempt {a['number']}"
+            if previous is not None:
+                before_label, before = previous
+                a["output_diff"] = render.output_diff(
+                    before, a["output"], before_label=before_label, after_label=label
+                )
+            previous = (label, a["output"])
+    return entries
+
+
+def _lineage_attempt(d: dict[str, Any], a: dict[str, Any]) -> dict[str, Any]:
+    error = a["error"] or {}
+    return {
+        "run_id": d["run_id"],
+        "item_id": d["item_id"],
+        "number": a["number"],
+        "attempt_id": a["attempt_id"],
+        "status": a["status"],
+        "reasons": a["reasons"],
+        "error_type": error.get("type"),
+        "fingerprint": a["fingerprint"],
+        "cost_usd": render.known_cost(a["cost_usd"], a["cost_unknown"]),
+        "cost_unknown": a["cost_unknown"],
+        "steps": sum(s["attempt_id"] == a["attempt_id"] for s in d["steps"]),
+        "llm_calls": sum(c["attempt_id"] == a["attempt_id"] for c in d["llm_calls"]),
+        "started_at": a["started_at"],
+        "finished_at": a["finished_at"],
+        "output": a["output"],
+        "output_diff": None,
+    }
 
 
 def _why(reasons: list[dict[str, Any]], error_type: str | None) -> str:
@@ -290,3 +358,47 @@ def _print_item(d: dict[str, Any], show_traceback: bool) -> None:
         )
     else:
         render.out(render.note("(none)"))
+
+    if len(d["lineage"]) > 1:
+        _print_lineage(d["lineage"])
+
+
+def _print_lineage(entries: list[dict[str, Any]]) -> None:
+    """Every attempt of the original and its replays side by side, then how the output changed."""
+    attempts = [a for e in entries for a in e["attempts"]]
+    render.out(render.heading(f"this item and its replays ({len(entries)} items, {len(attempts)} attempts)"))
+    render.out(
+        render.table(
+            ["run", "attempt", "status", "why", "cost", "steps", "LLM calls", "item"],
+            [
+                (
+                    a["run_id"],
+                    a["number"],
+                    a["status"],
+                    _why(a["reasons"], a["error_type"]) or "-",
+                    render.cost_label(a["cost_usd"], a["cost_unknown"]),
+                    f"{a['steps']:,}",
+                    f"{a['llm_calls']:,}",
+                    a["item_id"],
+                )
+                for a in attempts
+            ],
+            right=["attempt", "cost", "steps", "LLM calls"],
+            whole=["run", "item"],
+        )
+    )
+    with_output = [a for a in attempts if a["output"] is not None]
+    render.out(render.heading("output, attempt to attempt"))
+    if len(with_output) < 2:
+        render.out(render.note("(fewer than two attempts have an output: nothing to compare)"))
+        return
+    for before, after in pairwise(with_output):
+        if after["output_diff"]:
+            render.out(render.diff_lines(after["output_diff"]))
+        else:
+            render.out(
+                render.note(
+                    f"run {before['run_id']} attempt {before['number']} -> run {after['run_id']} attempt "
+                    f"{after['number']}: the same output"
+                )
+            )

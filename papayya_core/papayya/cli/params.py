@@ -77,6 +77,23 @@ class TenantType(Param[str]):
 TENANT = TenantType()
 
 
+class KeysType(Param[list[str]]):
+    """``KEY,KEY,...``: item ids (the user's keys) of a run, separated by commas."""
+
+    name = "key,key"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> list[str]:
+        if isinstance(value, list):
+            return value
+        keys = [k.strip() for k in str(value).split(",") if k.strip()]
+        if not keys:
+            self.fail(f"{short(str(value))} names no item; give item ids like a-17,b-42", param, ctx)
+        return keys
+
+
+KEYS = KeysType()
+
+
 class ConfigPair(Param[tuple[str, Any]]):
     """``key=value``; the value is read as JSON when it is JSON (``5``, ``true``, ``[1,2]``), else text."""
 

@@ -10,6 +10,7 @@ People get the same numbers: ``$0.000150``, ``$1.20 + unknown`` or ``unknown``.
 
 from __future__ import annotations
 
+import difflib
 import json
 import re
 import sys
@@ -134,6 +135,36 @@ def one_line(value: Any, limit: int = 80) -> str:
     """Compact JSON on one line, cut at ``limit`` characters."""
     text = json.dumps(jsonable(value), ensure_ascii=False, separators=(",", ":"))
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def output_diff(before: Any, after: Any, *, before_label: str, after_label: str) -> str:
+    """A unified diff of two outputs as pretty JSON with sorted keys; ``""`` when they are equal."""
+    lines = difflib.unified_diff(
+        _diffable(before), _diffable(after), fromfile=before_label, tofile=after_label, lineterm=""
+    )
+    return "\n".join(lines)
+
+
+def _diffable(value: Any) -> list[str]:
+    return json.dumps(jsonable(value), indent=2, sort_keys=True, ensure_ascii=False).splitlines()
+
+
+def diff_lines(diff: str) -> Text:
+    """A unified diff for the terminal: removed lines red, added lines green, never read as markup."""
+    text = Text()
+    for line in diff.splitlines():
+        style = ""
+        if line.startswith(("---", "+++")):
+            style = "bold"
+        elif line.startswith("@@"):
+            style = "cyan"
+        elif line.startswith("-"):
+            style = "red"
+        elif line.startswith("+"):
+            style = "green"
+        text.append(printable(line) + "\n", style=style)
+    text.rstrip()
+    return text
 
 
 # -- JSON -----------------------------------------------------------------------------------------

@@ -88,7 +88,7 @@ def show_command(run_id: UUID, top: int, as_json: bool) -> None:
     store = connect()
     run = store.run_get(run_id)
     result = RunResult.load(run_id, run["tenant_id"], top=top)
-    detail = run_detail(run, result)
+    detail = show_detail(run, result, top=top)
     if as_json:
         render.emit_json(detail)
         return
@@ -110,8 +110,10 @@ def show_command(run_id: UUID, top: int, as_json: bool) -> None:
         ("started", render.when(run["created_at"])),
         ("finished", render.when(run["finished_at"])),
     ]
-    if run["replayed_from"]:
-        pairs.append(("replay of", run["replayed_from"]))
+    if result.replayed_from is not None:
+        pairs.append(("replay of", replay_text(result)))
+        if result.transitions:
+            pairs.append(("then -> now", transitions_text(result.transitions)))
     pairs += [("items", f"{result.total:,}: {counts}"), ("cost", cost)]
     pairs += [("budget", line) for line in budget_lines(result.budget)] or [("budget", "none")]
     render.out(render.fields(pairs))
@@ -168,9 +170,53 @@ def show_command(run_id: UUID, top: int, as_json: bool) -> None:
                 right=["calls", "input tokens", "output tokens", "cost", "unpriced calls"],
             )
         )
+    if detail["clusters"]:
+        render.out(render.heading("top clusters"))
+        render.out(
+            render.table(
+                ["cluster", "outcome", "items", "label", "cost", "sample item ids"],
+                [
+                    (
+                        c["cluster"],
+                        c["outcome"],
+                        f"{c['items']:,}",
+                        c["label"],
+                        render.money(c["cost_usd"]),
+                        _samples(c["sample_keys"]),
+                    )
+                    for c in detail["clusters"]
+                ],
+                right=["items", "cost"],
+                whole=["cluster"],
+            )
+        )
+    if detail["replays"]:
+        render.out(render.heading("replays"))
+        render.out(
+            render.table(
+                ["run", "status", "slice", "then -> now", "created"],
+                [
+                    (
+                        r["run_id"],
+                        r["status"],
+                        slice_text(r["replay_slice"], r["total"], from_journal=r["from_journal"]),
+                        transitions_text(r["transitions"]) or "-",
+                        render.when(r["created_at"], seconds=False),
+                    )
+                    for r in detail["replays"]
+                ],
+                whole=["run"],
+            )
+        )
     if result.counts.get(Outcome.DEGRADED, 0) or result.counts.get(Outcome.FAILED, 0):
         render.out(
             render.note(f"\nitems that fell short: papayya items list {run_id} --outcome degraded|failed")
+        )
+        render.out(
+            render.note(
+                f"replay them: papayya replay --run {run_id} --outcome degraded|failed "
+                "(or --cluster CLUSTER; add --from-journal to pay nothing)"
+            )
         )
 
 
@@ -322,7 +368,10 @@ def run_detail(run: dict[str, Any], result: RunResult) -> dict[str, Any]:
             }
             for b in result.budget
         ],
-        "replayed_from": run["replayed_from"],
+        "replayed_from": result.replayed_from,
+        "replay_slice": _slice_only(result.replay_slice),
+        "from_journal": _from_journal(result.replay_slice),
+        "transitions": _by_count(result.transitions),
         "created_at": run["created_at"],
         "finished_at": run["finished_at"],
         "total": result.total,
@@ -359,6 +408,74 @@ def run_detail(run: dict[str, Any], result: RunResult) -> dict[str, Any]:
             for m in result.cost_by_model
         ],
     }
+
+
+def show_detail(run: dict[str, Any], result: RunResult, *, top: int = 5) -> dict[str, Any]:
+    """What ``runs show --json`` prints: :func:`run_detail`, the run's replays and its top clusters."""
+    store = connect()
+    lineage = store.run_lineage(result.run_id, result.tenant)
+    replays = [r for r in lineage if r["replayed_from"] == result.run_id]
+    # A run is replayed a handful of times, not thousands: one read each for its size is fine.
+    totals = {r["run_id"]: store.run_get(r["run_id"], result.tenant)["total_items"] for r in replays}
+    return {
+        **run_detail(run, result),
+        "replays": [
+            {
+                "run_id": r["run_id"],
+                "status": r["status"],
+                "total": totals.get(r["run_id"], 0),
+                "replay_slice": _slice_only(r["replay_slice"]),
+                "from_journal": r["from_journal"],
+                "transitions": _by_count(r["transitions"]),
+                "created_at": r["created_at"],
+            }
+            for r in replays
+        ],
+        "clusters": [c.as_dict() for c in result.clusters(limit=top)],
+    }
+
+
+def replay_text(result: RunResult) -> str:
+    """``RUN (slice: outcome degraded, 200 items; fresh)`` for a replay run."""
+    slice_ = result.replay_slice
+    text = slice_text(slice_, result.total, from_journal=bool((slice_ or {}).get("from_journal")))
+    return f"{result.replayed_from} (slice: {text})"
+
+
+def slice_text(slice_: dict[str, Any] | None, total: int, *, from_journal: bool) -> str:
+    """What a replay re-drove, for people: ``outcome degraded, 200 items; from the journal``."""
+    slice_ = slice_ or {}
+    parts = []
+    if slice_.get("key"):
+        parts.append(f"item {slice_['key']}")
+    if slice_.get("outcome"):
+        parts.append(f"outcome {slice_['outcome']}")
+    if slice_.get("cluster"):
+        parts.append(f"cluster {slice_['cluster']}")
+    if slice_.get("keys"):
+        parts.append("ids " + ", ".join(map(str, slice_["keys"])))
+    if slice_.get("not_succeeded"):
+        parts.append("not succeeded")
+    parts.append(f"{total:,} item{'s' if total != 1 else ''}" if parts else f"all {total:,} items")
+    mode = "from the journal" if from_journal else "fresh"
+    return f"{', '.join(parts)}; {mode}"
+
+
+def transitions_text(transitions: dict[str, int] | None) -> str:
+    """``degraded->succeeded 150, degraded->degraded 30``: how the replayed items did then and now."""
+    return ", ".join(f"{k} {v:,}" for k, v in _by_count(transitions).items())
+
+
+def _by_count(transitions: dict[str, int] | None) -> dict[str, int]:
+    return dict(sorted((transitions or {}).items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+def _slice_only(slice_: dict[str, Any] | None) -> dict[str, Any] | None:
+    return None if slice_ is None else {k: v for k, v in slice_.items() if k != "from_journal"}
+
+
+def _from_journal(slice_: dict[str, Any] | None) -> bool | None:
+    return None if slice_ is None else bool(slice_.get("from_journal"))
 
 
 def _samples(keys: list[str] | None) -> str:

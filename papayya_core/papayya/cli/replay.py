@@ -1,0 +1,109 @@
+"""``papayya replay``: run again exactly what did not work, into a new run, in this process.
+
+The agent is imported from where the original run was started (its script file, or its module,
+importable from the current directory as with ``python -m``), as ``papayya resume`` does. The original
+run is never changed; the new run is linked to it by ``replayed_from``.
+"""
+
+from __future__ import annotations
+
+from uuid import UUID
+
+import click
+
+from papayya import tenants
+from papayya.cli import render
+from papayya.cli.connect import connect
+from papayya.cli.control import import_from_here
+from papayya.cli.params import ITEM_ID, KEYS, RUN_ID, TENANT
+from papayya.cli.runs import show_detail
+from papayya.control import load_agent
+from papayya.replay import OUTCOMES, replay
+
+
+@click.command("replay")
+@click.option("--item", "item_id", type=ITEM_ID, default=None, metavar="ITEM", help="Replay this one item.")
+@click.option("--run", "run_id", type=RUN_ID, default=None, metavar="RUN", help="Replay a slice of this run.")
+@click.option(
+    "--outcome", type=click.Choice(OUTCOMES), default=None, help="Only RUN's items with this outcome."
+)
+@click.option(
+    "--cluster",
+    default=None,
+    metavar="CLUSTER",
+    help="Only RUN's items in this cluster (`papayya failures RUN`).",
+)
+@click.option("--ids", "keys", type=KEYS, default=None, metavar="KEY,KEY", help="Only these items of RUN.")
+@click.option("--not-succeeded", is_flag=True, help="Only RUN's items that did not succeed.")
+@click.option("--tenant", type=TENANT, default=None, help="Refuse unless the item or run is this tenant's.")
+@click.option(
+    "--from-journal",
+    is_flag=True,
+    help="Answer every recorded step and LLM call from the original items' journal: costs nothing; "
+    "shows why the output came out as it did.",
+)
+@click.option(
+    "--concurrency",
+    type=click.IntRange(1, 1024),
+    default=None,
+    help="Items to run at once.  [default: the original run's]",
+)
+@render.json_option
+def replay_command(
+    item_id: UUID | None,
+    run_id: UUID | None,
+    outcome: str | None,
+    cluster: str | None,
+    keys: list[str] | None,
+    not_succeeded: bool,
+    tenant: str | None,
+    from_journal: bool,
+    concurrency: int | None,
+    as_json: bool,
+) -> None:
+    """Replay one ITEM, or a slice of RUN, into a new run, and wait for it.
+
+    Each item starts again from its recorded input. Fresh by default (new LLM calls, paid for);
+    with --from-journal nothing is paid. Without a slice option, --run replays every item of RUN.
+    The original run is not changed. Shows progress on a terminal, then the new run's summary.
+    """
+    sliced = outcome is not None or cluster is not None or keys is not None or not_succeeded
+    if item_id is None and run_id is None:
+        raise click.UsageError(
+            "Say what to replay: --item ITEM, or --run RUN (with --outcome, --cluster, --ids or "
+            "--not-succeeded)"
+        )
+    if item_id is not None and run_id is not None:
+        raise click.UsageError("Give --item or --run, not both")
+    if item_id is not None and sliced:
+        raise click.UsageError(
+            "--outcome, --cluster, --ids and --not-succeeded choose items of a run; give them with --run, "
+            "not --item"
+        )
+    store = connect()
+    if tenant is not None:
+        tenants.get(tenant)
+    # Import the agent before anything is created, so a missing script leaves no queued run behind.
+    if item_id is not None:
+        source = store.run_get(store.item_detail(item_id, tenant)["run_id"], tenant)
+    else:
+        assert run_id is not None
+        source = store.run_get(run_id, tenant)
+    import_from_here()
+    agent = load_agent(source["entrypoint"], source["agent_name"])
+    result = replay(
+        item=item_id,
+        run=run_id,
+        outcome=outcome,
+        cluster=cluster,
+        keys=keys,
+        not_succeeded=not_succeeded,
+        tenant=tenant,
+        from_journal=from_journal,
+        agent=agent,
+        concurrency=concurrency,
+    )
+    if as_json:
+        render.emit_json(show_detail(store.run_get(result.run_id, result.tenant), result))
+        return
+    click.echo(render.printable(str(result)))
