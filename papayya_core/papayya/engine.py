@@ -222,7 +222,11 @@ class LocalRun:
                 result = execute.Concluded(status="error", terminal=True)
             if result.status == "abandoned":
                 return  # the watchdog already concluded this item and replaced this thread
-            counted = self._after(ref, result)
+            try:
+                counted = self._after(ref, result)
+            except Exception:  # never lose count of an item: map() waits for every one
+                log.exception("item %s: could not check its run after the attempt", ref.key)
+                counted = result
             if counted is not None:
                 self._finished(counted)
 

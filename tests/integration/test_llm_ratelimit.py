@@ -15,7 +15,15 @@ MODEL = "gpt-4o-mini"
 
 
 def test_instrumented_calls_take_from_the_shared_bucket(rt: Runtime, tenant: str, fake: FakeProvider) -> None:
-    rt.ratelimits.set_limit("openai", MODEL, requests_per_minute=1000)
+    # Scoped to this test's tenant, and removed after: the session database is shared by every test.
+    rt.ratelimits.set_limit("openai", MODEL, tenant_id=tenant, requests_per_minute=1000)
+    try:
+        _run_five(rt, tenant, fake)
+    finally:
+        rt.ratelimits.remove_limit("openai", MODEL, tenant_id=tenant)
+
+
+def _run_five(rt: Runtime, tenant: str, fake: FakeProvider) -> None:
     client = papayya_openai.instrument(openai.OpenAI(base_url=fake.openai_url, api_key="t", max_retries=0))
 
     @agent
@@ -27,7 +35,7 @@ def test_instrumented_calls_take_from_the_shared_bucket(rt: Runtime, tenant: str
 
     result = ask.map([{"id": f"i{n}"} for n in range(5)], tenant=tenant)
     assert result.counts["succeeded"] == 5
-    (limit,) = [lim for lim in rt.ratelimits.list_limits() if lim.provider == "openai" and lim.model == MODEL]
+    (limit,) = [lim for lim in rt.ratelimits.list_limits() if lim.tenant_id == tenant]
     assert limit.requests_available is not None
     assert limit.requests_available <= 996  # five taken (and refilling slowly)
 
