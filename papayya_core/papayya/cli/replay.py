@@ -33,7 +33,14 @@ from papayya.replay import OUTCOMES, replay
     metavar="CLUSTER",
     help="Only RUN's items in this cluster (`papayya failures RUN`).",
 )
-@click.option("--ids", "keys", type=KEYS, default=None, metavar="KEY,KEY", help="Only these items of RUN.")
+@click.option(
+    "--ids",
+    "keys",
+    type=KEYS,
+    default=None,
+    metavar="KEY,KEY",
+    help="Only these items of RUN (their ids, comma-separated).",
+)
 @click.option("--not-succeeded", is_flag=True, help="Only RUN's items that did not succeed.")
 @click.option("--tenant", type=TENANT, default=None, help="Refuse unless the item or run is this tenant's.")
 @click.option(
