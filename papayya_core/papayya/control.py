@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 from papayya.budgets import period_of, usd
-from papayya.errors import BudgetError, NotFound
+from papayya.errors import AgentNotImportable, BudgetError, NotFound
 from papayya.runtime import get_runtime
 
 if TYPE_CHECKING:
@@ -47,20 +47,21 @@ def pause(run_id: UUID | str, *, reason: str = "paused by a person") -> None:
     store.runs_pause(run["tenant_id"], run["run_id"], f"manual: {reason}")
 
 
-def load_agent(entrypoint: dict[str, Any] | None, agent_name: str) -> Agent:
-    """Import the agent a run was started with, from its module or (for a script) its file."""
+def load_agent(entrypoint: dict[str, Any] | None, agent_name: str, *, verb: str = "resume") -> Agent:
+    """Import the agent a run was started with, from its module or (for a script) its file.
+
+    ``verb`` ("resume" or "replay") words the errors for what the caller is doing. Raises
+    AgentNotImportable (a PapayyaError) with one sentence and the way out.
+    """
     from papayya.agent import Agent
 
+    instead = f"{verb} it from Python with agent.{verb}(...)"
     if not entrypoint or not entrypoint.get("qualname"):
-        raise BudgetError(
-            f"This run does not say where its agent {agent_name} lives; resume it from Python "
-            "with agent.resume(RUN)."
-        )
+        raise AgentNotImportable(f"This run does not say where its agent {agent_name} lives; {instead}.")
     qualname: str = entrypoint["qualname"]
     if "<locals>" in qualname:
-        raise BudgetError(
-            f"Agent {agent_name} was defined inside a function, so it cannot be imported; resume "
-            "the run from Python with agent.resume(RUN)."
+        raise AgentNotImportable(
+            f"Agent {agent_name} was defined inside a function, so it cannot be imported; {instead}."
         )
     module_name, file = entrypoint.get("module"), entrypoint.get("file")
     try:
@@ -68,29 +69,27 @@ def load_agent(entrypoint: dict[str, Any] | None, agent_name: str) -> Agent:
             module = importlib.import_module(module_name)
         elif file and Path(file).is_file():
             sys.path.insert(0, str(Path(file).parent))
-            spec = importlib.util.spec_from_file_location(f"papayya_resumed_{Path(file).stem}", file)
+            spec = importlib.util.spec_from_file_location(f"papayya_loaded_{Path(file).stem}", file)
             assert spec is not None
             assert spec.loader is not None
             module = importlib.util.module_from_spec(spec)
             sys.modules[spec.name] = module
             spec.loader.exec_module(module)
         else:
-            raise BudgetError(
-                f"The script that started this run ({file}) is not here any more; resume it "
-                "from Python with agent.resume(RUN)."
+            raise AgentNotImportable(
+                f"The script that started this run ({file}) is not here any more; {instead}."
             )
     except ImportError as exc:
-        raise BudgetError(
-            f"Cannot import the agent's module {module_name!r} ({exc}); run `papayya resume` "
+        raise AgentNotImportable(
+            f"Cannot import the agent's module {module_name!r} ({exc}); run `papayya {verb}` "
             "where the agent's code is importable (same directory or PYTHONPATH)."
         ) from exc
     obj: Any = module
     for part in qualname.split("."):
         obj = getattr(obj, part, None)
     if not isinstance(obj, Agent):
-        raise BudgetError(
-            f"{module_name or file}:{qualname} is not a papayya agent any more; resume the run "
-            "from Python with agent.resume(RUN)."
+        raise AgentNotImportable(
+            f"{module_name or file}:{qualname} is not a papayya agent any more; {instead}."
         )
     if module_name == "__main__":
         obj.name = agent_name  # loaded from its script under another module name; keep the run's name

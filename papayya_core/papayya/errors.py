@@ -14,6 +14,7 @@ Hierarchy::
         ├── TenantError              unknown tenant (strict mode) or an invalid tenant id
         ├── NotFound                 a run, item or tenant asked for by id does not exist
         ├── BudgetError              a budget setting is invalid, or a run cannot be resumed
+        ├── AgentNotImportable       resume/replay cannot import the agent a run was started with
         ├── ReplayError              a replay's slice is empty or cannot be replayed as asked
         │   └── JournalMiss          a from-journal replay reached a step with no recorded response
         ├── StaleLease               a worker tried to change an item it no longer holds
@@ -79,6 +80,10 @@ class TenantError(PapayyaError):
 
 class BudgetError(PapayyaError):
     """A budget is invalid (negative, not a number, unknown period) or a resume is not possible."""
+
+
+class AgentNotImportable(PapayyaError):
+    """The agent a run was started with cannot be imported here (moved script, nested function)."""
 
 
 class ReplayError(PapayyaError):

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 from papayya.control import load_agent
-from papayya.errors import NotFound, ReplayError
+from papayya.errors import AgentNotImportable, NotFound, ReplayError
 from papayya.runtime import get_runtime
 
 if TYPE_CHECKING:
@@ -25,6 +25,12 @@ if TYPE_CHECKING:
     from papayya.result import RunResult
 
 OUTCOMES = ("succeeded", "degraded", "failed", "cancelled", "paused", "stalled", "queued", "running")
+
+
+def _describe(slice_: dict[str, Any]) -> str:
+    """``outcome degraded; keys a, b`` for people, not a Python dict."""
+    parts = [f"{k} {', '.join(map(str, v)) if isinstance(v, list) else v}" for k, v in slice_.items()]
+    return "; ".join(parts) or "all items"
 
 
 def _uuid(value: UUID | str, what: str) -> UUID:
@@ -109,6 +115,12 @@ def replay(
                 f"No cluster {cluster!r} in run {source['run_id']}; list them with "
                 f"`papayya failures {source['run_id']}`."
             )
+    cannot_load: AgentNotImportable | None = None
+    if agent is None and execute:  # known before anything is created: a missing script leaves nothing
+        try:
+            agent = load_agent(source["entrypoint"], source["agent_name"], verb="replay")
+        except AgentNotImportable as exc:
+            cannot_load = exc
     tenant_id = source["tenant_id"]
     new_run = uuid.uuid4()
     counts = store.replay_create(
@@ -127,15 +139,14 @@ def replay(
             "slice": {**slice_, "from_journal": from_journal},
         },
         require_journal=from_journal,
+        refuse=cannot_load,
     )
     if not counts["runs"]:
         raise ReplayError(
-            f"The slice {slice_ or 'all items'} of run {source['run_id']} is empty; nothing was created."
+            f"The slice ({_describe(slice_)}) of run {source['run_id']} is empty; nothing was created."
         )
-    if not execute:
+    if not execute or agent is None:
         return RunResult.load(new_run, tenant_id)
-    if agent is None:
-        agent = load_agent(source["entrypoint"], source["agent_name"])
     pending = store.run_pending_items(new_run, tenant_id)
     workers = concurrency or int((source["options"] or {}).get("concurrency") or 8)
     return agent._execute(rt, new_run, tenant_id, pending, workers, progress, f"replay of {source['run_id']}")

@@ -97,7 +97,7 @@ def replay_command(
         assert run_id is not None
         source = store.run_get(run_id, tenant)
     import_from_here()
-    agent = load_agent(source["entrypoint"], source["agent_name"])
+    agent = load_agent(source["entrypoint"], source["agent_name"], verb="replay")
     result = replay(
         item=item_id,
         run=run_id,

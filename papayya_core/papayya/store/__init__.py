@@ -542,14 +542,19 @@ class Store:
 
     # -- replay and clusters ----------------------------------------------------------------------
 
-    def replay_create(self, params: dict[str, Any], *, require_journal: bool) -> Row:
+    def replay_create(
+        self, params: dict[str, Any], *, require_journal: bool, refuse: Exception | None = None
+    ) -> Row:
         """Create a replay run of a slice of a source run; returns counts of runs (0/1) and items.
 
         With ``require_journal`` (a from-journal replay), an original item with no recorded steps raises
-        ReplayError naming it, and nothing is created."""
+        ReplayError naming it, and nothing is created. ``refuse``, if given, is raised (and nothing
+        created) once the slice is known not to be empty."""
         with translated(), self._pool.connection() as conn, conn.transaction():
             row = conn.execute(q("replay_create"), {**params, "slice": Jsonb(params["slice"])}).fetchone()
             assert row is not None
+            if refuse is not None and row["runs"]:
+                raise refuse
             if require_journal and row["runs"]:
                 bare = conn.execute(
                     q("replay_sources_without_journal"),
