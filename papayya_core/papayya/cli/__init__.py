@@ -16,6 +16,7 @@ import re
 import sys
 import traceback
 from collections.abc import Sequence
+from pathlib import Path
 
 import click
 
@@ -62,10 +63,28 @@ cli.add_command(costs_command)
 cli.add_command(limits_group)
 
 
+def _log_to_file(debug: bool) -> None:
+    """Send log records (papayya's and those of the agent code `resume`/`replay` import) to
+    ``PAPAYYA_HOME/papayya.log`` rather than the terminal, unless logging is already configured."""
+    root = logging.getLogger()
+    if root.handlers or debug:
+        return
+    home = Path(os.environ.get("PAPAYYA_HOME") or ".papayya")
+    try:
+        home.mkdir(parents=True, exist_ok=True)
+        handler: logging.Handler = logging.FileHandler(home / "papayya.log", encoding="utf-8", delay=True)
+    except OSError:
+        handler = logging.NullHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI and return its exit code. The one place errors become messages."""
     debug = os.environ.get("PAPAYYA_DEBUG", "").strip().lower() not in ("", "0", "false", "no")
     render.prepare_streams()
+    _log_to_file(debug)
     try:
         result = cli.main(args=argv, prog_name="papayya", standalone_mode=False)
     except click.exceptions.NoArgsIsHelpError as exc:
