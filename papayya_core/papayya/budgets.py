@@ -21,7 +21,7 @@ tenant — becomes ``paused``. Nothing resumes by itself when a period rolls ove
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -91,6 +91,7 @@ class _Wallet:
     covered: Decimal = Decimal(0)  # spent out of leases, still counted as reserved in the accounts
     direct: Decimal = Decimal(0)  # spent without a reservation (recorded after the fact)
     chunk: Decimal = Decimal(0)  # the next lease's size, adapted to the room the accounts have
+    leasing: threading.Lock = field(default_factory=threading.Lock)  # one lease at a time per wallet
 
 
 class Budgets:
@@ -145,23 +146,29 @@ class Budgets:
                 if wallet.balance >= amount:
                     wallet.balance -= amount
                     return amount
-                # Take what is left in the wallet for this call, so no other thread counts it too.
-                claimed = max(wallet.balance, Decimal(0))
-                wallet.balance -= claimed
-                need = amount - claimed
-                chunk = max(need, wallet.chunk, amount * self.LEASE_CALLS)
-            # Lease a chunk; when the accounts have no room for it, lease exactly what this call needs.
-            for lease in dict.fromkeys((chunk, need)):
-                row = self.store.budget_reserve(accounts.keys(), lease)
-                if row["reserved"]:
-                    with self._lock:
-                        wallet.balance += lease - need
-                        wallet.chunk = self._next_chunk(row, amount)
-                    return amount
-                if row["run_status"] != "running":
-                    break
-            with self._lock:
-                wallet.balance += claimed
+            # One thread leases for the wallet at a time; the others find its chunk when they get here.
+            with wallet.leasing:
+                with self._lock:
+                    if wallet.balance >= amount:
+                        wallet.balance -= amount
+                        return amount
+                    # Take what is left in the wallet for this call, so no other thread counts it too.
+                    claimed = max(wallet.balance, Decimal(0))
+                    wallet.balance -= claimed
+                    need = amount - claimed
+                    chunk = max(need, wallet.chunk, amount * self.LEASE_CALLS)
+                # Lease a chunk; when the accounts have no room for it, lease exactly what this call needs.
+                for lease in dict.fromkeys((chunk, need)):
+                    row = self.store.budget_reserve(accounts.keys(), lease)
+                    if row["reserved"]:
+                        with self._lock:
+                            wallet.balance += lease - need
+                            wallet.chunk = self._next_chunk(row, amount)
+                        return amount
+                    if row["run_status"] != "running":
+                        break
+                with self._lock:
+                    wallet.balance += claimed
         else:
             row = self.store.budget_reserve(accounts.keys(), None)
             if row["reserved"]:

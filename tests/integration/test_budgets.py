@@ -261,3 +261,26 @@ def test_a_step_asked_something_else_runs_again(rt: Runtime, tenant: str) -> Non
     result = drifting.map([{"id": "a"}], tenant=tenant)
     assert result.counts["succeeded"] == 1
     assert calls == ["v1", "v2"]
+
+
+def test_a_busy_run_spends_its_budget_before_pausing(rt: Runtime, tenant: str) -> None:
+    # Given 8 workers sharing one process's budget leases
+    budget = Decimal("3.00")
+    priced_tenant(tenant, amount=str(budget), period="total")
+    provider = Provider()
+
+    @agent
+    def one_call(item: papayya.Item) -> str:
+        reply = run.llm("answer", provider="openai", model="gpt-4o-mini", max_tokens=MAX_TOKENS)(
+            provider, prompt=f"question {item.id}", key=run.idempotency_key("answer"), max_tokens=MAX_TOKENS
+        )
+        return str(reply["choices"][0]["message"]["content"])
+
+    result = one_call.map([{"id": f"q{n:03d}"} for n in range(200)], tenant=tenant, concurrency=8)
+
+    # Then the run pauses only when the budget is (nearly) spent, not when one worker's lease fails
+    assert result.status == "paused"
+    rows = ledger(rt, tenant)
+    spent = sum((c or Decimal(0)) for _, c, _ in rows)
+    worst_call = max((r or Decimal(0)) for _, _, r in rows)
+    assert budget - 8 * worst_call <= spent <= budget
