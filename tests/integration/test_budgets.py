@@ -67,6 +67,19 @@ def two_calls(provider: Provider, fail_once: set[str] | None = None) -> papayya.
     return enrich
 
 
+def one_call_agent(provider: Provider) -> papayya.Agent:
+    """An agent making one capped LLM call per item."""
+
+    @agent
+    def one_call(item: papayya.Item) -> str:
+        reply = run.llm("answer", provider="openai", model="gpt-4o-mini", max_tokens=MAX_TOKENS)(
+            provider, prompt=f"question {item.id}", key=run.idempotency_key("answer"), max_tokens=MAX_TOKENS
+        )
+        return str(reply["choices"][0]["message"]["content"])
+
+    return one_call
+
+
 def ledger(rt: Runtime, tenant: str) -> list[tuple[str, Decimal | None, Decimal | None]]:
     with psycopg.connect(rt.store.url) as conn:
         return conn.execute(
@@ -132,13 +145,7 @@ def test_64_threads_racing_one_budget_never_overshoot_with_capped_calls(rt: Runt
     priced_tenant(tenant, amount=str(budget), period="total")
     provider = Provider()
 
-    @agent
-    def one_call(item: papayya.Item) -> str:
-        reply = run.llm("answer", provider="openai", model="gpt-4o-mini", max_tokens=MAX_TOKENS)(
-            provider, prompt=f"question {item.id}", key=run.idempotency_key("answer"), max_tokens=MAX_TOKENS
-        )
-        return str(reply["choices"][0]["message"]["content"])
-
+    one_call = one_call_agent(provider)
     result = one_call.map([{"id": f"q{n:03d}"} for n in range(300)], tenant=tenant, concurrency=64)
 
     assert result.status == "paused"
@@ -269,13 +276,7 @@ def test_a_busy_run_spends_its_budget_before_pausing(rt: Runtime, tenant: str) -
     priced_tenant(tenant, amount=str(budget), period="total")
     provider = Provider()
 
-    @agent
-    def one_call(item: papayya.Item) -> str:
-        reply = run.llm("answer", provider="openai", model="gpt-4o-mini", max_tokens=MAX_TOKENS)(
-            provider, prompt=f"question {item.id}", key=run.idempotency_key("answer"), max_tokens=MAX_TOKENS
-        )
-        return str(reply["choices"][0]["message"]["content"])
-
+    one_call = one_call_agent(provider)
     result = one_call.map([{"id": f"q{n:03d}"} for n in range(200)], tenant=tenant, concurrency=8)
 
     # Then the run pauses only when the budget is (nearly) spent, not when one worker's lease fails
