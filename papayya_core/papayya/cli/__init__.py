@@ -17,6 +17,7 @@ import sys
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -63,6 +64,17 @@ cli.add_command(costs_command)
 cli.add_command(limits_group)
 
 
+class _LazyFileHandler(logging.FileHandler):
+    """A file handler that creates its directory only when there is something to write."""
+
+    def _open(self) -> Any:
+        Path(self.baseFilename).parent.mkdir(parents=True, exist_ok=True)
+        return super()._open()
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        pass  # a log file that cannot be written never breaks a command
+
+
 def _log_to_file(debug: bool) -> None:
     """Send log records (papayya's and those of the agent code `resume`/`replay` import) to
     ``PAPAYYA_HOME/papayya.log`` rather than the terminal, unless logging is already configured."""
@@ -70,11 +82,7 @@ def _log_to_file(debug: bool) -> None:
     if root.handlers or debug:
         return
     home = Path(os.environ.get("PAPAYYA_HOME") or ".papayya")
-    try:
-        home.mkdir(parents=True, exist_ok=True)
-        handler: logging.Handler = logging.FileHandler(home / "papayya.log", encoding="utf-8", delay=True)
-    except OSError:
-        handler = logging.NullHandler()
+    handler: logging.Handler = _LazyFileHandler(home / "papayya.log", encoding="utf-8", delay=True)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root.addHandler(handler)
     root.setLevel(logging.INFO)
