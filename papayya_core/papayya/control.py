@@ -136,7 +136,15 @@ def resume_run(
     store = rt.store
     run = store.run_get(_uuid(run_id))
     rid, tenant_id = run["run_id"], run["tenant_id"]
-    if run["status"] != "paused":
+    if run["status"] == "running":
+        # A run whose process was killed stays "running"; once no item holds a live lease, it is orphaned.
+        live = store.run_live_leases(rid, tenant_id)
+        if live:
+            raise BudgetError(
+                f"Run {rid} is running ({live} items hold live leases); pause it first with "
+                f"`papayya pause {rid}`, or wait until its leases expire if its process died."
+            )
+    elif run["status"] != "paused":
         raise BudgetError(f"Run {rid} is {run['status']}, not paused; only a paused run can be resumed.")
     if agent is None:
         agent = load_agent(run["entrypoint"], run["agent_name"])
@@ -148,7 +156,13 @@ def resume_run(
     counts = store.run_resume(rid, tenant_id)
     rt.budgets.run_resumed(rid)
     pending = store.run_pending_items(rid, tenant_id)
-    log.info("resuming run %s: %d paused items requeued, %d to run", rid, counts["requeued"], len(pending))
+    log.info(
+        "resuming run %s: %d items requeued (%d stalled attempts), %d to run",
+        rid,
+        counts["requeued"],
+        counts["stalled"],
+        len(pending),
+    )
     workers = concurrency or int((run["options"] or {}).get("concurrency") or 8)
     return agent._execute(rt, rid, tenant_id, pending, workers, progress, run["name"])
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import psycopg
 
+import papayya
 from papayya.runtime import Runtime
 
 SCRIPT = textwrap.dedent(
@@ -26,7 +27,8 @@ SCRIPT = textwrap.dedent(
         time.sleep(0.05)
         return {"id": item.id}
 
-    slow.map([{"id": f"i{n:03d}"} for n in range(200)], tenant=sys.argv[1], concurrency=4)
+    if __name__ == "__main__":
+        slow.map([{"id": f"i{n:03d}"} for n in range(200)], tenant=sys.argv[1], concurrency=4)
     """
 )
 
@@ -47,6 +49,7 @@ def test_sigkill_mid_run_leaves_every_item_accounted_for(
     script.write_text(SCRIPT)
     env = {k: v for k, v in os.environ.items() if not k.startswith("PAPAYYA_")}
     env["PAPAYYA_DATABASE_URL"] = database_url
+    env["PAPAYYA_LEASE_SECONDS"] = "1"  # so the killed worker's leases expire within the test
     proc = subprocess.Popen([sys.executable, str(script), tenant], env=env, cwd=tmp_path)
     try:
         # Given a run well under way
@@ -78,3 +81,22 @@ def test_sigkill_mid_run_leaves_every_item_accounted_for(
     unleased_running, succeeded_without_output = row[0], row[1] - statuses.get("running", 0)
     assert unleased_running == 0
     assert succeeded_without_output == 0
+
+    # When its leases have expired, the orphaned run is resumed
+    time.sleep(1.5)
+    with psycopg.connect(database_url) as conn:
+        row = conn.execute("SELECT run_id FROM papayya.runs WHERE tenant_id = %s", (tenant,)).fetchone()
+    assert row is not None
+    result = papayya.resume_run(row[0])
+
+    # Then every item finished, and the attempts the killed process left behind are marked stalled
+    assert result.status == "completed"
+    assert result.counts["succeeded"] == 200
+    with psycopg.connect(database_url) as conn:
+        stalled = conn.execute(
+            "SELECT count(*) FROM papayya.attempts a JOIN papayya.items i USING (item_id) "
+            "WHERE i.tenant_id = %s AND a.status = 'stalled'",
+            (tenant,),
+        ).fetchone()
+    assert stalled is not None
+    assert stalled[0] == statuses.get("running", 0)

@@ -516,6 +516,10 @@ class Store:
         assert row is not None
         return row
 
+    def run_live_leases(self, run_id: UUID, tenant_id: str) -> int:
+        row = self._fetchone("run_live_leases", {"run_id": run_id, "tenant_id": tenant_id})
+        return int(row["n"]) if row else 0
+
     def run_pending_items(self, run_id: UUID, tenant_id: str) -> list[tuple[UUID, str]]:
         rows = self._fetchall("run_pending_items", {"run_id": run_id, "tenant_id": tenant_id})
         return [(r["item_id"], r["key"]) for r in rows]

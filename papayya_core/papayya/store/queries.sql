@@ -442,12 +442,22 @@ WITH run AS (
     WHERE run_id = %(run_id)s AND tenant_id = %(tenant_id)s AND status IN ('paused', 'running')
     RETURNING run_id
 ), requeued AS (
-    UPDATE papayya.items i SET status = 'queued', updated_at = now()
+    UPDATE papayya.items i SET status = 'queued', lease_token = NULL, lease_expires_at = NULL, updated_at = now()
     FROM run WHERE i.run_id = run.run_id AND i.tenant_id = %(tenant_id)s
       AND (i.status = 'paused' OR (i.status = 'running' AND i.lease_expires_at < now()))
     RETURNING i.item_id
+), stalled AS (
+    -- attempts whose process died mid-item (their lease expired): kept, marked stalled
+    UPDATE papayya.attempts a SET status = 'stalled', finished_at = now()
+    FROM requeued r WHERE a.item_id = r.item_id AND a.status = 'running'
+    RETURNING a.attempt_id
 )
-SELECT (SELECT count(*) FROM run) AS resumed, (SELECT count(*) FROM requeued) AS requeued;
+SELECT (SELECT count(*) FROM run) AS resumed, (SELECT count(*) FROM requeued) AS requeued,
+       (SELECT count(*) FROM stalled) AS stalled;
+
+-- name: run_live_leases
+SELECT count(*) AS n FROM papayya.items
+WHERE run_id = %(run_id)s AND tenant_id = %(tenant_id)s AND status = 'running' AND lease_expires_at >= now();
 
 -- name: run_pending_items
 SELECT item_id, key FROM papayya.items
