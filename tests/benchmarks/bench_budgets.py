@@ -16,12 +16,9 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
-import platform
-import tempfile
 import time
 import uuid
 from decimal import Decimal
-from pathlib import Path
 
 SECONDS = float(os.environ.get("BENCH_SECONDS", "3"))
 WORKERS = (1, 4, 16)
@@ -69,11 +66,12 @@ def _worker(url: str, tenant: str, run_id: str, mode: str, start: float, out: mp
 
 
 def main() -> None:
+    from machine import configure_store, machine_line  # beside this file (run as a script)
+
     import papayya
     from papayya.runtime import get_runtime
 
-    home = Path(tempfile.mkdtemp(prefix="papayya-bench-"))
-    papayya.configure(home=home, progress=False)
+    store_kind = configure_store()
     rt = get_runtime()
     url = rt.store.url
     tenant = f"hot-{uuid.uuid4().hex[:6]}"
@@ -93,13 +91,7 @@ def main() -> None:
         budget_usd=Decimal(1000000),
     )
     rt.budgets.accounts(tenant, run_id, "month")  # both accounts exist
-    store = (
-        "PostgreSQL server" if os.environ.get("PAPAYYA_DATABASE_URL") else "embedded PostgreSQL (Unix socket)"
-    )
-    print(
-        f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
-        f"{platform.system()} {platform.release()}; store: {store}"
-    )
+    print(machine_line(store_kind))
     print(f"one hot tenant + run budget, each worker a process, {SECONDS:g} s per cell\n")
     modes = ("papayya", "row", "sync")
     print("   reservations per second (all workers together)")

@@ -15,15 +15,13 @@ from __future__ import annotations
 
 import json
 import os
-import platform
-import tempfile
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
-from pathlib import Path
 
 import psycopg
+from machine import configure_store, machine_line  # beside this file (run as a script)
 
 import papayya
 from papayya import agent, run
@@ -149,15 +147,8 @@ def bench_llm_call() -> tuple[float, float, float, float]:
 
 
 def main() -> None:
-    home = Path(tempfile.mkdtemp(prefix="papayya-bench-"))
-    papayya.configure(home=home, progress=False)
-    store = (
-        "PostgreSQL server" if os.environ.get("PAPAYYA_DATABASE_URL") else "embedded PostgreSQL (Unix socket)"
-    )
-    print(
-        f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
-        f"{platform.system()} {platform.release()}; store: {store}"
-    )
+    store_kind = configure_store()
+    print(machine_line(store_kind))
     print(f"best of {REPEAT} runs\n")
 
     m, pool, raw = bench_map()

@@ -20,13 +20,11 @@ the ratio. CPU is this process's, the fake's server thread included (alike in ev
 from __future__ import annotations
 
 import os
-import platform
-import tempfile
 import time
 import uuid
-from pathlib import Path
 
 import openai
+from machine import configure_store, machine_line  # beside this file (run as a script)
 
 import papayya
 import papayya_openai
@@ -95,15 +93,8 @@ def bench(fake: FakeProvider) -> dict[str, Timing]:
 
 
 def main() -> None:
-    home = Path(tempfile.mkdtemp(prefix="papayya-bench-"))
-    papayya.configure(home=home, progress=False)
-    store = (
-        "PostgreSQL server" if os.environ.get("PAPAYYA_DATABASE_URL") else "embedded PostgreSQL (Unix socket)"
-    )
-    print(
-        f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
-        f"{platform.system()} {platform.release()}; store: {store}; openai {openai.__version__}"
-    )
+    store_kind = configure_store()
+    print(machine_line(store_kind) + f"; openai {openai.__version__}")
     print(f"best of {REPEAT} runs; load average {os.getloadavg()[0]:.1f} at the start\n")
 
     with FakeProvider() as fake:
