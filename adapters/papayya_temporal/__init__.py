@@ -1,8 +1,70 @@
-"""papayya_temporal: not yet.
+"""papayya on Temporal: accountable items inside Temporal activities.
 
-This place is reserved in the papayya distribution; the integration it names is
-not built yet. Importing it works so the layout is stable, but nothing here runs
-items. See the README's "What is not done yet".
+One interceptor (client and worker) carries the tenant and item ids in a ``papayya`` header from the
+client through workflows to each activity; an activity that is an ``@agent`` then runs each execution
+as an attempt of its item through papayya's lifecycle (accounting, outcomes, journal, budget gate,
+clusters). ``MapItems`` is the ready workflow that runs a run's items with bounded concurrency and a
+pause gate; the ``temporal`` backend (``PAPAYYA_BACKEND=temporal``) starts it for ``map()``,
+``submit()``, ``papayya resume`` and replays.
+
+Names are loaded on first use, so a workflow sandbox importing ``papayya_temporal.workflow`` never
+imports papayya's core.
 """
 
-__all__: list[str] = []
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from papayya_temporal.backend import TemporalBackend, activity_name, connect, workflow_id
+    from papayya_temporal.config import TemporalError, TemporalSettings, TemporalUnavailable
+    from papayya_temporal.headers import HEADER, Stamp, current_stamp, stamped
+    from papayya_temporal.interceptor import Interceptor
+    from papayya_temporal.workflow import MapItems, MapJob
+
+_WHERE = {
+    # the interceptor and the stamp it carries
+    "Interceptor": "interceptor",
+    "HEADER": "headers",
+    "Stamp": "headers",
+    "current_stamp": "headers",
+    "stamped": "headers",
+    # the ready workflow
+    "MapItems": "workflow",
+    "MapJob": "workflow",
+    # the backend
+    "TemporalBackend": "backend",
+    "activity_name": "backend",
+    "connect": "backend",
+    "workflow_id": "backend",
+    "TemporalSettings": "config",
+    "TemporalError": "config",
+    "TemporalUnavailable": "config",
+}
+
+__all__ = [
+    "HEADER",
+    "Interceptor",
+    "MapItems",
+    "MapJob",
+    "Stamp",
+    "TemporalBackend",
+    "TemporalError",
+    "TemporalSettings",
+    "TemporalUnavailable",
+    "activity_name",
+    "connect",
+    "current_stamp",
+    "stamped",
+    "workflow_id",
+]
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'papayya_temporal' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"papayya_temporal.{module}"), name)
+    globals()[name] = value
+    return value

@@ -1,0 +1,362 @@
+"""An activity that is a papayya agent, run as an attempt of an item through the one lifecycle.
+
+When an activity carries an item stamp (tenant, run and item ids in the ``papayya`` header) and its
+function is an ``@agent``, each execution of it, first try or Temporal retry, is one attempt of that
+item: ``execute.begin`` claims it (the ids are checked against the store: a forged header is refused),
+the agent runs on the item's recorded input with the ``run`` context set, and ``execute.conclude``
+records the outcome, cost, journal and cluster. While it runs, a heartbeat extends the papayya lease
+and heartbeats Temporal, so Temporal's heartbeat timeout notices a dead worker and retries; the retry
+finds the lease expired and keeps the lost attempt as ``stalled``.
+
+What the activity answers Temporal, per outcome:
+
+================  =========================================  =========================================
+outcome           an ``item`` stamp (your workflows)          a ``map`` stamp (papayya's MapItems)
+================  =========================================  =========================================
+succeeded         the function's return value                 ``{"status": "succeeded"}``
+degraded          the function's return value                 ``{"status": "degraded"}``
+retry per policy  retryable ApplicationError, delayed by the agent's backoff (both)
+failed            non-retryable ApplicationError              ``{"status": "failed"}``
+                  ``papayya.Failed``
+paused (budget)   non-retryable ApplicationError              ``{"status": "paused"}``
+                  ``papayya.Paused``
+================  =========================================  =========================================
+
+papayya's retry policy decides; give the activity a Temporal retry policy that allows retries (the
+default does) and papayya's non-retryable answers stop Temporal from retrying a finished item.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextvars
+import logging
+import threading
+import time
+from datetime import timedelta
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
+from uuid import UUID
+
+import temporalio.activity
+import temporalio.worker
+from temporalio.exceptions import ApplicationError
+
+from papayya_temporal import headers as _headers
+from papayya_temporal.headers import Stamp, current_stamp
+
+if TYPE_CHECKING:
+    from papayya.agent import Agent
+    from papayya.context import AttemptContext
+    from papayya.execute import Concluded, ItemRef
+    from papayya.runtime import Runtime
+
+log = logging.getLogger("papayya.temporal")
+
+BACKEND = "temporal"
+# ApplicationError types papayya answers with, for workflows that want to tell them apart.
+FAILED = "papayya.Failed"
+PAUSED = "papayya.Paused"
+REFUSED = "papayya.Refused"
+RETRY = "papayya.Retry"
+BUSY = "papayya.Busy"
+STOPPED = "papayya.Stopped"
+
+_TERMS_TTL = 5.0  # seconds a worker reuses a tenant's price overrides and budget period
+
+
+def attempt_stamp() -> Stamp | None:
+    """The tenant and run of the papayya attempt in progress in this task, if any (no item: a workflow
+    started by an agent belongs to its tenant and run, it is not that item)."""
+    from papayya.context import current
+
+    ctx = current.get()
+    if ctx is None:
+        return None
+    return Stamp(tenant_id=ctx.tenant_id, run_id=str(ctx.run_id))
+
+
+def agent_of(fn: Any) -> Agent | None:
+    """The papayya agent behind an activity function (decorators that keep ``__wrapped__`` are seen
+    through), or None for a plain activity."""
+    from papayya.agent import Agent
+
+    seen = 0
+    while fn is not None and seen < 8:
+        if isinstance(fn, Agent):
+            return fn
+        fn = getattr(fn, "__wrapped__", None)
+        seen += 1
+    return None
+
+
+class ActivityInbound(temporalio.worker.ActivityInboundInterceptor):
+    """Restores the stamp; runs an agent with an item stamp as an attempt of that item."""
+
+    async def execute_activity(self, input: temporalio.worker.ExecuteActivityInput) -> Any:
+        stamp = _headers.read(input.headers)
+        if stamp is None:
+            return await self.next.execute_activity(input)
+        token = current_stamp.set(stamp)
+        try:
+            agent = agent_of(input.fn) if stamp.item_id is not None else None
+            if agent is None:
+                return await self.next.execute_activity(input)
+            return await run_item(agent, stamp, input.executor)
+        finally:
+            current_stamp.reset(token)
+
+
+# -- the attempt --------------------------------------------------------------------------------
+
+
+class _Terms:
+    """A tenant's price overrides and budget period, reused for a few seconds by each worker."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._cache: dict[tuple[int, str], tuple[float, dict[Any, Any], str]] = {}
+
+    def get(self, rt: Runtime, tenant_id: str) -> tuple[dict[Any, Any], str]:
+        from papayya.tenants import overrides_map
+
+        key = (id(rt), tenant_id)
+        now = time.monotonic()
+        with self._lock:
+            hit = self._cache.get(key)
+        if hit is not None and now - hit[0] < _TERMS_TTL:
+            return hit[1], hit[2]
+        tenant = rt.store.tenant_get(tenant_id)
+        period = str(tenant["budget_period"]) if tenant and tenant.get("budget_period") else "month"
+        overrides = overrides_map(tenant_id, rt)
+        with self._lock:
+            self._cache[key] = (now, overrides, period)
+        return overrides, period
+
+
+_terms = _Terms()
+
+
+def _ref(stamp: Stamp) -> ItemRef | None:
+    from papayya.execute import ItemRef
+
+    try:
+        assert stamp.item_id is not None
+        return ItemRef(UUID(stamp.item_id), stamp.key or "", UUID(stamp.run_id or ""), stamp.tenant_id)
+    except (ValueError, AssertionError):
+        return None
+
+
+def _begin(rt: Runtime, agent: Agent, ref: ItemRef) -> AttemptContext | None:
+    from papayya import execute
+
+    overrides, period = _terms.get(rt, ref.tenant_id)
+    return execute.begin(rt, agent, ref, backend=BACKEND, price_overrides=overrides, budget_period=period)
+
+
+async def run_item(agent: Agent, stamp: Stamp, executor: concurrent.futures.Executor | None) -> Any:
+    """One attempt of the stamped item; see the module docstring for what it answers."""
+    from papayya import execute
+    from papayya.runtime import get_runtime
+
+    ref = _ref(stamp)
+    if ref is None:
+        log.warning("refused an activity whose papayya header is malformed: %r", stamp)
+        raise ApplicationError(
+            "papayya refused this activity: its papayya header does not name an item "
+            "(a forged or mistaken header)",
+            type=REFUSED,
+            non_retryable=True,
+        )
+    rt = get_runtime() if _runtime_ready() else await asyncio.to_thread(get_runtime)
+    ctx = await asyncio.to_thread(_begin, rt, agent, ref)
+    if ctx is None:
+        return await _refused(rt, ref, stamp)
+    beat = asyncio.create_task(_heartbeat(rt, ctx), name="papayya-heartbeat")
+    timed_out = False
+    try:
+        if agent.is_async:
+            output, error = await execute.ainvoke(ctx, agent.timeout)
+        else:
+            output, error, timed_out = await _invoke_sync(ctx, executor, agent.timeout)
+    except BaseException:
+        # Cancelled (the worker is shutting down, or Temporal cancelled the activity): give the item
+        # back without an outcome; Temporal's retry (or papayya resume) runs it again.
+        beat.cancel()
+        try:
+            await asyncio.to_thread(execute.release, ctx)
+        except Exception:
+            log.exception("item %s: could not release it; the reaper recovers it", ref.key)
+        raise
+    finally:
+        beat.cancel()
+    if timed_out:
+        assert agent.timeout is not None
+        result = await asyncio.to_thread(execute.abandon_for_timeout, ctx, agent.timeout)
+    else:
+        result = await asyncio.to_thread(execute.conclude, ctx, output=output, error=error)
+    return _answer(result, output, stamp, ctx, error)
+
+
+def _runtime_ready() -> bool:
+    from papayya import runtime
+
+    return runtime._runtime is not None
+
+
+async def _invoke_sync(
+    ctx: AttemptContext, executor: concurrent.futures.Executor | None, timeout: float | None
+) -> tuple[Any, BaseException | None, bool]:
+    """A sync agent in a thread (the worker's thread pool when it has one). A sync function cannot be
+    stopped: past its timeout the attempt is abandoned and whatever it returns later is discarded."""
+    from papayya import execute
+
+    loop = asyncio.get_running_loop()
+    pool = executor if isinstance(executor, concurrent.futures.ThreadPoolExecutor) else None
+    future = loop.run_in_executor(pool, contextvars.copy_context().run, execute.invoke, ctx)
+    if timeout is None:
+        output, error = await future
+        return output, error, False
+    try:
+        output, error = await asyncio.wait_for(asyncio.shield(future), timeout)
+    except TimeoutError:
+        return None, None, True
+    return output, error, False
+
+
+async def _heartbeat(rt: Runtime, ctx: AttemptContext) -> None:
+    """Keep the papayya lease and the Temporal heartbeat alive while the attempt runs."""
+    lease = rt.settings.lease_seconds
+    info = temporalio.activity.info()
+    interval = lease / 3
+    if info.heartbeat_timeout:
+        interval = min(interval, info.heartbeat_timeout.total_seconds() / 3)
+    interval = max(interval, 0.05)
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            temporalio.activity.heartbeat()
+        except Exception:
+            log.debug("temporal heartbeat failed", exc_info=True)
+        try:
+            held = await asyncio.to_thread(rt.store.leases_extend, [(ctx.item_id, ctx.lease_token)], lease)
+        except Exception:
+            log.exception("item %s: heartbeat failed; retried next beat", ctx.item.id)
+            continue
+        if ctx.item_id not in held:
+            log.warning("item %s: attempt %d lost its lease", ctx.item.id, ctx.attempt)
+            return
+
+
+def _answer(
+    result: Concluded, output: Any, stamp: Stamp, ctx: AttemptContext, error: BaseException | None
+) -> Any:
+    mapped = stamp.mode == "map"
+    key = ctx.item.id
+    if result.discarded:
+        raise ApplicationError(
+            f"item {key}: attempt {ctx.attempt} lost its lease; its result was discarded", type=BUSY
+        )
+    if result.retry_in is not None:
+        raise ApplicationError(
+            f"item {key}: attempt {ctx.attempt} failed ({_describe(error)}); papayya retries it",
+            type=RETRY,
+            next_retry_delay=timedelta(seconds=max(result.retry_in, 0.05)),
+        )
+    status = result.status
+    if status in ("succeeded", "degraded"):
+        return _summary(status, result.cost_usd) if mapped else output
+    if status == "paused":
+        if mapped:
+            return _summary(status, result.cost_usd)
+        raise ApplicationError(
+            f"item {key}: its run {ctx.run_id} is paused (a budget broke); resume it with "
+            f"`papayya resume {ctx.run_id}`",
+            type=PAUSED,
+            non_retryable=True,
+        )
+    if mapped:
+        return _summary(status, result.cost_usd)
+    raise ApplicationError(f"item {key} failed: {_describe(error)}", type=FAILED, non_retryable=True)
+
+
+def _summary(status: str, cost: Decimal = Decimal(0)) -> dict[str, str]:
+    return {"status": status, "cost_usd": str(cost)}
+
+
+def _describe(error: BaseException | None) -> str:
+    if error is None:
+        return "no error"
+    return f"{type(error).__name__}: {str(error)[:300]}"
+
+
+async def _refused(rt: Runtime, ref: ItemRef, stamp: Stamp) -> Any:
+    """``begin`` did not claim the item: answer a duplicate, wait out a live lease, or refuse."""
+    from papayya import execute
+
+    why = await asyncio.to_thread(execute.refusal, rt, ref)
+    mapped = stamp.mode == "map"
+    if why == "unknown":
+        log.warning("refused an activity for item %s of tenant %r: no such item", ref.item_id, ref.tenant_id)
+        raise ApplicationError(
+            f"papayya refused this activity: tenant {ref.tenant_id!r} has no item {ref.item_id} "
+            "(a forged or mistaken papayya header)",
+            type=REFUSED,
+            non_retryable=True,
+        )
+    if why == "running":
+        row = await asyncio.to_thread(
+            rt.store.fetch_one,
+            "temporal_item_lease_left",
+            {"item_id": ref.item_id, "tenant_id": ref.tenant_id},
+        )
+        wait = float(row["seconds"]) if row else 0.0
+        raise ApplicationError(
+            f"item {ref.key} is held by another attempt; retried when its lease expires",
+            type=BUSY,
+            next_retry_delay=timedelta(seconds=min(max(wait + 0.25, 0.25), 300.0)),
+        )
+    if why == "done":
+        row = await asyncio.to_thread(
+            rt.store.fetch_one, "temporal_item_result", {"item_id": ref.item_id, "tenant_id": ref.tenant_id}
+        )
+        status = row["status"] if row else "done"
+        if mapped:
+            return _summary(status)
+        if status in ("succeeded", "degraded"):
+            return row["output"] if row else None
+        raise ApplicationError(f"item {ref.key} already ended {status}", type=FAILED, non_retryable=True)
+    if why == "paused":
+        if mapped:
+            return _summary("paused")
+        raise ApplicationError(
+            f"item {ref.key}: its run {ref.run_id} is paused; resume it with `papayya resume {ref.run_id}`",
+            type=PAUSED,
+            non_retryable=True,
+        )
+    if why == "lost":
+        if mapped:
+            return _summary("failed")
+        raise ApplicationError(
+            f"item {ref.key} lost its worker too many times; papayya fails it (WorkerLost)",
+            type=FAILED,
+            non_retryable=True,
+        )
+    if mapped:
+        return _summary("stopped")
+    raise ApplicationError(f"item {ref.key}: its run {ref.run_id} is {why}", type=STOPPED, non_retryable=True)
+
+
+__all__ = [
+    "BUSY",
+    "FAILED",
+    "PAUSED",
+    "REFUSED",
+    "RETRY",
+    "STOPPED",
+    "ActivityInbound",
+    "agent_of",
+    "attempt_stamp",
+    "run_item",
+]
