@@ -1,0 +1,161 @@
+"""The ``celery`` backend: ``map()``, ``submit()``, ``papayya resume`` and ``papayya replay`` publish one
+Celery message per item (ids in its headers, no payload) and read progress from the papayya store;
+the reaper's stalled items are published again the same way (``redrive``).
+
+The app is the one ``papayya_celery.install(app)`` was called on in this process, or the one named by
+``PAPAYYA_CELERY_APP=module:attribute``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+from uuid import UUID
+
+from celery import Celery
+
+from papayya.engine import progress_for, wait_for_run
+from papayya.errors import ConfigError
+from papayya.execute import ItemRef
+from papayya_celery import message as H
+from papayya_celery.worker import BACKEND, agent_of
+
+if TYPE_CHECKING:
+    from papayya.agent import Agent
+    from papayya.runtime import Runtime
+
+log = logging.getLogger("papayya.celery")
+
+APP_VARIABLE = "PAPAYYA_CELERY_APP"
+
+
+def load_app(spec: str) -> Celery:
+    """Import ``module:attribute`` and check it is a Celery app; ConfigError otherwise."""
+    module_name, _, attribute = spec.partition(":")
+    if not module_name or not attribute:
+        raise ConfigError(f"{APP_VARIABLE}={spec!r} must look like module:attribute (e.g. proj.celery:app).")
+    try:
+        found: Any = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(
+            f"{APP_VARIABLE}={spec!r}: cannot import {module_name!r} ({exc}); run where it is importable."
+        ) from exc
+    for part in attribute.split("."):
+        found = getattr(found, part, None)
+    if not isinstance(found, Celery):
+        raise ConfigError(f"{APP_VARIABLE}={spec!r} is not a Celery app; name the Celery() object.")
+    return found
+
+
+class CeleryBackend:
+    """Runs a recorded run's items on a Celery app's workers (see the module docstring)."""
+
+    name = BACKEND
+
+    def __init__(self, app: Celery | None = None) -> None:
+        self._app = app
+        self._tasks: dict[str, str] = {}
+
+    def serves(self, app: Celery) -> bool:
+        return self._app is None or self._app is app
+
+    @property
+    def app(self) -> Celery:
+        if self._app is None:
+            from papayya_celery.middleware import installed_apps
+
+            apps = installed_apps()
+            spec = os.environ.get(APP_VARIABLE)
+            if spec:
+                self._app = load_app(spec)
+            elif apps:
+                self._app = apps[-1]
+            else:
+                raise ConfigError(
+                    "The celery backend does not know your Celery app; call papayya_celery.install(app) "
+                    f"where the app is defined, or set {APP_VARIABLE}=module:app."
+                )
+        return self._app
+
+    def task_for(self, agent_name: str) -> Any:
+        """The app's task that runs agent ``agent_name``."""
+        app = self.app
+        name = self._tasks.get(agent_name)
+        if name is None or name not in app.tasks:
+            for task in app.tasks.values():
+                agent = agent_of(task)
+                if agent is not None:
+                    self._tasks[agent.name] = task.name
+            name = self._tasks.get(agent_name)
+        if name is None:
+            raise ConfigError(
+                f"Agent {agent_name} is not a task of Celery app {app.main!r}; decorate it with "
+                "@app.task (above @agent) in a module the app imports."
+            )
+        return app.tasks[name]
+
+    def publish(self, agent_name: str, refs: Sequence[ItemRef]) -> None:
+        """Publish one message per item: its tenant and item id in the headers, its key as the argument."""
+        task = self.task_for(agent_name)
+        with self.app.producer_or_acquire() as producer:
+            for ref in refs:
+                task.apply_async(
+                    ({"id": ref.key},),
+                    headers={H.TENANT: ref.tenant_id, H.ITEM: str(ref.item_id), H.KEY: ref.key},
+                    producer=producer,
+                )
+
+    def run(
+        self,
+        rt: Runtime,
+        agent: Agent,
+        *,
+        run_id: UUID,
+        tenant_id: str,
+        items: Sequence[tuple[UUID, str]],
+        concurrency: int,
+        progress: bool | None,
+        run_name: str | None = None,
+    ) -> None:
+        """Publish every item, then wait on the store until each is terminal or the run is paused.
+        Concurrency is the Celery workers' (``--concurrency``), not ``concurrency``."""
+        self.publish(agent.name, [ItemRef(item_id, key, run_id, tenant_id) for item_id, key in items])
+        bar = progress_for(rt, agent, run_id, tenant_id, total=len(items), label=run_name, enabled=progress)
+        with bar:
+            wait_for_run(rt, run_id, tenant_id, progress=bar)
+
+    def submit(
+        self,
+        rt: Runtime,
+        agent: Agent,
+        *,
+        run_id: UUID,
+        tenant_id: str,
+        items: Sequence[tuple[UUID, str]],
+        concurrency: int,
+    ) -> None:
+        """Publish every item and return at once."""
+        self.publish(agent.name, [ItemRef(item_id, key, run_id, tenant_id) for item_id, key in items])
+
+    def redrive(self, rt: Runtime, refs: list[ItemRef]) -> None:
+        """Publish again items the reaper marked ``stalled`` (their worker was lost)."""
+        runs = sorted({(r.run_id, r.tenant_id) for r in refs})
+        rows = rt.store.fetch_all(
+            "celery_run_agents", {"run_ids": [r for r, _ in runs], "tenant_ids": [t for _, t in runs]}
+        )
+        agents = {r["run_id"]: r["agent_name"] for r in rows}
+        by_agent: dict[str, list[ItemRef]] = defaultdict(list)
+        for ref in refs:
+            if ref.run_id in agents:
+                by_agent[agents[ref.run_id]].append(ref)
+        for agent_name, group in by_agent.items():
+            try:
+                self.publish(agent_name, group)
+            except ConfigError as exc:
+                log.error("cannot re-drive %d stalled item(s) of agent %s: %s", len(group), agent_name, exc)
+                continue
+            log.warning("re-drove %d stalled item(s) of agent %s on Celery", len(group), agent_name)

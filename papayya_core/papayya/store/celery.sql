@@ -1,0 +1,17 @@
+-- Named queries of the Celery adapter (adapters/papayya_celery). Message headers carry ids; these
+-- read what those ids stand for, always scoped by the message's tenant.
+
+-- name: celery_item
+-- The item a message names, if it belongs to the message's tenant: its key, run and agent. No row for
+-- a forged or mistaken header (another tenant's item, or no such item).
+SELECT i.item_id, i.key, i.run_id, r.agent_name
+FROM papayya.items i
+JOIN papayya.runs r ON r.run_id = i.run_id AND r.tenant_id = i.tenant_id
+WHERE i.item_id = %(item_id)s AND i.tenant_id = %(tenant_id)s;
+
+-- name: celery_run_agents
+-- The agent of each (run, tenant), for publishing items the reaper hands back.
+SELECT r.run_id, r.agent_name
+FROM papayya.runs r
+JOIN unnest(%(run_ids)s::uuid[], %(tenant_ids)s::text[]) AS u(run_id, tenant_id)
+  ON r.run_id = u.run_id AND r.tenant_id = u.tenant_id;
