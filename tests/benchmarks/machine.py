@@ -1,11 +1,18 @@
-"""What every benchmark prints first: a throwaway papayya home and the machine it ran on."""
+"""What every benchmark prints first: a throwaway papayya home (or database) and the machine it ran on."""
 
 from __future__ import annotations
 
 import os
 import platform
 import tempfile
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+from psycopg import sql
 
 import papayya
 
@@ -22,4 +29,40 @@ def machine_line(store: str) -> str:
     return (
         f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
         f"{platform.system()} {platform.release()}; store: {store}"
+    )
+
+
+SERVER_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+@contextmanager
+def throwaway_database(server_url: str = SERVER_URL) -> Iterator[str]:
+    """A fresh, empty database on the PostgreSQL server at ``server_url``, dropped on exit; yields its URL.
+
+    The role in ``server_url`` must be allowed to create databases. Connections still open on exit
+    (a worker that was killed) are ended by the drop.
+    """
+    name = f"papayya_bench_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        yield urlunsplit(urlsplit(server_url)._replace(path=f"/{name}"))
+    finally:
+        with psycopg.connect(server_url, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def server_line(server_url: str = SERVER_URL) -> str:
+    """The server's version and the settings that decide what a commit costs."""
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT current_setting('server_version'), current_setting('synchronous_commit'), "
+            "current_setting('fsync')"
+        ).fetchone()
+    assert row is not None
+    version, sync, fsync = row
+    where = urlsplit(server_url)
+    return (
+        f"PostgreSQL {version.split()[0]} server on {where.hostname}:{where.port or 5432} "
+        f"(synchronous_commit={sync}, fsync={fsync})"
     )
