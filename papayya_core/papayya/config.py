@@ -41,6 +41,11 @@ class Settings(BaseSettings):
     lease_seconds: float = Field(
         default=60.0, gt=0, description="How long a claim holds without a heartbeat."
     )
+    max_stalls: int = Field(
+        default=3,
+        ge=1,
+        description="Times an item may lose its worker (lease expired mid-attempt) before it is failed.",
+    )
     pool_size: int = Field(default=16, ge=2, description="Most connections one process opens.")
     progress: bool | None = Field(default=None, description="Progress bar: None = only on a terminal.")
     auto_migrate: bool = Field(default=True, description="Apply pending migrations on first use.")

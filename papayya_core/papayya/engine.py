@@ -1,9 +1,17 @@
-"""The native engine, in process: worker threads (or one event loop for async agents) running a run's
-items through the one lifecycle, a heartbeat that keeps their leases alive, and a watchdog that fails
-attempts past the agent's timeout.
+"""The native engine: papayya's own workers over PostgreSQL, in this process (``map()``) or in many
+``papayya worker`` processes on many machines sharing one database.
 
-A timed-out sync function cannot be killed; its thread is abandoned (the fencing token voids whatever
-it returns) and a fresh worker takes its place, so the run keeps its concurrency.
+A :class:`Worker` claims queued items in batches (one statement, ``FOR UPDATE SKIP LOCKED``, fair
+across tenants, within each tenant's concurrency cap), keeps a small prefetch buffer, runs each item
+through the one lifecycle on a thread (or on one event loop for ``async def`` agents) and writes the
+results in batches, each write fenced by the item's lease token. A monitor thread heartbeats the
+leases of everything the worker holds, fails attempts past the agent's timeout (a hung thread is
+abandoned and replaced: the fencing token voids whatever it returns), writes budget spend every second
+and runs the reaper, which gives back the items of workers that died. Idle workers sleep until a
+``papayya_work`` notification (a hint sent once per submit, never per row) or their poll interval.
+
+When the database goes away, the worker keeps what it holds, stops claiming, and retries with backoff;
+results not yet written are retried until they are written or their lease went to someone else.
 """
 
 from __future__ import annotations
@@ -13,15 +21,19 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Protocol
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any, Protocol
 from uuid import UUID
 
 from papayya import execute
-from papayya.context import AttemptContext, current
-from papayya.execute import Concluded, ItemRef
+from papayya.context import AttemptContext
+from papayya.errors import StoreUnavailable
+from papayya.execute import Concluded, ItemRef, Judged
 from papayya.models import ItemStatus
 from papayya.progress import Progress
+from papayya.reaper import sweep
 from papayya.tenants import overrides_map
 
 if TYPE_CHECKING:
@@ -30,284 +42,579 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("papayya.engine")
 
-# What a worker reports for an item it did not start because the run is paused.
-LEFT_QUEUED = Concluded(status="queued", terminal=False)
-
 BACKEND = "native"
+CHANNEL = "papayya_work"
 
 
-class _Inflight:
-    """Attempts in progress: for the heartbeat (leases) and the watchdog (deadlines)."""
+class _Held:
+    """What this worker holds: claimed items, each ``buffered`` (claimed, no thread yet), ``running``
+    (with a deadline when its agent has a timeout) or ``judged`` (its result is on the way to the
+    writer). The heartbeat extends all of their leases. Exactly one party moves an attempt from
+    ``running`` to ``judged``: the thread that ran it, the watchdog (timeout) or the shutdown (release);
+    the others see they lost and let go, so an item gets exactly one verdict from this worker."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._attempts: dict[UUID, tuple[AttemptContext, float | None]] = {}
+        self._held: dict[UUID, tuple[AttemptContext, str, float | None]] = {}
 
-    def add(self, ctx: AttemptContext, timeout: float | None) -> None:
-        deadline = time.monotonic() + timeout if timeout else None
+    def __len__(self) -> int:
         with self._lock:
-            self._attempts[ctx.attempt_id] = (ctx, deadline)
+            return len(self._held)
+
+    def add(self, ctx: AttemptContext) -> None:
+        with self._lock:
+            self._held[ctx.attempt_id] = (ctx, "buffered", None)
+
+    def start(self, ctx: AttemptContext) -> bool:
+        """buffered -> running; False when the attempt was given back meanwhile (shutdown)."""
+        timeout = ctx.agent.timeout
+        with self._lock:
+            entry = self._held.get(ctx.attempt_id)
+            if entry is None or entry[1] != "buffered":
+                return False
+            self._held[ctx.attempt_id] = (ctx, "running", time.monotonic() + timeout if timeout else None)
+            return True
+
+    def judge(self, ctx: AttemptContext) -> bool:
+        """running -> judged, by the thread that ran it; False when the watchdog or shutdown won."""
+        with self._lock:
+            entry = self._held.get(ctx.attempt_id)
+            if entry is None or entry[1] != "running":
+                return False
+            self._held[ctx.attempt_id] = (ctx, "judged", None)
+            return True
+
+    def overdue(self) -> list[AttemptContext]:
+        """Running attempts past their deadline, moved to judged (the watchdog concludes them)."""
+        now = time.monotonic()
+        with self._lock:
+            late = [
+                c for c, state, d in self._held.values() if state == "running" and d is not None and now >= d
+            ]
+            for c in late:
+                self._held[c.attempt_id] = (c, "judged", None)
+            return late
+
+    def take_unjudged(self) -> list[AttemptContext]:
+        """Every buffered or running attempt, moved to judged (shutdown gives them back)."""
+        with self._lock:
+            taken = [c for c, state, _ in self._held.values() if state in ("buffered", "running")]
+            for c in taken:
+                self._held[c.attempt_id] = (c, "judged", None)
+            return taken
 
     def remove(self, ctx: AttemptContext) -> None:
         with self._lock:
-            self._attempts.pop(ctx.attempt_id, None)
+            self._held.pop(ctx.attempt_id, None)
 
     def leases(self) -> list[tuple[UUID, int]]:
         with self._lock:
-            return [(c.item_id, c.lease_token) for c, _ in self._attempts.values()]
+            return [(c.item_id, c.lease_token) for c, _, _ in self._held.values()]
 
-    def overdue(self) -> list[AttemptContext]:
+    def runs(self) -> set[UUID]:
+        with self._lock:
+            return {c.run_id for c, _, _ in self._held.values()}
+
+
+class _Tenants:
+    """Each tenant's price overrides and budget period, re-read every few seconds so a change made at
+    runtime reaches running workers without a restart."""
+
+    TTL = 5.0
+
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+        self._lock = threading.Lock()
+        self._cache: dict[str, tuple[float, dict[tuple[str, str], dict[str, Decimal | None]], str]] = {}
+
+    def get(self, tenant_id: str) -> tuple[dict[tuple[str, str], dict[str, Decimal | None]], str]:
         now = time.monotonic()
         with self._lock:
-            late = [c for c, d in self._attempts.values() if d is not None and now >= d]
-            for c in late:
-                del self._attempts[c.attempt_id]
-            return late
+            hit = self._cache.get(tenant_id)
+        if hit is not None and now - hit[0] < self.TTL:
+            return hit[1], hit[2]
+        tenant = self.rt.store.tenant_get(tenant_id)
+        period = tenant["budget_period"] if tenant else "month"
+        overrides = overrides_map(tenant_id, self.rt)
+        with self._lock:
+            self._cache[tenant_id] = (now, overrides, period)
+        return overrides, period
 
 
-class LocalRun:
-    """One run's items executed in this process."""
+@dataclass
+class WorkerStats:
+    """What a worker did: attempts it claimed and concluded, by outcome."""
+
+    claimed: int = 0
+    concluded: int = 0
+    stale: int = 0
+    released: int = 0
+
+
+class Worker:
+    """Claims and runs items of ``agents``; see the module docstring.
+
+    Args:
+        rt: The runtime (store, settings, hooks).
+        agents: The agents this worker serves (by name); items of other agents are left to others.
+        concurrency: Items run at once.
+        run_ids: Serve only these runs (``map()`` serves its own run), or every run of the agents.
+        until_done: Return once ``run_ids`` have nothing left to run (or are paused) — ``map()``.
+        burst: Return once no item of the agents is queued or running — a drain.
+        progress: A progress line to advance as items conclude.
+        prefetch: Items claimed ahead of free threads (they hold leases, heartbeated like the rest).
+        poll: Seconds between claims while idle when no notification arrives.
+    """
 
     def __init__(
         self,
         rt: Runtime,
-        agent: Agent,
+        agents: Sequence[Agent],
         *,
-        run_id: UUID,
-        tenant_id: str,
-        items: Sequence[tuple[UUID, str]],
-        concurrency: int,
-        progress: Progress,
-        budget_period: str = "month",
+        concurrency: int = 8,
+        run_ids: Sequence[UUID] | None = None,
+        until_done: bool = False,
+        burst: bool = False,
+        progress: Progress | None = None,
+        prefetch: int | None = None,
+        poll: float = 1.0,
+        backend: str = BACKEND,
     ) -> None:
+        if not agents:
+            raise ValueError("a worker needs at least one agent")
         self.rt = rt
-        self.agent = agent
-        self.run_id = run_id
-        self.budget_period = budget_period
+        self.agents = {a.name: a for a in agents}
         self.concurrency = concurrency
-        self.refs = [ItemRef(item_id, key, run_id, tenant_id) for item_id, key in items]
-        self.overrides = overrides_map(tenant_id, rt)
+        self.run_ids = list(run_ids) if run_ids is not None else None
+        self.until_done = until_done
+        self.burst = burst
         self.progress = progress
-        self.inflight = _Inflight()
-        self._remaining = len(self.refs)
-        self._done = threading.Condition()
-        self._stop = threading.Event()
-        # Set when the run is paused (a budget broke, or a person paused it): queued items stay queued.
-        self._halted = threading.Event()
-        self._queue: queue.SimpleQueue[ItemRef | None] = queue.SimpleQueue()
+        # A claimed item that waits for a thread starts even if its run was paused meanwhile (until the
+        # worker notices, within a second); map() claims only for free threads, so a pause is exact.
+        self.prefetch = (0 if until_done else min(concurrency, 16)) if prefetch is None else prefetch
+        self.poll = poll
+        self.backend = backend
+        self.stats = WorkerStats()
+        self.held = _Held()
+        self.tenants = _Tenants(rt)
+        self._ready: queue.SimpleQueue[AttemptContext | None] = queue.SimpleQueue()
+        self._results: queue.SimpleQueue[Judged | None] = queue.SimpleQueue()
+        self._wake = threading.Event()
+        self._stop = threading.Event()  # stop claiming (SIGTERM, or done)
+        self._halt = threading.Event()  # the threads and monitors exit
+        self._busy = 0  # claimed and not yet written
+        self._busy_lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._async_sem: asyncio.Semaphore | None = None
+        self._paused_runs: set[UUID] = set()
+        self._run_tenants: dict[UUID, str] = {}
+        self.store_ok = True
 
-    # -- bookkeeping ------------------------------------------------------------------------------
+    # -- public -----------------------------------------------------------------------------------
 
-    def _finished(self, result: Concluded) -> None:
-        """This process is done with an item: terminal, paused, or left queued by a pause."""
-        self.progress.advance(result.status, result.cost_usd)
-        with self._done:
-            self._remaining -= 1
-            if self._remaining <= 0:
-                self._done.notify_all()
+    def stop(self) -> None:
+        """Stop claiming; ``run`` finishes what it holds (within its grace) and returns."""
+        self._stop.set()
+        self._wake.set()
+
+    def run(self, *, grace: float = 30.0) -> WorkerStats:
+        """Claim and run items until stopped (or done, for ``until_done``/``burst``). On stop, items
+        in flight get ``grace`` seconds to finish; the rest are given back to the queue."""
+        self._start()
+        interrupted = False
+        try:
+            self._claim_loop()
+        except BaseException:
+            interrupted = True
+            raise
+        finally:
+            self._shutdown(grace=0.0 if interrupted else grace)
+        return self.stats
+
+    # -- claiming ---------------------------------------------------------------------------------
+
+    def _free(self) -> int:
+        with self._busy_lock:
+            return self.concurrency + self.prefetch - self._busy
+
+    def _claim_loop(self) -> None:
+        backoff = 0.5
+        while not self._stop.is_set():
+            free = self._free()
+            rows: list[dict[str, Any]] = []
+            if free > 0:
+                try:
+                    rows = self.rt.store.items_claim(
+                        agents=list(self.agents),
+                        run_ids=self.run_ids,
+                        limit=free,
+                        worker=self.rt.worker_id,
+                        lease_seconds=self.rt.settings.lease_seconds,
+                        backend=self.backend,
+                    )
+                    self._store_back()
+                    backoff = 0.5
+                except StoreUnavailable as exc:
+                    backoff = self._store_down(exc, backoff)
+                    continue
+                for row in rows:
+                    self._dispatch(row)
+            if rows and len(rows) == free:
+                # Full: wait until a batch worth claiming is free (the prefetch buffer covers the gap).
+                want = max(1, (self.concurrency + self.prefetch) // 2)
+                while self._free() < want and not self._stop.is_set():
+                    self._wake.wait(self.poll)
+                    self._wake.clear()
+                continue
+            if not rows:
+                wait = self._idle_wait()
+                if wait is None:
+                    return
+                self._wake.wait(wait)
+                self._wake.clear()
+
+    def _idle_wait(self) -> float | None:
+        """Nothing to claim: how long to sleep, or None when this worker is done."""
+        if not (self.until_done or self.burst):
+            return self.poll
+        if self.held:
+            return self.poll  # results still on their way; a completion wakes us
+        try:
+            if self.until_done and self.run_ids is not None:
+                waits = []
+                for run_id in self.run_ids:
+                    tenant_id = self._tenant_of(run_id)
+                    if tenant_id is None:
+                        continue
+                    p = self.rt.store.run_progress(run_id, tenant_id)
+                    if p["status"] != "running":
+                        continue
+                    if p["ready"] or p["running"] or p["expired"]:
+                        waits.append(min(self.poll, 0.2) if p["ready"] else self.poll / 2)
+                    elif p["waiting"]:
+                        waits.append(min(self.poll, float(p["next_in"] or 0) + 0.01))
+                return min(waits) if waits else None
+            w = self.rt.store.work_ready(list(self.agents))
+        except StoreUnavailable as exc:
+            self._store_down(exc, 1.0)
+            return self.poll
+        if w["ready"] or w["running"]:
+            return min(self.poll, 0.2) if w["ready"] else self.poll / 2
+        if w["next_in"] is not None:
+            return min(self.poll, float(w["next_in"]) + 0.01)
+        return None
+
+    def _tenant_of(self, run_id: UUID) -> str | None:
+        if run_id not in self._run_tenants:
+            row = self.rt.store.fetch_one("run_tenant", {"run_id": run_id})
+            if row is None:
+                return None
+            self._run_tenants[run_id] = row["tenant_id"]
+        return self._run_tenants[run_id]
+
+    def _dispatch(self, row: dict[str, Any]) -> None:
+        agent = self.agents[row["agent_name"]]
+        overrides, period = self.tenants.get(row["tenant_id"])
+        ctx = execute.context(
+            self.rt,
+            agent,
+            ItemRef(row["item_id"], row["key"], row["run_id"], row["tenant_id"]),
+            attempt_id=row["attempt_id"],
+            number=row["attempts"],
+            token=row["lease_token"],
+            input=row["input"],
+            journal=row["journal"],
+            failures=row["failures"],
+            from_journal=bool(row["from_journal"]),
+            backend=self.backend,
+            price_overrides=overrides,
+            budget_period=period,
+        )
+        with self._busy_lock:
+            self._busy += 1
+        self.stats.claimed += 1
+        self.held.add(ctx)
+        if agent.is_async:
+            assert self._loop is not None
+            asyncio.run_coroutine_threadsafe(self._attempt_async(ctx), self._loop)
+        else:
+            self._ready.put(ctx)
+
+    # -- running ----------------------------------------------------------------------------------
+
+    def _thread(self) -> None:
+        while not self._halt.is_set():
+            ctx = self._ready.get()
+            if ctx is None:
+                return
+            if not self.held.start(ctx):
+                continue  # given back by a shutdown before it started
+            if ctx.run_id in self._paused_runs and self.held.judge(ctx):
+                self._results.put(Judged(ctx, execute.release_finish(ctx)))  # stays queued for resume
+                continue
+            try:
+                output, error = execute.invoke(ctx)
+            except BaseException:
+                if self.held.judge(ctx):
+                    self._results.put(Judged(ctx, execute.release_finish(ctx)))
+                raise
+            if not self.held.judge(ctx):
+                if ctx.abandoned:
+                    return  # timed out: the watchdog concluded it and started a thread in our place
+                continue
+            self._judge(ctx, output, error)
+
+    def _judge(self, ctx: AttemptContext, output: Any, error: BaseException | None) -> None:
+        try:
+            judged = execute.judge(ctx, output=output, error=error)
+        except Exception:
+            log.exception(
+                "item %s: papayya could not classify its result; it goes back to the queue", ctx.item.id
+            )
+            judged = None
+        if judged is not None and judged.pause is not None:
+            self._paused_runs.add(ctx.run_id)  # buffered items of the run stay queued
+        self._results.put(judged or Judged(ctx, execute.release_finish(ctx)))
+
+    async def _attempt_async(self, ctx: AttemptContext) -> None:
+        assert self._async_sem is not None
+        async with self._async_sem:
+            if not self.held.start(ctx):
+                return
+            if ctx.run_id in self._paused_runs and self.held.judge(ctx):
+                self._results.put(Judged(ctx, execute.release_finish(ctx)))
+                return
+            try:
+                output, error = await execute.ainvoke(ctx, ctx.agent.timeout)
+            except asyncio.CancelledError:
+                if self.held.judge(ctx):
+                    self._results.put(Judged(ctx, execute.release_finish(ctx)))
+                raise
+        if self.held.judge(ctx):
+            self._judge(ctx, output, error)
+
+    def _async_main(self, started: threading.Event) -> None:
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        self._async_sem = asyncio.Semaphore(self.concurrency)
+        asyncio.set_event_loop(loop)
+        started.set()
+        try:
+            loop.run_forever()
+        finally:
+            pending = asyncio.all_tasks(loop)
+            for task in pending:
+                task.cancel()
+            if pending:
+                loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+            loop.close()
+
+    # -- writing ----------------------------------------------------------------------------------
+
+    def _writer(self) -> None:
+        backoff = 0.5
+        batch: list[Judged] = []
+        stopping = False
+        while True:
+            if not batch:
+                if stopping:
+                    return
+                first = self._results.get()
+                if first is None:
+                    return
+                batch.append(first)
+                while len(batch) < 256:
+                    try:
+                        nxt = self._results.get_nowait()
+                    except queue.Empty:
+                        break
+                    if nxt is None:
+                        stopping = True
+                        break
+                    batch.append(nxt)
+            try:
+                results = execute.settle(batch)
+                self._store_back()
+                backoff = 0.5
+            except StoreUnavailable as exc:
+                # Keep the batch (its leases are still heartbeated) and try again: each result is
+                # written, or discarded as stale if its item went to someone else meanwhile.
+                if self._halt.is_set() and backoff >= 8:
+                    log.error(
+                        "giving up writing %d result(s) while stopping; the reaper recovers their items",
+                        len(batch),
+                    )
+                    results = [Concluded(status="unwritten", terminal=False, discarded=True)] * len(batch)
+                else:
+                    backoff = self._store_down(exc, backoff)
+                    continue
+            except Exception:
+                log.exception("could not write %d result(s); the reaper recovers their items", len(batch))
+                results = [Concluded(status="unwritten", terminal=False, discarded=True)] * len(batch)
+            for j, result in zip(batch, results, strict=True):
+                self._done(result, j.ctx)
+            batch = []
+
+    def _done(self, result: Concluded, ctx: AttemptContext) -> None:
+        self.held.remove(ctx)
+        with self._busy_lock:
+            self._busy -= 1
+        if result.status == "stale":
+            self.stats.stale += 1
+        elif result.status == ItemStatus.QUEUED and result.retry_in is None:
+            self.stats.released += 1
+        else:
+            self.stats.concluded += 1
+        if result.status == ItemStatus.PAUSED:
+            self._paused_runs.add(ctx.run_id)
+        if self.progress is not None and result.terminal:
+            self.progress.advance(result.status, result.cost_usd)
+        self._wake.set()
+
+    # -- monitoring -------------------------------------------------------------------------------
 
     def _monitor(self) -> None:
-        interval = self.rt.settings.lease_seconds / 3
-        tick = min(interval, 0.05) if self.agent.timeout else min(interval, 1.0)
-        last_beat = last_check = time.monotonic()
-        while not self._stop.wait(tick):
-            if time.monotonic() - last_check >= 1.0:
-                last_check = time.monotonic()
-                self._check_run()
-            for ctx in self.inflight.overdue():
-                assert self.agent.timeout is not None
-                log.warning(
-                    "item %s: attempt %d passed its %gs timeout", ctx.item.id, ctx.attempt, self.agent.timeout
-                )
-                result = execute.abandon_for_timeout(ctx, self.agent.timeout)
-                if result.retry_in is not None:
-                    self._requeue(
-                        ItemRef(ctx.item_id, ctx.item.id, ctx.run_id, ctx.tenant_id), result.retry_in
-                    )
-                self._finished(result)
-                if not self.agent.is_async:
-                    self._spawn_worker()  # the stuck thread is lost to us; keep the concurrency
-            if time.monotonic() - last_beat >= interval:
-                last_beat = time.monotonic()
+        lease = self.rt.settings.lease_seconds
+        beat_every = lease / 3
+        timeouts = any(a.timeout for a in self.agents.values())
+        tick = min(beat_every, 0.05 if timeouts else 0.5)
+        reap_every = max(0.2, min(lease / 3, 10.0))
+        last_beat = last_check = last_reap = time.monotonic()
+        while not self._halt.wait(tick):
+            now = time.monotonic()
+            for ctx in self.held.overdue():
+                self._abandon(ctx)
+            if now - last_beat >= beat_every:
+                last_beat = now
                 try:
-                    self.rt.store.leases_extend(self.inflight.leases(), self.rt.settings.lease_seconds)
-                except Exception:
-                    log.exception("heartbeat failed; leases will be retried next beat")
+                    self.rt.store.leases_extend(self.held.leases(), lease)
+                except StoreUnavailable as exc:
+                    log.warning("heartbeat failed (%s); retried next beat", exc)
+            if now - last_check >= 1.0:
+                last_check = now
+                self._check_runs()
+            if now - last_reap >= reap_every and not self._stop.is_set():
+                last_reap = now
+                try:
+                    if sweep(self.rt):
+                        self._wake.set()
+                except StoreUnavailable as exc:
+                    log.warning("reaper: sweep failed (%s); retried", exc)
 
-    def _check_run(self) -> None:
-        """Once a second: write this process's spend to the budget accounts, and notice a run paused
+    def _abandon(self, ctx: AttemptContext) -> None:
+        timeout = ctx.agent.timeout
+        assert timeout is not None
+        log.warning("item %s: attempt %d passed its %gs timeout", ctx.item.id, ctx.attempt, timeout)
+        try:
+            raise TimeoutError(f"agent {ctx.agent.name} did not finish within {timeout:g}s")
+        except TimeoutError as exc:
+            judged = execute.judge(ctx, error=exc)
+        ctx.abandoned = True  # whatever the stuck function returns now is void
+        self._results.put(judged or Judged(ctx, execute.release_finish(ctx)))
+        if not ctx.agent.is_async:
+            self._spawn(self._thread, "papayya-worker")  # the stuck thread is lost to us
+
+    def _check_runs(self) -> None:
+        """Once a second: write this process's spend to the budget accounts, and notice runs paused
         elsewhere (a person, or a budget on another worker) so in-flight items stop at their next call."""
         try:
             self.rt.budgets.flush()
-            if self.rt.store.run_get(self.run_id)["status"] != "running":
-                self.rt.budgets.run_paused(self.run_id)
-                self._halted.set()
+            for run_id in self.held.runs() | set(self.run_ids or ()):
+                row = self.rt.store.fetch_one("run_tenant", {"run_id": run_id})
+                if row is not None and row["status"] != "running":
+                    self.rt.budgets.run_paused(run_id)
+                    self._paused_runs.add(run_id)
+        except StoreUnavailable as exc:
+            log.warning("budget flush or run check failed (%s); retried next second", exc)
         except Exception:
             log.exception("budget flush or run check failed; retried next second")
 
-    def _requeue(self, ref: ItemRef, delay: float) -> None:
-        if delay <= 0:
-            self._queue.put(ref)
-        else:
-            timer = threading.Timer(delay, self._queue.put, (ref,))
-            timer.daemon = True
-            timer.start()
+    def _store_down(self, exc: Exception, backoff: float) -> float:
+        if self.store_ok:
+            log.warning("lost the store (%s); holding %d item(s) and retrying", exc, len(self.held))
+        self.store_ok = False
+        self.rt.store.recover()
+        self._halt.wait(backoff)
+        return min(backoff * 2, 10.0)
 
-    # -- sync agents ------------------------------------------------------------------------------
+    def _store_back(self) -> None:
+        if not self.store_ok:
+            log.warning("the store is back")
+            self.store_ok = True
 
-    def _begin(self, ref: ItemRef) -> AttemptContext | None:
-        return execute.begin(
-            self.rt,
-            self.agent,
-            ref,
-            backend=BACKEND,
-            price_overrides=self.overrides,
-            budget_period=self.budget_period,
-        )
+    # -- listening --------------------------------------------------------------------------------
 
-    def _after(self, ref: ItemRef, result: Concluded) -> Concluded | None:
-        """Note a pause; return what to count, or None while the item will run again (a retry)."""
-        if result.status == ItemStatus.PAUSED:
-            self._halted.set()
-        elif (
-            result is execute.SKIPPED
-            and not self._halted.is_set()
-            and self.rt.store.run_get(self.run_id)["status"] != "running"
-        ):
-            # Not queued any more because the run was paused by a person or another worker.
-            self._halted.set()
-        if result.retry_in is not None:
-            self._requeue(ref, result.retry_in)
-            return None
-        return result
+    def _listen(self) -> None:
+        """Wake the claim loop when an agent of ours gets new work. A hint: polling covers losses."""
+        import psycopg
 
-    def _attempt_sync(self, ref: ItemRef) -> Concluded:
-        if self._halted.is_set():
-            return LEFT_QUEUED
-        ctx = self._begin(ref)
-        if ctx is None:
-            return execute.SKIPPED
-        self.inflight.add(ctx, self.agent.timeout)
-        token = current.set(ctx)
-        ctx.capturing = True
-        try:
-            output = self.agent.fn(ctx.item)
-        except KeyboardInterrupt:
-            ctx.capturing = False
-            self.inflight.remove(ctx)
-            execute.release(ctx)
-            raise
-        except BaseException as exc:
-            ctx.capturing = False
-            self.inflight.remove(ctx)
-            return execute.conclude(ctx, error=exc)
-        finally:
-            ctx.capturing = False
-            current.reset(token)
-        self.inflight.remove(ctx)
-        return execute.conclude(ctx, output=output)
-
-    def _worker(self) -> None:
-        while not self._stop.is_set():
-            ref = self._queue.get()
-            if ref is None:
-                return
+        backoff = 0.5
+        while not self._halt.is_set():
             try:
-                result = self._attempt_sync(ref)
-            except Exception:
-                log.exception(
-                    "item %s: papayya could not record its attempt; it is resumable once its lease expires",
-                    ref.key,
-                )
-                result = execute.Concluded(status="error", terminal=True)
-            if result.status == "abandoned":
-                return  # the watchdog already concluded this item and replaced this thread
-            try:
-                counted = self._after(ref, result)
-            except Exception:  # never lose count of an item: map() waits for every one
-                log.exception("item %s: could not check its run after the attempt", ref.key)
-                counted = result
-            if counted is not None:
-                self._finished(counted)
+                with psycopg.connect(self.rt.store.url, autocommit=True, connect_timeout=5) as conn:
+                    conn.execute(f"LISTEN {CHANNEL}")
+                    backoff = 0.5
+                    while not self._halt.is_set():
+                        for note in conn.notifies(timeout=0.5):
+                            if note.payload in self.agents:
+                                self._wake.set()
+            except psycopg.Error as exc:
+                if self._halt.is_set():
+                    return
+                log.debug("listener lost its connection (%s); reconnecting", exc)
+                self._halt.wait(backoff)
+                backoff = min(backoff * 2, 10.0)
 
-    def _spawn_worker(self) -> None:
-        threading.Thread(target=self._worker, name="papayya-worker", daemon=True).start()
+    # -- start and stop ---------------------------------------------------------------------------
 
-    def run(self) -> None:
-        monitor = threading.Thread(target=self._monitor, name="papayya-monitor", daemon=True)
-        monitor.start()
+    def _spawn(self, target: Callable[..., None], name: str, *args: Any) -> threading.Thread:
+        t = threading.Thread(target=target, args=args, name=name, daemon=True)
+        t.start()
+        self._threads.append(t)
+        return t
+
+    def _start(self) -> None:
+        if any(a.is_async for a in self.agents.values()):
+            started = threading.Event()
+            self._spawn(self._async_main, "papayya-loop", started)
+            started.wait()
+        if any(not a.is_async for a in self.agents.values()):
+            for _ in range(self.concurrency):
+                self._spawn(self._thread, "papayya-worker")
+        self._writer_thread = self._spawn(self._writer, "papayya-writer")
+        self._spawn(self._monitor, "papayya-monitor")
+        if not self.until_done:
+            self._spawn(self._listen, "papayya-listen")
+
+    def _shutdown(self, *, grace: float) -> None:
+        """Stop claiming; let items in flight finish within ``grace``; give the rest back."""
+        self._stop.set()
+        deadline = time.monotonic() + grace
+        while True:
+            with self._busy_lock:
+                busy = self._busy
+            waiting = self._ready.qsize()  # buffered, not started: no reason to wait for those
+            if busy <= waiting or time.monotonic() >= deadline:
+                break
+            self._wake.wait(0.05)
+            self._wake.clear()
+        for ctx in self.held.take_unjudged():
+            ctx.abandoned = True  # a thread still running it finishes into the void
+            self._results.put(Judged(ctx, execute.release_finish(ctx)))
+        self._halt.set()
+        for _ in range(len(self._threads) + 1):
+            self._ready.put(None)
+        self._results.put(None)
+        self._writer_thread.join(timeout=30)
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
         try:
-            if self.agent.is_async:
-                asyncio.run(self._run_async())
-            else:
-                for ref in self.refs:
-                    self._queue.put(ref)
-                for _ in range(min(self.concurrency, len(self.refs))):
-                    self._spawn_worker()
-                with self._done:
-                    while self._remaining > 0:
-                        self._done.wait(0.5)
-        except BaseException:
-            # Ctrl-C or a crash of papayya itself: leave the run resumable rather than "running".
-            self.rt.store.runs_pause(self.refs[0].tenant_id, self.run_id, "interrupted: the process stopped")
-            raise
-        finally:
-            self._stop.set()
-            for _ in range(self.concurrency + 1):
-                self._queue.put(None)
-            monitor.join(timeout=5)
-            self.rt.budgets.give_back(self.run_id)
-
-    # -- async agents -----------------------------------------------------------------------------
-
-    async def _attempt_async(self, ref: ItemRef) -> Concluded:
-        if self._halted.is_set():
-            return LEFT_QUEUED
-        ctx = await asyncio.to_thread(self._begin, ref)
-        if ctx is None:
-            return execute.SKIPPED
-        token = current.set(ctx)
-        ctx.capturing = True
-        try:
-            coro = self.agent.fn(ctx.item)
-            self.inflight.add(ctx, None)
-            if self.agent.timeout:
-                output = await asyncio.wait_for(coro, self.agent.timeout)
-            else:
-                output = await coro
-        except TimeoutError:
-            ctx.capturing = False
-            self.inflight.remove(ctx)
-            assert self.agent.timeout is not None
-            return await asyncio.to_thread(execute.abandon_for_timeout, ctx, self.agent.timeout)
-        except BaseException as exc:
-            ctx.capturing = False
-            self.inflight.remove(ctx)
-            if isinstance(exc, KeyboardInterrupt | asyncio.CancelledError):
-                await asyncio.to_thread(execute.release, ctx)
-                raise
-            return await asyncio.to_thread(execute.conclude, ctx, error=exc)
-        finally:
-            ctx.capturing = False
-            current.reset(token)
-        self.inflight.remove(ctx)
-        return await asyncio.to_thread(execute.conclude, ctx, output=output)
-
-    async def _run_async(self) -> None:
-        sem = asyncio.Semaphore(self.concurrency)
-
-        async def one(ref: ItemRef) -> None:
-            while True:
-                async with sem:
-                    result = await self._attempt_async(ref)
-                if result.status == ItemStatus.PAUSED:
-                    self._halted.set()
-                if result.retry_in is None:
-                    break
-                await asyncio.sleep(result.retry_in)
-            self._finished(result)
-
-        await asyncio.gather(*(one(ref) for ref in self.refs))
+            self.rt.budgets.give_back()
+        except StoreUnavailable as exc:
+            log.warning(
+                "could not give back unspent budget leases (%s); `papayya resume` reconciles them", exc
+            )
 
 
 class Backend(Protocol):
@@ -327,11 +634,78 @@ class Backend(Protocol):
         progress: bool | None,
         run_name: str | None = None,
     ) -> None:
-        """Run every item of the run through the lifecycle and return when each is terminal."""
+        """Run every item of the run and return when each is terminal or the run is paused."""
+
+    def submit(
+        self,
+        rt: Runtime,
+        agent: Agent,
+        *,
+        run_id: UUID,
+        tenant_id: str,
+        items: Sequence[tuple[UUID, str]],
+        concurrency: int,
+    ) -> None:
+        """Hand every item of the (recorded) run to the backend's workers and return at once."""
+
+
+def progress_for(
+    rt: Runtime,
+    agent: Agent,
+    run_id: UUID,
+    tenant_id: str,
+    *,
+    total: int,
+    label: str | None,
+    enabled: bool | None,
+) -> Progress:
+    """The progress line of a run: its label, size and budgets."""
+    show = rt.settings.progress if enabled is None else enabled
+    tenant = rt.store.tenant_get(tenant_id)
+    run = rt.store.run_get(run_id, tenant_id)
+    period = tenant["budget_period"] if tenant else "month"
+    budgets = [
+        f"${b:,.2f} {what}"
+        for b, what in ((run["budget_usd"], "run"), (tenant and tenant["budget_usd"], f"tenant/{period}"))
+        if b is not None
+    ]
+    return Progress(
+        label or f"{agent.name} [{tenant_id}]", total=total, enabled=show, budget=" + ".join(budgets) or None
+    )
+
+
+def wait_for_run(
+    rt: Runtime,
+    run_id: UUID,
+    tenant_id: str,
+    *,
+    progress: Progress | None = None,
+    poll: float = 0.5,
+    timeout: float | None = None,
+) -> str:
+    """Wait until the run has nothing queued, running or stalled (or is paused/cancelled), advancing
+    ``progress`` from the store; return the run's status. For backends whose workers live elsewhere."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    seen: dict[str, int] = {}
+    while True:
+        p = rt.store.run_progress(run_id, tenant_id)
+        if progress is not None and progress.enabled:
+            counts = rt.store.run_summary(run_id, tenant_id, top=0)["counts"]
+            for status in ("succeeded", "degraded", "failed", "cancelled"):
+                for _ in range(counts.get(status, 0) - seen.get(status, 0)):
+                    progress.advance(status, Decimal(0))
+                seen[status] = counts.get(status, 0)
+        active = p["ready"] + p["waiting"] + p["running"] + p["expired"] + p["stalled"]
+        if p["status"] != "running" or not active:
+            return str(p["status"])
+        if deadline is not None and time.monotonic() > deadline:
+            return str(p["status"])
+        time.sleep(poll)
 
 
 class NativeBackend:
-    """The native engine: papayya's own workers over PostgreSQL (in this process, for now)."""
+    """The native engine: ``map()`` runs a worker in this process for its run; ``submit()`` leaves
+    the run to ``papayya worker`` processes (a notification wakes them)."""
 
     name = BACKEND
 
@@ -347,24 +721,52 @@ class NativeBackend:
         progress: bool | None,
         run_name: str | None = None,
     ) -> None:
-        show = rt.settings.progress if progress is None else progress
-        label = run_name or f"{agent.name} [{tenant_id}]"
-        tenant = rt.store.tenant_get(tenant_id)
-        run = rt.store.run_get(run_id, tenant_id)
-        period = tenant["budget_period"] if tenant else "month"
-        budgets = [
-            f"${b:,.2f} {what}"
-            for b, what in ((run["budget_usd"], "run"), (tenant and tenant["budget_usd"], f"tenant/{period}"))
-            if b is not None
-        ]
-        with Progress(label, total=len(items), enabled=show, budget=" + ".join(budgets) or None) as bar:
-            LocalRun(
+        bar = progress_for(rt, agent, run_id, tenant_id, total=len(items), label=run_name, enabled=progress)
+        with bar:
+            worker = Worker(
                 rt,
-                agent,
-                run_id=run_id,
-                tenant_id=tenant_id,
-                items=items,
+                [agent],
                 concurrency=concurrency,
+                run_ids=[run_id],
+                until_done=True,
                 progress=bar,
-                budget_period=period,
-            ).run()
+                poll=0.5,
+                backend=self.name,
+            )
+            try:
+                worker.run()
+            except BaseException:
+                # Ctrl-C or a crash of papayya itself: leave the run resumable rather than "running".
+                rt.store.runs_pause(tenant_id, run_id, "interrupted: the process stopped")
+                raise
+            finally:
+                rt.budgets.give_back(run_id)
+
+    def submit(
+        self,
+        rt: Runtime,
+        agent: Agent,
+        *,
+        run_id: UUID,
+        tenant_id: str,
+        items: Sequence[tuple[UUID, str]],
+        concurrency: int,
+    ) -> None:
+        rt.store.notify_work(agent.name)
+
+
+def serve(rt: Runtime, agents: Iterable[Agent], **options: Any) -> WorkerStats:
+    """Run a worker for ``agents`` in this process until it is stopped (``papayya worker``)."""
+    return Worker(rt, list(agents), **options).run()
+
+
+__all__ = [
+    "BACKEND",
+    "Backend",
+    "NativeBackend",
+    "Worker",
+    "WorkerStats",
+    "progress_for",
+    "serve",
+    "wait_for_run",
+]

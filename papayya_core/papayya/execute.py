@@ -13,18 +13,21 @@ Nothing about accounting, outcome checks or journaling lives anywhere else.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 from papayya import fingerprint
-from papayya.context import AttemptContext
-from papayya.errors import AttemptAbandoned, Paused, StaleLease
+from papayya.context import AttemptContext, current
+from papayya.errors import AttemptAbandoned, Paused
 from papayya.models import ErrorCategory, ErrorInfo, Item, ItemStatus, Reason
+from papayya.store import Finish
 
 if TYPE_CHECKING:
     from papayya.agent import Agent
@@ -67,7 +70,7 @@ def begin(
     price_overrides: dict[tuple[str, str], dict[str, Decimal | None]],
     budget_period: str = "month",
 ) -> AttemptContext | None:
-    """Claim ``ref`` for a new attempt; None when it is not queued any more."""
+    """Claim ``ref`` for a new attempt; None when it cannot run now (``refusal`` says why)."""
     attempt_id = uuid.uuid4()
     claim = rt.store.attempt_begin(
         item_id=ref.item_id,
@@ -76,23 +79,58 @@ def begin(
         backend=backend,
         worker=rt.worker_id,
         lease_seconds=rt.settings.lease_seconds,
+        max_stalls=rt.settings.max_stalls,
     )
     if claim is None:
         return None
+    return context(
+        rt,
+        agent,
+        ref,
+        attempt_id=attempt_id,
+        number=claim.number,
+        token=claim.token,
+        input=claim.input,
+        journal=claim.journal,
+        failures=claim.failures,
+        from_journal=claim.from_journal,
+        backend=backend,
+        price_overrides=price_overrides,
+        budget_period=budget_period,
+    )
+
+
+def context(
+    rt: Runtime,
+    agent: Agent,
+    ref: ItemRef,
+    *,
+    attempt_id: UUID,
+    number: int,
+    token: int,
+    input: Any,
+    journal: dict[str, Any],
+    failures: int,
+    from_journal: bool,
+    backend: str,
+    price_overrides: dict[tuple[str, str], dict[str, Decimal | None]],
+    budget_period: str = "month",
+) -> AttemptContext:
+    """The context of an attempt just claimed (by ``begin``, or by a worker's batched claim)."""
     ctx = AttemptContext(
         runtime=rt,
         agent=agent,
         tenant_id=ref.tenant_id,
         run_id=ref.run_id,
         item_id=ref.item_id,
-        item=Item(ref.key, claim.input),
+        item=Item(ref.key, input),
         attempt_id=attempt_id,
-        attempt=claim.number,
-        lease_token=claim.token,
-        failures=claim.failures,
-        from_journal=claim.from_journal,
+        attempt=number,
+        lease_token=token,
+        failures=failures,
+        from_journal=from_journal,
         backend=backend,
-        journal=claim.journal,
+        journal=journal,
         price_overrides=price_overrides,
         accounts=rt.budgets.accounts(ref.tenant_id, ref.run_id, budget_period),
     )
@@ -108,6 +146,74 @@ def backoff(policy_base: float, policy_max: float, attempt: int) -> float:
     return delay * random.uniform(0.5, 1.0)
 
 
+def invoke(ctx: AttemptContext) -> tuple[Any, BaseException | None]:
+    """Call the user's (sync) function on the item with the ``run`` context set: (output, None) or
+    (None, the exception). KeyboardInterrupt and SystemExit propagate (the caller releases the item)."""
+    token = current.set(ctx)
+    ctx.capturing = True
+    try:
+        return ctx.agent.fn(ctx.item), None
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as exc:
+        return None, exc
+    finally:
+        ctx.capturing = False
+        current.reset(token)
+
+
+async def ainvoke(ctx: AttemptContext, timeout: float | None = None) -> tuple[Any, BaseException | None]:
+    """``invoke`` for an ``async def`` agent, with an optional timeout (TimeoutError on expiry).
+    Cancellation propagates (the caller releases the item)."""
+    token = current.set(ctx)
+    ctx.capturing = True
+    try:
+        coro = ctx.agent.fn(ctx.item)
+        return (await asyncio.wait_for(coro, timeout) if timeout else await coro), None
+    except (KeyboardInterrupt, SystemExit, asyncio.CancelledError):
+        raise
+    except BaseException as exc:
+        return None, exc
+    finally:
+        ctx.capturing = False
+        current.reset(token)
+
+
+def refusal(rt: Runtime, ref: ItemRef) -> str:
+    """Why ``begin`` did not claim ``ref``, for a backend deciding what to do with its message:
+
+    - ``"unknown"``: no such item for that tenant (a forged or mistaken tenant/item: refuse it);
+    - ``"done"``: it already has an outcome (a duplicate delivery: drop it);
+    - ``"running"``: another attempt holds a live lease on it (a duplicate delivery: drop it);
+    - ``"paused"``: its run is paused; the item is now ``paused`` and ``papayya resume`` re-drives it;
+    - ``"lost"``: it lost its worker ``max_stalls`` times; the reaper fails it (drop the message);
+    - ``"stopped"``: its run was cancelled or completed.
+    """
+    row = rt.store.fetch_one("item_park", {"item_id": ref.item_id, "tenant_id": ref.tenant_id})
+    if row is None:
+        return "unknown"
+    status, run_status = row["status"], row["run_status"]
+    if status in ("succeeded", "degraded", "failed", "cancelled"):
+        return "done"
+    if status == "paused" or run_status == "paused":
+        return "paused"
+    if run_status != "running":
+        return "stopped"
+    if status == "running" and not row["lease_live"]:
+        return "lost"  # expired, yet not claimable: it used up its stalls
+    return "running"
+
+
+@dataclass(frozen=True, slots=True)
+class Judged:
+    """An attempt's verdict, ready to write: what ``settle`` writes (alone or in a batch)."""
+
+    ctx: AttemptContext
+    finish: Finish
+    reasons: tuple[Reason, ...] = ()
+    pause: Paused | None = None
+
+
 def conclude(
     ctx: AttemptContext,
     *,
@@ -115,25 +221,27 @@ def conclude(
     error: BaseException | None = None,
 ) -> Concluded:
     """Classify the attempt's result and write it. Never raises for the user's errors."""
-    if ctx.abandoned or isinstance(error, AttemptAbandoned):
+    judged = judge(ctx, output=output, error=error)
+    if judged is None:
         return Concluded(status="abandoned", terminal=False, discarded=True)
+    return settle([judged])[0]
+
+
+def judge(ctx: AttemptContext, *, output: Any = None, error: BaseException | None = None) -> Judged | None:
+    """Classify what the user's function returned (or raised): output schema, inspectors, checks and
+    signals, or the error's category, retry and fingerprint. None for an attempt the watchdog already
+    concluded (its result is void)."""
+    if ctx.abandoned or isinstance(error, AttemptAbandoned):
+        return None
     if isinstance(error, Paused):
-        return pause(ctx, error)
+        return Judged(ctx, _finish(ctx, ItemStatus.PAUSED, ItemStatus.PAUSED, terminal=False), pause=error)
     agent = ctx.agent
     if error is None:
         recorded, reasons = _classify_output(ctx, output)
         status = ItemStatus.DEGRADED if reasons else ItemStatus.SUCCEEDED
         fp = fingerprint.degradation(reasons) if reasons else None
-        return _write(
-            ctx,
-            item_status=status,
-            attempt_status=status,
-            terminal=True,
-            reasons=reasons,
-            output=recorded,
-            error=None,
-            fingerprint=fp,
-        )
+        finish = _finish(ctx, status, status, terminal=True, reasons=reasons, output=recorded, fingerprint=fp)
+        return Judged(ctx, finish, tuple(reasons))
 
     category, retryable = ctx.runtime.hooks.classify_error(error)
     fp, message, frame = fingerprint.failure(error, category)
@@ -157,52 +265,69 @@ def conclude(
             type(error).__name__,
             retry_in,
         )
-    return _write(
+    finish = _finish(
         ctx,
-        item_status=ItemStatus.FAILED if retry_in is None else ItemStatus.QUEUED,
-        attempt_status=ItemStatus.FAILED,
+        ItemStatus.FAILED if retry_in is None else ItemStatus.QUEUED,
+        ItemStatus.FAILED,
         terminal=retry_in is None,
-        reasons=[],
-        output=None,
         error=info.model_dump(mode="json"),
         fingerprint=fp,
         retry_in=retry_in,
     )
+    return Judged(ctx, finish)
+
+
+def settle(judged: Sequence[Judged]) -> list[Concluded]:
+    """Write verdicts in one statement (all of one runtime), then run the hooks of those that applied;
+    a verdict whose lease token went stale is discarded (someone else holds that item now)."""
+    if not judged:
+        return []
+    rt = judged[0].ctx.runtime
+    applied = rt.store.attempts_finish([j.finish for j in judged])
+    results = []
+    for j in judged:
+        ctx, f = j.ctx, j.finish
+        if f.item_id not in applied:
+            log.warning(
+                "item %s: attempt %d lost its lease; its result was discarded", ctx.item.id, ctx.attempt
+            )
+            results.append(Concluded(status="stale", terminal=False, discarded=True))
+            continue
+        if j.pause is not None and j.pause.kind != "paused":
+            scope_run = None if j.pause.kind == "budget:tenant" else ctx.run_id
+            reason = f"{j.pause.kind}: {j.pause.reason}"
+            paused = rt.store.runs_pause(ctx.tenant_id, scope_run, reason)
+            if paused:
+                log.warning("paused %d run(s) of tenant %r: %s", len(paused), ctx.tenant_id, j.pause.reason)
+        rt.hooks.attempt_finished(ctx, f.attempt_status, list(j.reasons))
+        if f.terminal:
+            rt.hooks.outcome_recorded(ctx, f.item_status, list(j.reasons))
+        results.append(
+            Concluded(
+                status=f.item_status,
+                terminal=f.terminal,
+                retry_in=f.retry_in,
+                cost_usd=ctx.cost_usd,
+                reasons=j.reasons,
+            )
+        )
+    return results
 
 
 def pause(ctx: AttemptContext, signal: Paused) -> Concluded:
     """Stop the item here as ``paused`` (journal intact) and pause its run, or for a tenant budget every
     running run of the tenant. ``papayya resume`` puts paused items back in the queue."""
-    result = _write(
-        ctx,
-        item_status=ItemStatus.PAUSED,
-        attempt_status=ItemStatus.PAUSED,
-        terminal=False,
-        reasons=[],
-        output=None,
-        error=None,
-        fingerprint=None,
-    )
-    if signal.kind != "paused":
-        scope_run = None if signal.kind == "budget:tenant" else ctx.run_id
-        paused = ctx.runtime.store.runs_pause(ctx.tenant_id, scope_run, f"{signal.kind}: {signal.reason}")
-        if paused:
-            log.warning("paused %d run(s) of tenant %r: %s", len(paused), ctx.tenant_id, signal.reason)
-    return result
+    return conclude(ctx, error=signal)
 
 
 def release(ctx: AttemptContext) -> Concluded:
     """Give the item back (``queued``) without an outcome: the process is stopping mid-attempt."""
-    return _write(
-        ctx,
-        item_status=ItemStatus.QUEUED,
-        attempt_status=ItemStatus.CANCELLED,
-        terminal=False,
-        reasons=[],
-        output=None,
-        error=None,
-        fingerprint=None,
-    )
+    return settle([Judged(ctx, release_finish(ctx))])[0]
+
+
+def release_finish(ctx: AttemptContext) -> Finish:
+    """The write that gives an item back to the queue; its attempt is kept as ``cancelled``."""
+    return _finish(ctx, ItemStatus.QUEUED, ItemStatus.CANCELLED, terminal=False)
 
 
 def abandon_for_timeout(ctx: AttemptContext, timeout: float) -> Concluded:
@@ -221,19 +346,18 @@ def _classify_output(ctx: AttemptContext, output: Any) -> tuple[Any, list[Reason
     return classify(ctx, output)
 
 
-def _write(
+def _finish(
     ctx: AttemptContext,
-    *,
     item_status: str,
     attempt_status: str,
+    *,
     terminal: bool,
-    reasons: list[Reason],
-    output: Any,
-    error: dict[str, Any] | None,
-    fingerprint: str | None,
+    reasons: Sequence[Reason] = (),
+    output: Any = None,
+    error: dict[str, Any] | None = None,
+    fingerprint: str | None = None,
     retry_in: float | None = None,
-) -> Concluded:
-    reason_dicts = [r.model_dump(mode="json") for r in reasons]
+) -> Finish:
     label = None
     if fingerprint is not None:
         if reasons:
@@ -241,34 +365,20 @@ def _write(
         elif error is not None:
             where = f" in {error['frame']}" if error.get("frame") else ""
             label = f"{error['type']} {error.get('pattern', '')}{where} ({error['category']})"
-    try:
-        ctx.runtime.store.attempt_finish(
-            item_id=ctx.item_id,
-            tenant_id=ctx.tenant_id,
-            attempt_id=ctx.attempt_id,
-            lease_token=ctx.lease_token,
-            item_status=item_status,
-            attempt_status=attempt_status,
-            terminal=terminal,
-            reasons=reason_dicts,
-            output=output,
-            error=error,
-            fingerprint=fingerprint,
-            cluster_label=label,
-        )
-    except StaleLease:
-        log.warning("item %s: attempt %d lost its lease; its result was discarded", ctx.item.id, ctx.attempt)
-        return Concluded(status="stale", terminal=False, discarded=True)
-    hooks = ctx.runtime.hooks
-    hooks.attempt_finished(ctx, attempt_status, reasons)
-    if terminal:
-        hooks.outcome_recorded(ctx, item_status, reasons)
-    return Concluded(
-        status=item_status,
+    return Finish(
+        item_id=ctx.item_id,
+        tenant_id=ctx.tenant_id,
+        attempt_id=ctx.attempt_id,
+        lease_token=ctx.lease_token,
+        item_status=item_status,
+        attempt_status=attempt_status,
         terminal=terminal,
+        reasons=[r.model_dump(mode="json") for r in reasons],
+        output=output,
+        error=error,
+        fingerprint=fingerprint,
+        cluster_label=label,
         retry_in=retry_in,
-        cost_usd=ctx.cost_usd,
-        reasons=tuple(reasons),
     )
 
 
@@ -277,9 +387,17 @@ __all__ = [
     "Concluded",
     "ErrorCategory",
     "ItemRef",
+    "Judged",
     "abandon_for_timeout",
+    "ainvoke",
     "begin",
     "conclude",
+    "context",
+    "invoke",
+    "judge",
     "pause",
+    "refusal",
     "release",
+    "release_finish",
+    "settle",
 ]

@@ -48,7 +48,8 @@ class Runtime:
         if settings.backend not in backends:
             raise ConfigError(
                 f"Unknown backend {settings.backend!r} (PAPAYYA_BACKEND); installed: "
-                f"{', '.join(sorted(backends))}. The celery, temporal and sqs backends are not built yet."
+                f"{', '.join(sorted(backends))}; fix the name, or install the extra that provides it "
+                "(e.g. pip install 'papayya[celery]')."
             )
         self.backend: Backend = backends[settings.backend]()
         url = settings.database_url

@@ -54,6 +54,8 @@ EXPECTED_TABLES = {
         "updated_at",
         "finished_at",
         "cluster_label",
+        "available_at",
+        "stalls",
     },
     "llm_calls": {
         "call_id",
@@ -103,6 +105,7 @@ EXPECTED_TABLES = {
         "entrypoint",
         "from_journal",
         "replay_slice",
+        "priority",
     },
     "schema_version": {"version", "name", "checksum", "applied_at"},
     "steps": {
@@ -115,7 +118,7 @@ EXPECTED_TABLES = {
         "created_at",
         "request_hash",
     },
-    "tenants": {"tenant_id", "config", "created_at", "updated_at", "budget_usd", "budget_period"},
+    "tenants": {"tenant_id", "config", "created_at", "updated_at", "budget_usd", "budget_period", "max_running"},
     "budget_accounts": {
         "scope",
         "owner",

@@ -6,6 +6,7 @@ import json
 import logging
 import threading
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -24,7 +25,7 @@ log = logging.getLogger("papayya.store")
 
 Row = dict[str, Any]
 
-__all__ = ["AttemptClaim", "Row", "Store"]
+__all__ = ["AttemptClaim", "Finish", "Row", "Store"]
 
 
 def _json(value: Any) -> Jsonb | None:
@@ -55,6 +56,26 @@ class AttemptClaim:
         self.replayed_from = replayed_from
 
 
+@dataclass(frozen=True, slots=True)
+class Finish:
+    """One attempt's result, as ``attempts_finish`` writes it. ``retry_in``: seconds a requeued item
+    waits before any worker may claim it again."""
+
+    item_id: UUID
+    tenant_id: str
+    attempt_id: UUID
+    lease_token: int
+    item_status: str
+    attempt_status: str
+    terminal: bool
+    reasons: list[dict[str, Any]]
+    output: Any
+    error: dict[str, Any] | None
+    fingerprint: str | None
+    cluster_label: str | None = None
+    retry_in: float | None = None
+
+
 class Store:
     """Typed access to the papayya schema. Thread-safe: each call borrows a pooled connection."""
 
@@ -75,6 +96,15 @@ class Store:
     def __repr__(self) -> str:
         return f"Store({redact(self.url)})"
 
+    def recover(self) -> None:
+        """After a connection error: check the pooled connections, dropping those the server closed
+        (a restart, a failover), so the next calls get live ones."""
+        for pool in (self._pool, self._fast_pool):
+            try:
+                pool.check()
+            except Exception as exc:  # the server is still away; the next call reports it
+                log.debug("pool check failed: %s", exc)
+
     def close(self) -> None:
         with self._lock:
             if not self._closed:
@@ -82,17 +112,20 @@ class Store:
                 self._pool.close()
                 self._fast_pool.close()
 
-    # -- plumbing ---------------------------------------------------------------------------------
+    # -- plumbing: named queries from any ``.sql`` file of papayya.store (adapters add their own file) --
 
-    def _fetchall(self, name: str, params: dict[str, Any]) -> list[Row]:
+    def fetch_all(self, name: str, params: dict[str, Any]) -> list[Row]:
+        """Every row of the named query."""
         with translated(), self._pool.connection() as conn:
             return conn.execute(q(name), params).fetchall()
 
-    def _fetchone(self, name: str, params: dict[str, Any]) -> Row | None:
+    def fetch_one(self, name: str, params: dict[str, Any]) -> Row | None:
+        """The first row of the named query, or None."""
         with translated(), self._pool.connection() as conn:
             return conn.execute(q(name), params).fetchone()
 
-    def _execute(self, name: str, params: dict[str, Any]) -> int:
+    def execute(self, name: str, params: dict[str, Any]) -> int:
+        """Run the named statement; the number of rows it touched."""
         with translated(), self._pool.connection() as conn:
             return conn.execute(q(name), params).rowcount
 
@@ -108,17 +141,17 @@ class Store:
 
     def tenant_create(self, tenant_id: str, config: dict[str, Any] | None = None) -> bool:
         """Create a tenant; False when it already existed (nothing changes then)."""
-        row = self._fetchone("tenant_upsert", {"tenant_id": tenant_id, "config": Jsonb(config or {})})
+        row = self.fetch_one("tenant_upsert", {"tenant_id": tenant_id, "config": Jsonb(config or {})})
         return row is not None
 
     def tenant_get(self, tenant_id: str) -> Row | None:
-        return self._fetchone("tenant_get", {"tenant_id": tenant_id})
+        return self.fetch_one("tenant_get", {"tenant_id": tenant_id})
 
     def tenant_list(self, limit: int = 1000) -> list[Row]:
-        return self._fetchall("tenant_list", {"limit": limit})
+        return self.fetch_all("tenant_list", {"limit": limit})
 
     def tenant_update_config(self, tenant_id: str, set_: dict[str, Any], unset: Sequence[str] = ()) -> None:
-        n = self._execute(
+        n = self.execute(
             "tenant_merge_config", {"tenant_id": tenant_id, "set": Jsonb(set_), "unset": list(unset)}
         )
         if n == 0:
@@ -127,7 +160,7 @@ class Store:
     def price_override_set(
         self, tenant_id: str, provider: str, model: str, prices: dict[str, Decimal | None]
     ) -> None:
-        self._execute(
+        self.execute(
             "price_override_upsert",
             {
                 "tenant_id": tenant_id,
@@ -142,10 +175,10 @@ class Store:
 
     def price_override_delete(self, tenant_id: str, provider: str, model: str) -> bool:
         params = {"tenant_id": tenant_id, "provider": provider, "model": model}
-        return self._execute("price_override_delete", params) > 0
+        return self.execute("price_override_delete", params) > 0
 
     def price_overrides(self, tenant_id: str) -> list[Row]:
-        return self._fetchall("price_overrides_for_tenant", {"tenant_id": tenant_id})
+        return self.fetch_all("price_overrides_for_tenant", {"tenant_id": tenant_id})
 
     # -- runs and items ---------------------------------------------------------------------------
 
@@ -163,8 +196,10 @@ class Store:
         replayed_from: UUID | None = None,
         budget_usd: Decimal | None = None,
         entrypoint: dict[str, Any] | None = None,
+        priority: int = 0,
     ) -> None:
-        """Record a run and all its items (id, key, input JSON text) in one transaction."""
+        """Record a run and all its items (id, key, input JSON text) in one transaction, and tell idle
+        workers of the agent (a notification, delivered at commit)."""
         with translated(), self._pool.connection() as conn, conn.transaction():
             conn.execute(
                 q("run_insert"),
@@ -179,22 +214,16 @@ class Store:
                     "replayed_from": replayed_from,
                     "budget_usd": budget_usd,
                     "entrypoint": _json(entrypoint),
+                    "priority": priority,
                 },
             )
-            chunk = 5000
-            for start in range(0, len(items), chunk):
-                part = items[start : start + chunk]
-                conn.execute(
-                    q("items_insert"),
-                    {
-                        "run_id": run_id,
-                        "tenant_id": tenant_id,
-                        "max_attempts": max_attempts,
-                        "item_ids": [i[0] for i in part],
-                        "keys": [i[1] for i in part],
-                        "inputs": [i[2] for i in part],
-                    },
-                )
+            conn.execute(q("work_notify"), {"agent": agent_name})
+            # COPY: the fastest way into PostgreSQL (a million items in seconds, not minutes).
+            with conn.cursor().copy(
+                "COPY papayya.items (item_id, run_id, tenant_id, key, input, max_attempts) FROM STDIN"
+            ) as copy:
+                for item_id, key, text in items:
+                    copy.write_row((item_id, run_id, tenant_id, key, text, max_attempts))
 
     def attempt_begin(
         self,
@@ -205,8 +234,11 @@ class Store:
         backend: str,
         worker: str,
         lease_seconds: float,
+        max_stalls: int = 3,
     ) -> AttemptClaim | None:
-        """Claim a queued item for a new attempt; None when it is not queued (taken, paused, done)."""
+        """Claim an item for a new attempt: queued, stalled, or running with an expired lease (its
+        worker died; that attempt is kept as stalled). None when it cannot run now (taken, paused, done,
+        its run not running, or it lost its worker ``max_stalls`` times)."""
         with translated(), self._pool.connection() as conn:
             row = conn.execute(
                 q("attempt_begin"),
@@ -217,6 +249,7 @@ class Store:
                     "backend": backend,
                     "worker": worker,
                     "lease_seconds": lease_seconds,
+                    "max_stalls": max_stalls,
                 },
             ).fetchone()
         if row is None:
@@ -242,7 +275,7 @@ class Store:
         result: Any,
         request_hash: str | None,
     ) -> None:
-        self._execute(
+        self.execute(
             "step_record",
             {
                 "item_id": item_id,
@@ -273,52 +306,108 @@ class Store:
         with translated(), self._pool.connection() as conn:
             conn.execute(q("llm_call_record"), params)
 
-    def attempt_finish(
+    def attempt_finish(self, finish: Finish) -> None:
+        """Write one attempt's result and the item's new status, fenced by its lease token; StaleLease
+        when the item is no longer held by this attempt."""
+        if not self.attempts_finish([finish]):
+            raise StaleLease(
+                f"Item {finish.item_id} is no longer held by this attempt (lease token "
+                f"{finish.lease_token} is stale); its result was discarded."
+            )
+
+    def attempts_finish(self, finishes: Sequence[Finish]) -> set[UUID]:
+        """Write many attempts' results in one statement; return the item ids whose write applied (the
+        others' lease tokens were stale: someone else holds those items now)."""
+        if not finishes:
+            return set()
+        params = {
+            "item_ids": [f.item_id for f in finishes],
+            "tenant_ids": [f.tenant_id for f in finishes],
+            "attempt_ids": [f.attempt_id for f in finishes],
+            "tokens": [f.lease_token for f in finishes],
+            "item_statuses": [f.item_status for f in finishes],
+            "attempt_statuses": [f.attempt_status for f in finishes],
+            "terminals": [f.terminal for f in finishes],
+            "reasons": [Jsonb(f.reasons) for f in finishes],
+            "outputs": [_json(f.output) for f in finishes],
+            "errors": [_json(f.error) for f in finishes],
+            "fingerprints": [f.fingerprint for f in finishes],
+            "labels": [f.cluster_label for f in finishes],
+            "delays": [f.retry_in for f in finishes],
+        }
+        return {r["item_id"] for r in self.fetch_all("attempts_finish", params)}
+
+    # -- the native engine ------------------------------------------------------------------------
+
+    def items_claim(
         self,
         *,
-        item_id: UUID,
-        tenant_id: str,
-        attempt_id: UUID,
-        lease_token: int,
-        item_status: str,
-        attempt_status: str,
-        terminal: bool,
-        reasons: list[dict[str, Any]],
-        output: Any,
-        error: dict[str, Any] | None,
-        fingerprint: str | None,
-        cluster_label: str | None = None,
-    ) -> None:
-        """Write an attempt's result and the item's new status in one statement, fenced by token."""
-        with translated(), self._pool.connection() as conn:
-            row = conn.execute(
-                q("attempt_finish"),
-                {
-                    "item_id": item_id,
-                    "tenant_id": tenant_id,
-                    "attempt_id": attempt_id,
-                    "lease_token": lease_token,
-                    "item_status": item_status,
-                    "attempt_status": attempt_status,
-                    "terminal": terminal,
-                    "reasons": Jsonb(reasons),
-                    "output": _json(output),
-                    "error": _json(error),
-                    "fingerprint": fingerprint,
-                    "cluster_label": cluster_label,
-                },
-            ).fetchone()
-        if row is None or row["applied"] == 0:
-            raise StaleLease(
-                f"Item {item_id} is no longer held by this attempt (lease token {lease_token} is stale); "
-                "its result was discarded."
-            )
+        agents: Sequence[str],
+        run_ids: Sequence[UUID] | None,
+        limit: int,
+        worker: str,
+        lease_seconds: float,
+        backend: str = "native",
+    ) -> list[Row]:
+        """Claim up to ``limit`` queued items fairly across tenants (see engine.sql): each row has the
+        item (id, key, run, tenant, input), its new attempt (id, number, lease token), journal and
+        failures so far."""
+        return self.fetch_all(
+            "items_claim",
+            {
+                "agents": list(agents),
+                "run_ids": None if run_ids is None else list(run_ids),
+                "limit": limit,
+                "worker": worker,
+                "lease_seconds": lease_seconds,
+                "backend": backend,
+            },
+        )
+
+    def items_reap(self, *, max_stalls: int, lost: dict[str, Any], limit: int = 1000) -> list[Row]:
+        """Recover items whose lease expired (see engine.sql); ``lost`` holds the error, fingerprint
+        and label written on items that lost their worker ``max_stalls`` times."""
+        return self.fetch_all(
+            "items_reap",
+            {
+                "max_stalls": max_stalls,
+                "limit": limit,
+                "lost_error": Jsonb(lost["error"]),
+                "lost_fingerprint": lost["fingerprint"],
+                "lost_label": lost["label"],
+            },
+        )
+
+    def items_redrive_due(self, backend: str, lease_seconds: float, limit: int = 1000) -> list[Row]:
+        """Stalled items of ``backend`` due to be published again (see engine.sql)."""
+        params = {"backend": backend, "lease_seconds": lease_seconds, "limit": limit}
+        return self.fetch_all("items_redrive_due", params)
+
+    def run_progress(self, run_id: UUID, tenant_id: str) -> Row:
+        row = self.fetch_one("run_progress", {"run_id": run_id, "tenant_id": tenant_id})
+        if row is None:
+            raise NotFound(f"No run {run_id}; list runs with `papayya runs list`.")
+        return row
+
+    def work_ready(self, agents: Sequence[str]) -> Row:
+        row = self.fetch_one("work_ready", {"agents": list(agents)})
+        assert row is not None  # an aggregate always returns one row
+        return row
+
+    def notify_work(self, agent_name: str) -> None:
+        """Wake idle workers of an agent (a hint; they poll too)."""
+        self.execute("work_notify", {"agent": agent_name})
+
+    def tenant_max_running_set(self, tenant_id: str, max_running: int | None) -> None:
+        row = self.fetch_one("tenant_max_running_set", {"tenant_id": tenant_id, "max_running": max_running})
+        if row is None:
+            raise NotFound(f"Tenant {tenant_id!r} does not exist; create it with `papayya tenants add`.")
 
     def leases_extend(self, held: Sequence[tuple[UUID, int]], lease_seconds: float) -> set[UUID]:
         """Heartbeat: extend the leases still held; return the item ids that were extended."""
         if not held:
             return set()
-        rows = self._fetchall(
+        rows = self.fetch_all(
             "leases_extend",
             {
                 "item_ids": [h[0] for h in held],
@@ -329,12 +418,12 @@ class Store:
         return {r["item_id"] for r in rows}
 
     def run_complete(self, run_id: UUID, tenant_id: str) -> bool:
-        return self._execute("run_complete", {"run_id": run_id, "tenant_id": tenant_id}) > 0
+        return self.execute("run_complete", {"run_id": run_id, "tenant_id": tenant_id}) > 0
 
     # -- reads ------------------------------------------------------------------------------------
 
     def run_get(self, run_id: UUID, tenant_id: str | None = None) -> Row:
-        row = self._fetchone("run_get", {"run_id": run_id, "tenant_id": tenant_id})
+        row = self.fetch_one("run_get", {"run_id": run_id, "tenant_id": tenant_id})
         if row is None:
             raise NotFound(f"No run {run_id}; list runs with `papayya runs list`.")
         return row
@@ -359,7 +448,7 @@ class Store:
         after: str | None = None,
         limit: int = 100,
     ) -> list[Row]:
-        return self._fetchall(
+        return self.fetch_all(
             "items_page",
             {"run_id": run_id, "tenant_id": tenant_id, "status": status, "after": after, "limit": limit},
         )
@@ -379,7 +468,7 @@ class Store:
     def costs(self, by: str, *, since: datetime, until: datetime, tenant_id: str | None = None) -> list[Row]:
         if by not in ("tenant", "run", "model", "agent"):
             raise ValueError(f"cannot group costs by {by!r}")
-        return self._fetchall(f"costs_by_{by}", {"since": since, "until": until, "tenant_id": tenant_id})
+        return self.fetch_all(f"costs_by_{by}", {"since": since, "until": until, "tenant_id": tenant_id})
 
     # -- CLI reads --------------------------------------------------------------------------------
 
@@ -394,11 +483,11 @@ class Store:
 
     def run_list_detail(self, tenant_id: str | None = None, limit: int = 50) -> list[Row]:
         """Newest runs first, each with its item counts by status (``counts``), calls and cost."""
-        return self._fetchall("run_list_detail", {"tenant_id": tenant_id, "limit": limit})
+        return self.fetch_all("run_list_detail", {"tenant_id": tenant_id, "limit": limit})
 
     def item_id_by_key(self, run_id: UUID, tenant_id: str, key: str) -> UUID:
         """The id of the item with the user's ``key`` in a run; NotFound when the run has none."""
-        row = self._fetchone("item_id_by_key", {"run_id": run_id, "tenant_id": tenant_id, "key": key})
+        row = self.fetch_one("item_id_by_key", {"run_id": run_id, "tenant_id": tenant_id, "key": key})
         if row is None:
             raise NotFound(
                 f"Run {run_id} has no item with id {key[:60]!r}; list its items with "
@@ -418,7 +507,7 @@ class Store:
         tokens_per_minute: int | None,
     ) -> Row:
         """Create or replace the limits of one (provider, model, tenant) key; return the row."""
-        row = self._fetchone(
+        row = self.fetch_one(
             "rate_limit_upsert",
             {
                 "provider": provider,
@@ -433,20 +522,20 @@ class Store:
 
     def rate_limit_delete(self, provider: str, model: str, tenant_id: str) -> bool:
         params = {"provider": provider, "model": model, "tenant_id": tenant_id}
-        return self._execute("rate_limit_delete", params) > 0
+        return self.execute("rate_limit_delete", params) > 0
 
     def rate_limit_list(self, period: float = 60.0) -> list[Row]:
         """Every limit, with the requests and tokens its bucket holds now."""
-        return self._fetchall("rate_limit_list", {"period": period})
+        return self.fetch_all("rate_limit_list", {"period": period})
 
     def rate_snapshot(self) -> list[Row]:
         """Keys with limits (``closed_for`` NULL) and closures in force (seconds left in ``closed_for``)."""
-        return self._fetchall("rate_snapshot", {})
+        return self.fetch_all("rate_snapshot", {})
 
     def rate_take(self, provider: str, model: str, tenant_id: str, tokens: int, period: float) -> Row:
         """Take one request of ``tokens`` from every matching limit, or nothing; ``ok``, ``wait_seconds``,
         ``closed_for`` (a closure in force), ``keys`` (limits matched)."""
-        row = self._fetchone(
+        row = self.fetch_one(
             "rate_take",
             {
                 "provider": provider,
@@ -462,22 +551,22 @@ class Store:
     def rate_settle(self, provider: str, model: str, tenant_id: str, delta: int) -> int:
         """Add ``delta`` tokens (estimated minus used) to every matching token bucket; return how many."""
         params = {"provider": provider, "model": model, "tenant_id": tenant_id, "delta": delta}
-        return self._execute("rate_settle", params)
+        return self.execute("rate_settle", params)
 
     def rate_close(self, provider: str, model: str, seconds: float) -> Row:
         """Close provider/model for ``seconds`` (never shortening a closure); return it."""
-        row = self._fetchone("rate_close", {"provider": provider, "model": model, "seconds": seconds})
+        row = self.fetch_one("rate_close", {"provider": provider, "model": model, "seconds": seconds})
         assert row is not None
         return row
 
     def rate_closures_open(self) -> list[Row]:
-        return self._fetchall("rate_closures_open", {})
+        return self.fetch_all("rate_closures_open", {})
 
     # -- budgets ----------------------------------------------------------------------------------
 
     def budget_accounts_ensure(self, keys: dict[str, Any]) -> None:
         """Create the tenant's period account and the run's account if missing, spent from the ledger."""
-        self._execute("budget_accounts_ensure", keys)
+        self.execute("budget_accounts_ensure", keys)
 
     def budget_reserve(self, keys: dict[str, Any], amount: Decimal | None) -> Row:
         """Atomically reserve ``amount`` on both accounts, or nothing. Row: fits, run_status, reserved,
@@ -492,44 +581,44 @@ class Store:
             conn.execute(q("budget_settle"), {**keys, "reserved": reserved, "actual": actual})
 
     def budget_reconcile(self, tenant_id: str) -> None:
-        self._execute("budget_reconcile", {"tenant_id": tenant_id})
+        self.execute("budget_reconcile", {"tenant_id": tenant_id})
 
     def budget_view(self, keys: dict[str, Any]) -> list[Row]:
-        return self._fetchall("budget_view", keys)
+        return self.fetch_all("budget_view", keys)
 
     def tenant_budget_set(self, tenant_id: str, budget_usd: Decimal | None, period: str | None) -> None:
-        row = self._fetchone(
+        row = self.fetch_one(
             "tenant_budget_set", {"tenant_id": tenant_id, "budget_usd": budget_usd, "budget_period": period}
         )
         if row is None:
             raise NotFound(f"Tenant {tenant_id!r} does not exist; create it with `papayya tenants add`.")
 
     def run_budget_set(self, run_id: UUID, tenant_id: str, budget_usd: Decimal | None) -> None:
-        self._execute("run_budget_set", {"run_id": run_id, "tenant_id": tenant_id, "budget_usd": budget_usd})
+        self.execute("run_budget_set", {"run_id": run_id, "tenant_id": tenant_id, "budget_usd": budget_usd})
 
     def runs_pause(self, tenant_id: str, run_id: UUID | None, reason: str) -> list[UUID]:
-        rows = self._fetchall("runs_pause", {"tenant_id": tenant_id, "run_id": run_id, "reason": reason})
+        rows = self.fetch_all("runs_pause", {"tenant_id": tenant_id, "run_id": run_id, "reason": reason})
         return [r["run_id"] for r in rows]
 
     def run_resume(self, run_id: UUID, tenant_id: str) -> Row:
-        row = self._fetchone("run_resume", {"run_id": run_id, "tenant_id": tenant_id})
+        row = self.fetch_one("run_resume", {"run_id": run_id, "tenant_id": tenant_id})
         assert row is not None
         return row
 
     def run_live_leases(self, run_id: UUID, tenant_id: str) -> int:
-        row = self._fetchone("run_live_leases", {"run_id": run_id, "tenant_id": tenant_id})
+        row = self.fetch_one("run_live_leases", {"run_id": run_id, "tenant_id": tenant_id})
         return int(row["n"]) if row else 0
 
     def run_pending_items(self, run_id: UUID, tenant_id: str) -> list[tuple[UUID, str]]:
-        rows = self._fetchall("run_pending_items", {"run_id": run_id, "tenant_id": tenant_id})
+        rows = self.fetch_all("run_pending_items", {"run_id": run_id, "tenant_id": tenant_id})
         return [(r["item_id"], r["key"]) for r in rows]
 
     def tenant_spend_since(self, tenant_id: str, since: datetime | None) -> Decimal:
-        row = self._fetchone("tenant_spend_since", {"tenant_id": tenant_id, "since": since})
+        row = self.fetch_one("tenant_spend_since", {"tenant_id": tenant_id, "since": since})
         return Decimal(row["spent"]) if row else Decimal(0)
 
     def runs_paused_of_tenant(self, tenant_id: str) -> list[UUID]:
-        return [r["run_id"] for r in self._fetchall("runs_paused_of_tenant", {"tenant_id": tenant_id})]
+        return [r["run_id"] for r in self.fetch_all("runs_paused_of_tenant", {"tenant_id": tenant_id})]
 
     # -- CLI budget reads -------------------------------------------------------------------------
 
@@ -537,12 +626,12 @@ class Store:
         """Each tenant's budget and period, with what it spent (``spent_usd``, from the ledger) and what
         running workers hold reserved (``reserved_usd``) in its current period (``period_key``), by tenant id.
         ``periods``: ``month_key``, ``month_start``, ``day_key``, ``day_start`` (budgets.period_of)."""
-        rows = self._fetchall("tenant_budgets", {**periods, "tenant_ids": list(tenant_ids)})
+        rows = self.fetch_all("tenant_budgets", {**periods, "tenant_ids": list(tenant_ids)})
         return {r["tenant_id"]: r for r in rows}
 
     def run_budgets(self, run_ids: Sequence[UUID]) -> dict[UUID, Row]:
         """Each run's own budget (``budget_usd``) and ``paused_reason``, by run id."""
-        return {r["run_id"]: r for r in self._fetchall("run_budgets", {"run_ids": list(run_ids)})}
+        return {r["run_id"]: r for r in self.fetch_all("run_budgets", {"run_ids": list(run_ids)})}
 
     # -- replay and clusters ----------------------------------------------------------------------
 
@@ -572,13 +661,13 @@ class Store:
         return row
 
     def clusters(self, **filters: Any) -> list[Row]:
-        return self._fetchall("clusters", filters)
+        return self.fetch_all("clusters", filters)
 
     def item_lineage(self, item_id: UUID, tenant_id: str) -> list[Row]:
-        return self._fetchall("item_lineage", {"item_id": item_id, "tenant_id": tenant_id})
+        return self.fetch_all("item_lineage", {"item_id": item_id, "tenant_id": tenant_id})
 
     def run_lineage(self, run_id: UUID, tenant_id: str) -> list[Row]:
-        return self._fetchall("run_lineage", {"run_id": run_id, "tenant_id": tenant_id})
+        return self.fetch_all("run_lineage", {"run_id": run_id, "tenant_id": tenant_id})
 
 
 def dumps(value: Any) -> str:

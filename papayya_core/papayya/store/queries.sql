@@ -49,26 +49,29 @@ FROM papayya.price_overrides WHERE tenant_id = %(tenant_id)s ORDER BY provider, 
 
 -- name: run_insert
 INSERT INTO papayya.runs (run_id, tenant_id, agent_name, name, backend, total_items, options, replayed_from,
-                          budget_usd, entrypoint)
+                          budget_usd, entrypoint, priority)
 VALUES (%(run_id)s, %(tenant_id)s, %(agent_name)s, %(name)s, %(backend)s, %(total_items)s, %(options)s,
-        %(replayed_from)s, %(budget_usd)s, %(entrypoint)s);
-
--- name: items_insert
-INSERT INTO papayya.items (item_id, run_id, tenant_id, key, input, max_attempts)
-SELECT u.item_id, %(run_id)s, %(tenant_id)s, u.key, u.input, %(max_attempts)s
-FROM unnest(%(item_ids)s::uuid[], %(keys)s::text[], %(inputs)s::jsonb[]) AS u(item_id, key, input);
+        %(replayed_from)s, %(budget_usd)s, %(entrypoint)s, %(priority)s);
 
 -- name: attempt_begin
 WITH claimed AS (
     UPDATE papayya.items
-    SET status = 'running', attempts = attempts + 1,
+    SET status = 'running', attempts = attempts + 1, stalls = stalls + (status = 'running')::int,
         lease_token = nextval('papayya.lease_token_seq'),
         lease_expires_at = now() + make_interval(secs => %(lease_seconds)s),
         updated_at = now()
-    WHERE item_id = %(item_id)s AND tenant_id = %(tenant_id)s AND status = 'queued'
+    WHERE item_id = %(item_id)s AND tenant_id = %(tenant_id)s
+      -- queued; stalled (its worker was lost and the reaper flagged it); or redelivered by a broker
+      -- after its worker died, before the reaper got to it (its lease expired: a stall)
+      AND (status IN ('queued', 'stalled') OR (status = 'running' AND lease_expires_at < now()))
+      AND stalls + (status = 'running')::int < %(max_stalls)s
       AND EXISTS (SELECT 1 FROM papayya.runs r
                   WHERE r.run_id = items.run_id AND r.tenant_id = items.tenant_id AND r.status = 'running')
     RETURNING item_id, run_id, tenant_id, attempts, lease_token, input, replayed_from
+), stalled AS (
+    -- the attempt of a worker that died is kept, as stalled
+    UPDATE papayya.attempts a SET status = 'stalled', finished_at = now()
+    FROM claimed c WHERE a.item_id = c.item_id AND a.status = 'running'
 ), attempt AS (
     INSERT INTO papayya.attempts (attempt_id, item_id, run_id, tenant_id, number, backend, worker, lease_token)
     SELECT %(attempt_id)s, item_id, run_id, tenant_id, attempts, %(backend)s, %(worker)s, lease_token
@@ -118,36 +121,6 @@ VALUES (%(tenant_id)s, %(run_id)s, %(item_id)s, %(attempt_id)s, %(step_key)s, %(
         %(input_tokens)s, %(output_tokens)s, %(cache_read_tokens)s, %(cache_write_tokens)s,
         %(stop_reason)s, %(latency_ms)s, %(cost_usd)s, %(price_source)s, %(idempotency_key)s,
         %(reserved_usd)s);
-
--- name: attempt_finish
-WITH cost AS (
-    SELECT coalesce(sum(cost_usd) FILTER (WHERE attempt_id = %(attempt_id)s), 0) AS attempt_usd,
-           coalesce(bool_or(cost_usd IS NULL) FILTER (WHERE attempt_id = %(attempt_id)s), false)
-               AS attempt_unknown,
-           coalesce(sum(cost_usd), 0) AS item_usd,
-           coalesce(bool_or(cost_usd IS NULL), false) AS item_unknown
-    FROM papayya.llm_calls WHERE item_id = %(item_id)s
-), item AS (
-    UPDATE papayya.items i
-    SET status = %(item_status)s, reasons = %(reasons)s, output = %(output)s, error = %(error)s,
-        fingerprint = %(fingerprint)s, cluster_label = %(cluster_label)s,
-        cost_usd = cost.item_usd, cost_unknown = cost.item_unknown,
-        lease_token = NULL, lease_expires_at = NULL, updated_at = now(),
-        finished_at = CASE WHEN %(terminal)s THEN now() END
-    FROM cost
-    WHERE i.item_id = %(item_id)s AND i.tenant_id = %(tenant_id)s
-      AND i.lease_token = %(lease_token)s AND i.status = 'running'
-    RETURNING i.item_id
-), attempt AS (
-    UPDATE papayya.attempts a
-    SET status = %(attempt_status)s, reasons = %(reasons)s, output = %(output)s, error = %(error)s,
-        fingerprint = %(fingerprint)s, cost_usd = cost.attempt_usd, cost_unknown = cost.attempt_unknown,
-        finished_at = now()
-    FROM cost, item
-    WHERE a.attempt_id = %(attempt_id)s
-    RETURNING a.attempt_id
-)
-SELECT (SELECT count(*) FROM item) AS applied, (SELECT count(*) FROM attempt) AS attempts;
 
 -- name: leases_extend
 UPDATE papayya.items i

@@ -1,0 +1,119 @@
+"""The reaper: no item stays ``running`` after its worker is gone.
+
+A worker that dies (SIGKILL, OOM, a lost machine), freezes or loses the database stops extending its
+leases. Once an item's lease has expired on the database clock, ``sweep`` keeps its attempt as
+``stalled`` and gives the item back: a native item to the queue, an item of another backend (Celery,
+Temporal, SQS) as ``stalled`` for that backend to re-drive. An item that lost its worker
+``max_stalls`` times is failed, so a poison item that kills every process it lands on never loops.
+
+Every native worker runs a sweep every few seconds; sweeps on many machines do not collide (rows are
+taken with SKIP LOCKED) and the worker that was frozen cannot complete the item later: its writes
+carry the old fencing token.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from papayya import fingerprint
+from papayya.execute import ItemRef
+from papayya.models import ErrorCategory, ErrorInfo
+
+if TYPE_CHECKING:
+    from papayya.runtime import Runtime
+
+log = logging.getLogger("papayya.reaper")
+
+
+class WorkerLost(Exception):
+    """An item's worker was lost (its lease expired mid-attempt) too many times."""
+
+
+def _lost(max_stalls: int) -> dict[str, Any]:
+    """The failure written on an item that lost its worker ``max_stalls`` times."""
+    exc = WorkerLost(
+        f"the item lost its worker {max_stalls} times (its lease expired mid-attempt each time); "
+        "it may crash the process that runs it"
+    )
+    fp, pattern, _ = fingerprint.failure(exc, ErrorCategory.PAPAYYA)
+    info = ErrorInfo(type="WorkerLost", message=str(exc), pattern=pattern, category=ErrorCategory.PAPAYYA)
+    return {
+        "error": info.model_dump(mode="json"),
+        "fingerprint": fp,
+        "label": f"WorkerLost {pattern} ({ErrorCategory.PAPAYYA.value})",
+    }
+
+
+@dataclass
+class Swept:
+    """What one sweep did."""
+
+    requeued: int = 0
+    stalled: list[ItemRef] = field(default_factory=list)  # items of other backends, to re-drive
+    failed: int = 0
+
+    def __bool__(self) -> bool:
+        return bool(self.requeued or self.stalled or self.failed)
+
+
+def sweep(rt: Runtime, *, limit: int = 1000) -> Swept:
+    """Recover every item whose lease expired (up to ``limit``), then hand this process's backend the
+    stalled items it should re-drive; see the module docstring."""
+    max_stalls = rt.settings.max_stalls
+    rows = rt.store.items_reap(max_stalls=max_stalls, lost=_lost(max_stalls), limit=limit)
+    swept = Swept()
+    for r in rows:
+        if r["status"] == "queued":
+            swept.requeued += 1
+        elif r["status"] == "failed":
+            swept.failed += 1
+            log.error("item %s of run %s lost its worker %d times; failed", r["key"], r["run_id"], max_stalls)
+    if rows:
+        log.warning(
+            "reaper: %d item(s) whose worker was lost: %d requeued, %d failed, %d stalled for their backend",
+            len(rows),
+            swept.requeued,
+            swept.failed,
+            len(rows) - swept.requeued - swept.failed,
+        )
+    for name in {r["agent_name"] for r in rows if r["status"] == "queued"}:
+        rt.store.notify_work(name)
+    redrive = getattr(rt.backend, "redrive", None)
+    if redrive is not None:
+        # Stalled items of this backend's running runs, each at most once per lease period.
+        due = rt.store.items_redrive_due(rt.backend.name, rt.settings.lease_seconds, limit)
+        swept.stalled = [ItemRef(r["item_id"], r["key"], r["run_id"], r["tenant_id"]) for r in due]
+        if swept.stalled:
+            try:
+                redrive(rt, swept.stalled)
+            except Exception:
+                log.exception("could not re-drive %d stalled item(s); retried next lease period", len(due))
+    return swept
+
+
+class Reaper:
+    """A daemon thread that sweeps every ``interval`` seconds (default: a third of the lease)."""
+
+    def __init__(self, rt: Runtime, interval: float | None = None) -> None:
+        self.rt = rt
+        self.interval = interval or max(0.2, min(rt.settings.lease_seconds / 3, 10.0))
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="papayya-reaper", daemon=True)
+
+    def start(self) -> Reaper:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                sweep(self.rt)
+            except Exception as exc:  # the database is away: try again next interval
+                log.warning("reaper: sweep failed (%s); retrying in %.1fs", exc, self.interval)

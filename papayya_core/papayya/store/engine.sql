@@ -1,0 +1,233 @@
+-- Named queries of the native engine: claiming items in batches, finishing attempts in batches, the
+-- reaper, and what a waiting map() or `papayya runs show --watch` reads. READ COMMITTED, autocommit:
+-- each statement decides on what is committed when it runs, and rows are taken with SKIP LOCKED, so
+-- workers never wait on each other.
+
+-- name: items_claim
+-- Up to %(limit)s queued items whose time has come, of running runs of the given backend and agents (and
+-- runs, when given), fairly across tenants: each run offers its oldest items, each tenant's offers are
+-- ranked 1, 2, 3..., and the claim takes rank 1 of every tenant before rank 2 of any (higher run
+-- priority first). A tenant with a concurrency cap gets at most its free slots. Every claimed item
+-- gets a new attempt, a fencing token from the sequence and a lease on the database clock; the row
+-- carries what the attempt needs (input, journal, failed attempts so far).
+WITH active AS MATERIALIZED (
+    SELECT r.run_id, r.tenant_id, r.agent_name, r.priority, r.created_at, r.from_journal
+    FROM papayya.runs r
+    WHERE r.status = 'running' AND r.backend = %(backend)s
+      AND r.agent_name = ANY(%(agents)s::text[])
+      AND (%(run_ids)s::uuid[] IS NULL OR r.run_id = ANY(%(run_ids)s::uuid[]))
+), room AS MATERIALIZED (
+    SELECT t.tenant_id,
+           CASE WHEN t.max_running IS NULL THEN %(limit)s::bigint
+                ELSE greatest(0, t.max_running - (SELECT count(*) FROM papayya.items i
+                                                  WHERE i.tenant_id = t.tenant_id AND i.status = 'running'))
+           END AS slots
+    FROM papayya.tenants t
+    WHERE t.tenant_id IN (SELECT tenant_id FROM active)
+), offered AS MATERIALIZED (
+    SELECT o.item_id, a.run_id, a.tenant_id, a.priority, a.created_at, o.available_at
+    FROM active a
+    CROSS JOIN LATERAL (
+        SELECT i.item_id, i.available_at
+        FROM papayya.items i
+        WHERE i.run_id = a.run_id AND i.status = 'queued' AND i.available_at <= now()
+        ORDER BY i.available_at
+        LIMIT %(limit)s
+        FOR UPDATE SKIP LOCKED
+    ) o
+), ranked AS (
+    SELECT o.item_id, o.priority, m.slots,
+           row_number() OVER (PARTITION BY o.tenant_id
+                              ORDER BY o.priority DESC, o.created_at, o.available_at) AS rank
+    FROM offered o JOIN room m USING (tenant_id)
+), chosen AS (
+    SELECT item_id FROM ranked
+    WHERE rank <= slots
+    ORDER BY priority DESC, rank, random()
+    LIMIT %(limit)s
+), claimed AS (
+    UPDATE papayya.items i
+    SET status = 'running', attempts = i.attempts + 1,
+        lease_token = nextval('papayya.lease_token_seq'),
+        lease_expires_at = now() + make_interval(secs => %(lease_seconds)s),
+        updated_at = now()
+    FROM chosen c
+    WHERE i.item_id = c.item_id
+    RETURNING i.item_id, i.key, i.run_id, i.tenant_id, i.attempts, i.lease_token, i.input, i.replayed_from
+), attempt AS (
+    INSERT INTO papayya.attempts (attempt_id, item_id, run_id, tenant_id, number, backend, worker, lease_token)
+    SELECT gen_random_uuid(), item_id, run_id, tenant_id, attempts, %(backend)s, %(worker)s, lease_token
+    FROM claimed
+    RETURNING attempt_id, item_id
+)
+SELECT c.item_id, c.key, c.run_id, c.tenant_id, c.attempts, c.lease_token, c.input, c.replayed_from,
+       t.attempt_id, a.agent_name, a.from_journal,
+       CASE WHEN c.attempts = 1 AND NOT a.from_journal THEN '{}'::jsonb ELSE
+           (SELECT coalesce(jsonb_object_agg(s.step_key,
+                                             jsonb_build_object('result', s.result, 'hash', s.request_hash)),
+                            '{}'::jsonb)
+              FROM papayya.steps s
+              WHERE s.item_id = c.item_id OR (a.from_journal AND s.item_id = c.replayed_from))
+       END AS journal,
+       CASE WHEN c.attempts = 1 THEN 0 ELSE
+           (SELECT count(*) FROM papayya.attempts f WHERE f.item_id = c.item_id AND f.status = 'failed')
+       END AS failures
+FROM claimed c JOIN attempt t USING (item_id) JOIN active a USING (run_id);
+
+-- name: attempts_finish
+-- Write the results of many attempts in one statement: each item's new status, its outcome and its
+-- cost rolled up from the ledger, and the attempt itself, fenced by the lease token: an item whose
+-- token moved on (the reaper gave it to someone else) is left alone, and is not among the rows
+-- returned. A retried item waits %(delays)s seconds before any worker may claim it again.
+WITH u AS MATERIALIZED (
+    SELECT *
+    FROM unnest(%(item_ids)s::uuid[], %(tenant_ids)s::text[], %(attempt_ids)s::uuid[], %(tokens)s::bigint[],
+                %(item_statuses)s::text[], %(attempt_statuses)s::text[], %(terminals)s::boolean[],
+                %(reasons)s::jsonb[], %(outputs)s::jsonb[], %(errors)s::jsonb[], %(fingerprints)s::text[],
+                %(labels)s::text[], %(delays)s::float8[])
+         AS u(item_id, tenant_id, attempt_id, token, item_status, attempt_status, terminal, reasons, output,
+              error, fingerprint, label, delay)
+), cost AS MATERIALIZED (
+    SELECT u.item_id,
+           coalesce(sum(c.cost_usd) FILTER (WHERE c.attempt_id = u.attempt_id), 0) AS attempt_usd,
+           coalesce(bool_or(c.cost_usd IS NULL) FILTER (WHERE c.attempt_id = u.attempt_id), false)
+               AS attempt_unknown,
+           coalesce(sum(c.cost_usd), 0) AS item_usd,
+           coalesce(bool_or(c.cost_usd IS NULL) FILTER (WHERE c.call_id IS NOT NULL), false) AS item_unknown
+    FROM u LEFT JOIN papayya.llm_calls c ON c.item_id = u.item_id
+    GROUP BY u.item_id, u.attempt_id
+), item AS (
+    UPDATE papayya.items i
+    SET status = u.item_status, reasons = u.reasons, output = u.output, error = u.error,
+        fingerprint = u.fingerprint, cluster_label = u.label,
+        cost_usd = cost.item_usd, cost_unknown = cost.item_unknown,
+        lease_token = NULL, lease_expires_at = NULL, updated_at = now(),
+        available_at = now() + make_interval(secs => coalesce(u.delay, 0)),
+        finished_at = CASE WHEN u.terminal THEN now() END
+    FROM u JOIN cost USING (item_id)
+    WHERE i.item_id = u.item_id AND i.tenant_id = u.tenant_id
+      AND i.lease_token = u.token AND i.status = 'running'
+    RETURNING i.item_id
+), attempt AS (
+    UPDATE papayya.attempts a
+    SET status = u.attempt_status, reasons = u.reasons, output = u.output, error = u.error,
+        fingerprint = u.fingerprint, cost_usd = cost.attempt_usd, cost_unknown = cost.attempt_unknown,
+        finished_at = now()
+    FROM u JOIN cost USING (item_id) JOIN item USING (item_id)
+    WHERE a.attempt_id = u.attempt_id
+    RETURNING a.attempt_id
+)
+SELECT item_id FROM item;
+
+-- name: items_reap
+-- Items whose lease expired with the attempt still running: the worker died, froze or lost the
+-- database. Their attempt is kept as 'stalled' (what it recorded stays in the journal). A native item
+-- goes back to the queue; an item of another backend is marked 'stalled' for its adapter to re-drive;
+-- an item that lost its worker %(max_stalls)s times is failed, so a poison item never loops.
+WITH expired AS MATERIALIZED (
+    SELECT i.item_id
+    FROM papayya.items i
+    WHERE i.status = 'running' AND i.lease_expires_at < now()
+    ORDER BY i.lease_expires_at
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+), reaped AS (
+    UPDATE papayya.items i
+    SET stalls = i.stalls + 1, lease_token = NULL, lease_expires_at = NULL, updated_at = now(),
+        available_at = now(),
+        status = CASE WHEN i.stalls + 1 >= %(max_stalls)s THEN 'failed'
+                      WHEN r.backend = 'native' THEN 'queued' ELSE 'stalled' END,
+        error = CASE WHEN i.stalls + 1 >= %(max_stalls)s THEN %(lost_error)s::jsonb ELSE i.error END,
+        fingerprint = CASE WHEN i.stalls + 1 >= %(max_stalls)s THEN %(lost_fingerprint)s ELSE i.fingerprint END,
+        cluster_label = CASE WHEN i.stalls + 1 >= %(max_stalls)s THEN %(lost_label)s ELSE i.cluster_label END,
+        finished_at = CASE WHEN i.stalls + 1 >= %(max_stalls)s THEN now() END
+    FROM expired e, papayya.runs r
+    WHERE i.item_id = e.item_id AND r.run_id = i.run_id
+    RETURNING i.item_id, i.key, i.run_id, i.tenant_id, i.status, r.backend, r.agent_name
+), stalled AS (
+    UPDATE papayya.attempts a SET status = 'stalled', finished_at = now()
+    FROM reaped r WHERE a.item_id = r.item_id AND a.status = 'running'
+    RETURNING a.item_id
+)
+SELECT r.item_id, r.key, r.run_id, r.tenant_id, r.status, r.backend, r.agent_name,
+       (SELECT count(*) FROM stalled s WHERE s.item_id = r.item_id) AS attempts_stalled
+FROM reaped r;
+
+-- name: items_redrive_due
+-- Stalled items of running runs of one backend that are due to be re-driven (published again to that
+-- backend's queue), taken at most once per %(lease_seconds)s: they stay 'stalled' until an attempt
+-- begins, so a lost re-drive is retried the next period.
+WITH due AS (
+    SELECT i.item_id FROM papayya.items i JOIN papayya.runs r ON r.run_id = i.run_id
+    WHERE i.status = 'stalled' AND i.available_at <= now() AND r.status = 'running'
+      AND r.backend = %(backend)s
+    ORDER BY i.available_at
+    LIMIT %(limit)s
+    FOR UPDATE OF i SKIP LOCKED
+)
+UPDATE papayya.items i SET available_at = now() + make_interval(secs => %(lease_seconds)s)
+FROM due WHERE i.item_id = due.item_id
+RETURNING i.item_id, i.key, i.run_id, i.tenant_id;
+
+-- name: run_progress
+-- What a run still has to do: queued items ready now, queued items waiting out a backoff (and when the
+-- first is due), running items with a live lease, running items whose lease expired (the reaper's),
+-- stalled and paused items; and the run's status.
+SELECT r.status,
+       count(*) FILTER (WHERE i.status = 'queued' AND i.available_at <= now()) AS ready,
+       count(*) FILTER (WHERE i.status = 'queued' AND i.available_at > now()) AS waiting,
+       greatest(0, extract(epoch FROM min(i.available_at) FILTER (WHERE i.status = 'queued') - now()))::float8
+           AS next_in,
+       count(*) FILTER (WHERE i.status = 'running' AND i.lease_expires_at >= now()) AS running,
+       count(*) FILTER (WHERE i.status = 'running' AND i.lease_expires_at < now()) AS expired,
+       count(*) FILTER (WHERE i.status = 'stalled') AS stalled,
+       count(*) FILTER (WHERE i.status = 'paused') AS paused
+FROM papayya.runs r
+LEFT JOIN papayya.items i
+       ON i.run_id = r.run_id AND i.tenant_id = r.tenant_id
+      AND i.status IN ('queued', 'running', 'stalled', 'paused')
+WHERE r.run_id = %(run_id)s AND r.tenant_id = %(tenant_id)s
+GROUP BY r.status;
+
+-- name: work_ready
+-- Whether any running native run of these agents has a queued item due now (a burst worker stops when
+-- not), and when the next waiting one is due.
+SELECT count(*) FILTER (WHERE i.available_at <= now()) AS ready,
+       greatest(0, extract(epoch FROM min(i.available_at) - now()))::float8 AS next_in,
+       (SELECT count(*) FROM papayya.items j JOIN papayya.runs q ON q.run_id = j.run_id
+         WHERE q.status = 'running' AND q.backend = 'native' AND q.agent_name = ANY(%(agents)s::text[])
+           AND j.status = 'running') AS running
+FROM papayya.runs r
+JOIN papayya.items i ON i.run_id = r.run_id AND i.status = 'queued'
+WHERE r.status = 'running' AND r.backend = 'native' AND r.agent_name = ANY(%(agents)s::text[]);
+
+-- name: work_notify
+-- A hint to idle workers that an agent has new work (one per submit, resume or requeue; never a
+-- trigger per row). Workers also poll, so a lost notification only delays.
+SELECT pg_notify('papayya_work', %(agent)s);
+
+-- name: tenant_max_running_set
+UPDATE papayya.tenants SET max_running = %(max_running)s, updated_at = now()
+WHERE tenant_id = %(tenant_id)s
+RETURNING tenant_id, max_running;
+
+-- name: item_park
+-- Why an item could not be claimed by a backend's message, and, when its run is paused, park it as
+-- 'paused' (queued or stalled items only) so that `papayya resume` re-drives it.
+WITH item AS (
+    SELECT i.item_id, i.status, i.stalls, i.lease_expires_at >= now() AS lease_live, r.status AS run_status
+    FROM papayya.items i JOIN papayya.runs r ON r.run_id = i.run_id
+    WHERE i.item_id = %(item_id)s AND i.tenant_id = %(tenant_id)s
+), parked AS (
+    UPDATE papayya.items i SET status = 'paused', updated_at = now()
+    FROM item WHERE i.item_id = item.item_id AND item.run_status = 'paused'
+      AND i.status IN ('queued', 'stalled')
+    RETURNING i.item_id
+)
+SELECT CASE WHEN EXISTS (SELECT 1 FROM parked) THEN 'paused' ELSE item.status END AS status,
+       item.stalls, coalesce(item.lease_live, false) AS lease_live, item.run_status
+FROM item;
+
+-- name: run_tenant
+-- A run's tenant and status, for a worker that knows only the run id (operator read).
+SELECT run_id, tenant_id, status FROM papayya.runs WHERE run_id = %(run_id)s;
