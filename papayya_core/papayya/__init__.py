@@ -16,7 +16,7 @@ Tenants have items, items have outcomes, outcomes are accountable::
 from __future__ import annotations
 
 from papayya import tenants
-from papayya.agent import Agent, agent
+from papayya.agent import Agent, RunHandle, agent
 from papayya.builtins import Retryable
 from papayya.clusters import Cluster, clusters
 from papayya.config import Settings, UnknownTenants
@@ -66,6 +66,7 @@ __all__ = [
     "Reason",
     "ReplayError",
     "Retryable",
+    "RunHandle",
     "RunResult",
     "RunStatus",
     "Settings",

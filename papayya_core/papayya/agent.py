@@ -31,6 +31,12 @@ MAX_KEY_LENGTH = 512
 class Agent:
     """A decorated function that processes one item. Call it directly to run it without papayya."""
 
+    def __new__(cls, fn: Callable[..., Any], **options: Any) -> Agent:
+        # An ``async def`` agent is awaitable when called directly, and frameworks that inspect
+        # ``__call__`` (Temporal activities, say) see a coroutine function.
+        kind = AsyncAgent if cls is Agent and inspect.iscoroutinefunction(fn) else cls
+        return super().__new__(kind)
+
     def __init__(
         self,
         fn: Callable[..., Any],
@@ -75,6 +81,7 @@ class Agent:
         concurrency: int = 8,
         progress: bool | None = None,
         budget_usd: Decimal | float | str | None = None,
+        priority: int = 0,
     ) -> RunResult:
         """Run every item for ``tenant`` and wait; return the run's accountable result.
 
@@ -82,14 +89,47 @@ class Agent:
         or ``failed`` — or, when a budget breaks (``budget_usd`` for this run, on top of the tenant's),
         the run pauses: the item at its LLM call becomes ``paused``, the rest stay ``queued``, and
         ``map()`` returns a result with status ``paused``; ``papayya resume RUN`` continues it. Bad input
-        raises InputError naming the item, before anything is recorded.
+        raises InputError naming the item, before anything is recorded. ``papayya worker`` processes
+        serving this agent help with the run when they are running.
         """
+        rt, run_id, refs = self._record(items, tenant, run_name, concurrency, budget_usd, priority)
+        return self._execute(rt, run_id, tenant, refs, concurrency, progress, run_name)
+
+    def submit(
+        self,
+        items: Iterable[Any],
+        *,
+        tenant: str,
+        run_name: str | None = None,
+        concurrency: int = 8,
+        budget_usd: Decimal | float | str | None = None,
+        priority: int = 0,
+    ) -> RunHandle:
+        """Record every item for ``tenant`` and return at once: workers of the configured backend run
+        them (``papayya worker MODULE:AGENT`` for the native engine). Higher ``priority`` runs are served
+        first. Returns a handle with the ``run_id``; ``handle.wait()`` waits and returns the result."""
+        rt, run_id, refs = self._record(items, tenant, run_name, concurrency, budget_usd, priority)
+        rt.backend.submit(rt, self, run_id=run_id, tenant_id=tenant, items=refs, concurrency=concurrency)
+        return RunHandle(run_id, tenant)
+
+    def _record(
+        self,
+        items: Iterable[Any],
+        tenant: str,
+        run_name: str | None,
+        concurrency: int,
+        budget_usd: Decimal | float | str | None,
+        priority: int,
+    ) -> tuple[Runtime, uuid.UUID, list[tuple[uuid.UUID, str]]]:
+        """Validate and record a run and its items (nothing is recorded when an item is bad)."""
         from papayya import tenants
         from papayya.budgets import parse_amount
         from papayya.runtime import get_runtime
 
         if concurrency < 1:
             raise InputError(f"concurrency={concurrency} must be at least 1.")
+        if not isinstance(priority, int) or isinstance(priority, bool) or abs(priority) > 1_000_000:
+            raise InputError(f"priority={priority!r} must be an integer between -1000000 and 1000000.")
         budget = None if budget_usd is None else parse_amount(budget_usd, "run budget")
         tenants.validate_tenant_id(tenant)
         rt = get_runtime()
@@ -108,11 +148,10 @@ class Agent:
             options={"concurrency": concurrency, "timeout": self.timeout, "max_attempts": self.max_attempts},
             budget_usd=budget,
             entrypoint=self.entrypoint(),
+            priority=priority,
         )
         log.info("run %s: %d items for tenant %r", run_id, len(rows), tenant)
-        return self._execute(
-            rt, run_id, tenant, [(r[0], r[1]) for r in rows], concurrency, progress, run_name
-        )
+        return rt, run_id, [(r[0], r[1]) for r in rows]
 
     def _execute(
         self,
@@ -283,6 +322,37 @@ def agent(fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
     if fn is not None:
         return Agent(fn, **options)
     return lambda f: Agent(f, **options)
+
+
+class AsyncAgent(Agent):
+    """An agent whose function is ``async def``."""
+
+    async def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return await self.fn(*args, **kwargs)
+
+
+class RunHandle:
+    """A submitted run: its id and tenant; ``wait()`` for its result."""
+
+    __slots__ = ("run_id", "tenant")
+
+    def __init__(self, run_id: uuid.UUID, tenant: str) -> None:
+        self.run_id = run_id
+        self.tenant = tenant
+
+    def __repr__(self) -> str:
+        return f"<papayya run {self.run_id} of tenant {self.tenant!r}>"
+
+    def __str__(self) -> str:
+        return str(self.run_id)
+
+    def wait(self, *, timeout: float | None = None, poll: float = 0.5) -> RunResult:
+        """Wait until every item is terminal (or the run is paused), then return its result."""
+        from papayya.engine import wait_for_run
+        from papayya.runtime import get_runtime
+
+        wait_for_run(get_runtime(), self.run_id, self.tenant, poll=poll, timeout=timeout)
+        return RunResult.load(self.run_id, self.tenant)
 
 
 from papayya.result import RunResult  # noqa: E402  (RunResult imports nothing from here at import time)

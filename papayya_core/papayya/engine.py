@@ -209,6 +209,7 @@ class Worker:
         self._async_sem: asyncio.Semaphore | None = None
         self._paused_runs: set[UUID] = set()
         self._run_tenants: dict[UUID, str] = {}
+        self._touched: dict[UUID, str] = {}  # runs with items concluded since the last completion check
         self.store_ok = True
 
     # -- public -----------------------------------------------------------------------------------
@@ -301,8 +302,8 @@ class Worker:
             return self.poll
         if w["ready"] or w["running"]:
             return min(self.poll, 0.2) if w["ready"] else self.poll / 2
-        if w["next_in"] is not None:
-            return min(self.poll, float(w["next_in"]) + 0.01)
+        if w["next_in"] is not None:  # items waiting out a retry backoff
+            return min(self.poll, max(0.0, float(w["next_in"])) + 0.01)
         return None
 
     def _tenant_of(self, run_id: UUID) -> str | None:
@@ -458,6 +459,8 @@ class Worker:
 
     def _done(self, result: Concluded, ctx: AttemptContext) -> None:
         self.held.remove(ctx)
+        if result.terminal:
+            self._touched[ctx.run_id] = ctx.tenant_id
         with self._busy_lock:
             self._busy -= 1
         if result.status == "stale":
@@ -520,6 +523,9 @@ class Worker:
         elsewhere (a person, or a budget on another worker) so in-flight items stop at their next call."""
         try:
             self.rt.budgets.flush()
+            touched, self._touched = self._touched, {}
+            for run_id, tenant_id in touched.items():
+                self.rt.store.run_complete(run_id, tenant_id)  # a no-op while it has items to run
             for run_id in self.held.runs() | set(self.run_ids or ()):
                 row = self.rt.store.fetch_one("run_tenant", {"run_id": run_id})
                 if row is not None and row["status"] != "running":
@@ -696,8 +702,11 @@ def wait_for_run(
                     progress.advance(status, Decimal(0))
                 seen[status] = counts.get(status, 0)
         active = p["ready"] + p["waiting"] + p["running"] + p["expired"] + p["stalled"]
-        if p["status"] != "running" or not active:
+        if p["status"] != "running":
             return str(p["status"])
+        if not active:
+            rt.store.run_complete(run_id, tenant_id)
+            return str(rt.store.run_get(run_id, tenant_id)["status"])
         if deadline is not None and time.monotonic() > deadline:
             return str(p["status"])
         time.sleep(poll)

@@ -31,6 +31,7 @@ from papayya.cli.migrate import migrate_command
 from papayya.cli.replay import replay_command
 from papayya.cli.runs import runs_group
 from papayya.cli.tenants import tenants_group
+from papayya.cli.worker import worker_command
 from papayya.errors import PapayyaError
 
 __all__ = ["cli", "main"]
@@ -62,6 +63,7 @@ cli.add_command(pause_command)
 cli.add_command(resume_command)
 cli.add_command(costs_command)
 cli.add_command(limits_group)
+cli.add_command(worker_command)
 
 
 class _LazyFileHandler(logging.FileHandler):

@@ -193,7 +193,7 @@ GROUP BY r.status;
 -- Whether any running native run of these agents has a queued item due now (a burst worker stops when
 -- not), and when the next waiting one is due.
 SELECT count(*) FILTER (WHERE i.available_at <= now()) AS ready,
-       greatest(0, extract(epoch FROM min(i.available_at) - now()))::float8 AS next_in,
+       extract(epoch FROM min(i.available_at) - now())::float8 AS next_in,
        (SELECT count(*) FROM papayya.items j JOIN papayya.runs q ON q.run_id = j.run_id
          WHERE q.status = 'running' AND q.backend = 'native' AND q.agent_name = ANY(%(agents)s::text[])
            AND j.status = 'running') AS running
