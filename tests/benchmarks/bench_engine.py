@@ -50,6 +50,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -64,6 +65,7 @@ BATCH = 32  # items per claim, for the roofline and PGQueuer
 CONCURRENCY = 16  # items in flight per worker process, for procrastinate and papayya
 STARTUP_TIMEOUT = 120.0
 RUN_TIMEOUT = 900.0
+EXIT_GRACE = 30.0  # seconds a --burst worker gets to exit once its run is done
 TENANT = "bench"
 
 # The roofline: the least a durable PostgreSQL queue can do per batch.
@@ -137,6 +139,7 @@ class System:
     label: str
     drains: dict[int, Drain] = field(default_factory=dict)
     skipped: str | None = None
+    failed: str | None = None
 
     def keep(self, d: Drain) -> None:
         best = self.drains.get(d.workers)
@@ -475,22 +478,41 @@ def _peak_rss_kib(pid: int) -> int | None:
         return None
 
 
-def _wait_all(procs: list[subprocess.Popen[bytes]], log: Any) -> tuple[float, list[int]]:
-    """Wait for every worker to exit; the time the last one did and each one's peak RSS (KiB)."""
+def _wait_all(
+    procs: list[subprocess.Popen[bytes]], log: Any, finished: Callable[[], bool]
+) -> tuple[float, list[int]]:
+    """Wait for every worker to exit; the time the last one did and each one's peak RSS (KiB).
+
+    ``finished`` says whether the run's items are all done: burst workers that are still there
+    EXIT_GRACE seconds after that are killed and reported, rather than waited on for RUN_TIMEOUT.
+    """
     peak = {p.pid: 0 for p in procs}
     deadline = time.monotonic() + RUN_TIMEOUT
-    next_sample = 0.0
-    while any(p.poll() is None for p in procs):
-        if time.monotonic() >= next_sample:
-            next_sample = time.monotonic() + 0.02
-            for p in procs:
-                peak[p.pid] = max(peak[p.pid], _peak_rss_kib(p.pid) or 0)
-        if time.monotonic() > deadline:
-            for p in procs:
-                if p.poll() is None:
-                    p.kill()
-            raise TimeoutError(f"papayya workers still running after {RUN_TIMEOUT:.0f} s")
-        time.sleep(0.002)
+    next_sample = next_check = 0.0
+    done_at: float | None = None
+    try:
+        while any(p.poll() is None for p in procs):
+            now = time.monotonic()
+            if now >= next_sample:
+                next_sample = now + 0.02
+                for p in procs:
+                    peak[p.pid] = max(peak[p.pid], _peak_rss_kib(p.pid) or 0)
+            if done_at is None and now >= next_check:
+                next_check = now + 0.5
+                done_at = now if finished() else None
+            if done_at is not None and now > done_at + EXIT_GRACE:
+                raise TimeoutError(
+                    f"the run's items were all done {EXIT_GRACE:.0f} s ago, but --burst workers have "
+                    "not exited"
+                )
+            if now > deadline:
+                raise TimeoutError(f"papayya workers still running after {RUN_TIMEOUT:.0f} s")
+            time.sleep(0.002)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
     end = time.time()
     failed = [p.returncode for p in procs if p.returncode != 0]
     if failed:
@@ -519,7 +541,7 @@ def drain_papayya(server: str, n: int, workers: int) -> Drain:
         procs = [
             _start_worker(env, log, "--concurrency", str(CONCURRENCY), "--burst") for _ in range(workers)
         ]
-        end, peak = _wait_all(procs, log)
+        end, peak = _wait_all(procs, log, lambda: _papayya_counts(url, run.run_id).get("succeeded") == n)
         counts = _papayya_counts(url, run.run_id)
         _check(f"papayya items succeeded ({counts})", n, counts.get("succeeded", 0))
         with psycopg.connect(url) as conn:
@@ -660,8 +682,15 @@ def run_drains(plan: Plan, systems: dict[str, System]) -> None:
     drains = measurable(plan, systems)
     for _ in range(plan.repeat):
         for workers in plan.workers:
-            for key, drain in drains.items():
-                d = drain(plan.server, plan.items, workers)
+            for key, drain in list(drains.items()):
+                try:
+                    d = drain(plan.server, plan.items, workers)
+                except Exception as exc:  # one system failing leaves the others' figures standing
+                    traceback.print_exc()
+                    systems[key].failed = str(exc).splitlines()[0]
+                    systems[key].skipped = systems[key].failed
+                    del drains[key]
+                    continue
                 systems[key].keep(d)
                 print(
                     f"   ... {systems[key].label}, {workers} worker(s): {d.rate:,.0f} items/s "
@@ -701,7 +730,7 @@ def report(plan: Plan, systems: dict[str, System], engine: dict[str, Any], heade
     print(f"   {'':52} {'enqueue/s':>10}{cols}")
     for s in systems.values():
         if s.skipped:
-            print(f"   {s.label:52} skipped: {s.skipped}")
+            print(f"   {s.label:52} {'FAILED' if s.failed else 'skipped'}: {s.skipped}")
             continue
         cells = "".join(f"{_cell(s.drains.get(w)):>22}" for w in plan.workers)
         print(f"   {s.label:52} {s.enqueue_rate:>10,.0f}{cells}")
@@ -711,7 +740,8 @@ def report(plan: Plan, systems: dict[str, System], engine: dict[str, Any], heade
             cells = "".join(f"{(f'{r:.2f}x' if r else '-'):>22}" for r in against)
             print(f"   {name:52} {'':>10}{cells}")
     if "skipped" in engine:
-        print(f"\n2. papayya native engine: skipped: {engine['skipped']}")
+        why = "FAILED" if systems["papayya"].failed else "skipped"
+        print(f"\n2. papayya native engine: {why}: {engine['skipped']}")
         return
     sub, lat = engine["submit"], engine["latency"]
     print("\n2. papayya native engine")
@@ -804,7 +834,12 @@ def main() -> None:
         "papayya": System("papayya", f"papayya native engine (--burst, conc. {CONCURRENCY})"),
     }
     run_drains(plan, systems)
-    engine = run_papayya(plan, systems)
+    try:
+        engine = run_papayya(plan, systems)
+    except Exception as exc:  # the drains above still get reported
+        traceback.print_exc()
+        systems["papayya"].failed = str(exc).splitlines()[0]
+        engine = {"skipped": systems["papayya"].failed}
     report(plan, systems, engine, header)
     if args.json:
         document = {
@@ -827,6 +862,8 @@ def main() -> None:
             "papayya": engine,
         }
         Path(args.json).write_text(json.dumps(document, indent=2, default=str) + "\n")
+    if any(s.failed for s in systems.values()):
+        raise SystemExit(1)
 
 
 if __name__ == "__main__":
