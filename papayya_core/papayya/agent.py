@@ -6,6 +6,7 @@ import functools
 import inspect
 import json
 import logging
+import sys
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, is_dataclass
@@ -56,7 +57,7 @@ class Agent:
         if output is not None and not (isinstance(output, type) and issubclass(output, BaseModel)):
             raise TypeError("output= must be a pydantic model class")
         self.fn = fn
-        self.name = name or f"{fn.__module__}.{fn.__qualname__}".removeprefix("__main__.")
+        self.name = name or f"{_module_name(fn)}.{fn.__qualname__}"
         self.output = output
         self.checks = tuple(checks)
         self.max_attempts = retries + 1
@@ -162,8 +163,11 @@ class Agent:
         concurrency: int,
         progress: bool | None,
         run_name: str | None,
+        backend: str | None = None,
     ) -> RunResult:
-        rt.backend.run(
+        """Run recorded items on ``backend`` (by name; default the configured one) and wait."""
+        runner = rt.backend if backend is None else rt.backend_named(backend)
+        runner.run(
             rt,
             self,
             run_id=run_id,
@@ -202,6 +206,27 @@ class Agent:
             "qualname": self.fn.__qualname__,
             "file": str(Path(path).resolve()) if path else None,
         }
+
+
+def _module_name(fn: Callable[..., Any]) -> str:
+    """The module an agent is importable from: for a script run as ``python path/to/agents.py``, the
+    name ``papayya worker path.to.agents:fn`` imports from the current directory (``agents`` when the
+    script lies elsewhere), so runs a script submits are served by workers of the same agent."""
+    module: str = fn.__module__
+    if module != "__main__":
+        return module
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    if spec is not None and spec.name:  # python -m package.module
+        return str(spec.name)
+    file = getattr(main, "__file__", None)
+    if not file:
+        return "__main__"  # an interactive session
+    path = Path(file).resolve().with_suffix("")
+    try:
+        return ".".join(path.relative_to(Path.cwd().resolve()).parts)
+    except ValueError:
+        return path.name
 
 
 def _item_parts(index: int, raw: Any) -> tuple[Any, Any]:

@@ -164,7 +164,7 @@ def resume_run(
         len(pending),
     )
     workers = concurrency or int((run["options"] or {}).get("concurrency") or 8)
-    return agent._execute(rt, rid, tenant_id, pending, workers, progress, run["name"])
+    return agent._execute(rt, rid, tenant_id, pending, workers, progress, run["name"], run["backend"])
 
 
 def resume_tenant(tenant_id: str, **kwargs: Any) -> list[RunResult]:

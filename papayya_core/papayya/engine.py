@@ -523,9 +523,7 @@ class Worker:
         elsewhere (a person, or a budget on another worker) so in-flight items stop at their next call."""
         try:
             self.rt.budgets.flush()
-            touched, self._touched = self._touched, {}
-            for run_id, tenant_id in touched.items():
-                self.rt.store.run_complete(run_id, tenant_id)  # a no-op while it has items to run
+            self._complete_runs()
             for run_id in self.held.runs() | set(self.run_ids or ()):
                 row = self.rt.store.fetch_one("run_tenant", {"run_id": run_id})
                 if row is not None and row["status"] != "running":
@@ -535,6 +533,12 @@ class Worker:
             log.warning("budget flush or run check failed (%s); retried next second", exc)
         except Exception:
             log.exception("budget flush or run check failed; retried next second")
+
+    def _complete_runs(self) -> None:
+        """Mark the runs this worker concluded items of completed, if nothing of theirs is left."""
+        touched, self._touched = self._touched, {}
+        for run_id, tenant_id in touched.items():
+            self.rt.store.run_complete(run_id, tenant_id)  # a no-op while it has items to run
 
     def _store_down(self, exc: Exception, backoff: float) -> float:
         if self.store_ok:
@@ -616,6 +620,7 @@ class Worker:
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self._loop.stop)
         try:
+            self._complete_runs()
             self.rt.budgets.give_back()
         except StoreUnavailable as exc:
             log.warning(

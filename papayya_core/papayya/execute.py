@@ -75,6 +75,7 @@ def begin(
     claim = rt.store.attempt_begin(
         item_id=ref.item_id,
         tenant_id=ref.tenant_id,
+        run_id=ref.run_id,
         attempt_id=attempt_id,
         backend=backend,
         worker=rt.worker_id,
@@ -189,7 +190,9 @@ def refusal(rt: Runtime, ref: ItemRef) -> str:
     - ``"lost"``: it lost its worker ``max_stalls`` times; the reaper fails it (drop the message);
     - ``"stopped"``: its run was cancelled or completed.
     """
-    row = rt.store.fetch_one("item_park", {"item_id": ref.item_id, "tenant_id": ref.tenant_id})
+    row = rt.store.fetch_one(
+        "item_park", {"item_id": ref.item_id, "tenant_id": ref.tenant_id, "run_id": ref.run_id}
+    )
     if row is None:
         return "unknown"
     status, run_status = row["status"], row["run_status"]

@@ -126,6 +126,7 @@ class TenantRecord(BaseModel):
     config: dict[str, Any] = Field(default_factory=dict)
     budget_usd: Decimal | None = None
     budget_period: str = "month"
+    max_running: int | None = None  # items of this tenant running at once across all workers
     created_at: datetime
     updated_at: datetime
 

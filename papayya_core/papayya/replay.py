@@ -149,4 +149,5 @@ def replay(
         return RunResult.load(new_run, tenant_id)
     pending = store.run_pending_items(new_run, tenant_id)
     workers = concurrency or int((source["options"] or {}).get("concurrency") or 8)
-    return agent._execute(rt, new_run, tenant_id, pending, workers, progress, f"replay of {source['run_id']}")
+    label = f"replay of {source['run_id']}"
+    return agent._execute(rt, new_run, tenant_id, pending, workers, progress, label, source["backend"])

@@ -51,7 +51,9 @@ class Runtime:
                 f"{', '.join(sorted(backends))}; fix the name, or install the extra that provides it "
                 "(e.g. pip install 'papayya[celery]')."
             )
-        self.backend: Backend = backends[settings.backend]()
+        self._backend_factories = backends
+        self._backends: dict[str, Backend] = {}
+        self.backend: Backend = self.backend_named(settings.backend)
         url = settings.database_url
         if url is None:
             from papayya.store.embedded import embedded_url
@@ -61,6 +63,19 @@ class Runtime:
         self.budgets = Budgets(self.store)
         self.ratelimits = RateLimiter(self.store)
         install_log_watch()
+
+    def backend_named(self, name: str) -> Backend:
+        """The backend registered as ``name`` (a run resumed or replayed goes back to the backend it ran
+        on); ConfigError when this process does not have it installed."""
+        if name not in self._backends:
+            factory = self._backend_factories.get(name)
+            if factory is None:
+                raise ConfigError(
+                    f"This run ran on the {name!r} backend, which is not installed here; install "
+                    f"'papayya[{name}]' (installed: {', '.join(sorted(self._backend_factories))})."
+                )
+            self._backends[name] = factory()
+        return self._backends[name]
 
     def close(self) -> None:
         try:
@@ -106,4 +121,14 @@ def reset(*, forget_configuration: bool = False) -> None:
         clear_explicit()
 
 
+def _forget_after_fork() -> None:
+    """In a forked child (a prefork pool process, say) the parent's connections are not ours: start
+    afresh on first use, without closing what the parent still uses."""
+    global _runtime, _lock
+    _runtime = None
+    _lock = threading.Lock()
+
+
 atexit.register(reset)
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_after_fork)

@@ -8,7 +8,7 @@ from decimal import Decimal
 from typing import Any
 
 from papayya.config import UnknownTenants
-from papayya.errors import BudgetError, NotFound, TenantError
+from papayya.errors import BudgetError, InputError, NotFound, TenantError
 from papayya.models import PriceOverride, TenantRecord
 from papayya.runtime import Runtime, get_runtime
 
@@ -81,6 +81,16 @@ def get(tenant_id: str) -> TenantRecord:
 
 def list_all(limit: int = 1000) -> list[dict[str, Any]]:
     return get_runtime().store.tenant_list(limit)
+
+
+def set_max_running(tenant_id: str, max_running: int | None) -> TenantRecord:
+    """Cap (or with None uncap) the tenant's items running at once across every native worker. Workers
+    read it at each claim, so it applies within a claim cycle, without a restart. A claim racing another
+    worker's may overshoot the cap by a batch; it then holds back until the tenant is under it again."""
+    if max_running is not None and (isinstance(max_running, bool) or max_running < 1):
+        raise InputError(f"max_running={max_running!r} must be a positive number of items (or None).")
+    get_runtime().store.tenant_max_running_set(validate_tenant_id(tenant_id), max_running)
+    return get(tenant_id)
 
 
 def set_config(tenant_id: str, values: dict[str, Any], unset: list[str] | None = None) -> TenantRecord:

@@ -118,7 +118,15 @@ EXPECTED_TABLES = {
         "created_at",
         "request_hash",
     },
-    "tenants": {"tenant_id", "config", "created_at", "updated_at", "budget_usd", "budget_period", "max_running"},
+    "tenants": {
+        "tenant_id",
+        "config",
+        "created_at",
+        "updated_at",
+        "budget_usd",
+        "budget_period",
+        "max_running",
+    },
     "budget_accounts": {
         "scope",
         "owner",

@@ -114,7 +114,7 @@ def test_unreachable_database_is_one_sentence(rt: Runtime) -> None:
 def test_an_unknown_backend_is_one_sentence_before_anything_runs(rt: Runtime) -> None:
     papayya.configure(backend="kafka")
     with pytest.raises(
-        papayya.ConfigError, match="Unknown backend 'kafka' \\(PAPAYYA_BACKEND\\); installed: .*native"
+        papayya.ConfigError, match=r"Unknown backend 'kafka' \(PAPAYYA_BACKEND\); installed: .*native"
     ):
         echo.map([{"id": "a"}], tenant="t")
 

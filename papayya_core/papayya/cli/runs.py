@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from datetime import UTC, datetime
 from decimal import Decimal
 from shlex import quote
 from typing import Any
@@ -82,11 +84,26 @@ def list_command(tenant: str | None, limit: int, as_json: bool) -> None:
 @click.option(
     "--top", type=click.IntRange(1, 100), default=5, show_default=True, help="Reasons and failures to list."
 )
+@click.option(
+    "--watch",
+    is_flag=True,
+    help="Follow the run: a progress line every --interval seconds until it stops running, then the summary.",
+)
+@click.option(
+    "--interval",
+    type=click.FloatRange(0.2, 3600),
+    default=2.0,
+    show_default=True,
+    help="Seconds between lines.",
+)
 @render.json_option
-def show_command(run_id: UUID, top: int, as_json: bool) -> None:
+def show_command(run_id: UUID, top: int, watch: bool, interval: float, as_json: bool) -> None:
     """Show RUN: items by outcome, cost, top degraded reasons, top failures and cost by model."""
     store = connect()
     run = store.run_get(run_id)
+    if watch and run["status"] == "running":
+        _follow(run_id, run["tenant_id"], interval)
+        run = store.run_get(run_id)
     result = RunResult.load(run_id, run["tenant_id"], top=top)
     detail = show_detail(run, result, top=top)
     if as_json:
@@ -346,6 +363,34 @@ def _run_row(r: dict[str, Any]) -> dict[str, Any]:
         "created_at": r["created_at"],
         "finished_at": r["finished_at"],
     }
+
+
+def _follow(run_id: UUID, tenant_id: str, interval: float) -> None:
+    """Print one line of progress per interval while the run is running (on stderr, so ``--json`` stays
+    clean): items done of total, by outcome, in flight and queued, spend."""
+    store = connect()
+    while True:
+        p = store.run_progress(run_id, tenant_id)
+        summary = store.run_summary(run_id, tenant_id, top=1)
+        counts, total = summary["counts"], sum(summary["counts"].values())
+        done = sum(counts.get(s, 0) for s in ("succeeded", "degraded", "failed", "cancelled"))
+        outcomes = ", ".join(
+            f"{s} {counts[s]:,}" for s in ("succeeded", "degraded", "failed") if counts.get(s)
+        )
+        line = (
+            f"{done:,}/{total:,} done ({outcomes or 'none yet'}); {p['running']:,} running, "
+            f"{p['ready'] + p['waiting']:,} queued; "
+            f"${Decimal(summary['cost']['cost_usd']):,.4f} spent"
+        )
+        if p["stalled"] or p["expired"]:
+            line += f"; {p['stalled'] + p['expired']:,} lost their worker (being recovered)"
+        click.echo(f"{render.when(datetime.now(UTC))}  {line}", err=True)
+        if p["status"] != "running":
+            return
+        if not (p["ready"] + p["waiting"] + p["running"] + p["expired"] + p["stalled"] + p["paused"]):
+            store.run_complete(run_id, tenant_id)  # every item is done: the run is
+            return
+        time.sleep(interval)
 
 
 def run_detail(run: dict[str, Any], result: RunResult) -> dict[str, Any]:

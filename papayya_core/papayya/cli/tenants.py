@@ -100,6 +100,14 @@ def add_command(
 @budget_option
 @period_option
 @click.option("--no-budget", is_flag=True, help="Remove the budget: the tenant's spend is not capped.")
+@click.option(
+    "--max-running",
+    type=click.IntRange(1, 1_000_000),
+    default=None,
+    metavar="N",
+    help="Run at most N of the tenant's items at once across all workers (applies without a restart).",
+)
+@click.option("--no-max-running", is_flag=True, help="Remove the cap on the tenant's items running at once.")
 @render.json_option
 def set_command(
     tenant: str,
@@ -110,22 +118,27 @@ def set_command(
     budget: Decimal | None,
     period: str | None,
     no_budget: bool,
+    max_running: int | None,
+    no_max_running: bool,
     as_json: bool,
 ) -> None:
-    """Change TENANT's config, negotiated prices and budget.
+    """Change TENANT's config, negotiated prices, budget and cap on items running at once.
 
     Prices apply to calls recorded from now on; calls already recorded keep their cost. A budget applies
     to the next LLM call of every worker: if the tenant has already spent it this period, its running
     runs pause at once (resume them with `papayya resume --tenant TENANT` once there is room).
     """
     budgeting = budget is not None or period is not None or no_budget
-    if not (config or unset or prices or unset_prices or budgeting):
+    capping = max_running is not None or no_max_running
+    if not (config or unset or prices or unset_prices or budgeting or capping):
         raise click.UsageError(
-            "Nothing to change: give --config, --unset, --price, --unset-price, --budget, --period "
-            "or --no-budget"
+            "Nothing to change: give --config, --unset, --price, --unset-price, --budget, --period, "
+            "--no-budget, --max-running or --no-max-running"
         )
     if budget is not None and no_budget:
         raise click.UsageError("Give --budget or --no-budget, not both")
+    if max_running is not None and no_max_running:
+        raise click.UsageError("Give --max-running or --no-max-running, not both")
     both = sorted({k for k, _ in config} & set(unset))
     if both:
         raise click.UsageError(f"Config key {both[0]!r} is both set and unset; pick one")
@@ -149,6 +162,8 @@ def set_command(
         # --period alone keeps the amount; --no-budget removes it.
         amount = None if no_budget else budget if budget is not None else record.budget_usd
         outcome = tenants.set_budget(tenant, amount, period)
+    if capping:
+        tenants.set_max_running(tenant, max_running)
     if as_json:
         render.emit_json(_detail(tenant))
         return
@@ -156,6 +171,8 @@ def set_command(
     changes += [f"priced {p.label}" for p in prices] + [f"unpriced {p}/{m}" for p, m in unset_prices]
     if outcome is not None:
         changes.append(_budget_change(outcome))
+    if capping:
+        changes.append(f"at most {max_running:,} items running at once" if max_running else "no running cap")
     render.out(f"Updated tenant {tenant!r}: {', '.join(changes)}.")
     if outcome is not None:
         _report_spent(tenant, outcome)
@@ -187,6 +204,10 @@ def show_command(tenant: str, as_json: bool) -> None:
                 ("items", items),
                 ("spend", spend),
                 ("budget", _budget_text(tenant, detail["budget"])),
+                (
+                    "running cap",
+                    f"{detail['max_running']:,} items at once" if detail["max_running"] else "none",
+                ),
                 *_paused_line(tenant, detail["paused_runs"]),
             ]
         )
@@ -281,6 +302,7 @@ def _detail(tenant_id: str) -> dict[str, Any]:
         "unpriced_calls": unpriced,
         "prices": [p.model_dump(exclude={"tenant_id"}) for p in prices],
         "budget": _budgets([tenant_id])[tenant_id],
+        "max_running": record.max_running,
         "paused_runs": connect().runs_paused_of_tenant(tenant_id),
     }
 

@@ -230,6 +230,7 @@ class Store:
         *,
         item_id: UUID,
         tenant_id: str,
+        run_id: UUID,
         attempt_id: UUID,
         backend: str,
         worker: str,
@@ -245,6 +246,7 @@ class Store:
                 {
                     "item_id": item_id,
                     "tenant_id": tenant_id,
+                    "run_id": run_id,
                     "attempt_id": attempt_id,
                     "backend": backend,
                     "worker": worker,

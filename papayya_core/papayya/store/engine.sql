@@ -217,7 +217,7 @@ RETURNING tenant_id, max_running;
 WITH item AS (
     SELECT i.item_id, i.status, i.stalls, i.lease_expires_at >= now() AS lease_live, r.status AS run_status
     FROM papayya.items i JOIN papayya.runs r ON r.run_id = i.run_id
-    WHERE i.item_id = %(item_id)s AND i.tenant_id = %(tenant_id)s
+    WHERE i.item_id = %(item_id)s AND i.tenant_id = %(tenant_id)s AND i.run_id = %(run_id)s
 ), parked AS (
     UPDATE papayya.items i SET status = 'paused', updated_at = now()
     FROM item WHERE i.item_id = item.item_id AND item.run_status = 'paused'

@@ -10,7 +10,7 @@ ON CONFLICT (tenant_id) DO NOTHING
 RETURNING tenant_id;
 
 -- name: tenant_get
-SELECT tenant_id, config, budget_usd, budget_period, created_at, updated_at
+SELECT tenant_id, config, budget_usd, budget_period, max_running, created_at, updated_at
 FROM papayya.tenants WHERE tenant_id = %(tenant_id)s;
 
 -- name: tenant_list
@@ -60,7 +60,7 @@ WITH claimed AS (
         lease_token = nextval('papayya.lease_token_seq'),
         lease_expires_at = now() + make_interval(secs => %(lease_seconds)s),
         updated_at = now()
-    WHERE item_id = %(item_id)s AND tenant_id = %(tenant_id)s
+    WHERE item_id = %(item_id)s AND tenant_id = %(tenant_id)s AND run_id = %(run_id)s
       -- queued; stalled (its worker was lost and the reaper flagged it); or redelivered by a broker
       -- after its worker died, before the reaper got to it (its lease expired: a stall)
       AND (status IN ('queued', 'stalled') OR (status = 'running' AND lease_expires_at < now()))
