@@ -1,0 +1,703 @@
+"""``Consumer``: long-poll an SQS queue and run each message as one attempt of one item.
+
+A receiver thread long-polls (batches of up to ten, never more than free slots); each message is
+parsed and, for a batch at once, its ids are validated against the store (the tenant must own the
+run and the item); then a pool thread runs it through the one lifecycle (``execute.begin`` ->
+``invoke`` -> ``judge``/``settle``) and decides what becomes of the message:
+
+=============================================  ===================================================
+the attempt / the message                       the message
+=============================================  ===================================================
+terminal (succeeded, degraded, failed)          deleted (in batches; per-entry failures retried)
+paused (a budget broke, or the run is paused)   deleted; the item is kept ``paused`` in the store and
+                                                ``papayya resume`` sends it again
+failed, the agent's policy retries it           hidden for ``retry_in`` seconds, then redelivered
+... on the queue's last delivery                the item is failed (``DeadLettered``) and the message
+(``ApproximateReceiveCount`` = maxReceiveCount) is made visible: SQS moves it to the DLQ
+held by another attempt's live lease            hidden until that lease could have expired
+a duplicate of a done item                      deleted
+malformed, oversized, forged, no tenant         logged (one sentence) and moved to the DLQ with a
+                                                ``papayya_error`` attribute; nothing is recorded
+=============================================  ===================================================
+
+A monitor thread extends the visibility of every message in flight (with its latest receipt handle)
+and the papayya lease of its attempt, writes budget spend every second and notices runs paused
+elsewhere. The consumer also runs papayya's reaper: items whose consumer died are marked ``stalled``
+and sent again. ``stop()`` (SIGTERM, Ctrl-C) drains: no more receives, items in flight get ``grace``
+seconds, the rest are given back (item ``queued``, message visible again).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import queue as queuelib
+import signal
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from decimal import Decimal
+from types import FrameType
+from typing import TYPE_CHECKING, Any
+from uuid import UUID
+
+from papayya import execute, intake
+from papayya.agent import Agent
+from papayya.context import AttemptContext
+from papayya.errors import InputError, StoreUnavailable, TenantError
+from papayya.execute import ItemRef
+from papayya.models import ItemStatus
+from papayya.reaper import Reaper
+from papayya.runtime import get_runtime
+from papayya.tenants import overrides_map
+from papayya_sqs import message as M
+from papayya_sqs.config import DeadLettered, SqsSettings, SqsUnavailable, make_client
+from papayya_sqs.queue import MAX_VISIBILITY, Queue
+
+if TYPE_CHECKING:
+    from papayya.runtime import Runtime
+
+log = logging.getLogger("papayya.sqs")
+
+BACKEND = "sqs"
+Overrides = dict[tuple[str, str], dict[str, Decimal | None]]
+
+
+# -- what becomes of a message ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Delete:
+    """The message is done with: delete it."""
+
+
+@dataclass(frozen=True)
+class Hide:
+    """Leave the message for redelivery after ``seconds``."""
+
+    seconds: float
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """Move the message to the dead-letter queue, with ``reason``."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class Leave:
+    """Do nothing: someone else holds the item (and its message) now."""
+
+
+Action = Delete | Hide | DeadLetter | Leave
+
+
+@dataclass
+class _Flight:
+    """A message this consumer received and has not settled yet."""
+
+    msg: M.Received
+    handle: str  # the newest receipt handle: a second delivery of the message replaces it
+    ctx: AttemptContext | None = None
+    decided_by: str | None = None  # "worker" (the thread that ran it) or "drain" (the shutdown): once
+
+
+@dataclass
+class ConsumerStats:
+    """What one ``run()`` did."""
+
+    received: int = 0
+    succeeded: int = 0
+    degraded: int = 0
+    failed: int = 0
+    retried: int = 0
+    paused: int = 0
+    duplicates: int = 0
+    refused: int = 0
+    dead_lettered: int = 0
+    released: int = 0
+    stale: int = 0
+    counts_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add(self, name: str, n: int = 1) -> None:
+        with self.counts_lock:
+            setattr(self, name, getattr(self, name) + n)
+
+
+class _Terms:
+    """Each tenant's price overrides and budget period, re-read every few seconds."""
+
+    TTL = 5.0
+
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+        self._lock = threading.Lock()
+        self._cache: dict[str, tuple[float, Overrides, str]] = {}
+
+    def get(self, tenant_id: str) -> tuple[Overrides, str]:
+        now = time.monotonic()
+        with self._lock:
+            hit = self._cache.get(tenant_id)
+        if hit is not None and now - hit[0] < self.TTL:
+            return hit[1], hit[2]
+        record = self.rt.store.tenant_get(tenant_id)
+        period = record["budget_period"] if record else "month"
+        overrides = overrides_map(tenant_id, self.rt)
+        with self._lock:
+            self._cache[tenant_id] = (now, overrides, period)
+        return overrides, period
+
+
+class Consumer:
+    """Runs the messages of one SQS queue as accountable items of ``agent`` (or several agents).
+
+    Args:
+        queue_url: The queue; default ``PAPAYYA_SQS_QUEUE_URL``.
+        agent: The agent (or agents) whose items arrive on this queue. With several, a message names
+            its agent through its run (papayya's messages) or a ``papayya_agent`` attribute.
+        sqs: A boto3 SQS client; default one built from ``PAPAYYA_SQS_*`` (endpoint, region).
+        concurrency: Items run at once (threads); default ``PAPAYYA_SQS_CONCURRENCY`` (10).
+        wait_seconds: Long-poll wait of one receive (0-20); default ``PAPAYYA_SQS_WAIT_SECONDS`` (20).
+        visibility_timeout: Seconds a received message stays hidden (extended while its item runs);
+            default ``PAPAYYA_SQS_VISIBILITY_TIMEOUT``, else the queue's own.
+        reaper: Run papayya's reaper in this process (items whose consumer died are sent again).
+    """
+
+    def __init__(
+        self,
+        queue_url: str | None = None,
+        *,
+        agent: Agent | Sequence[Agent],
+        sqs: Any = None,
+        concurrency: int | None = None,
+        wait_seconds: int | None = None,
+        visibility_timeout: int | None = None,
+        reaper: bool = True,
+    ) -> None:
+        agents = [agent] if isinstance(agent, Agent) else list(agent)
+        if not agents or not all(isinstance(a, Agent) for a in agents):
+            raise TypeError(
+                "agent= must be a papayya agent (a function decorated with @papayya.agent) or a list"
+            )
+        self.settings = SqsSettings.from_env(
+            queue_url=queue_url,
+            concurrency=concurrency,
+            wait_seconds=wait_seconds,
+            visibility_timeout=visibility_timeout,
+        )
+        url = self.settings.require_queue()
+        self.queue = Queue(
+            url, sqs if sqs is not None else make_client(self.settings, url), fair=self.settings.fair
+        )
+        self.agents = {a.name: a for a in agents}
+        self.concurrency = self.settings.concurrency
+        self.wait_seconds = self.settings.wait_seconds
+        self.reaper = reaper
+        self.stats = ConsumerStats()
+        self._lock = threading.Lock()
+        self._flights: dict[str, _Flight] = {}
+        self._busy = 0
+        self._slots = threading.Condition(self._lock)
+        self._outbox: queuelib.Queue[tuple[_Flight, Action] | None] = queuelib.Queue()
+        self._stopping = threading.Event()
+        self._closed = threading.Event()
+        self._burst = False
+        self._rt: Runtime | None = None
+        self._terms: _Terms | None = None
+        self._visibility = 30
+
+    def __repr__(self) -> str:
+        return f"<papayya_sqs.Consumer {self.queue.url} serving {', '.join(self.agents)}>"
+
+    # -- running ----------------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Stop receiving; ``run()`` then drains what is in flight and returns."""
+        self._stopping.set()
+        with self._slots:
+            self._slots.notify_all()
+
+    def run(self, *, burst: bool = False, grace: float = 30.0) -> ConsumerStats:
+        """Receive and run messages until ``stop()`` (SIGTERM and Ctrl-C call it when this runs on the
+        main thread) or, with ``burst``, until a receive finds the queue empty and nothing is in flight.
+        Items still running ``grace`` seconds after the stop are given back. Returns what it did."""
+        from papayya_sqs.backend import SqsBackend
+
+        rt = self._rt = get_runtime()
+        self._terms = _Terms(rt)
+        self._burst = burst
+        self._stopping.clear()
+        self._closed.clear()
+        info = self.queue.info  # a wrong URL or missing credentials fail here, in one sentence
+        self._visibility = self.settings.visibility_timeout or info.visibility_timeout
+        if not isinstance(rt.backend, SqsBackend) or not rt.backend.serves(self.queue.url, self.agents):
+            # this consumer's reaper sends the stalled items of its agents back to its own queue
+            rt.backend = SqsBackend(self.queue, agents=self.agents)
+        pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="papayya-sqs")
+        threads = [
+            threading.Thread(target=self._settle_loop, name="papayya-sqs-settle", daemon=True),
+            threading.Thread(target=self._monitor, name="papayya-sqs-monitor", daemon=True),
+            threading.Thread(
+                target=self._receive_loop, args=(pool,), name="papayya-sqs-receive", daemon=True
+            ),
+        ]
+        sweeper = Reaper(rt).start() if self.reaper else None
+        restore = self._signals()
+        for t in threads:
+            t.start()
+        log.info(
+            "consumer on %s: %s, %d at once (visibility %ds, max receives %s)",
+            self.queue.url,
+            ", ".join(self.agents),
+            self.concurrency,
+            self._visibility,
+            info.max_receive_count or "unbounded",
+        )
+        try:
+            while not self._stopping.wait(0.2):
+                pass
+        finally:
+            try:
+                threads[2].join(timeout=self.wait_seconds + 10)
+                self._drain(grace)
+            finally:
+                self._closed.set()
+                self._outbox.put(None)
+                threads[0].join(timeout=30)
+                pool.shutdown(wait=False, cancel_futures=True)
+                if sweeper is not None:
+                    sweeper.stop()
+                try:
+                    rt.budgets.give_back()
+                except Exception as exc:
+                    log.warning(
+                        "could not give back unspent budget (%s); `papayya resume` reconciles it", exc
+                    )
+                restore()
+        return self.stats
+
+    def _signals(self) -> Any:
+        if threading.current_thread() is not threading.main_thread():
+            return lambda: None
+        previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+
+        def stop(signum: int, frame: FrameType | None) -> None:
+            log.warning("consumer: stopping (finishing items in flight)")
+            self.stop()
+            signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C stops at once
+
+        for s in previous:
+            signal.signal(s, stop)
+
+        def restore() -> None:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+
+        return restore
+
+    def _receive_loop(self, pool: ThreadPoolExecutor) -> None:
+        backoff = 0.5
+        while not self._stopping.is_set():
+            with self._slots:
+                while self._busy >= self.concurrency and not self._stopping.is_set():
+                    self._slots.wait(0.5)
+                free = self.concurrency - self._busy
+            if self._stopping.is_set():
+                return
+            try:
+                msgs = self.queue.receive(free, self.wait_seconds, self._visibility)
+            except SqsUnavailable as exc:
+                log.warning("consumer: %s; retrying in %.1fs", exc, backoff)
+                self._stopping.wait(backoff)
+                backoff = min(backoff * 2, 30.0)
+                continue
+            backoff = 0.5
+            if self._stopping.is_set():  # received while stopping: give them back at once
+                for m in msgs:
+                    self._post(_Flight(m, m.receipt_handle, decided_by="drain"), Hide(0))
+                return
+            if not msgs:
+                if self._burst and self._quiet():
+                    self.stop()
+                continue
+            self._dispatch(msgs, pool)
+
+    def _quiet(self) -> bool:
+        with self._lock:
+            return self._busy == 0 and not self._flights and self._outbox.empty()
+
+    def _dispatch(self, msgs: list[M.Received], pool: ThreadPoolExecutor) -> None:
+        fresh: list[_Flight] = []
+        with self._lock:
+            for m in msgs:
+                known = self._flights.get(m.message_id)
+                if known is not None:
+                    # a second delivery of a message this consumer still holds: keep its newest handle
+                    known.handle = m.receipt_handle
+                    continue
+                flight = _Flight(m, m.receipt_handle)
+                self._flights[m.message_id] = flight
+                self._busy += 1
+                fresh.append(flight)
+        self.stats.add("received", len(fresh))
+        parsed = [M.parse(f.msg) for f in fresh]
+        try:
+            rows = self._validate(parsed)
+        except StoreUnavailable as exc:
+            log.warning("consumer: the papayya store is away (%s); %d message(s) wait", exc, len(fresh))
+            for f in fresh:
+                self._finish(f, Hide(self._store_backoff(f.msg)))
+            return
+        for f, p in zip(fresh, parsed, strict=True):
+            row = rows.get(p.ref.item_id) if p.ref is not None else None
+            pool.submit(self._handle, f, p, row)
+
+    def _validate(self, parsed: list[M.Parsed]) -> dict[UUID, dict[str, Any]]:
+        """Look up, in one query, the items the batch's messages name, scoped by each message's tenant."""
+        refs = [p.ref for p in parsed if p.ref is not None]
+        if not refs:
+            return {}
+        assert self._rt is not None
+        rows = self._rt.store.fetch_all(
+            "sqs_items",
+            {
+                "item_ids": [r.item_id for r in refs],
+                "run_ids": [r.run_id for r in refs],
+                "tenant_ids": [r.tenant_id for r in refs],
+            },
+        )
+        return {r["item_id"]: r for r in rows}
+
+    # -- one message ------------------------------------------------------------------------------
+
+    def _handle(self, flight: _Flight, parsed: M.Parsed, row: dict[str, Any] | None) -> None:
+        try:
+            action = self._process(flight, parsed, row)
+        except StoreUnavailable as exc:
+            log.warning(
+                "message %s: the papayya store is away (%s); it comes back", flight.msg.message_id, exc
+            )
+            action = Hide(self._store_backoff(flight.msg))
+        except Exception:
+            log.exception("message %s: papayya could not handle it; it comes back", flight.msg.message_id)
+            action = Hide(min(MAX_VISIBILITY, 30 * flight.msg.receive_count))
+        self._finish(flight, action)
+
+    def _decide(self, flight: _Flight, who: str) -> bool:
+        """Whether ``who`` decides what becomes of the message (the first to ask does)."""
+        with self._lock:
+            if flight.decided_by is None:
+                flight.decided_by = who
+            return flight.decided_by == who
+
+    def _finish(self, flight: _Flight, action: Action) -> None:
+        with self._slots:
+            self._busy -= 1
+            self._slots.notify_all()
+        if self._decide(flight, "worker"):  # else the shutdown gave it back already
+            self._post(flight, action)
+
+    def _post(self, flight: _Flight, action: Action) -> None:
+        self._outbox.put((flight, action))
+
+    @staticmethod
+    def _store_backoff(msg: M.Received) -> float:
+        return min(300.0, 5.0 * float(2 ** min(msg.receive_count, 6)))
+
+    def _process(self, flight: _Flight, parsed: M.Parsed, row: dict[str, Any] | None) -> Action:
+        rt = self._rt
+        assert rt is not None
+        msg = flight.msg
+        if self._stopping.is_set():
+            return Hide(0)  # stopping: not started, given back at once
+        if parsed.problem is not None:
+            return self._refuse(f"refused {parsed.problem}")
+        assert parsed.tenant_id is not None
+        if parsed.ref is not None:
+            ref = parsed.ref
+            if row is None:
+                return self._refuse(
+                    f"refused message {msg.message_id}: tenant {ref.tenant_id!r} has no item {ref.item_id} "
+                    f"in run {ref.run_id} (a forged or mistaken attribute); nothing ran"
+                )
+            agent = self.agents.get(row["agent_name"])
+            if agent is None:
+                log.error(
+                    "message %s: item %s belongs to agent %s, which this consumer does not serve (%s); "
+                    "it goes back to the queue for a consumer that does",
+                    msg.message_id,
+                    row["key"],
+                    row["agent_name"],
+                    ", ".join(self.agents),
+                )
+                return Hide(min(MAX_VISIBILITY, 5 * msg.receive_count))
+            ref = ItemRef(ref.item_id, row["key"], ref.run_id, ref.tenant_id)
+        else:
+            found = self._agent_named(parsed.agent)
+            if isinstance(found, str):
+                return self._refuse(f"refused message {msg.message_id}: {found}")
+            agent = found
+            assert parsed.key is not None
+            assert parsed.input is not None
+            try:
+                ref = intake.adopt(
+                    rt, agent, tenant_id=parsed.tenant_id, key=parsed.key, input=parsed.input, backend=BACKEND
+                )
+            except (InputError, TenantError) as exc:
+                return self._refuse(f"refused message {msg.message_id}: {exc}")
+        assert self._terms is not None
+        overrides, period = self._terms.get(ref.tenant_id)
+        ctx = execute.begin(rt, agent, ref, backend=BACKEND, price_overrides=overrides, budget_period=period)
+        if ctx is None:
+            return self._refused(rt, ref, msg)
+        flight.ctx = ctx
+        try:
+            if agent.is_async:
+                output, error = asyncio.run(execute.ainvoke(ctx, agent.timeout))
+            else:
+                output, error = execute.invoke(ctx)
+        except BaseException:  # SystemExit raised by the agent, or its event loop was cancelled
+            if self._decide(flight, "worker"):
+                execute.release(ctx)
+                self.stats.add("released")
+            return Hide(0)
+        if not self._decide(flight, "worker"):  # the shutdown gave the message back meanwhile
+            execute.release(ctx)  # (a no-op when the shutdown released this attempt already)
+            return Leave()
+        return self._conclude(rt, ctx, msg, output, error)
+
+    def _agent_named(self, name: str | None) -> Agent | str:
+        if name is not None:
+            agent = self.agents.get(name)
+            if agent is None:
+                return f"its {M.AGENT} attribute names agent {name!r}, which this consumer does not serve"
+            return agent
+        if len(self.agents) == 1:
+            return next(iter(self.agents.values()))
+        return (
+            f"this consumer serves several agents ({', '.join(self.agents)}) and the message names none; "
+            f"send it with a {M.AGENT} attribute"
+        )
+
+    def _refuse(self, reason: str) -> Action:
+        log.error("%s", reason)
+        self.stats.add("refused")
+        return DeadLetter(reason)
+
+    def _last_delivery(self, msg: M.Received) -> bool:
+        """SQS will not deliver this message again: the next receive moves it to the DLQ."""
+        limit = self.queue.info.max_receive_count
+        return limit is not None and msg.receive_count >= limit
+
+    def _conclude(
+        self, rt: Runtime, ctx: AttemptContext, msg: M.Received, output: Any, error: BaseException | None
+    ) -> Action:
+        judged = execute.judge(ctx, output=output, error=error)
+        if judged is None:
+            return Hide(0)
+        dead = judged.finish.retry_in is not None and self._last_delivery(msg)
+        if dead:
+            # The agent wants another attempt, but SQS will not deliver this message again: the item
+            # fails here as dead-lettered, so it is never silently gone.
+            limit = self.queue.info.max_receive_count
+            why = "no error" if error is None else f"{type(error).__name__}: {str(error)[:300]}"
+            lettered = DeadLettered(
+                f"its message was received {msg.receive_count} times, the queue's maxReceiveCount "
+                f"({limit}), so SQS moves it to the dead-letter queue; last attempt: {why}"
+            )
+            lettered.__cause__ = error
+            judged = execute.judge(ctx, error=lettered)
+            assert judged is not None
+        (result,) = execute.settle([judged])
+        if result.discarded:
+            self.stats.add("stale")
+            return Leave()
+        if dead:
+            self.stats.add("failed")
+            self.stats.add("dead_lettered")
+            log.error(
+                "item %s failed as dead-lettered: its message was received %d times (maxReceiveCount)",
+                ctx.item.id,
+                msg.receive_count,
+            )
+            return Hide(0)  # visible again: the next receive moves it to the dead-letter queue
+        if result.retry_in is not None:
+            self.stats.add("retried")
+            return Hide(math.ceil(result.retry_in))
+        status = result.status
+        if status in (ItemStatus.SUCCEEDED, ItemStatus.DEGRADED, ItemStatus.FAILED, ItemStatus.PAUSED):
+            self.stats.add(str(status))
+            return Delete()
+        if result.terminal:
+            return Delete()
+        return Hide(0)
+
+    def _refused(self, rt: Runtime, ref: ItemRef, msg: M.Received) -> Action:
+        why = execute.refusal(rt, ref)
+        if why == "unknown":
+            return self._refuse(
+                f"refused message {msg.message_id}: tenant {ref.tenant_id!r} has no item {ref.item_id}"
+            )
+        if why == "running":
+            # Another attempt holds a live lease: a duplicate delivery, or the redelivery of a message
+            # whose consumer died before its lease expired. Look again once it could have expired.
+            row = rt.store.fetch_one("sqs_lease_left", {"item_id": ref.item_id, "tenant_id": ref.tenant_id})
+            wait = math.ceil((float(row["seconds"]) if row else 0.0) + 0.5)
+            if self._last_delivery(msg):
+                log.warning(
+                    "item %s is held by another attempt on its message's last delivery; SQS dead-letters "
+                    "this copy; the attempt holding the item finishes it (or the reaper sends it again)",
+                    ref.key,
+                )
+            else:
+                log.info(
+                    "item %s is held by another attempt; this delivery looks again in %ds", ref.key, wait
+                )
+            return Hide(wait)
+        self.stats.add("paused" if why == "paused" else "duplicates")
+        if why == "paused":
+            log.info("item %s: its run %s is paused; parked until `papayya resume`", ref.key, ref.run_id)
+        else:
+            log.info("item %s: not run (%s); message %s deleted", ref.key, why, msg.message_id)
+        return Delete()
+
+    # -- settling messages --------------------------------------------------------------------------
+
+    def _settle_loop(self) -> None:
+        done = False
+        while not done:
+            first = self._outbox.get()
+            batch = [first]
+            deadline = time.monotonic() + 0.005
+            while len(batch) < 100:
+                try:
+                    batch.append(self._outbox.get(timeout=max(0.0, deadline - time.monotonic())))
+                except queuelib.Empty:
+                    break
+            done = None in batch
+            try:
+                self._settle([b for b in batch if b is not None])
+            except Exception:
+                log.exception("consumer: could not settle %d message(s); they come back", len(batch))
+
+    def _settle(self, batch: list[tuple[_Flight, Action]]) -> None:
+        deletes = [f for f, a in batch if isinstance(a, Delete)]
+        hides = [(f, a.seconds) for f, a in batch if isinstance(a, Hide)]
+        dead = [(f, a.reason) for f, a in batch if isinstance(a, DeadLetter)]
+        if deletes:
+            failed = self.queue.delete([(f.msg.message_id, f.handle) for f in deletes])
+            retry = [f for f in deletes if f.msg.message_id in failed and f.handle != f.msg.receipt_handle]
+            if retry:  # redelivered meanwhile: its newest receipt handle deletes it
+                failed.update(self.queue.delete([(f.msg.message_id, f.handle) for f in retry]))
+            for f in deletes:
+                if f.msg.message_id in failed:
+                    log.warning(
+                        "message %s could not be deleted (%s); its next delivery is dropped as a duplicate",
+                        f.msg.message_id,
+                        failed[f.msg.message_id],
+                    )
+        if hides:
+            failed = self.queue.change_visibility([(f.msg.message_id, f.handle, s) for f, s in hides])
+            for f, _ in hides:
+                if f.msg.message_id in failed:
+                    log.info(
+                        "message %s: visibility not changed (%s)", f.msg.message_id, failed[f.msg.message_id]
+                    )
+        for f, reason in dead:
+            self._dead_letter(f, reason)
+        with self._lock:
+            for f, _ in batch:
+                if self._flights.get(f.msg.message_id) is f:
+                    del self._flights[f.msg.message_id]
+
+    def _dead_letter(self, flight: _Flight, reason: str) -> None:
+        try:
+            moved = self.queue.move_to_dead_letter(flight.msg, reason)
+        except SqsUnavailable as exc:
+            log.error(
+                "message %s could not be moved to the dead-letter queue (%s)", flight.msg.message_id, exc
+            )
+            moved = False
+        if moved:
+            self.stats.add("dead_lettered")
+            return
+        hidden = min(MAX_VISIBILITY, 600 * flight.msg.receive_count)
+        log.error(
+            "message %s stays in the queue, hidden for %ds: the queue has no dead-letter queue to move it "
+            "to; give it a RedrivePolicy",
+            flight.msg.message_id,
+            hidden,
+        )
+        self.queue.change_visibility([(flight.msg.message_id, flight.handle, hidden)])
+
+    # -- heartbeats ---------------------------------------------------------------------------------
+
+    def _monitor(self) -> None:
+        rt = self._rt
+        assert rt is not None
+        lease = rt.settings.lease_seconds
+        lease_every = lease / 3
+        hide_every = max(1.0, self._visibility / 3)
+        tick = max(0.05, min(lease_every, hide_every, 1.0) / 2)
+        last_lease = last_hide = last_budget = time.monotonic()
+        while not self._closed.wait(tick):
+            now = time.monotonic()
+            with self._lock:
+                flights = [f for f in self._flights.values() if f.decided_by is None]
+            try:
+                if now - last_hide >= hide_every:
+                    last_hide = now
+                    self._extend_visibility(flights)
+                if now - last_lease >= lease_every:
+                    last_lease = now
+                    held = [f.ctx for f in flights if f.ctx is not None]
+                    kept = rt.store.leases_extend([(c.item_id, c.lease_token) for c in held], lease)
+                    for c in held:
+                        if c.item_id not in kept:
+                            log.warning("item %s: attempt %d lost its lease", c.item.id, c.attempt)
+                if now - last_budget >= 1.0:
+                    last_budget = now
+                    rt.budgets.flush()
+                    for run_id in {f.ctx.run_id for f in flights if f.ctx is not None}:
+                        if rt.store.run_get(run_id)["status"] != "running":
+                            rt.budgets.run_paused(run_id)  # in-flight items stop at their next LLM call
+            except Exception as exc:  # SQS or the store is away: the next beat tries again
+                log.warning("consumer heartbeat failed (%s); retried", exc)
+
+    def _extend_visibility(self, flights: Iterable[_Flight]) -> None:
+        changes = [(f.msg.message_id, f.handle, self._visibility) for f in flights]
+        if not changes:
+            return
+        failed = self.queue.change_visibility(changes)
+        for message_id, why in failed.items():
+            log.warning("message %s: could not extend its visibility (%s)", message_id, why)
+
+    # -- stopping -------------------------------------------------------------------------------------
+
+    def _drain(self, grace: float) -> None:
+        """Wait up to ``grace`` seconds for items in flight; give back the ones still running."""
+        deadline = time.monotonic() + grace
+        with self._slots:
+            while self._busy and time.monotonic() < deadline:
+                self._slots.wait(min(0.2, max(0.0, deadline - time.monotonic())))
+        with self._lock:
+            left = [f for f in self._flights.values() if f.decided_by is None]
+        for f in left:
+            if not self._decide(f, "drain"):
+                continue
+            if f.ctx is not None:
+                try:
+                    execute.release(f.ctx)
+                    self.stats.add("released")
+                except Exception:
+                    log.exception("item %s: could not release it; the reaper recovers it", f.ctx.item.id)
+            self._post(f, Hide(0))
+        if left:
+            log.warning("consumer: gave back %d item(s) still running after %gs", len(left), grace)
+
+
+__all__ = ["BACKEND", "Consumer", "ConsumerStats"]
