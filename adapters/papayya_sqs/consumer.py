@@ -37,7 +37,6 @@ import signal
 import threading
 import time
 from collections.abc import Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from decimal import Decimal
 from types import FrameType
@@ -126,6 +125,37 @@ class ConsumerStats:
     def add(self, name: str, n: int = 1) -> None:
         with self.counts_lock:
             setattr(self, name, getattr(self, name) + n)
+
+
+class _Pool:
+    """Daemon threads running submitted calls: an agent stuck past the shutdown's grace (its item given
+    back) does not keep the process alive."""
+
+    def __init__(self, size: int) -> None:
+        self._work: queuelib.Queue[tuple[Any, tuple[Any, ...]] | None] = queuelib.Queue()
+        self._threads = [
+            threading.Thread(target=self._loop, name=f"papayya-sqs-{n}", daemon=True) for n in range(size)
+        ]
+        for t in self._threads:
+            t.start()
+
+    def submit(self, fn: Any, *args: Any) -> None:
+        self._work.put((fn, args))
+
+    def _loop(self) -> None:
+        while True:
+            job = self._work.get()
+            if job is None:
+                return
+            fn, args = job
+            try:
+                fn(*args)
+            except BaseException:  # each call handles its own errors; this keeps the thread alive
+                log.exception("consumer thread: unexpected error")
+
+    def shutdown(self) -> None:
+        for _ in self._threads:
+            self._work.put(None)
 
 
 class _Terms:
@@ -237,7 +267,7 @@ class Consumer:
         if not isinstance(rt.backend, SqsBackend) or not rt.backend.serves(self.queue.url, self.agents):
             # this consumer's reaper sends the stalled items of its agents back to its own queue
             rt.backend = SqsBackend(self.queue, agents=self.agents)
-        pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="papayya-sqs")
+        pool = _Pool(self.concurrency)
         threads = [
             threading.Thread(target=self._settle_loop, name="papayya-sqs-settle", daemon=True),
             threading.Thread(target=self._monitor, name="papayya-sqs-monitor", daemon=True),
@@ -262,13 +292,14 @@ class Consumer:
                 pass
         finally:
             try:
+                deadline = time.monotonic() + grace  # from the stop, not from the end of a long poll
                 threads[2].join(timeout=self.wait_seconds + 10)
-                self._drain(grace)
+                self._drain(deadline, grace)
             finally:
                 self._closed.set()
                 self._outbox.put(None)
                 threads[0].join(timeout=30)
-                pool.shutdown(wait=False, cancel_futures=True)
+                pool.shutdown()
                 if sweeper is not None:
                     sweeper.stop()
                 try:
@@ -299,7 +330,7 @@ class Consumer:
 
         return restore
 
-    def _receive_loop(self, pool: ThreadPoolExecutor) -> None:
+    def _receive_loop(self, pool: _Pool) -> None:
         backoff = 0.5
         while not self._stopping.is_set():
             with self._slots:
@@ -330,7 +361,7 @@ class Consumer:
         with self._lock:
             return self._busy == 0 and not self._flights and self._outbox.empty()
 
-    def _dispatch(self, msgs: list[M.Received], pool: ThreadPoolExecutor) -> None:
+    def _dispatch(self, msgs: list[M.Received], pool: _Pool) -> None:
         fresh: list[_Flight] = []
         with self._lock:
             for m in msgs:
@@ -641,8 +672,8 @@ class Consumer:
         assert rt is not None
         lease = rt.settings.lease_seconds
         lease_every = lease / 3
-        hide_every = max(1.0, self._visibility / 3)
-        tick = max(0.05, min(lease_every, hide_every, 1.0) / 2)
+        hide_every = max(0.2, self._visibility / 3)
+        tick = max(0.05, min(lease_every, hide_every, 1.0) / 4)
         last_lease = last_hide = last_budget = time.monotonic()
         while not self._closed.wait(tick):
             now = time.monotonic()
@@ -678,9 +709,8 @@ class Consumer:
 
     # -- stopping -------------------------------------------------------------------------------------
 
-    def _drain(self, grace: float) -> None:
-        """Wait up to ``grace`` seconds for items in flight; give back the ones still running."""
-        deadline = time.monotonic() + grace
+    def _drain(self, deadline: float, grace: float) -> None:
+        """Wait until ``deadline`` for items in flight; give back the ones still running."""
         with self._slots:
             while self._busy and time.monotonic() < deadline:
                 self._slots.wait(min(0.2, max(0.0, deadline - time.monotonic())))

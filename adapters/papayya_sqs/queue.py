@@ -7,8 +7,8 @@ boto3's errors are translated here, once, into :class:`SqsUnavailable` (one sent
 from __future__ import annotations
 
 import json
-import math
 import logging
+import math
 import threading
 import time
 import uuid

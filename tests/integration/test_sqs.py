@@ -146,18 +146,17 @@ def consuming(consumer: papayya_sqs.Consumer, *, grace: float = 10.0) -> Iterato
         raise errors[0]
 
 
-def sqs_backend(queue_url: str, **settings: Any) -> Runtime:
-    """PAPAYYA_BACKEND=sqs on ``queue_url`` for this test; the new runtime."""
-    import os
+@pytest.fixture
+def sqs_backend(sqs: Any, monkeypatch: pytest.MonkeyPatch) -> Callable[..., Runtime]:
+    """``sqs_backend(url, **settings)``: PAPAYYA_BACKEND=sqs on queue ``url`` for this test; the new
+    runtime."""
 
-    os.environ["PAPAYYA_SQS_QUEUE_URL"] = queue_url
-    papayya.configure(backend="sqs", **settings)
-    return papayya.runtime.get_runtime()
+    def use(queue_url: str, **settings: Any) -> Runtime:
+        monkeypatch.setenv("PAPAYYA_SQS_QUEUE_URL", queue_url)
+        papayya.configure(backend="sqs", **settings)
+        return papayya.runtime.get_runtime()
 
-
-@pytest.fixture(autouse=True)
-def _forget_queue_url(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("PAPAYYA_SQS_QUEUE_URL", raising=False)
+    return use
 
 
 def items_of(rt: Runtime, tenant: str) -> list[dict[str, Any]]:
@@ -235,7 +234,13 @@ def client(fake: FakeProvider) -> Iterator[openai.OpenAI]:
 
 
 def test_map_sends_one_message_per_item_and_accounts_each_like_the_native_engine(
-    rt: Runtime, tenant: str, sqs: Any, queues: Queues, fake: FakeProvider, client: openai.OpenAI
+    rt: Runtime,
+    tenant: str,
+    sqs: Any,
+    queues: Queues,
+    sqs_backend: Any,
+    fake: FakeProvider,
+    client: openai.OpenAI,
 ) -> None:
     url, dlq = queues.make()
     fake.reply = lambda r: Reply(f"summary of {r.last_user_message}", input_tokens=900)
@@ -268,7 +273,7 @@ def test_map_sends_one_message_per_item_and_accounts_each_like_the_native_engine
 
 
 def test_messages_carry_ids_not_payloads_and_the_tenant_as_message_group(
-    rt: Runtime, tenant: str, sqs: Any, queues: Queues
+    rt: Runtime, tenant: str, sqs: Any, queues: Queues, sqs_backend: Any
 ) -> None:
     url, _ = queues.make()
 
@@ -323,7 +328,7 @@ def test_a_message_from_the_teams_own_code_with_a_tenant_becomes_an_item(
 
 
 def test_a_message_whose_consumer_vanished_is_redelivered_after_its_visibility_timeout(
-    rt: Runtime, tenant: str, sqs: Any, queues: Queues
+    rt: Runtime, tenant: str, sqs: Any, queues: Queues, sqs_backend: Any
 ) -> None:
     url, _ = queues.make(max_receive=5)
 
@@ -345,7 +350,7 @@ def test_a_message_whose_consumer_vanished_is_redelivered_after_its_visibility_t
 
 
 def test_a_long_item_keeps_its_message_hidden_and_runs_once(
-    rt: Runtime, tenant: str, sqs: Any, queues: Queues
+    rt: Runtime, tenant: str, sqs: Any, queues: Queues, sqs_backend: Any
 ) -> None:
     url, _ = queues.make(visibility=2, max_receive=2)
     runs: Counter[str] = Counter()
@@ -367,7 +372,7 @@ def test_a_long_item_keeps_its_message_hidden_and_runs_once(
 
 
 def test_a_retry_hides_the_message_for_the_backoff_and_is_an_attempt_of_the_same_item(
-    rt: Runtime, tenant: str, sqs: Any, queues: Queues
+    rt: Runtime, tenant: str, sqs: Any, queues: Queues, sqs_backend: Any
 ) -> None:
     url, _ = queues.make(max_receive=5)
     seen: Counter[str] = Counter()
@@ -391,7 +396,7 @@ def test_a_retry_hides_the_message_for_the_backoff_and_is_an_attempt_of_the_same
 
 
 def test_past_max_receive_count_the_message_is_dead_lettered_and_the_item_failed(
-    rt: Runtime, tenant: str, sqs: Any, queues: Queues
+    rt: Runtime, tenant: str, sqs: Any, queues: Queues, sqs_backend: Any
 ) -> None:
     url, dlq = queues.make(max_receive=2)
     assert dlq is not None
@@ -500,7 +505,13 @@ def test_a_forged_tenant_attribute_for_another_tenants_item_is_refused(
 
 
 def test_a_paused_tenant_parks_its_messages_and_resume_resends_exactly_those(
-    rt: Runtime, tenant: str, sqs: Any, queues: Queues, fake: FakeProvider, client: openai.OpenAI
+    rt: Runtime,
+    tenant: str,
+    sqs: Any,
+    queues: Queues,
+    sqs_backend: Any,
+    fake: FakeProvider,
+    client: openai.OpenAI,
 ) -> None:
     url, _ = queues.make()
     ran: Counter[str] = Counter()
@@ -544,7 +555,7 @@ def test_a_paused_tenant_parks_its_messages_and_resume_resends_exactly_those(
 
 
 def test_replay_of_items_that_ran_on_sqs_sends_them_again(
-    rt: Runtime, tenant: str, sqs: Any, queues: Queues
+    rt: Runtime, tenant: str, sqs: Any, queues: Queues, sqs_backend: Any
 ) -> None:
     url, _ = queues.make()
     broken = {"b1", "b2"}
@@ -571,7 +582,7 @@ def test_replay_of_items_that_ran_on_sqs_sends_them_again(
 
 
 def test_a_fifo_queue_groups_by_tenant_and_deduplicates_by_item(
-    rt: Runtime, tenant: str, sqs: Any, queues: Queues
+    rt: Runtime, tenant: str, sqs: Any, queues: Queues, sqs_backend: Any
 ) -> None:
     url, _ = queues.make(fifo=True)
     order: list[str] = []
