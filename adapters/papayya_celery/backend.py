@@ -11,21 +11,18 @@ from __future__ import annotations
 import importlib
 import logging
 import os
-from collections import defaultdict
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
-from uuid import UUID
 
 from celery import Celery
 
-from papayya.engine import progress_for, wait_for_run
+from papayya.engine import PublishingBackend
 from papayya.errors import ConfigError
 from papayya.execute import ItemRef
 from papayya_celery import message as H
 from papayya_celery.worker import BACKEND, agent_of
 
 if TYPE_CHECKING:
-    from papayya.agent import Agent
     from papayya.runtime import Runtime
 
 log = logging.getLogger("papayya.celery")
@@ -51,7 +48,7 @@ def load_app(spec: str) -> Celery:
     return found
 
 
-class CeleryBackend:
+class CeleryBackend(PublishingBackend):
     """Runs a recorded run's items on a Celery app's workers (see the module docstring)."""
 
     name = BACKEND
@@ -98,7 +95,7 @@ class CeleryBackend:
             )
         return app.tasks[name]
 
-    def publish(self, agent_name: str, refs: Sequence[ItemRef]) -> None:
+    def publish(self, rt: Runtime, agent_name: str, refs: Sequence[ItemRef]) -> None:
         """Publish one message per item: its tenant and item id in the headers, its key as the argument."""
         task = self.task_for(agent_name)
         with self.app.producer_or_acquire() as producer:
@@ -108,54 +105,3 @@ class CeleryBackend:
                     headers={H.TENANT: ref.tenant_id, H.ITEM: str(ref.item_id), H.KEY: ref.key},
                     producer=producer,
                 )
-
-    def run(
-        self,
-        rt: Runtime,
-        agent: Agent,
-        *,
-        run_id: UUID,
-        tenant_id: str,
-        items: Sequence[tuple[UUID, str]],
-        concurrency: int,
-        progress: bool | None,
-        run_name: str | None = None,
-    ) -> None:
-        """Publish every item, then wait on the store until each is terminal or the run is paused.
-        Concurrency is the Celery workers' (``--concurrency``), not ``concurrency``."""
-        self.publish(agent.name, [ItemRef(item_id, key, run_id, tenant_id) for item_id, key in items])
-        bar = progress_for(rt, agent, run_id, tenant_id, total=len(items), label=run_name, enabled=progress)
-        with bar:
-            wait_for_run(rt, run_id, tenant_id, progress=bar)
-
-    def submit(
-        self,
-        rt: Runtime,
-        agent: Agent,
-        *,
-        run_id: UUID,
-        tenant_id: str,
-        items: Sequence[tuple[UUID, str]],
-        concurrency: int,
-    ) -> None:
-        """Publish every item and return at once."""
-        self.publish(agent.name, [ItemRef(item_id, key, run_id, tenant_id) for item_id, key in items])
-
-    def redrive(self, rt: Runtime, refs: list[ItemRef]) -> None:
-        """Publish again items the reaper marked ``stalled`` (their worker was lost)."""
-        runs = sorted({(r.run_id, r.tenant_id) for r in refs})
-        rows = rt.store.fetch_all(
-            "celery_run_agents", {"run_ids": [r for r, _ in runs], "tenant_ids": [t for _, t in runs]}
-        )
-        agents = {r["run_id"]: r["agent_name"] for r in rows}
-        by_agent: dict[str, list[ItemRef]] = defaultdict(list)
-        for ref in refs:
-            if ref.run_id in agents:
-                by_agent[agents[ref.run_id]].append(ref)
-        for agent_name, group in by_agent.items():
-            try:
-                self.publish(agent_name, group)
-            except ConfigError as exc:
-                log.error("cannot re-drive %d stalled item(s) of agent %s: %s", len(group), agent_name, exc)
-                continue
-            log.warning("re-drove %d stalled item(s) of agent %s on Celery", len(group), agent_name)

@@ -8,10 +8,3 @@ SELECT i.item_id, i.key, i.run_id, r.agent_name
 FROM papayya.items i
 JOIN papayya.runs r ON r.run_id = i.run_id AND r.tenant_id = i.tenant_id
 WHERE i.item_id = %(item_id)s AND i.tenant_id = %(tenant_id)s;
-
--- name: celery_run_agents
--- The agent of each (run, tenant), for publishing items the reaper hands back.
-SELECT r.run_id, r.agent_name
-FROM papayya.runs r
-JOIN unnest(%(run_ids)s::uuid[], %(tenant_ids)s::text[]) AS u(run_id, tenant_id)
-  ON r.run_id = u.run_id AND r.tenant_id = u.tenant_id;

@@ -231,3 +231,10 @@ FROM item;
 -- name: run_tenant
 -- A run's tenant and status, for a worker that knows only the run id (operator read).
 SELECT run_id, tenant_id, status FROM papayya.runs WHERE run_id = %(run_id)s;
+
+-- name: run_agents
+-- The agent of each (run, tenant), for a backend publishing items the reaper hands back.
+SELECT r.run_id, r.agent_name
+FROM papayya.runs r
+JOIN unnest(%(run_ids)s::uuid[], %(tenant_ids)s::text[]) AS u(run_id, tenant_id)
+  ON r.run_id = u.run_id AND r.tenant_id = u.tenant_id;
