@@ -292,9 +292,11 @@ class Consumer:
                 pass
         finally:
             try:
-                deadline = time.monotonic() + grace  # from the stop, not from the end of a long poll
-                threads[2].join(timeout=self.wait_seconds + 10)
-                self._drain(deadline, grace)
+                # A long poll in progress is not waited out: what it receives after the stop is made
+                # visible again by the receiver itself (or by SQS after the visibility timeout, when the
+                # process has exited by then).
+                threads[2].join(timeout=0.1)
+                self._drain(time.monotonic() + grace, grace)
             finally:
                 self._closed.set()
                 self._outbox.put(None)
@@ -348,8 +350,8 @@ class Consumer:
                 continue
             backoff = 0.5
             if self._stopping.is_set():  # received while stopping: give them back at once
-                for m in msgs:
-                    self._post(_Flight(m, m.receipt_handle, decided_by="drain"), Hide(0))
+                if msgs:
+                    self.queue.change_visibility([(m.message_id, m.receipt_handle, 0) for m in msgs])
                 return
             if not msgs:
                 if self._burst and self._quiet():
