@@ -137,7 +137,7 @@ class Agent:
         prepared = prepare_items(items, max_bytes=rt.settings.max_input_bytes)
         tenants.ensure(tenant, runtime=rt)
         run_id = uuid.uuid4()
-        rows = [(uuid.uuid4(), key, text) for key, text in prepared]
+        rows = [(uuid.uuid4(), key, rt.blobs.shrink_text(tenant, text)) for key, text in prepared]
         rt.store.run_create(
             run_id=run_id,
             tenant_id=tenant,

@@ -102,7 +102,7 @@ class AttemptContext:
         if entry is None:
             return False, None
         if self.from_journal:  # debugging a recorded run: its answers, even if the question moved
-            return True, entry.get("result")
+            return True, self._result(entry)
         if entry.get("hash") not in (None, request_hash):
             log.warning(
                 "item %s: step %s was recorded for a different request; running it again",
@@ -110,7 +110,11 @@ class AttemptContext:
                 key,
             )
             return False, None
-        return True, entry.get("result")
+        return True, self._result(entry)
+
+    def _result(self, entry: dict[str, Any]) -> Any:
+        """A journal entry's result, read back from the blob store when it was large."""
+        return self.runtime.blobs.expand(self.tenant_id, entry.get("result"))
 
     def remember(self, key: str, request_hash: str, result: Any) -> None:
         self.journal[key] = {"result": result, "hash": request_hash}
@@ -123,7 +127,7 @@ class AttemptContext:
             attempt_id=self.attempt_id,
             step_key=key,
             kind=kind,
-            result=encoded,
+            result=self.runtime.blobs.shrink(self.tenant_id, encoded),
             request_hash=request_hash,
         )
         self.remember(key, request_hash, encoded)

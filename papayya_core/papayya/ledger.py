@@ -73,7 +73,7 @@ def record(
     journaled = journal and step_key is not None and request_hash is not None
     ctx.runtime.store.llm_call_record(
         {**call.as_params(), "reserved_usd": reserved},
-        journal_result=journal_result,
+        journal_result=ctx.runtime.blobs.shrink(ctx.tenant_id, journal_result) if journaled else None,
         journal=journaled,
         request_hash=request_hash,
     )

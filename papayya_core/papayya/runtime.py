@@ -7,6 +7,7 @@ runtime so the next use builds a new one.
 from __future__ import annotations
 
 import atexit
+import functools
 import logging
 import os
 import socket
@@ -29,6 +30,7 @@ from papayya.ratelimit import RateLimiter
 from papayya.store import Store
 
 if TYPE_CHECKING:
+    from papayya.blobs import Blobs
     from papayya.engine import Backend
 
 log = logging.getLogger("papayya")
@@ -63,6 +65,13 @@ class Runtime:
         self.budgets = Budgets(self.store)
         self.ratelimits = RateLimiter(self.store)
         install_log_watch()
+
+    @functools.cached_property
+    def blobs(self) -> Blobs:
+        """Where large values go (papayya.blobs): PAPAYYA_BLOB_URL, local under ``home`` by default."""
+        from papayya.blobs import Blobs
+
+        return Blobs.from_env(self.settings.home)
 
     def backend_named(self, name: str) -> Backend:
         """The backend registered as ``name`` (a run resumed or replayed goes back to the backend it ran

@@ -12,6 +12,7 @@ from papayya.cli import render
 from papayya.cli.connect import connect
 from papayya.cli.params import ITEM_ID, RUN_ID
 from papayya.models import ItemStatus
+from papayya.runtime import get_runtime
 from papayya.store import Store
 
 # What `items show` prints of an input or output before pointing at --json for the rest.
@@ -122,7 +123,7 @@ def show_command(item: str, run_id: UUID | None, show_traceback: bool, as_json: 
         ctx = click.get_current_context()
         param = next(p for p in ctx.command.params if p.name == "item")
         item_id = ITEM_ID.convert(item, param, ctx)
-    row = store.item_detail(item_id)
+    row = get_runtime().blobs.expand_item(store.item_detail(item_id))
     detail = _item_detail(row)
     detail["lineage"] = lineage(row, _linked_details(store, row))
     if as_json:
@@ -136,7 +137,9 @@ def _linked_details(store: Store, row: dict[str, Any]) -> list[dict[str, Any]]:
     links = store.item_lineage(row["item_id"], row["tenant_id"])
     # A lineage is an item and its few replays: one read each is fine.
     return [
-        row if link["item_id"] == row["item_id"] else store.item_detail(link["item_id"], row["tenant_id"])
+        row
+        if link["item_id"] == row["item_id"]
+        else get_runtime().blobs.expand_item(store.item_detail(link["item_id"], row["tenant_id"]))
         for link in links
     ]
 
