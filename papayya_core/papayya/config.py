@@ -1,20 +1,40 @@
-"""Configuration: ``PAPAYYA_*`` environment variables and ``papayya.configure(...)``.
+"""Configuration: ``papayya.configure(...)``, ``PAPAYYA_*`` variables, ``[tool.papayya]``, defaults.
 
-Precedence is explicit (``configure``) > environment > default. Every value is validated when it is
-read, so a malformed setting is one clear sentence at start-up, not a traceback mid-run.
+Precedence is explicit (``configure``) > environment > file > default. The file is the nearest
+``pyproject.toml`` with a ``[tool.papayya]`` table, from the current directory up to the root, or the
+TOML file ``PAPAYYA_CONFIG_FILE`` names (its ``[tool.papayya]`` table if it has one, else its top
+level). Keys are the setting names (``backend = "celery"``, ``lease_seconds = 30``); a relative
+``home`` in a file is relative to that file's directory.
+
+Every value is validated when it is read, so a malformed setting is one clear sentence naming where
+it came from (the variable, or the file and key) at start-up, not a traceback mid-run.
 """
 
 from __future__ import annotations
 
+import difflib
+import os
+import re
 import threading
+import tomllib
+from contextvars import ContextVar
+from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 from pydantic import Field, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    InitSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 from papayya.errors import ConfigError
+
+CONFIG_FILE_ENV = "PAPAYYA_CONFIG_FILE"
+ENV_PREFIX = "PAPAYYA_"
 
 
 class UnknownTenants(StrEnum):
@@ -24,10 +44,29 @@ class UnknownTenants(StrEnum):
     REFUSE = "refuse"  # raise TenantError (recommended in production: a typo never gets a fresh budget)
 
 
-class Settings(BaseSettings):
-    """papayya's settings. Field ``x`` is read from ``PAPAYYA_X``."""
+@dataclass(frozen=True, slots=True)
+class ConfigFile:
+    """A configuration file that was found: where it is, which table, and the values it sets."""
 
-    model_config = SettingsConfigDict(env_prefix="PAPAYYA_", extra="forbid", validate_default=True)
+    path: Path
+    table: str  # "[tool.papayya]", or "the top level" of a PAPAYYA_CONFIG_FILE without that table
+    values: dict[str, Any]
+
+    def where(self, key: str | None = None) -> str:
+        inside = f"{self.table} of " if self.table.startswith("[") else ""
+        if key is None:
+            return f"{inside}{self.path}"
+        return f"{key!r} in {inside}{self.path}"
+
+
+# The file the settings being built read from; set by load_settings so a file is read once per load.
+_loading: ContextVar[tuple[ConfigFile | None] | None] = ContextVar("papayya_config_file", default=None)
+
+
+class Settings(BaseSettings):
+    """papayya's settings. Field ``x`` is read from ``PAPAYYA_X`` or key ``x`` of ``[tool.papayya]``."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", validate_default=True)
 
     database_url: str | None = Field(
         default=None, description="PostgreSQL URL. Unset: an embedded server under `home`."
@@ -52,6 +91,25 @@ class Settings(BaseSettings):
     default_max_output_tokens: int = Field(
         default=4096, gt=0, description="Output tokens a budget reserves for a call that sets no max_tokens."
     )
+    otel: bool = Field(
+        default=False,
+        description="Export spans and metrics through OpenTelemetry (needs papayya[otel]; see docs/otel.md).",
+    )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """explicit > environment > file > default (no .env or secrets directory)."""
+        loading = _loading.get()
+        file = loading[0] if loading is not None else find_config_file()
+        values = file.values if file is not None else {}
+        return init_settings, env_settings, InitSettingsSource(settings_cls, init_kwargs=values)
 
     @field_validator("database_url")
     @classmethod
@@ -65,7 +123,7 @@ class Settings(BaseSettings):
         try:
             parts = conninfo_to_dict(value)
         except Exception as exc:
-            raise ValueError(f"it is not a PostgreSQL URL ({_first_line(exc)})") from None
+            raise ValueError(f"it is not a PostgreSQL URL ({_first_line(redact_url(str(exc)))})") from None
         if value.startswith(("postgresql://", "postgres://")):
             try:
                 urlsplit(value).port  # noqa: B018 - raises ValueError on a bad port
@@ -86,25 +144,212 @@ class Settings(BaseSettings):
         return value
 
 
-def _first_line(exc: BaseException) -> str:
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+SETTING_NAMES = tuple(Settings.model_fields)
+
+
+def _first_line(exc: BaseException | str) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+# -- the file -------------------------------------------------------------------------------------
+
+
+def find_config_file(start: Path | None = None) -> ConfigFile | None:
+    """The configuration file in effect: ``PAPAYYA_CONFIG_FILE``, else the nearest ``pyproject.toml``
+    with a ``[tool.papayya]`` table from ``start`` (the current directory) up. None when there is none.
+
+    Raises:
+        ConfigError: the file named by ``PAPAYYA_CONFIG_FILE`` is missing, or a file is not valid TOML,
+            or its table holds an unknown setting.
+    """
+    named = os.environ.get(CONFIG_FILE_ENV, "").strip()
+    if named:
+        path = Path(named).expanduser()
+        if not path.is_file():
+            raise ConfigError(
+                f"{CONFIG_FILE_ENV} names {path}, which is not a file; fix the path or unset the variable."
+            )
+        data = _read_toml(path.resolve())
+        table = _tool_table(data, path)
+        if table is not None:
+            return _checked(ConfigFile(path.resolve(), "[tool.papayya]", table))
+        return _checked(ConfigFile(path.resolve(), "the top level", data))
+    here = (start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        candidate = folder / "pyproject.toml"
+        if not candidate.is_file():
+            continue
+        try:
+            data = _read_toml(candidate)
+        except ConfigError:
+            # A broken pyproject.toml that is not papayya's business is not papayya's error.
+            if "tool.papayya" in candidate.read_text(encoding="utf-8", errors="replace"):
+                raise
+            continue
+        table = _tool_table(data, candidate)
+        if table is not None:
+            return _checked(ConfigFile(candidate, "[tool.papayya]", table))
+    return None
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML ({_first_line(exc)}); fix the file.") from None
+    except OSError as exc:
+        raise ConfigError(f"Cannot read {path} ({exc.strerror or exc}); fix its permissions.") from None
+
+
+def _tool_table(data: dict[str, Any], path: Path) -> dict[str, Any] | None:
+    tool = data.get("tool")
+    if not isinstance(tool, dict) or "papayya" not in tool:
+        return None
+    table = tool["papayya"]
+    if not isinstance(table, dict):
+        raise ConfigError(f"tool.papayya in {path} must be a table ([tool.papayya]); fix the file.")
+    return table
+
+
+def _checked(file: ConfigFile) -> ConfigFile:
+    """Refuse unknown keys; resolve a relative ``home`` against the file's directory."""
+    for key in file.values:
+        if key not in SETTING_NAMES:
+            raise _unknown(key, file.where(key))
+    # Validate the file's own values even where the environment overrides them: a bad line in the
+    # file should not wait to surface until the variable is unset.
+    token = _loading.set((None,))
+    try:
+        Settings(**file.values)
+    except ValidationError as exc:
+        mine = [e for e in exc.errors() if e["loc"] and e["loc"][0] in file.values]
+        if mine:
+            raise _file_error(mine[0], file) from None
+    finally:
+        _loading.reset(token)
+    home = file.values.get("home")
+    if isinstance(home, str) and home and not Path(home).expanduser().is_absolute():
+        values = {**file.values, "home": str(file.path.parent / home)}
+        return ConfigFile(file.path, file.table, values)
+    return file
+
+
+# -- loading ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Origin:
+    """Where a setting's effective value came from."""
+
+    source: str  # "explicit" | "env" | "file" | "default"
+    where: str | None = None  # the variable's name or the file's path
+
+    def __str__(self) -> str:
+        if self.source == "env":
+            return f"env {self.where}"
+        if self.source == "file":
+            return str(self.where)
+        return self.source
+
+
+@dataclass(frozen=True, slots=True)
+class Effective:
+    """The settings in effect, where each came from, and the file read (if any)."""
+
+    settings: Settings
+    origins: dict[str, Origin]
+    file: ConfigFile | None
+
+
+def env_name(field: str) -> str:
+    return f"{ENV_PREFIX}{field.upper()}"
+
+
+def _env_var(field: str) -> str | None:
+    """The name of the variable that sets ``field`` (matched without regard to case), if set."""
+    wanted = env_name(field)
+    return next((k for k in os.environ if k.upper() == wanted), None)
+
+
+def _origin(field: str, explicit: dict[str, Any], file: ConfigFile | None) -> Origin:
+    if field in explicit:
+        return Origin("explicit")
+    var = _env_var(field)
+    if var is not None:
+        return Origin("env", var)
+    if file is not None and field in file.values:
+        return Origin("file", str(file.path))
+    return Origin("default")
+
+
+def effective_settings(**overrides: Any) -> Effective:
+    """The settings with ``overrides`` as explicit values, and where each value came from.
+
+    Raises:
+        ConfigError: an unknown setting or a bad value, naming the variable or the file and key.
+    """
+    for key in overrides:
+        if key not in SETTING_NAMES:
+            raise _unknown(key, repr(key))
+    file = find_config_file()
+    token = _loading.set((file,))
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as exc:
+        raise _config_error(exc, overrides, file) from None
+    finally:
+        _loading.reset(token)
+    origins = {name: _origin(name, overrides, file) for name in SETTING_NAMES}
+    return Effective(settings, origins, file)
 
 
 def load_settings(**overrides: Any) -> Settings:
-    """Read settings from the environment with ``overrides`` on top; ConfigError on a bad value."""
-    try:
-        return Settings(**overrides)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        field = ".".join(str(p) for p in err["loc"]) or "setting"
-        env = f"PAPAYYA_{field.upper()}"
-        msg = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
-            raise ConfigError(
-                f"Unknown setting {field!r}: check the spelling (see `papayya --help` for settings)."
-            ) from None
-        raise ConfigError(f"Setting {field} ({env}) is invalid: {msg}. Fix it and try again.") from None
+    """Read settings (explicit ``overrides`` > environment > file > default); ConfigError on a bad value."""
+    return effective_settings(**overrides).settings
 
+
+def _config_error(exc: ValidationError, explicit: dict[str, Any], file: ConfigFile | None) -> ConfigError:
+    err = exc.errors()[0]
+    field = ".".join(str(p) for p in err["loc"]) or "setting"
+    if err["type"] == "extra_forbidden":
+        return _unknown(field, repr(field))
+    origin = _origin(field, explicit, file)
+    if origin.source == "file" and file is not None:
+        return _file_error(err, file)
+    var = origin.where if origin.source == "env" else env_name(field)
+    return ConfigError(f"Setting {field} ({var}) is invalid: {_message(err)}. Fix it and try again.")
+
+
+def _unknown(key: str, where: str) -> ConfigError:
+    near = difflib.get_close_matches(key, SETTING_NAMES, n=1)
+    hint = f"did you mean {near[0]!r}?" if near else f"the settings are {', '.join(SETTING_NAMES)}."
+    return ConfigError(f"Unknown setting {where}: {hint}")
+
+
+def _file_error(err: Any, file: ConfigFile) -> ConfigError:
+    field = str(err["loc"][0])
+    return ConfigError(f"Setting {file.where(field)} is invalid: {_message(err)}; fix the file.")
+
+
+def _message(err: Any) -> str:
+    return str(err["msg"]).removeprefix("Value error, ").rstrip(".")
+
+
+# -- showing ----------------------------------------------------------------------------------------
+
+_URL_PASSWORD = re.compile(r"(?i)(password\s*=\s*)('(?:[^'\\]|\\.)*'|[^\s&]+)")
+_URL_USERINFO = re.compile(r"^([a-z][a-z0-9+.-]*://[^:/@?#]*):([^@/?#]*)@", re.IGNORECASE)
+
+
+def redact_url(text: str) -> str:
+    """``text`` with any database password replaced by ``***`` (URL user info, ``password=``)."""
+    text = _URL_USERINFO.sub(r"\1:***@", text)
+    return _URL_PASSWORD.sub(r"\1***", text)
+
+
+# -- explicit values (papayya.configure) ----------------------------------------------------------
 
 _lock = threading.Lock()
 _explicit: dict[str, Any] = {}

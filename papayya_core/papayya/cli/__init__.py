@@ -22,6 +22,7 @@ from typing import Any
 import click
 
 from papayya.cli import render
+from papayya.cli.config import config_group
 from papayya.cli.control import pause_command, resume_command
 from papayya.cli.costs import costs_command
 from papayya.cli.failures import failures_command
@@ -64,6 +65,7 @@ cli.add_command(resume_command)
 cli.add_command(costs_command)
 cli.add_command(limits_group)
 cli.add_command(worker_command)
+cli.add_command(config_group)
 
 
 class _LazyFileHandler(logging.FileHandler):
