@@ -488,6 +488,9 @@ class Consumer:
         if ctx is None:
             return self._refused(rt, ref, msg)
         flight.ctx = ctx
+        if flight.decided_by == "drain":  # the shutdown gave the message back while this claimed it
+            execute.release(ctx)
+            return Leave()
         try:
             if agent.is_async:
                 output, error = asyncio.run(execute.ainvoke(ctx, agent.timeout))
