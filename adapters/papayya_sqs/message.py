@@ -7,7 +7,7 @@ A message papayya sends carries ids, never payloads: message attributes ``papayy
 (``papayya_agent``, for a consumer serving several), and its JSON object body is the item's input.
 Every id is validated against the store before anything runs.
 
-This module does not import boto3.
+This module imports neither boto3 nor papayya's core at import time (the plugin hook loads it).
 """
 
 from __future__ import annotations
@@ -17,10 +17,11 @@ import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
-from papayya.execute import ItemRef
+if TYPE_CHECKING:
+    from papayya.execute import ItemRef
 
 TENANT = "papayya_tenant"
 RUN = "papayya_run"
@@ -127,6 +128,8 @@ class Parsed:
 
 def parse(msg: Received) -> Parsed:
     """Read a received message; never raises (what is wrong is in ``problem``)."""
+    from papayya.execute import ItemRef
+
     attrs = msg.attributes
     tenant = attrs.get(TENANT, "").strip() or None
     agent = attrs.get(AGENT) or None
