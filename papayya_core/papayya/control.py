@@ -167,6 +167,41 @@ def resume_run(
     return agent._execute(rt, rid, tenant_id, pending, workers, progress, run["name"], run["backend"])
 
 
+def requeue_run(run_id: UUID | str, *, tenant: str | None = None) -> dict[str, Any]:
+    """Resume a paused native run for its workers: what ``resume_run`` does, minus running the items here.
+
+    The run becomes ``running`` again, its paused items (and those whose worker died) go back to the
+    queue, and idle ``papayya worker`` processes of its agent are woken; they run it. No agent is
+    imported. ``tenant`` scopes the run (a tenant-scoped caller passes it). Returns the counts of
+    ``store.run_resume`` (``requeued``, ``stalled``).
+
+    Raises:
+        NotFound: no such run (for this tenant).
+        BudgetError: the run is not paused, is not on the native engine (its backend's queue needs
+            ``papayya resume``), or a budget of it is still spent.
+    """
+    rt = get_runtime()
+    store = rt.store
+    run = store.run_get(_uuid(run_id), tenant)
+    rid, tenant_id = run["run_id"], run["tenant_id"]
+    if run["status"] != "paused":
+        # A running run needs nothing: workers claim its queued items and the reaper its lost ones.
+        raise BudgetError(f"Run {rid} is {run['status']}, not paused; there is nothing to resume.")
+    if run["backend"] != "native":
+        raise BudgetError(
+            f"Run {rid} runs on {run['backend']}, whose queue only `papayya resume {rid}` refills; run it "
+            "where the agent's code is importable."
+        )
+    tenant_row = store.tenant_get(tenant_id)
+    store.budget_reconcile(tenant_id)
+    check_budget_room(tenant_id, rid, tenant_row["budget_period"] if tenant_row else "month")
+    counts = store.run_resume(rid, tenant_id)
+    rt.budgets.run_resumed(rid)
+    store.notify_work(run["agent_name"])
+    log.info("resumed run %s for its workers: %d items requeued", rid, counts["requeued"])
+    return dict(counts)
+
+
 def resume_tenant(tenant_id: str, **kwargs: Any) -> list[RunResult]:
     """Resume every paused run of a tenant, oldest first."""
     runs = get_runtime().store.runs_paused_of_tenant(tenant_id)

@@ -32,6 +32,7 @@ from papayya.cli.migrate import migrate_command
 from papayya.cli.replay import replay_command
 from papayya.cli.runs import runs_group
 from papayya.cli.tenants import tenants_group
+from papayya.cli.ui import ui_command
 from papayya.cli.worker import worker_command
 from papayya.errors import PapayyaError
 
@@ -65,6 +66,7 @@ cli.add_command(resume_command)
 cli.add_command(costs_command)
 cli.add_command(limits_group)
 cli.add_command(worker_command)
+cli.add_command(ui_command)
 cli.add_command(config_group)
 
 

@@ -1,0 +1,113 @@
+// papayya ui: keep the numbers of running runs fresh by polling the JSON endpoints every few seconds.
+// No framework; the pages work without it.
+(function () {
+  "use strict";
+  var EVERY = 3000;
+  var OUTCOMES = ["succeeded", "degraded", "failed"];
+
+  function fmt(n) { return Number(n || 0).toLocaleString("en-US"); }
+  function money(v) {
+    if (v === null || v === undefined) return "unknown";
+    var parts = String(v).split(".");
+    var frac = (parts[1] || "").padEnd(2, "0");
+    return "$" + parts[0] + "." + frac;
+  }
+  function cost(v, unpriced) {
+    if (v === null || v === undefined) return "unknown";
+    return money(v) + (unpriced ? " + unknown" : "");
+  }
+  function el(tag, attrs, text) {
+    var e = document.createElement(tag);
+    Object.keys(attrs || {}).forEach(function (k) { e.setAttribute(k, attrs[k]); });
+    if (text !== undefined) e.textContent = text;
+    return e;
+  }
+  function badge(status) { return el("span", { "class": "badge s-" + status }, status); }
+  function bar(counts, total) {
+    var wrap = el("div", { "class": "bar-stack" });
+    Object.keys(counts).forEach(function (k) {
+      if (!counts[k]) return;
+      var seg = el("span", { "class": "seg s-" + k, title: k + " " + counts[k] });
+      seg.style.width = (total ? (100 * counts[k] / total) : 0) + "%";
+      wrap.appendChild(seg);
+    });
+    return wrap;
+  }
+  function getJSON(url, done) {
+    fetch(url, { credentials: "same-origin", headers: { Accept: "application/json" } })
+      .then(function (r) { return r.ok ? r.json() : null; })
+      .then(function (data) { if (data) done(data); })
+      .catch(function () { /* the next poll tries again */ });
+  }
+
+  // A run row (runs list, tenant page): status, progress, outcome counts, cost.
+  function fillRow(tr, r) {
+    var status = tr.querySelector('[data-f="status"]');
+    status.textContent = "";
+    status.appendChild(badge(r.status));
+    if (r.status === "paused" && r.paused_reason) status.appendChild(el("div", { "class": "sub" }, r.paused_reason.split(": ")[0]));
+    var progress = tr.querySelector('[data-f="progress"]');
+    progress.textContent = "";
+    progress.appendChild(bar(r.counts, r.total));
+    progress.appendChild(el("div", { "class": "sub num" }, fmt(r.done) + "/" + fmt(r.total)));
+    OUTCOMES.forEach(function (o) { tr.querySelector('[data-f="' + o + '"]').textContent = fmt(r.counts[o]); });
+    var c = tr.querySelector('[data-f="cost"]');
+    c.textContent = cost(r.cost_usd, r.unpriced_calls > 0);
+    if (r.budget_usd !== null && r.budget_usd !== undefined) c.appendChild(el("div", { "class": "sub" }, "of " + money(r.budget_usd)));
+  }
+  function newRow(r) {
+    var tr = el("tr", { "data-run": r.run_id });
+    var link = el("td", { "class": "mono" });
+    link.appendChild(el("a", { href: "/runs/" + r.run_id }, r.run_id.slice(0, 8)));
+    tr.appendChild(link);
+    var t = el("td");
+    t.appendChild(el("a", { href: "/tenants/" + encodeURIComponent(r.tenant) }, r.tenant));
+    tr.appendChild(t);
+    tr.appendChild(el("td", {}, r.agent));
+    tr.appendChild(el("td", { "data-f": "status" }));
+    tr.appendChild(el("td", { "data-f": "progress", "class": "progress-cell" }));
+    OUTCOMES.forEach(function (o) { tr.appendChild(el("td", { "class": "num", "data-f": o })); });
+    tr.appendChild(el("td", { "class": "num", "data-f": "cost" }));
+    tr.appendChild(el("td", { "class": "sub" }, (r.created_at || "").replace("T", " ").slice(0, 16) + "Z"));
+    return tr;
+  }
+  function pollRuns(table) {
+    var url = table.getAttribute("data-poll");
+    var body = table.tBodies[0];
+    getJSON(url, function (runs) {
+      var anyLive = false;
+      runs.slice().reverse().forEach(function (r) {
+        var tr = body.querySelector('tr[data-run="' + r.run_id + '"]');
+        if (!tr) { tr = newRow(r); body.insertBefore(tr, body.firstChild); }
+        fillRow(tr, r);
+        if (r.status === "running") anyLive = true;
+      });
+      table.setAttribute("data-live", anyLive ? "1" : "0");
+    });
+  }
+
+  // The run page: while it runs, the status, the outcome bar and counts, and the cost; reload when it stops.
+  function pollRun(section) {
+    getJSON(section.getAttribute("data-live"), function (r) {
+      if (r.status !== "running") { window.location.reload(); return; }
+      var counts = section.querySelector('[data-f="counts"]');
+      var old = section.querySelector(".progress .bar-stack");
+      old.parentNode.replaceChild(bar(r.counts, r.total), old);
+      counts.textContent = "";
+      Object.keys(r.counts).forEach(function (k) {
+        var key = el("span", { "class": "key s-" + k }, k + " ");
+        key.appendChild(el("b", {}, fmt(r.counts[k])));
+        counts.appendChild(key);
+      });
+      counts.appendChild(el("span", { "class": "sub" }, "of " + fmt(r.total) + " items"));
+      section.querySelector('[data-f="cost"]').textContent = cost(r.cost_usd, r.unpriced_calls > 0);
+    });
+  }
+
+  function tick() {
+    if (document.hidden) return;
+    document.querySelectorAll("table[data-poll]").forEach(pollRuns);
+    document.querySelectorAll("section[data-live]").forEach(pollRun);
+  }
+  document.addEventListener("DOMContentLoaded", function () { setInterval(tick, EVERY); });
+})();
