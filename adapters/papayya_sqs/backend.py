@@ -10,12 +10,12 @@ and the error says so: ``papayya resume RUN`` sends them once SQS answers.
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 from uuid import UUID
 
-from papayya.engine import progress_for, wait_for_run
+from papayya.engine import PublishingBackend
 from papayya.errors import ConfigError
 from papayya.execute import ItemRef
 from papayya_sqs.config import SqsSettings, SqsUnavailable, make_client
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("papayya.sqs")
 
 
-class SqsBackend:
+class SqsBackend(PublishingBackend):
     """Sends a recorded run's items to an SQS queue; ``papayya_sqs.Consumer`` processes run them."""
 
     name = BACKEND
@@ -55,18 +55,10 @@ class SqsBackend:
             and self.agents >= set(agents)
         )
 
-    def send(self, rt: Runtime, run_id: UUID, tenant_id: str, refs: Sequence[ItemRef]) -> None:
-        """Send one message per item; when that fails, pause the run (its items stay queued) and raise
-        SqsUnavailable saying how to send them again."""
-        try:
-            self.queue.send(refs)
-        except (SqsUnavailable, ConfigError) as exc:
-            rt.store.runs_pause(tenant_id, run_id, f"could not send its items to SQS: {exc}")
-            raise type(exc)(
-                f"{exc} Run {run_id} is paused with its items queued; `papayya resume {run_id}` sends them "
-                "once SQS answers."
-            ) from exc
-        log.info("run %s: sent %d item(s) to %s", run_id, len(refs), self.queue.url)
+    def publish(self, rt: Runtime, agent_name: str, refs: Sequence[ItemRef]) -> None:
+        """Send one message per item (``send_message_batch``; ids in attributes)."""
+        self.queue.send(refs)
+        log.info("sent %d item(s) of agent %s to %s", len(refs), agent_name, self.queue.url)
 
     def run(
         self,
@@ -82,10 +74,17 @@ class SqsBackend:
     ) -> None:
         """Send every item, then wait on the store until each is terminal or the run is paused.
         Concurrency is the consumers' (``Consumer(concurrency=...)``), not ``concurrency``."""
-        self.send(rt, run_id, tenant_id, [ItemRef(item_id, key, run_id, tenant_id) for item_id, key in items])
-        bar = progress_for(rt, agent, run_id, tenant_id, total=len(items), label=run_name, enabled=progress)
-        with bar:
-            wait_for_run(rt, run_id, tenant_id, progress=bar)
+        with _paused_when_unsent(rt, run_id, tenant_id):
+            super().run(
+                rt,
+                agent,
+                run_id=run_id,
+                tenant_id=tenant_id,
+                items=items,
+                concurrency=concurrency,
+                progress=progress,
+                run_name=run_name,
+            )
 
     def submit(
         self,
@@ -98,24 +97,37 @@ class SqsBackend:
         concurrency: int,
     ) -> None:
         """Send every item and return at once."""
-        self.send(rt, run_id, tenant_id, [ItemRef(item_id, key, run_id, tenant_id) for item_id, key in items])
+        with _paused_when_unsent(rt, run_id, tenant_id):
+            super().submit(
+                rt, agent, run_id=run_id, tenant_id=tenant_id, items=items, concurrency=concurrency
+            )
 
     def redrive(self, rt: Runtime, refs: list[ItemRef]) -> None:
         """Send again the items the reaper marked ``stalled`` (their consumer died); in a consumer's
-        process, only the items of the agents it serves."""
-        runs = sorted({(r.run_id, r.tenant_id) for r in refs})
-        rows = rt.store.fetch_all(
-            "sqs_run_agents", {"run_ids": [r for r, _ in runs], "tenant_ids": [t for _, t in runs]}
-        )
-        agents = {r["run_id"]: r["agent_name"] for r in rows}
-        by_agent: dict[str, list[ItemRef]] = defaultdict(list)
-        for ref in refs:
-            name = agents.get(ref.run_id)
-            if name is not None and (self.agents is None or name in self.agents):
-                by_agent[name].append(ref)
-        for name, group in by_agent.items():
-            self.queue.send(group)
-            log.warning("re-drove %d stalled item(s) of agent %s to %s", len(group), name, self.queue.url)
+        process, only the items of the agents it serves (other consumers send theirs)."""
+        if self.agents is not None:
+            runs = sorted({(r.run_id, r.tenant_id) for r in refs})
+            rows = rt.store.fetch_all(
+                "run_agents", {"run_ids": [r for r, _ in runs], "tenant_ids": [t for _, t in runs]}
+            )
+            mine = {r["run_id"] for r in rows if r["agent_name"] in self.agents}
+            refs = [r for r in refs if r.run_id in mine]
+        if refs:
+            super().redrive(rt, refs)
+
+
+@contextmanager
+def _paused_when_unsent(rt: Runtime, run_id: UUID, tenant_id: str) -> Iterator[None]:
+    """When a run's messages cannot be sent, pause the run (its items stay queued) and say how to send
+    them again."""
+    try:
+        yield
+    except (SqsUnavailable, ConfigError) as exc:
+        rt.store.runs_pause(tenant_id, run_id, f"could not send its items to SQS: {exc}")
+        raise type(exc)(
+            f"{exc} Run {run_id} is paused with its items queued; `papayya resume {run_id}` sends them "
+            "once SQS answers."
+        ) from exc
 
 
 __all__ = ["SqsBackend"]

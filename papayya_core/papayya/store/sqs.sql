@@ -9,13 +9,6 @@ FROM unnest(%(item_ids)s::uuid[], %(run_ids)s::uuid[], %(tenant_ids)s::text[]) A
 JOIN papayya.items i ON i.item_id = u.item_id AND i.run_id = u.run_id AND i.tenant_id = u.tenant_id
 JOIN papayya.runs r ON r.run_id = i.run_id AND r.tenant_id = i.tenant_id;
 
--- name: sqs_run_agents
--- The agent of each (run, tenant), for sending again the items the reaper hands back.
-SELECT r.run_id, r.agent_name
-FROM papayya.runs r
-JOIN unnest(%(run_ids)s::uuid[], %(tenant_ids)s::text[]) AS u(run_id, tenant_id)
-  ON r.run_id = u.run_id AND r.tenant_id = u.tenant_id;
-
 -- name: sqs_lease_left
 -- Seconds until the lease of a running item expires (0 when it has expired or the item is not
 -- running): how long a delivery that found the item held should stay hidden before it looks again.
