@@ -44,6 +44,10 @@ class Runtime:
 
         self.settings = settings
         self.pm = pm or make_plugin_manager()
+        if settings.otel:  # enabled by the setting, not by an entry point: see papayya_otel
+            import papayya_otel
+
+            papayya_otel.register(self.pm)
         self.hooks = Hooks(self.pm)
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}"
         backends = self.hooks.register_backends()
