@@ -60,19 +60,16 @@ FINISH_REASONS = "gen_ai.response.finish_reasons"
 @contextmanager
 def _guard(hook: str) -> Iterator[None]:
     """Observers never break the host: log what raised and carry on."""
-    item = current.get()
     # Inside the user's function papayya reads ERROR logs with a traceback as "an exception was
-    # swallowed" and degrades the item; an exporter's own error log is not the user's doing.
-    capturing = item.capturing if item is not None else False
-    if item is not None:
-        item.capturing = False
+    # swallowed" and degrades the item; an exporter's own error log is not the user's doing. Hiding
+    # the attempt from this context (not clearing a flag on it) is safe with concurrent calls.
+    token = current.set(None)
     try:
         yield
     except Exception:
         log.exception("OpenTelemetry export failed in %s; ignored", hook)
     finally:
-        if item is not None:
-            item.capturing = capturing
+        current.reset(token)
 
 
 def operation(step_key: str | None) -> str:

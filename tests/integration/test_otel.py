@@ -294,3 +294,39 @@ def test_without_the_extra_the_setting_is_one_sentence(monkeypatch: pytest.Monke
     monkeypatch.setitem(sys.modules, "opentelemetry.trace", None)
     with pytest.raises(ConfigError, match=r"pip install 'papayya\[otel\]'"):
         papayya_otel.enable()
+
+
+def test_after_concurrent_calls_a_swallowed_exception_is_still_seen(
+    rt: Runtime, tenant: str, fake: FakeProvider
+) -> None:
+    # Given an exporter that raises (and logs) on every span, and calls made concurrently
+    broken = Otel(SimpleSpanProcessor(RaisingExporter()))
+    papayya_otel.enable(tracer_provider=broken.tracer_provider, meter_provider=broken.meter_provider)
+    aclient = papayya_openai.instrument(
+        openai.AsyncOpenAI(base_url=fake.openai_url, api_key="test", max_retries=0)
+    )
+    log = logging.getLogger("the_users_agent")
+
+    @agent
+    async def answer(item):
+        await asyncio.gather(
+            *(
+                aclient.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": str(n)}])
+                for n in range(4)
+            )
+        )
+        try:
+            raise KeyError("missing field")
+        except KeyError:
+            log.exception("no field, using a default")
+        return {"ok": True}
+
+    try:
+        result = answer.map([{"id": "a"}], tenant=tenant)
+    finally:
+        papayya_otel.disable()
+        broken.tracer_provider.shutdown()
+
+    # Then the exporter's errors are not the agent's, and the agent's own swallowed exception still is
+    (item,) = result.items()
+    assert [r["code"] for r in item.reasons] == ["swallowed_exception"]
