@@ -25,8 +25,8 @@ from papayya.ui.web import access_of, done, flag, in_thread, read_form, tenant_p
 
 
 def _run_of(access: Access, run_id: UUID) -> dict[str, Any]:
-    """The run, if this access sees it (NotFound otherwise: another tenant's run is not shown to exist)."""
-    return connect().run_get(run_id, access.tenant)
+    """The run, if this access sees it (Forbidden otherwise)."""
+    return reads.run_row(access, run_id)
 
 
 async def pause(request: Request) -> Response:
@@ -52,6 +52,7 @@ async def resume(request: Request) -> Response:
     await read_form(request)
 
     def act() -> dict[str, Any]:
+        _run_of(access, run_id)
         counts = control.requeue_run(run_id, tenant=access.tenant)
         detail = reads.run_detail(access, run_id)
         detail["requeued"] = counts["requeued"]
@@ -100,7 +101,7 @@ async def replay_item(request: Request) -> Response:
 
     def act() -> dict[str, Any]:
         store = connect()
-        source = store.run_get(store.item_detail(item_id, access.tenant)["run_id"], access.tenant)
+        source = store.run_get(reads.item_row(access, item_id)["run_id"])
         _native_only(source, "replay")
         result = replay(item=item_id, tenant=access.tenant, from_journal=from_journal, execute=False)
         store.notify_work(source["agent_name"])

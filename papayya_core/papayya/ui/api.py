@@ -2,7 +2,7 @@
 
 - ``GET /api/runs`` — ``papayya runs list --json`` (``?tenant=``, ``?status=``, ``?limit=``; the next page's
   address in the ``Link`` header);
-- ``GET /api/runs/RUN`` — ``papayya runs show RUN --json``;
+- ``GET /api/runs/RUN`` — ``papayya runs show RUN --json`` (``?top=``, 5 by default);
 - ``GET /api/runs/RUN/items`` — ``papayya items list RUN --json`` (``?outcome=``, ``?after=``, ``?limit=``);
 - ``GET /api/runs/RUN/failures`` — ``papayya failures RUN --json``;
 - ``GET /api/items/ITEM`` — ``papayya items show ITEM --json``;
@@ -35,6 +35,13 @@ def _limit(request: Request, default: int, most: int = 1000) -> int:
     return value
 
 
+def _top(request: Request) -> int:
+    raw = request.query_params["top"]
+    if not raw.isdigit() or not 1 <= int(raw) <= 100:
+        raise InputError(f"top={raw[:20]!r} is not a number from 1 to 100.")
+    return int(raw)
+
+
 async def runs(request: Request) -> Response:
     q = request.query_params
     tenant, status, before = q.get("tenant") or None, q.get("status") or None, q.get("before") or None
@@ -54,7 +61,8 @@ async def runs(request: Request) -> Response:
 
 
 async def run(request: Request) -> Response:
-    detail = await in_thread(reads.run_detail, access_of(request), request.path_params["run_id"])
+    top = _top(request) if "top" in request.query_params else 5
+    detail = await in_thread(reads.run_detail, access_of(request), request.path_params["run_id"], top=top)
     return as_json(detail)
 
 

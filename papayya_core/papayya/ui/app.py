@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import socket
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode, urlsplit
@@ -230,8 +229,8 @@ def create_app(tokens: Tokens | None = None, *, host: str = "127.0.0.1") -> Star
     return app
 
 
-def serve(app: Starlette, host: str, port: int, *, sock: socket.socket | None = None) -> None:
-    """Serve ``app`` until interrupted (or, with ``sock``, on that bound socket: the tests' way)."""
+def make_server(app: Starlette, host: str, port: int) -> Any:
+    """A uvicorn server for ``app`` (``.run()`` serves until ``.should_exit`` is set or Ctrl-C)."""
     import uvicorn
 
     config = uvicorn.Config(
@@ -246,5 +245,9 @@ def serve(app: Starlette, host: str, port: int, *, sock: socket.socket | None = 
         loop="asyncio",
         server_header=False,
     )
-    server = uvicorn.Server(config)
-    server.run(sockets=[sock] if sock is not None else None)
+    return uvicorn.Server(config)
+
+
+def serve(app: Starlette, host: str, port: int) -> None:
+    """Serve ``app`` on ``host:port`` until interrupted."""
+    make_server(app, host, port).run()

@@ -33,6 +33,20 @@ RUN_STATUSES = ("running", "paused", "completed", "cancelled")
 # -- runs -----------------------------------------------------------------------------------------
 
 
+def run_row(access: Access, run_id: UUID) -> dict[str, Any]:
+    """The run; Forbidden (403) when it is another tenant's than the token's."""
+    run = connect().run_get(run_id)
+    access.check(run["tenant_id"])
+    return run
+
+
+def item_row(access: Access, item_id: UUID) -> dict[str, Any]:
+    """``store.item_detail`` of the item; Forbidden (403) when it is another tenant's than the token's."""
+    row = connect().item_detail(item_id)
+    access.check(row["tenant_id"])
+    return row
+
+
 def runs_page(
     access: Access,
     *,
@@ -84,12 +98,10 @@ def _cursor(before: str | None) -> tuple[datetime | None, UUID | None]:
 
 
 def run_detail(access: Access, run_id: UUID, *, top: int = 10) -> dict[str, Any]:
-    """``papayya runs show RUN --json``, plus the run's items in flight (for the live progress bar)."""
-    store = connect()
-    run = store.run_get(run_id, access.tenant)
+    """``papayya runs show RUN --json``."""
+    run = run_row(access, run_id)
     result = RunResult.load(run_id, run["tenant_id"], top=top)
-    detail = cli_runs.show_detail(run, result, top=top)
-    return detail
+    return cli_runs.show_detail(run, result, top=top)
 
 
 def run_status_text(detail: dict[str, Any]) -> str:
@@ -106,7 +118,7 @@ def run_items(
 ) -> dict[str, Any]:
     """``papayya items list RUN --json``: a page of the run's items in item-id order."""
     store = connect()
-    run = store.run_get(run_id, access.tenant)
+    run = run_row(access, run_id)
     status = outcome if outcome in ITEM_STATUSES else None
     rows = store.items_page(run_id, tenant_id=run["tenant_id"], status=status, after=after, limit=limit)
     from papayya.cli import render
@@ -136,13 +148,13 @@ def run_items(
 
 def item_id_by_key(access: Access, run_id: UUID, key: str) -> UUID:
     store = connect()
-    run = store.run_get(run_id, access.tenant)
+    run = run_row(access, run_id)
     return store.item_id_by_key(run_id, run["tenant_id"], key)
 
 
 def failures(access: Access, run_id: UUID, *, limit: int = 50) -> list[dict[str, Any]]:
     """``papayya failures RUN --json``: the run's clusters, largest first."""
-    run = connect().run_get(run_id, access.tenant)
+    run = run_row(access, run_id)
     found = clusters(run_id=run_id, tenant=run["tenant_id"], limit=limit)
     return [_cluster_row(c.as_dict()) for c in found]
 
@@ -153,7 +165,7 @@ def failures(access: Access, run_id: UUID, *, limit: int = 50) -> list[dict[str,
 def item_detail(access: Access, item_id: UUID) -> dict[str, Any]:
     """``papayya items show ITEM --json``: the item, its attempts, steps, LLM calls and lineage."""
     store = connect()
-    row = store.item_detail(item_id, access.tenant)
+    row = item_row(access, item_id)
     detail = cli_items._item_detail(row)
     detail["lineage"] = cli_items.lineage(row, cli_items._linked_details(store, row))
     return detail
@@ -163,7 +175,7 @@ def item_columns(access: Access, item_id: UUID) -> tuple[dict[str, Any], list[di
     """The item's JSON detail, and one column per attempt across the item and its replays (oldest
     first), each with its error, steps and LLM calls, for the side-by-side view."""
     store = connect()
-    row = store.item_detail(item_id, access.tenant)
+    row = item_row(access, item_id)
     linked = cli_items._linked_details(store, row)
     detail = cli_items._item_detail(row)
     detail["lineage"] = cli_items.lineage(row, linked)
