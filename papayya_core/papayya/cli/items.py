@@ -19,6 +19,22 @@ from papayya.store import Store
 _SHOW_CHARS = 4000
 
 
+def item_row(r: dict[str, Any]) -> dict[str, Any]:
+    """One item of ``items list --json`` (and the dashboard's items endpoint)."""
+    return {
+        "item_id": r["item_id"],
+        "key": r["key"],
+        "status": r["status"],
+        "attempts": r["attempts"],
+        "reasons": r["reasons"],
+        "error_type": r["error_type"],
+        "fingerprint": r["fingerprint"],
+        "cost_usd": render.known_cost(r["cost_usd"], r["cost_unknown"]),
+        "cost_unknown": r["cost_unknown"],
+        "updated_at": r["updated_at"],
+    }
+
+
 @click.group("items")
 def items_group() -> None:
     """List the items of a run and show one in full."""
@@ -47,21 +63,7 @@ def list_command(run_id: UUID, outcome: str | None, limit: int, after: str | Non
                 "run_id": run_id,
                 "tenant": run["tenant_id"],
                 "outcome": outcome,
-                "items": [
-                    {
-                        "item_id": r["item_id"],
-                        "key": r["key"],
-                        "status": r["status"],
-                        "attempts": r["attempts"],
-                        "reasons": r["reasons"],
-                        "error_type": r["error_type"],
-                        "fingerprint": r["fingerprint"],
-                        "cost_usd": render.known_cost(r["cost_usd"], r["cost_unknown"]),
-                        "cost_unknown": r["cost_unknown"],
-                        "updated_at": r["updated_at"],
-                    }
-                    for r in rows
-                ],
+                "items": [item_row(r) for r in rows],
                 "next_after": next_after,
             }
         )

@@ -245,21 +245,7 @@ def list_command(limit: int, as_json: bool) -> None:
     rows = tenants.list_all(limit)
     budgets = _budgets([r["tenant_id"] for r in rows])
     if as_json:
-        render.emit_json(
-            [
-                {
-                    "tenant": r["tenant_id"],
-                    "config": r["config"],
-                    "runs": r["runs"],
-                    "cost_usd": render.known_cost(r["spend_usd"], r["unpriced_calls"] > 0),
-                    "unpriced_calls": r["unpriced_calls"],
-                    "budget": budgets[r["tenant_id"]],
-                    "created_at": r["created_at"],
-                    "updated_at": r["updated_at"],
-                }
-                for r in rows
-            ]
-        )
+        render.emit_json([tenant_row(r, budgets[r["tenant_id"]]) for r in rows])
         return
     if not rows:
         render.out("No tenants yet; create one with `papayya tenants add TENANT`.")
@@ -282,6 +268,20 @@ def list_command(limit: int, as_json: bool) -> None:
             right=["runs", "spend", "budget", "spent this period"],
         )
     )
+
+
+def tenant_row(r: dict[str, Any], budget: Any) -> dict[str, Any]:
+    """One tenant of ``tenants list --json`` (and the dashboard's tenants endpoint)."""
+    return {
+        "tenant": r["tenant_id"],
+        "config": r["config"],
+        "runs": r["runs"],
+        "cost_usd": render.known_cost(r["spend_usd"], r["unpriced_calls"] > 0),
+        "unpriced_calls": r["unpriced_calls"],
+        "budget": budget,
+        "created_at": r["created_at"],
+        "updated_at": r["updated_at"],
+    }
 
 
 def _detail(tenant_id: str) -> dict[str, Any]:

@@ -485,7 +485,14 @@ class Store:
 
     def run_list_detail(self, tenant_id: str | None = None, limit: int = 50) -> list[Row]:
         """Newest runs first, each with its item counts by status (``counts``), calls and cost."""
-        return self.fetch_all("run_list_detail", {"tenant_id": tenant_id, "limit": limit})
+        params = {
+            "tenant_id": tenant_id,
+            "limit": limit,
+            "status": None,
+            "before_at": None,
+            "before_id": None,
+        }
+        return self.fetch_all("run_list_detail", params)
 
     def item_id_by_key(self, run_id: UUID, tenant_id: str, key: str) -> UUID:
         """The id of the item with the user's ``key`` in a run; NotFound when the run has none."""

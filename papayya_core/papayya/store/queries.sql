@@ -276,8 +276,11 @@ WHERE tenant_id = %(tenant_id)s
 GROUP BY status;
 
 -- name: run_list_detail
+-- A page of runs, newest first (optionally of one status, after a (created_at, run_id) cursor), with
+-- each run's item counts by status, calls, cost, own budget and paused reason. Item counts come from the (run_id, status) index.
 SELECT r.run_id, r.tenant_id, r.agent_name, r.name, r.backend, r.status, r.total_items, r.created_at,
-       r.finished_at, i.counts, c.calls, c.cost_usd, c.unpriced_calls
+       r.finished_at, r.budget_usd, r.paused_reason, r.replayed_from, i.counts, c.calls, c.cost_usd,
+       c.unpriced_calls
 FROM papayya.runs r
 CROSS JOIN LATERAL (
     SELECT coalesce(jsonb_object_agg(s.status, s.n), '{}'::jsonb) AS counts
@@ -290,7 +293,9 @@ CROSS JOIN LATERAL (
     FROM papayya.llm_calls WHERE run_id = r.run_id AND tenant_id = r.tenant_id
 ) c
 WHERE (%(tenant_id)s::text IS NULL OR r.tenant_id = %(tenant_id)s)
-ORDER BY r.created_at DESC, r.run_id
+  AND (%(status)s::text IS NULL OR r.status = %(status)s)
+  AND (%(before_at)s::timestamptz IS NULL OR (r.created_at, r.run_id) < (%(before_at)s, %(before_id)s::uuid))
+ORDER BY r.created_at DESC, r.run_id DESC
 LIMIT %(limit)s;
 
 -- name: item_id_by_key

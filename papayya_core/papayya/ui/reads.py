@@ -67,7 +67,7 @@ def runs_page(
     store = connect()
     before_at, before_id = _cursor(before)
     rows = store.fetch_all(
-        "ui_runs_page",
+        "run_list_detail",
         {
             "tenant_id": tenant,
             "status": status if status in RUN_STATUSES else None,
@@ -121,27 +121,12 @@ def run_items(
     run = run_row(access, run_id)
     status = outcome if outcome in ITEM_STATUSES else None
     rows = store.items_page(run_id, tenant_id=run["tenant_id"], status=status, after=after, limit=limit)
-    from papayya.cli import render
 
     return {
         "run_id": run_id,
         "tenant": run["tenant_id"],
         "outcome": status,
-        "items": [
-            {
-                "item_id": r["item_id"],
-                "key": r["key"],
-                "status": r["status"],
-                "attempts": r["attempts"],
-                "reasons": r["reasons"],
-                "error_type": r["error_type"],
-                "fingerprint": r["fingerprint"],
-                "cost_usd": render.known_cost(r["cost_usd"], r["cost_unknown"]),
-                "cost_unknown": r["cost_unknown"],
-                "updated_at": r["updated_at"],
-            }
-            for r in rows
-        ],
+        "items": [cli_items.item_row(r) for r in rows],
         "next_after": rows[-1]["key"] if len(rows) == limit else None,
     }
 
@@ -216,18 +201,9 @@ def tenants_list(access: Access, *, limit: int = 1000) -> list[dict[str, Any]]:
         r["tenant_id"]: r["paused"]
         for r in connect().fetch_all("ui_paused_runs_by_tenant", {"tenant_ids": ids})
     }
-    from papayya.cli import render
-
     return [
         {
-            "tenant": r["tenant_id"],
-            "config": r["config"],
-            "runs": r["runs"],
-            "cost_usd": render.known_cost(r["spend_usd"], r["unpriced_calls"] > 0),
-            "unpriced_calls": r["unpriced_calls"],
-            "budget": budgets[r["tenant_id"]],
-            "created_at": r["created_at"],
-            "updated_at": r["updated_at"],
+            **cli_tenants.tenant_row(r, budgets[r["tenant_id"]]),
             "paused_runs": paused.get(r["tenant_id"], 0),
         }
         for r in rows
