@@ -13,6 +13,7 @@ import importlib.util
 import logging
 import shlex
 import sys
+import threading
 from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -94,6 +95,33 @@ def load_agent(entrypoint: dict[str, Any] | None, agent_name: str, *, verb: str 
     if module_name == "__main__":
         obj.name = agent_name  # loaded from its script under another module name; keep the run's name
     return obj
+
+
+_loaded: dict[tuple[str, str], Agent] = {}
+_loaded_lock = threading.Lock()
+
+
+def agent_of_run(run_id: UUID, tenant_id: str) -> Agent:
+    """The agent a run was started with, imported once per process from where the run was started
+    (its module, or its script file). For generic workers that run any agent by the run's record
+    (a Celery task, a Temporal activity, an SQS consumer serving every agent); AgentNotImportable
+    (one sentence) when this process cannot import it."""
+    run = get_runtime().store.run_get(run_id, tenant_id)
+    key = (run["agent_name"], str(run["entrypoint"]))
+    with _loaded_lock:
+        found = _loaded.get(key)
+        if found is None:
+            try:
+                found = load_agent(run["entrypoint"], run["agent_name"])
+            except AgentNotImportable as exc:
+                where = (run["entrypoint"] or {}).get("file") or (run["entrypoint"] or {}).get("module")
+                raise AgentNotImportable(
+                    f"This worker cannot run agent {run['agent_name']} of run {run_id}: it cannot import "
+                    f"it from {where}; start the worker where the agent's code is importable (the same "
+                    "directory, or PYTHONPATH)."
+                ) from exc
+            _loaded[key] = found
+    return found
 
 
 def check_budget_room(tenant_id: str, run_id: UUID, budget_period: str) -> None:
