@@ -13,9 +13,12 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def run_example(database_url: str, cwd: Path, python: str = sys.executable) -> str:
+def run_example(
+    database_url: str, cwd: Path, python: str = sys.executable, extra_env: dict[str, str] | None = None
+) -> str:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PAPAYYA_", "OPENAI_"))}
     env["PAPAYYA_DATABASE_URL"] = database_url
+    env.update(extra_env or {})
     proc = subprocess.run(
         [python, str(ROOT / "examples" / "tenant_batch.py")],
         cwd=cwd,
