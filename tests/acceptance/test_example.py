@@ -55,6 +55,23 @@ def check_summary(out: str) -> None:
         assert problem in out, problem
 
 
+LINE = re.compile(r"items\s+([\d,]+): ([\d,]+) succeeded, ([\d,]+) degraded, ([\d,]+) failed")
+COST = re.compile(r"cost\s+\$(\d+\.\d+) this run")
+
+
+def per_tenant(out: str) -> dict[str, tuple[int, int, int, str]]:
+    """(succeeded, degraded, failed, cost) per tenant, from the example's summary."""
+    found = {}
+    for tenant in ("acme", "globex", "initech"):
+        block = out.split(f"tenant {tenant}")[1].split("\n\n", maxsplit=1)[0]
+        counts, cost = LINE.search(block), COST.search(block)
+        assert counts, block
+        assert cost, block
+        _, ok, degraded, failed = (int(g.replace(",", "")) for g in counts.groups())
+        found[tenant] = (ok, degraded, failed, cost.group(1))
+    return found
+
+
 @pytest.mark.slow
 def test_the_tenant_batch_names_every_injected_problem(database_url: str, tmp_path: Path) -> None:
     check_summary(run_example(database_url, tmp_path))
