@@ -5,7 +5,9 @@ client through workflows to each activity; an activity that is an ``@agent`` the
 as an attempt of its item through papayya's lifecycle (accounting, outcomes, journal, budget gate,
 clusters). ``MapItems`` is the ready workflow that runs a run's items with bounded concurrency and a
 pause gate; the ``temporal`` backend (``PAPAYYA_BACKEND=temporal``) starts it for ``map()``,
-``submit()``, ``papayya resume`` and replays.
+``submit()``, ``papayya resume`` and replays. ``papayya.run_item`` (``run_any_item``) is the generic
+activity that runs any agent from its run's record, and ``python -m papayya_temporal worker`` a ready
+worker with it, ``MapItems`` and the interceptor.
 
 Names are loaded on first use, so a workflow sandbox importing ``papayya_temporal.workflow`` never
 imports papayya's core.
@@ -17,7 +19,8 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from papayya_temporal.backend import TemporalBackend, activity_name, connect, workflow_id
+    from papayya_temporal.activity import GENERIC_ACTIVITY, run_any_item
+    from papayya_temporal.backend import TemporalBackend, activity_for, activity_name, connect, workflow_id
     from papayya_temporal.config import TemporalError, TemporalSettings, TemporalUnavailable
     from papayya_temporal.headers import HEADER, Stamp, current_stamp, stamped
     from papayya_temporal.interceptor import Interceptor
@@ -30,11 +33,15 @@ _WHERE = {
     "Stamp": "headers",
     "current_stamp": "headers",
     "stamped": "headers",
+    # the generic activity: runs any agent from its run's record
+    "GENERIC_ACTIVITY": "activity",
+    "run_any_item": "activity",
     # the ready workflow
     "MapItems": "workflow",
     "MapJob": "workflow",
     # the backend
     "TemporalBackend": "backend",
+    "activity_for": "backend",
     "activity_name": "backend",
     "connect": "backend",
     "workflow_id": "backend",
@@ -44,6 +51,7 @@ _WHERE = {
 }
 
 __all__ = [
+    "GENERIC_ACTIVITY",
     "HEADER",
     "Interceptor",
     "MapItems",
@@ -53,9 +61,11 @@ __all__ = [
     "TemporalError",
     "TemporalSettings",
     "TemporalUnavailable",
+    "activity_for",
     "activity_name",
     "connect",
     "current_stamp",
+    "run_any_item",
     "stamped",
     "workflow_id",
 ]

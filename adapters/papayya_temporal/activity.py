@@ -24,6 +24,11 @@ paused (budget)   non-retryable ApplicationError              ``{"status": "paus
 
 papayya's retry policy decides; give the activity a Temporal retry policy that allows retries (the
 default does) and papayya's non-retryable answers stop Temporal from retrying a finished item.
+
+The generic activity ``papayya.run_item`` (``run_any_item``) runs any agent without declaring it: the
+agent is the one the stamped item's run was started with (``papayya.control.agent_of_run``, imported
+once per worker process), and the attempt goes through the same path as a registered agent activity.
+The ``temporal`` backend names it for agents that are not Temporal activities themselves.
 """
 
 from __future__ import annotations
@@ -62,6 +67,10 @@ REFUSED = "papayya.Refused"
 RETRY = "papayya.Retry"
 BUSY = "papayya.Busy"
 STOPPED = "papayya.Stopped"
+NOT_IMPORTABLE = "papayya.NotImportable"
+UNSTAMPED = "papayya.Unstamped"
+# The generic activity: runs the agent of the stamped item's run.
+GENERIC_ACTIVITY = "papayya.run_item"
 
 _TERMS_TTL = 5.0  # seconds a worker reuses a tenant's price overrides and budget period
 
@@ -101,11 +110,67 @@ class ActivityInbound(temporalio.worker.ActivityInboundInterceptor):
         token = current_stamp.set(stamp)
         try:
             agent = agent_of(input.fn) if stamp.item_id is not None else None
+            if agent is None and stamp.item_id is not None and _is_generic(input.fn):
+                agent = await _agent_of_run(stamp)
             if agent is None:
                 return await self.next.execute_activity(input)
             return await run_item(agent, stamp, input.executor)
         finally:
             current_stamp.reset(token)
+
+
+@temporalio.activity.defn(name=GENERIC_ACTIVITY)
+async def run_any_item() -> dict[str, str]:
+    """The generic activity: runs the agent of the stamped item's run as an attempt of that item.
+
+    ``papayya_temporal.Interceptor()`` does the work (it reads the stamp and runs the item); reaching
+    this body means the worker's client has no interceptor, or the activity carries no item stamp."""
+    raise ApplicationError(
+        f"papayya's generic activity {GENERIC_ACTIVITY} needs an item stamp (the papayya header) and "
+        "papayya_temporal.Interceptor() on its worker's client; start workers with "
+        "`python -m papayya_temporal worker`.",
+        type=UNSTAMPED,
+        non_retryable=True,
+    )
+
+
+def _is_generic(fn: Any) -> bool:
+    defn = getattr(fn, "__temporal_activity_definition", None)
+    return fn is run_any_item or getattr(defn, "name", None) == GENERIC_ACTIVITY
+
+
+async def _agent_of_run(stamp: Stamp) -> Agent:
+    """The agent the stamped item's run was started with (imported once per process)."""
+    from papayya.control import agent_of_run
+    from papayya.errors import AgentNotImportable, NotFound
+
+    try:
+        run_id = UUID(stamp.run_id or "")
+    except ValueError:
+        raise _malformed(stamp) from None
+    try:
+        return await asyncio.to_thread(agent_of_run, run_id, stamp.tenant_id)
+    except NotFound:
+        log.warning("refused an activity for run %s of tenant %r: no such run", run_id, stamp.tenant_id)
+        raise ApplicationError(
+            f"papayya refused this activity: tenant {stamp.tenant_id!r} has no run {run_id} "
+            "(a forged or mistaken papayya header)",
+            type=REFUSED,
+            non_retryable=True,
+        ) from None
+    except AgentNotImportable as exc:
+        log.error("%s", exc)
+        raise ApplicationError(str(exc), type=NOT_IMPORTABLE, non_retryable=True) from None
+
+
+def _malformed(stamp: Stamp) -> ApplicationError:
+    log.warning("refused an activity whose papayya header is malformed: %r", stamp)
+    return ApplicationError(
+        "papayya refused this activity: its papayya header does not name an item "
+        "(a forged or mistaken header)",
+        type=REFUSED,
+        non_retryable=True,
+    )
 
 
 # -- the attempt --------------------------------------------------------------------------------
@@ -162,13 +227,7 @@ async def run_item(agent: Agent, stamp: Stamp, executor: concurrent.futures.Exec
 
     ref = _ref(stamp)
     if ref is None:
-        log.warning("refused an activity whose papayya header is malformed: %r", stamp)
-        raise ApplicationError(
-            "papayya refused this activity: its papayya header does not name an item "
-            "(a forged or mistaken header)",
-            type=REFUSED,
-            non_retryable=True,
-        )
+        raise _malformed(stamp)
     rt = get_runtime() if _runtime_ready() else await asyncio.to_thread(get_runtime)
     ctx = await asyncio.to_thread(_begin, rt, agent, ref)
     if ctx is None:
@@ -351,12 +410,16 @@ async def _refused(rt: Runtime, ref: ItemRef, stamp: Stamp) -> Any:
 __all__ = [
     "BUSY",
     "FAILED",
+    "GENERIC_ACTIVITY",
+    "NOT_IMPORTABLE",
     "PAUSED",
     "REFUSED",
     "RETRY",
     "STOPPED",
+    "UNSTAMPED",
     "ActivityInbound",
     "agent_of",
     "attempt_stamp",
+    "run_any_item",
     "run_item",
 ]

@@ -1,5 +1,9 @@
 """The ``temporal`` backend: ``map()``, ``submit()``, ``papayya resume`` and replay start ``MapItems``.
 
+An agent that is a Temporal activity (``@activity.defn`` above ``@agent``) runs as that activity, on
+the team's workers; any other agent runs as papayya's generic activity ``papayya.run_item``, which
+imports the agent the run was started with (``python -m papayya_temporal worker`` registers it).
+
 ``run`` starts the run's ``MapItems`` workflow (id ``papayya-run-<run id>``) on the configured task
 queue with the ids of the items to run, then waits, reading progress from the papayya store (the
 source of truth), until every item is terminal or the run is paused. A run that is resumed signals
@@ -20,7 +24,7 @@ from uuid import UUID
 
 from papayya.errors import ConfigError
 from papayya.progress import Progress
-from papayya_temporal.activity import BACKEND
+from papayya_temporal.activity import BACKEND, GENERIC_ACTIVITY
 from papayya_temporal.config import TemporalError, TemporalSettings, TemporalUnavailable
 
 if TYPE_CHECKING:
@@ -57,6 +61,14 @@ def activity_name(agent: Agent) -> str:
             "the agent and papayya sees each attempt."
         )
     return str(defn.name)
+
+
+def activity_for(agent: Agent) -> str:
+    """The activity ``MapItems`` runs for ``agent``: its own when it is a Temporal activity, else the
+    generic ``papayya.run_item`` (which runs the agent of each item's run)."""
+    if getattr(agent, "__temporal_activity_definition", None) is None:
+        return GENERIC_ACTIVITY
+    return activity_name(agent)
 
 
 async def connect(settings: TemporalSettings, **kwargs: Any) -> Client:
@@ -126,7 +138,7 @@ class TemporalBackend:
         run_name: str | None = None,
     ) -> None:
         """Start (or resume) the run's workflow and wait until every item is terminal or it pauses."""
-        activity = activity_name(agent)
+        activity = activity_for(agent)
         settings = self.settings
 
         async def go() -> None:
@@ -148,7 +160,7 @@ class TemporalBackend:
         concurrency: int,
     ) -> None:
         """Start (or resume) the run's workflow and return at once."""
-        activity = activity_name(agent)
+        activity = activity_for(agent)
         settings = self.settings
 
         async def go() -> None:
@@ -159,7 +171,8 @@ class TemporalBackend:
 
     def redrive(self, rt: Runtime, refs: list[ItemRef]) -> None:
         """Run stalled items again: signal their run's workflow, or start a new execution for them."""
-        from papayya.control import load_agent
+        from papayya.control import agent_of_run
+        from papayya.errors import AgentNotImportable
 
         by_run: dict[UUID, list[ItemRef]] = {}
         for ref in refs:
@@ -169,13 +182,17 @@ class TemporalBackend:
         async def go() -> None:
             client = await connect(settings)
             for run_id, group in by_run.items():
-                run = rt.store.run_get(run_id, group[0].tenant_id)
-                agent = load_agent(run["entrypoint"], run["agent_name"])
+                tenant_id = group[0].tenant_id
+                run = rt.store.run_get(run_id, tenant_id)
+                try:
+                    activity = activity_for(agent_of_run(run_id, tenant_id))
+                except AgentNotImportable:
+                    activity = GENERIC_ACTIVITY  # not importable here: the generic workers import it
                 concurrency = int((run["options"] or {}).get("concurrency") or 8)
                 pairs = [(r.item_id, r.key) for r in group]
                 await self._start(
                     client,
-                    activity_name(agent),
+                    activity,
                     run_id,
                     group[0].tenant_id,
                     pairs,
@@ -298,7 +315,8 @@ class TemporalBackend:
                         moved = True  # say it once
                         log.warning(
                             "run %s: no item has started after %.0fs; is a worker polling task queue %r "
-                            "with MapItems and the agent's activity registered?",
+                            "with MapItems and the agent's activity registered (`python -m "
+                            "papayya_temporal worker` for agents that are not activities)?",
                             run_id,
                             now - started,
                             self.settings.task_queue,
@@ -336,4 +354,4 @@ def _sweep(rt: Runtime) -> None:
         log.warning("reaper sweep failed (%s); retried", exc)
 
 
-__all__ = ["TemporalBackend", "activity_name", "connect", "workflow_id"]
+__all__ = ["TemporalBackend", "activity_for", "activity_name", "connect", "workflow_id"]

@@ -177,6 +177,9 @@ class MapItems:
             kind = cause.type if isinstance(cause, ApplicationError) else None
             if kind == "papayya.Refused":
                 status = "refused"
+            elif kind == "papayya.NotImportable":
+                # The generic activity cannot import the run's agent on that worker: say so and stop.
+                self._error = str(cause.message if isinstance(cause, ApplicationError) else cause)
             elif kind == "NotFoundError":
                 self._error = (
                     f"No worker on task queue {job.task_queue or workflow.info().task_queue} has the "
