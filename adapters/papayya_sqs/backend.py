@@ -46,14 +46,14 @@ class SqsBackend(PublishingBackend):
             self._queue = Queue(url, make_client(settings, url), fair=settings.fair)
         return self._queue
 
-    def serves(self, queue_url: str, agents: Iterable[str]) -> bool:
-        """Whether this backend sends ``agents``' items to ``queue_url`` (a consumer's reaper)."""
-        return (
-            self._queue is not None
-            and self._queue.url == queue_url
-            and self.agents is not None
-            and self.agents >= set(agents)
-        )
+    def serves(self, queue_url: str, agents: Iterable[str] | None) -> bool:
+        """Whether this backend sends ``agents``' items (every agent's, for ``None``) to ``queue_url``
+        and no other agent's (a consumer's reaper)."""
+        if self._queue is None or self._queue.url != queue_url:
+            return False
+        if agents is None:
+            return self.agents is None
+        return self.agents is not None and self.agents >= set(agents)
 
     def publish(self, rt: Runtime, agent_name: str, refs: Sequence[ItemRef]) -> None:
         """Send one message per item (``send_message_batch``; ids in attributes)."""
@@ -104,7 +104,8 @@ class SqsBackend(PublishingBackend):
 
     def redrive(self, rt: Runtime, refs: list[ItemRef]) -> None:
         """Send again the items the reaper marked ``stalled`` (their consumer died); in a consumer's
-        process, only the items of the agents it serves (other consumers send theirs)."""
+        process, only the items of the agents it serves (other consumers send theirs); a consumer
+        serving any agent sends every stalled item of the sqs backend."""
         if self.agents is not None:
             runs = sorted({(r.run_id, r.tenant_id) for r in refs})
             rows = rt.store.fetch_all(

@@ -25,6 +25,12 @@ and the papayya lease of its attempt, writes budget spend every second and notic
 elsewhere. The consumer also runs papayya's reaper: items whose consumer died are marked ``stalled``
 and sent again. ``stop()`` (SIGTERM, Ctrl-C) drains: no more receives, items in flight get ``grace``
 seconds, the rest are given back (item ``queued``, message visible again).
+
+A consumer built with ``agent=None`` (``python -m papayya_sqs --any-agent``) serves any agent: each
+papayya message's agent is the one its run was started with, imported once per process by
+``papayya.control.agent_of_run``; then the message goes through the same path as above. The team's own
+messages (no ``papayya_item``) have no run to say which agent they are for: they need an agent the
+consumer was given (``agent=``, or ``MODULE:AGENT`` beside ``--any-agent``).
 """
 
 from __future__ import annotations
@@ -43,10 +49,10 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
-from papayya import execute, intake
+from papayya import control, execute, intake
 from papayya.agent import Agent
 from papayya.context import AttemptContext
-from papayya.errors import InputError, StoreUnavailable, TenantError
+from papayya.errors import AgentNotImportable, InputError, StoreUnavailable, TenantError
 from papayya.execute import ItemRef
 from papayya.models import ItemStatus
 from papayya.reaper import Reaper
@@ -183,12 +189,16 @@ class _Terms:
 
 
 class Consumer:
-    """Runs the messages of one SQS queue as accountable items of ``agent`` (or several agents).
+    """Runs the messages of one SQS queue as accountable items of ``agent`` (or several agents, or any).
 
     Args:
         queue_url: The queue; default ``PAPAYYA_SQS_QUEUE_URL``.
         agent: The agent (or agents) whose items arrive on this queue. With several, a message names
-            its agent through its run (papayya's messages) or a ``papayya_agent`` attribute.
+            its agent through its run (papayya's messages) or a ``papayya_agent`` attribute. ``None``:
+            any agent (``any_agent``), each imported from where its run was started.
+        any_agent: Also run papayya's messages of agents not in ``agent``, importing each run's agent
+            with ``papayya.control.agent_of_run`` (once per process). Default: ``agent is None``. The
+            team's own messages (no item id) still need an agent from ``agent``.
         sqs: A boto3 SQS client; default one built from ``PAPAYYA_SQS_*`` (endpoint, region).
         concurrency: Items run at once (threads); default ``PAPAYYA_SQS_CONCURRENCY`` (10).
         wait_seconds: Long-poll wait of one receive (0-20); default ``PAPAYYA_SQS_WAIT_SECONDS`` (20).
@@ -201,17 +211,20 @@ class Consumer:
         self,
         queue_url: str | None = None,
         *,
-        agent: Agent | Sequence[Agent],
+        agent: Agent | Sequence[Agent] | None = None,
+        any_agent: bool | None = None,
         sqs: Any = None,
         concurrency: int | None = None,
         wait_seconds: int | None = None,
         visibility_timeout: int | None = None,
         reaper: bool = True,
     ) -> None:
-        agents = [agent] if isinstance(agent, Agent) else list(agent)
-        if not agents or not all(isinstance(a, Agent) for a in agents):
+        agents = [] if agent is None else [agent] if isinstance(agent, Agent) else list(agent)
+        self.any_agent = agent is None if any_agent is None else any_agent
+        if not all(isinstance(a, Agent) for a in agents) or not (agents or self.any_agent):
             raise TypeError(
-                "agent= must be a papayya agent (a function decorated with @papayya.agent) or a list"
+                "agent= must be a papayya agent (a function decorated with @papayya.agent) or a list; "
+                "agent=None (or any_agent=True) serves any agent"
             )
         self.settings = SqsSettings.from_env(
             queue_url=queue_url,
@@ -224,6 +237,7 @@ class Consumer:
             url, sqs if sqs is not None else make_client(self.settings, url), fair=self.settings.fair
         )
         self.agents = {a.name: a for a in agents}
+        self._run_agents: dict[UUID, Agent] = {}  # a consumer serving any agent: each run's agent
         self.concurrency = self.settings.concurrency
         self.wait_seconds = self.settings.wait_seconds
         self.reaper = reaper
@@ -241,7 +255,15 @@ class Consumer:
         self._visibility = 30
 
     def __repr__(self) -> str:
-        return f"<papayya_sqs.Consumer {self.queue.url} serving {', '.join(self.agents)}>"
+        return f"<papayya_sqs.Consumer {self.queue.url} serving {self.serving}>"
+
+    @property
+    def serving(self) -> str:
+        """The agents this consumer runs, in words."""
+        named = ", ".join(self.agents)
+        if not self.any_agent:
+            return named
+        return f"any agent (and {named} for the team's own messages)" if named else "any agent"
 
     # -- running ----------------------------------------------------------------------------------
 
@@ -264,9 +286,11 @@ class Consumer:
         self._closed.clear()
         info = self.queue.info  # a wrong URL or missing credentials fail here, in one sentence
         self._visibility = self.settings.visibility_timeout or info.visibility_timeout
-        if not isinstance(rt.backend, SqsBackend) or not rt.backend.serves(self.queue.url, self.agents):
-            # this consumer's reaper sends the stalled items of its agents back to its own queue
-            rt.backend = SqsBackend(self.queue, agents=self.agents)
+        mine = None if self.any_agent else self.agents
+        if not isinstance(rt.backend, SqsBackend) or not rt.backend.serves(self.queue.url, mine):
+            # this consumer's reaper sends the stalled items of its agents (any agent's, for a consumer
+            # serving any) back to its own queue
+            rt.backend = SqsBackend(self.queue, agents=mine)
         pool = _Pool(self.concurrency)
         threads = [
             threading.Thread(target=self._settle_loop, name="papayya-sqs-settle", daemon=True),
@@ -282,7 +306,7 @@ class Consumer:
         log.info(
             "consumer on %s: %s, %d at once (visibility %ds, max receives %s)",
             self.queue.url,
-            ", ".join(self.agents),
+            self.serving,
             self.concurrency,
             self._visibility,
             info.max_receive_count or "unbounded",
@@ -458,6 +482,16 @@ class Consumer:
                     f"in run {ref.run_id} (a forged or mistaken attribute); nothing ran"
                 )
             agent = self.agents.get(row["agent_name"])
+            if agent is None and self.any_agent:
+                try:
+                    agent = self._agent_of_run(ref)
+                except AgentNotImportable as exc:
+                    log.error(
+                        "message %s: %s It goes back to the queue for a consumer that can.",
+                        msg.message_id,
+                        exc,
+                    )
+                    return Hide(min(MAX_VISIBILITY, 30 * msg.receive_count))
             if agent is None:
                 log.error(
                     "message %s: item %s belongs to agent %s, which this consumer does not serve (%s); "
@@ -506,6 +540,19 @@ class Consumer:
             return Leave()
         return self._conclude(rt, ctx, msg, output, error)
 
+    def _agent_of_run(self, ref: ItemRef) -> Agent:
+        """The agent ``ref``'s run was started with (a consumer serving any agent); one store read per run
+        in this consumer, one import per agent in this process."""
+        with self._lock:
+            found = self._run_agents.get(ref.run_id)
+        if found is None:
+            found = control.agent_of_run(ref.run_id, ref.tenant_id)
+            with self._lock:
+                if len(self._run_agents) >= 10_000:
+                    self._run_agents.clear()
+                self._run_agents[ref.run_id] = found
+        return found
+
     def _agent_named(self, name: str | None) -> Agent | str:
         if name is not None:
             agent = self.agents.get(name)
@@ -514,6 +561,13 @@ class Consumer:
             return agent
         if len(self.agents) == 1:
             return next(iter(self.agents.values()))
+        if not self.agents:
+            return (
+                f"the team's own messages (no {M.ITEM} attribute) have no run to name their agent, and "
+                "this consumer (serving any agent by its runs) was given none for them; give it the agent "
+                f"(Consumer(agent=enrich, any_agent=True), or python -m papayya_sqs --any-agent "
+                "MODULE:AGENT) or send the work with agent.map()/submit()"
+            )
         return (
             f"this consumer serves several agents ({', '.join(self.agents)}) and the message names none; "
             f"send it with a {M.AGENT} attribute"
