@@ -24,6 +24,9 @@ for recorded calls), budget gate (a paused tenant's messages are acked and their
 - ``enrich.delay(item)`` / ``apply_async`` from the team's own code, with a tenant
   (``headers=papayya_celery.headers("t47")`` or inside ``with papayya_celery.tenant("t47"):``), records
   the message as an item of the tenant's intake run for the day (key: ``papayya_key`` or the task id).
+- An agent the team never declared as a task runs on the generic workers
+  (``celery -A papayya_celery.generic worker -P threads -c 8``): the backend publishes its items to
+  the generic task ``papayya.run_item``, which imports the agent the run was started with.
 - The worker's main process runs the reaper: a worker that died leaves its item ``stalled``, and the
   item is published again.
 

@@ -2,8 +2,12 @@
 Celery message per item (ids in its headers, no payload) and read progress from the papayya store;
 the reaper's stalled items are published again the same way (``redrive``).
 
-The app is the one ``papayya_celery.install(app)`` was called on in this process, or the one named by
-``PAPAYYA_CELERY_APP=module:attribute``.
+The app is the one named by ``PAPAYYA_CELERY_APP=module:attribute``, or the one
+``papayya_celery.install(app)`` was called on in this process, or else the generic app
+(``papayya_celery.generic``, configured by ``PAPAYYA_CELERY_BROKER``). An agent the app has no task
+for is published to the generic task ``papayya.run_item``, which runs the agent the run was started
+with (``celery -A papayya_celery.generic worker`` runs it, as does any app given
+``papayya_celery.generic.register(app)``).
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ from papayya.errors import ConfigError
 from papayya.execute import ItemRef
 from papayya_celery import message as H
 from papayya_celery.worker import BACKEND, agent_of
+
+GENERIC_TASK = "papayya.run_item"  # papayya_celery.generic.TASK (importing it makes the generic app)
 
 if TYPE_CHECKING:
     from papayya.runtime import Runtime
@@ -72,14 +78,14 @@ class CeleryBackend(PublishingBackend):
             elif apps:
                 self._app = apps[-1]
             else:
-                raise ConfigError(
-                    "The celery backend does not know your Celery app; call papayya_celery.install(app) "
-                    f"where the app is defined, or set {APP_VARIABLE}=module:app."
-                )
+                from papayya_celery.generic import app as generic_app
+
+                self._app = generic_app
         return self._app
 
     def task_for(self, agent_name: str) -> Any:
-        """The app's task that runs agent ``agent_name``."""
+        """The app's task that runs agent ``agent_name``, or None when it has none (the item is then
+        published to the generic task)."""
         app = self.app
         name = self._tasks.get(agent_name)
         if name is None or name not in app.tasks:
@@ -88,20 +94,18 @@ class CeleryBackend(PublishingBackend):
                 if agent is not None:
                     self._tasks[agent.name] = task.name
             name = self._tasks.get(agent_name)
-        if name is None:
-            raise ConfigError(
-                f"Agent {agent_name} is not a task of Celery app {app.main!r}; decorate it with "
-                "@app.task (above @agent) in a module the app imports."
-            )
-        return app.tasks[name]
+        return None if name is None else app.tasks[name]
 
     def publish(self, rt: Runtime, agent_name: str, refs: Sequence[ItemRef]) -> None:
-        """Publish one message per item: its tenant and item id in the headers, its key as the argument."""
+        """Publish one message per item: its tenant and item id in the headers, its key as the argument;
+        to the agent's own task, or to the generic task when the app has none for the agent."""
         task = self.task_for(agent_name)
-        with self.app.producer_or_acquire() as producer:
+        app = self.app
+        with app.producer_or_acquire() as producer:
             for ref in refs:
-                task.apply_async(
-                    ({"id": ref.key},),
-                    headers={H.TENANT: ref.tenant_id, H.ITEM: str(ref.item_id), H.KEY: ref.key},
-                    producer=producer,
-                )
+                args = ({"id": ref.key},)
+                headers = {H.TENANT: ref.tenant_id, H.ITEM: str(ref.item_id), H.KEY: ref.key}
+                if task is not None:
+                    task.apply_async(args, headers=headers, producer=producer)
+                else:
+                    app.send_task(GENERIC_TASK, args, headers=headers, producer=producer)

@@ -1,7 +1,9 @@
 """One Celery message, run as one attempt of one item through the core lifecycle.
 
 The message's headers name its tenant and item (or only its tenant: the message is then recorded as a
-new item by :func:`papayya.intake.adopt`). Both are validated against the store; then
+new item by :func:`papayya.intake.adopt`). A team's agent task runs its own agent; the generic task
+(``papayya_celery.generic``) runs the agent the item's run was started with
+(:func:`papayya.control.agent_of_run`), through this same path. Both are validated against the store; then
 ``execute.begin`` claims the item, ``execute.invoke`` calls the agent with the ``run`` context set and
 ``execute.conclude`` judges and writes the attempt. What this module adds is only the translation:
 
@@ -33,7 +35,7 @@ from celery.exceptions import Retry
 from celery.utils.time import get_exponential_backoff_interval
 from pydantic_core import to_jsonable_python
 
-from papayya import execute, intake
+from papayya import control, execute, intake
 from papayya.agent import Agent
 from papayya.context import AttemptContext
 from papayya.errors import StoreUnavailable, TenantError
@@ -175,8 +177,11 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 # -- one message ------------------------------------------------------------------------------------
 
 
-def run_message(task: Task, agent: Agent, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    """Run the message being executed by ``task`` as an attempt; return what the task returns."""
+def run_message(task: Task, agent: Agent | None, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """Run the message being executed by ``task`` as an attempt; return what the task returns.
+
+    ``agent`` is the agent ``task`` runs; None for the generic task (``papayya.run_item``), which runs
+    the agent the item's run was started with (``papayya.control.agent_of_run``)."""
     req = task.request
     tenant_id = req.get(H.TENANT)
     if not tenant_id:
@@ -188,9 +193,10 @@ def run_message(task: Task, agent: Agent, args: tuple[Any, ...], kwargs: dict[st
     rt = get_runtime()
     proc = process(rt)
     try:
-        ref = _resolve(rt, task, agent, str(tenant_id), args, kwargs)
-        if ref is None:
+        resolved = _resolve(rt, task, agent, str(tenant_id), args, kwargs)
+        if resolved is None:
             return None
+        agent, ref = resolved
         overrides, period = proc.tenant(ref.tenant_id)
         ctx = execute.begin(rt, agent, ref, backend=BACKEND, price_overrides=overrides, budget_period=period)
         if ctx is None:
@@ -221,18 +227,34 @@ def run_message(task: Task, agent: Agent, args: tuple[Any, ...], kwargs: dict[st
 
 
 def _resolve(
-    rt: Runtime, task: Task, agent: Agent, tenant_id: str, args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> ItemRef | None:
-    """The item the message is for: the one its headers name (validated against the store), or a new
-    item recorded from its arguments. None when the headers do not stand up (logged; the message is
-    acked and dropped)."""
+    rt: Runtime,
+    task: Task,
+    agent: Agent | None,
+    tenant_id: str,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> tuple[Agent, ItemRef] | None:
+    """The agent and the item the message is for: the item its headers name (validated against the
+    store), or a new item recorded from its arguments; for the generic task (``agent`` None), the agent
+    the item's run was started with. None when the headers do not stand up (logged; the message is
+    acked and dropped). AgentNotImportable when this process cannot import the run's agent."""
     req = task.request
     item = req.get(H.ITEM)
     if not item:
+        if agent is None:
+            log.error(
+                "task %s [%s]: refused, it names no papayya item (%s header), so there is no agent to run; "
+                "publish it with agent.map(...) or agent.submit(...); dropped",
+                task.name,
+                req.id,
+                H.ITEM,
+            )
+            return None
         key = req.get(H.KEY) or req.id
-        return intake.adopt(
+        ref = intake.adopt(
             rt, agent, tenant_id=tenant_id, key=key, input=_input(args, kwargs), backend=BACKEND
         )
+        return agent, ref
     try:
         item_id = UUID(str(item))
     except ValueError:
@@ -250,7 +272,9 @@ def _resolve(
             item_id,
         )
         return None
-    if row["agent_name"] != agent.name:
+    if agent is None:  # the generic task: AgentNotImportable fails the task, the item stays queued
+        agent = control.agent_of_run(row["run_id"], tenant_id)
+    elif row["agent_name"] != agent.name:
         log.error(
             "task %s [%s]: refused, item %s belongs to agent %s, not %s; dropped",
             task.name,
@@ -260,7 +284,7 @@ def _resolve(
             agent.name,
         )
         return None
-    return ItemRef(item_id, row["key"], row["run_id"], tenant_id)
+    return agent, ItemRef(item_id, row["key"], row["run_id"], tenant_id)
 
 
 def _input(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Mapping[str, Any]:
