@@ -87,7 +87,10 @@ class Runtime:
                     f"This run ran on the {name!r} backend, which is not installed here; install "
                     f"'papayya[{name}]' (installed: {', '.join(sorted(self._backend_factories))})."
                 )
-            self._backends[name] = factory()
+            try:
+                self._backends[name] = factory()
+            except ImportError as exc:  # the backend's extra is not installed
+                raise ConfigError(f"The {name!r} backend cannot start here: {exc}.") from None
         return self._backends[name]
 
     def close(self) -> None:

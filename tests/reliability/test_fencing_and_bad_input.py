@@ -154,3 +154,19 @@ def test_a_plugin_backend_registered_through_the_hook_runs_map(rt: Runtime, tena
     assert ran == [2]
     assert result.counts["succeeded"] == 2
     assert papayya.runtime.get_runtime().store.run_get(result.run_id)["backend"] == "counting"
+
+
+def test_a_backend_whose_extra_is_missing_is_one_sentence(
+    rt: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import papayya_celery
+
+    def missing() -> None:
+        raise ImportError("papayya_celery needs Celery; install it with: pip install 'papayya[celery]'")
+
+    monkeypatch.setattr(papayya_celery, "require_celery", missing)
+    papayya.configure(backend="celery")
+    with pytest.raises(
+        papayya.ConfigError, match=r"'celery' backend cannot start here: .*'papayya\[celery\]'"
+    ):
+        echo.map([{"id": "a"}], tenant="t")
