@@ -25,6 +25,7 @@ from papayya.errors import ConfigError
 from papayya.execute import ItemRef
 from papayya_celery import message as H
 from papayya_celery.worker import BACKEND, agent_of
+from papayya_otel import propagation as trace_context
 
 GENERIC_TASK = "papayya.run_item"  # papayya_celery.generic.TASK (importing it makes the generic app)
 
@@ -105,6 +106,7 @@ class CeleryBackend(PublishingBackend):
             for ref in refs:
                 args = ({"id": ref.key},)
                 headers = {H.TENANT: ref.tenant_id, H.ITEM: str(ref.item_id), H.KEY: ref.key}
+                trace_context.inject(headers)  # the consumer's attempt is a child of the current span
                 if task is not None:
                     task.apply_async(args, headers=headers, producer=producer)
                 else:

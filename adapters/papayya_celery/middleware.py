@@ -6,7 +6,8 @@
   when a worker starts (``worker_init``, before Celery builds its tracers), so tasks defined after
   ``install`` are covered.
 - ``before_task_publish`` stamps the papayya tenant on messages published inside a papayya attempt or
-  a ``papayya_celery.tenant(...)`` block.
+  a ``papayya_celery.tenant(...)`` block, and the trace context of the publisher (``traceparent``, with
+  OpenTelemetry installed) on papayya messages that do not carry one yet.
 - ``worker_ready`` starts a reaper in the worker's main process (items whose worker died are marked
   ``stalled`` and published again); ``worker_shutdown`` stops it. A pool process that stops gives back
   the budget it leased (``worker_process_shutdown``).
@@ -27,6 +28,7 @@ from papayya.reaper import Reaper
 from papayya.runtime import get_runtime
 from papayya_celery import message as H
 from papayya_celery import worker
+from papayya_otel import propagation as trace_context
 
 log = logging.getLogger("papayya.celery")
 
@@ -168,11 +170,15 @@ _bases: dict[int, Any] = {}
 
 
 def _stamp(sender: Any = None, headers: dict[str, Any] | None = None, **_: Any) -> None:
-    if headers is None or headers.get(H.TENANT):
+    if headers is None:
         return
-    tenant = H.publishing_tenant()
-    if tenant is not None:
+    if not headers.get(H.TENANT):
+        tenant = H.publishing_tenant()
+        if tenant is None:
+            return
         headers[H.TENANT] = tenant
+    if not trace_context.fields() & headers.keys():  # a context the publisher set is kept
+        trace_context.inject(headers)
 
 
 def _on_finalize(sender: Any = None, **_: Any) -> None:

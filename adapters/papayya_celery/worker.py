@@ -13,6 +13,8 @@ new item by :func:`papayya.intake.adopt`). A team's agent task runs its own agen
 - a retry, whether papayya's (the agent's ``retries=``) or Celery's (``autoretry_for``,
   ``task.retry()``), is a new attempt of the same item: the failed attempt is written with the item
   back to ``queued``, then Celery publishes the retry with the item id in its headers;
+- the attempt runs inside the trace context the message carries (``traceparent``, stamped at publish),
+  so with OpenTelemetry its ``papayya.attempt`` span is a child of the publisher's span;
 - each worker process heartbeats the leases of the attempts it runs, writes its budget spend every
   second and notices runs paused elsewhere, like a native worker.
 """
@@ -44,6 +46,7 @@ from papayya.models import ItemStatus
 from papayya.runtime import Runtime, get_runtime
 from papayya.tenants import overrides_map
 from papayya_celery import message as H
+from papayya_otel import propagation as trace_context
 
 log = logging.getLogger("papayya.celery")
 
@@ -182,6 +185,23 @@ def run_message(task: Task, agent: Agent | None, args: tuple[Any, ...], kwargs: 
 
     ``agent`` is the agent ``task`` runs; None for the generic task (``papayya.run_item``), which runs
     the agent the item's run was started with (``papayya.control.agent_of_run``)."""
+    with trace_context.attached(_trace_headers(task)):
+        return _run_message(task, agent, args, kwargs)
+
+
+def _trace_headers(task: Task) -> dict[str, Any]:
+    """The trace context the message carries (``traceparent``...): its attempt is a child of the span
+    that published it."""
+    req = task.request
+    found = {k: v for k, v in (req.headers or {}).items() if isinstance(v, str)}
+    for name in trace_context.fields():
+        value = req.get(name)
+        if isinstance(value, str):
+            found[name] = value
+    return found
+
+
+def _run_message(task: Task, agent: Agent | None, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     req = task.request
     tenant_id = req.get(H.TENANT)
     if not tenant_id:

@@ -58,6 +58,7 @@ from papayya.models import ItemStatus
 from papayya.reaper import Reaper
 from papayya.runtime import get_runtime
 from papayya.tenants import overrides_map
+from papayya_otel import propagation as trace_context
 from papayya_sqs import message as M
 from papayya_sqs.config import DeadLettered, SqsSettings, SqsUnavailable, make_client
 from papayya_sqs.queue import MAX_VISIBILITY, Queue
@@ -433,7 +434,8 @@ class Consumer:
 
     def _handle(self, flight: _Flight, parsed: M.Parsed, row: dict[str, Any] | None) -> None:
         try:
-            action = self._process(flight, parsed, row)
+            with trace_context.attached(flight.msg.attributes):  # the sender's span is the attempt's parent
+                action = self._process(flight, parsed, row)
         except StoreUnavailable as exc:
             log.warning(
                 "message %s: the papayya store is away (%s); it comes back", flight.msg.message_id, exc

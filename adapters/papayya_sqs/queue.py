@@ -12,12 +12,13 @@ import math
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 from papayya.execute import ItemRef
+from papayya_otel import propagation as trace_context
 from papayya_sqs import message as M
 from papayya_sqs.config import SqsUnavailable
 
@@ -56,6 +57,21 @@ def translated(what: str, url: str) -> Iterator[None]:
             f"Cannot {what} on {url} ({exc}); check that SQS (or PAPAYYA_SQS_ENDPOINT_URL) answers and "
             "that credentials are configured."
         ) from exc
+
+
+MAX_ATTRIBUTES = 10  # SQS's ceiling of message attributes per message
+
+
+def _add_trace_context(attributes: dict[str, Any], carried: Mapping[str, Any]) -> None:
+    """Add the trace context (``traceparent``, ``tracestate``, ``baggage``) as String attributes, as many
+    as fit under SQS's ten (papayya's ids take three; ``traceparent`` comes first)."""
+    for name in sorted(carried, key=lambda n: n != "traceparent"):
+        value = carried[name]
+        if len(attributes) >= MAX_ATTRIBUTES:
+            log.debug("no room for the %s message attribute; sent without it", name)
+            continue
+        if isinstance(value, str) and value and name not in attributes:
+            attributes[name] = {"DataType": "String", "StringValue": value}
 
 
 class Queue:
@@ -107,8 +123,11 @@ class Queue:
         then SqsUnavailable names how many could not be sent."""
         info = self.info
         send_id = uuid.uuid4().hex[:16]
+        carried = trace_context.inject({})  # the consumer's attempt is a child of the current span
         for start in range(0, len(refs), BATCH):
             pending = M.entries(refs[start : start + BATCH], fifo=info.fifo, fair=self.fair, send_id=send_id)
+            for entry in pending:
+                _add_trace_context(entry["MessageAttributes"], carried)
             for attempt in range(attempts):
                 try:
                     answer = self._call("send messages", "send_message_batch", Entries=pending)

@@ -87,6 +87,13 @@ async def connect(settings: TemporalSettings, **kwargs: Any) -> Client:
         ) from None
 
 
+def _trace_context() -> Any:
+    """The client interceptor that carries the caller's trace context to the workflow's activities."""
+    from papayya_temporal.interceptor import TraceContext
+
+    return TraceContext()
+
+
 def _blocking(coro: Coroutine[Any, Any, T]) -> T:
     """Run ``coro`` to completion from sync code, also when this thread already runs an event loop."""
     try:
@@ -142,7 +149,7 @@ class TemporalBackend:
         settings = self.settings
 
         async def go() -> None:
-            client = await connect(settings)
+            client = await connect(settings, interceptors=[_trace_context()])
             handle = await self._start(client, activity, run_id, tenant_id, items, concurrency)
             label = run_name or f"{agent.name} [{tenant_id}]"
             await self._wait(rt, handle, run_id, tenant_id, len(items), label, progress)
@@ -164,7 +171,7 @@ class TemporalBackend:
         settings = self.settings
 
         async def go() -> None:
-            client = await connect(settings)
+            client = await connect(settings, interceptors=[_trace_context()])
             await self._start(client, activity, run_id, tenant_id, items, concurrency)
 
         _blocking(go())
@@ -180,7 +187,7 @@ class TemporalBackend:
         settings = self.settings
 
         async def go() -> None:
-            client = await connect(settings)
+            client = await connect(settings, interceptors=[_trace_context()])
             for run_id, group in by_run.items():
                 tenant_id = group[0].tenant_id
                 run = rt.store.run_get(run_id, tenant_id)

@@ -48,6 +48,20 @@ def inject(headers: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     return headers
 
 
+def fields() -> frozenset[str]:
+    """The header names the global propagator writes (``traceparent``, ``tracestate``, ``baggage`` by
+    default); empty without OpenTelemetry."""
+    if not _api():
+        return frozenset()
+    try:
+        from opentelemetry import propagate
+
+        return frozenset(propagate.get_global_textmap().fields)
+    except Exception:
+        log.exception("could not read the trace propagator's fields")
+        return frozenset()
+
+
 def extract(headers: Mapping[str, Any] | None) -> Any:
     """The OpenTelemetry context carried by ``headers`` (an ``opentelemetry.context.Context``), or
     None without OpenTelemetry or when they carry nothing usable."""
