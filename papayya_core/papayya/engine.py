@@ -253,6 +253,7 @@ class Worker:
                         worker=self.rt.worker_id,
                         lease_seconds=self.rt.settings.lease_seconds,
                         backend=self.backend,
+                        alone=free == self.concurrency + self.prefetch,
                     )
                     self._store_back()
                     backoff = 0.5
@@ -261,6 +262,12 @@ class Worker:
                     continue
                 for row in rows:
                     self._dispatch(row)
+                if any(row["stalls"] for row in rows):
+                    # An item that lost its worker before runs alone: claim nothing until it is done.
+                    while self._free() < self.concurrency + self.prefetch and not self._stop.is_set():
+                        self._wake.wait(self.poll)
+                        self._wake.clear()
+                    continue
             if rows and len(rows) == free:
                 # Full: wait until a batch worth claiming is free (the prefetch buffer covers the gap).
                 want = max(1, (self.concurrency + self.prefetch) // 2)

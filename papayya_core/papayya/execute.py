@@ -25,7 +25,7 @@ from uuid import UUID
 
 from papayya import fingerprint
 from papayya.context import AttemptContext, current
-from papayya.errors import AttemptAbandoned, Paused
+from papayya.errors import AttemptAbandoned, Paused, StoreUnavailable
 from papayya.models import ErrorCategory, ErrorInfo, Item, ItemStatus, Reason
 from papayya.store import Finish
 
@@ -246,6 +246,13 @@ def judge(ctx: AttemptContext, *, output: Any = None, error: BaseException | Non
         finish = _finish(ctx, status, status, terminal=True, reasons=reasons, output=recorded, fingerprint=fp)
         return Judged(ctx, finish, tuple(reasons))
 
+    if isinstance(error, StoreUnavailable):
+        # papayya lost its store mid-attempt (a journal or ledger write failed): not the item's doing,
+        # so it is not a failed attempt. The item goes back to the queue (attempt kept as stalled)
+        # and runs again once the store answers; what was recorded before the outage is reused.
+        delay = backoff(1.0, 30.0, ctx.attempt)
+        log.warning("item %s: the store went away mid-attempt; it runs again in %.1fs", ctx.item.id, delay)
+        return Judged(ctx, _finish(ctx, ItemStatus.QUEUED, "stalled", terminal=False, retry_in=delay))
     category, retryable = ctx.runtime.hooks.classify_error(error)
     fp, message, frame = fingerprint.failure(error, category)
     info = ErrorInfo(

@@ -350,6 +350,7 @@ class Store:
         worker: str,
         lease_seconds: float,
         backend: str = "native",
+        alone: bool = True,
     ) -> list[Row]:
         """Claim up to ``limit`` queued items fairly across tenants (see engine.sql): each row has the
         item (id, key, run, tenant, input), its new attempt (id, number, lease token), journal and
@@ -363,6 +364,7 @@ class Store:
                 "worker": worker,
                 "lease_seconds": lease_seconds,
                 "backend": backend,
+                "alone": alone,
             },
         )
 

@@ -10,6 +10,9 @@
 -- priority first). A tenant with a concurrency cap gets at most its free slots. Every claimed item
 -- gets a new attempt, a fencing token from the sequence and a lease on the database clock; the row
 -- carries what the attempt needs (input, journal, failed attempts so far).
+-- An item that lost its worker before (stalls > 0) may be what crashed it: it is claimed only by a
+-- worker that holds nothing else (%(alone)s), and then alone, so it cannot take innocent items down
+-- with it again.
 WITH active AS MATERIALIZED (
     SELECT r.run_id, r.tenant_id, r.agent_name, r.priority, r.created_at, r.from_journal
     FROM papayya.runs r
@@ -25,26 +28,28 @@ WITH active AS MATERIALIZED (
     FROM papayya.tenants t
     WHERE t.tenant_id IN (SELECT tenant_id FROM active)
 ), offered AS MATERIALIZED (
-    SELECT o.item_id, a.run_id, a.tenant_id, a.priority, a.created_at, o.available_at
+    SELECT o.item_id, o.stalls, a.run_id, a.tenant_id, a.priority, a.created_at, o.available_at
     FROM active a
     CROSS JOIN LATERAL (
-        SELECT i.item_id, i.available_at
+        SELECT i.item_id, i.available_at, i.stalls
         FROM papayya.items i
         WHERE i.run_id = a.run_id AND i.status = 'queued' AND i.available_at <= now()
+          AND (i.stalls = 0 OR %(alone)s)
         ORDER BY i.available_at
         LIMIT %(limit)s
         FOR UPDATE SKIP LOCKED
     ) o
 ), ranked AS (
-    SELECT o.item_id, o.priority, m.slots,
+    SELECT o.item_id, o.priority, o.stalls, m.slots,
            row_number() OVER (PARTITION BY o.tenant_id
                               ORDER BY o.priority DESC, o.created_at, o.available_at) AS rank
     FROM offered o JOIN room m USING (tenant_id)
 ), chosen AS (
     SELECT item_id FROM ranked
     WHERE rank <= slots
-    ORDER BY priority DESC, rank, random()
-    LIMIT %(limit)s
+    ORDER BY stalls > 0 DESC, priority DESC, rank, random()
+    LIMIT CASE WHEN EXISTS (SELECT 1 FROM ranked WHERE stalls > 0 AND rank <= slots) THEN 1
+               ELSE %(limit)s END
 ), claimed AS (
     UPDATE papayya.items i
     SET status = 'running', attempts = i.attempts + 1,
@@ -53,14 +58,15 @@ WITH active AS MATERIALIZED (
         updated_at = now()
     FROM chosen c
     WHERE i.item_id = c.item_id
-    RETURNING i.item_id, i.key, i.run_id, i.tenant_id, i.attempts, i.lease_token, i.input, i.replayed_from
+    RETURNING i.item_id, i.key, i.run_id, i.tenant_id, i.attempts, i.stalls, i.lease_token, i.input,
+              i.replayed_from
 ), attempt AS (
     INSERT INTO papayya.attempts (attempt_id, item_id, run_id, tenant_id, number, backend, worker, lease_token)
     SELECT gen_random_uuid(), item_id, run_id, tenant_id, attempts, %(backend)s, %(worker)s, lease_token
     FROM claimed
     RETURNING attempt_id, item_id
 )
-SELECT c.item_id, c.key, c.run_id, c.tenant_id, c.attempts, c.lease_token, c.input, c.replayed_from,
+SELECT c.item_id, c.key, c.run_id, c.tenant_id, c.attempts, c.stalls, c.lease_token, c.input, c.replayed_from,
        t.attempt_id, a.agent_name, a.from_journal,
        CASE WHEN c.attempts = 1 AND NOT a.from_journal THEN '{}'::jsonb ELSE
            (SELECT coalesce(jsonb_object_agg(s.step_key,
