@@ -10,6 +10,8 @@ ALTER TABLE papayya.items
 
 -- Claims take queued items of running runs; this index holds exactly those, oldest first.
 CREATE INDEX items_queued_idx ON papayya.items (run_id, available_at) WHERE status = 'queued';
+-- Queued items that lost their worker before: a busy worker looks for them (they run alone) here.
+CREATE INDEX items_stalled_idx ON papayya.items (run_id) WHERE status = 'queued' AND stalls > 0;
 
 -- Higher first: a claim serves runs of higher priority before the rest, fairly across tenants within
 -- a priority.

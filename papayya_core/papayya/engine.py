@@ -209,6 +209,7 @@ class Worker:
         self._async_sem: asyncio.Semaphore | None = None
         self._paused_runs: set[UUID] = set()
         self._run_tenants: dict[UUID, str] = {}
+        self._stalled_waiting = threading.Event()  # a busy worker drains so a stalled item can run alone
         self._touched: dict[UUID, str] = {}  # runs with items concluded since the last completion check
         self.store_ok = True
 
@@ -243,7 +244,13 @@ class Worker:
         backoff = 0.5
         while not self._stop.is_set():
             free = self._free()
+            full = self.concurrency + self.prefetch
             rows: list[dict[str, Any]] = []
+            if self._stalled_waiting.is_set() and free < full:
+                # An item that lost its worker waits to run alone: finish what is held, then take it.
+                self._wake.wait(self.poll)
+                self._wake.clear()
+                continue
             if free > 0:
                 try:
                     rows = self.rt.store.items_claim(
@@ -253,8 +260,10 @@ class Worker:
                         worker=self.rt.worker_id,
                         lease_seconds=self.rt.settings.lease_seconds,
                         backend=self.backend,
-                        alone=free == self.concurrency + self.prefetch,
+                        alone=free == full,
                     )
+                    if free == full:
+                        self._stalled_waiting.clear()
                     self._store_back()
                     backoff = 0.5
                 except StoreUnavailable as exc:
@@ -512,6 +521,18 @@ class Worker:
                 except StoreUnavailable as exc:
                     log.warning("reaper: sweep failed (%s); retried", exc)
 
+    def _look_for_stalled(self) -> None:
+        """If a queued item that lost its worker waits in a run we serve, drain so it can run alone."""
+        if self._free() == self.concurrency + self.prefetch:
+            return  # idle: the next claim takes it anyway
+        row = self.rt.store.fetch_one(
+            "stalled_waiting",
+            {"backend": self.backend, "agents": list(self.agents), "run_ids": self.run_ids},
+        )
+        if row is not None and row["waiting"]:
+            self._stalled_waiting.set()
+            self._wake.set()
+
     def _abandon(self, ctx: AttemptContext) -> None:
         timeout = ctx.agent.timeout
         assert timeout is not None
@@ -531,6 +552,7 @@ class Worker:
         try:
             self.rt.budgets.flush()
             self._complete_runs()
+            self._look_for_stalled()
             for run_id in self.held.runs() | set(self.run_ids or ()):
                 row = self.rt.store.fetch_one("run_tenant", {"run_id": run_id})
                 if row is not None and row["status"] != "running":

@@ -207,6 +207,17 @@ FROM papayya.runs r
 JOIN papayya.items i ON i.run_id = r.run_id AND i.status = 'queued'
 WHERE r.status = 'running' AND r.backend = 'native' AND r.agent_name = ANY(%(agents)s::text[]);
 
+-- name: stalled_waiting
+-- Whether a queued item that lost its worker before (it runs alone, in a worker holding nothing else)
+-- waits in a running run this worker serves: a busy worker then drains, so the item is not starved.
+SELECT EXISTS (
+    SELECT 1 FROM papayya.runs r
+    JOIN papayya.items i ON i.run_id = r.run_id AND i.status = 'queued' AND i.stalls > 0
+    WHERE r.status = 'running' AND r.backend = %(backend)s AND r.agent_name = ANY(%(agents)s::text[])
+      AND (%(run_ids)s::uuid[] IS NULL OR r.run_id = ANY(%(run_ids)s::uuid[]))
+      AND i.available_at <= now()
+) AS waiting;
+
 -- name: work_notify
 -- A hint to idle workers that an agent has new work (one per submit, resume or requeue; never a
 -- trigger per row). Workers also poll, so a lost notification only delays.
