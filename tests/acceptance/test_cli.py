@@ -20,8 +20,10 @@ from papayya import Item, RunResult, agent, run
 from papayya.migrate import available
 from papayya.runtime import Runtime
 
-SQL_TENANT = "t'; DROP TABLE papayya.items; --"
-UNICODE_TENANT = "テナント-ü"
+# Unique per session: other tests use the same odd names on the shared session database.
+_SUFFIX = uuid.uuid4().hex[:6]
+SQL_TENANT = f"t'; DROP TABLE papayya.items; --{_SUFFIX}"
+UNICODE_TENANT = f"テナント-ü-{_SUFFIX}"
 
 Result = tuple[int, str, str]
 
