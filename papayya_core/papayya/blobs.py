@@ -157,6 +157,8 @@ class Blobs:
 
     def shrink_text(self, tenant_id: str, text: str) -> str:
         """JSON text to store: itself when small, else a reference to a blob holding it."""
+        if len(text) * 4 <= self.threshold:  # UTF-8 takes at most 4 bytes a character: small for sure
+            return text
         data = text.encode()
         if len(data) <= self.threshold:
             return text
