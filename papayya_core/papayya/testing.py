@@ -16,6 +16,9 @@ counts from text length), it counts every request it receives, and it can be tol
         fake.stop_with("length", times=3)         # the next three answers are cut short
         fake.reply = lambda request: f"{request.model} read {len(request.prompt)} characters"
 
+        fake.bill          # what it charged for each successful answer, priced by papayya.pricing
+        fake.billed_usd    # their sum
+
 Rules, in the order they are consulted for each request:
 
 1. the scripted outcomes from ``fail()`` and ``stop_with()``, first match first (each may carry a
@@ -34,12 +37,23 @@ as floats or base64 as the request's ``encoding_format`` asks. ``usage.prompt_to
 input as above and each token-array input by its length. ``fail()`` applies to them like to any request;
 ``stop_with()`` and ``reply`` do not (an embedding has no stop reason and no text).
 
+**The bill.** Every request answered 200 (chat completion, response, message, embeddings) is billed
+once, in ``fake.bill``: its idempotency key, API, the model the response reports, the token counts
+the response reports, and their cost from ``papayya.pricing.price_call`` at public prices, the same
+function papayya's ledger prices calls with, so the two agree to the last digit (``None`` for a model
+the catalog does not price). Token counts are in papayya's spelling (``pricing.Usage``): input tokens
+include cached ones, as the ledger records them, although Anthropic's response reports them apart.
+Errors, told or not, are not billed. An entry is in the bill before its response is sent.
+
 Streaming requests (``"stream": true``) are answered 400: the fake does not stream. Each error body
 has the provider's shape, so the SDKs raise their usual exceptions (``RateLimitError``,
 ``InternalServerError``, ``OverloadedError``...).
 
-The server speaks HTTP/1.0 (one request per connection), needs nothing outside the standard library
-and runs in a daemon thread, so a forgotten ``stop()`` cannot hang the interpreter.
+The server speaks HTTP/1.0 (one request per connection) with a thread per connection and a listen
+backlog of 1,024, so a load test's burst of hundreds of simultaneous requests is accepted rather than
+refused; its lock is held only to number a request and to record it. It needs nothing outside the
+standard library and papayya's own pricing, and runs in daemon threads, so a forgotten ``stop()``
+cannot hang the interpreter.
 """
 
 from __future__ import annotations
@@ -55,10 +69,21 @@ import threading
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
+from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Literal
 
-__all__ = ["FakeProvider", "FakeRequest", "Fault", "Reply", "count_tokens", "fake_embedding"]
+from papayya.pricing import Usage, price_call
+
+__all__ = [
+    "BillEntry",
+    "FakeProvider",
+    "FakeRequest",
+    "Fault",
+    "Reply",
+    "count_tokens",
+    "fake_embedding",
+]
 
 Api = Literal["openai.chat", "openai.responses", "openai.embeddings", "anthropic.messages"]
 
@@ -170,6 +195,45 @@ class FakeRequest:
         return None
 
 
+@dataclass(frozen=True, slots=True)
+class BillEntry:
+    """One answer the fake billed.
+
+    Attributes:
+        idempotency_key: The request's ``Idempotency-Key`` header (None if it had none).
+        api: Which API answered (as ``FakeRequest.api``).
+        model: The model the response reports (the one asked for, unless the reply names another),
+            which is the model papayya's ledger records.
+        input_tokens: Prompt tokens, cached ones included (papayya's count; Anthropic's response
+            reports ``input_tokens`` without the cached ones).
+        output_tokens: Completion tokens (0 for embeddings).
+        cache_read_tokens: Prompt tokens read from the cache.
+        cache_write_tokens: Prompt tokens written to the cache (Anthropic only; OpenAI reports none).
+        cost_usd: ``papayya.pricing.price_call`` of that usage at public prices; None when unpriced.
+        number: The ``FakeRequest.number`` of the request this answers.
+    """
+
+    idempotency_key: str | None
+    api: Api
+    model: str
+    input_tokens: int
+    output_tokens: int
+    cache_read_tokens: int
+    cache_write_tokens: int
+    cost_usd: Decimal | None
+    number: int
+
+    @property
+    def provider(self) -> str:
+        """``"openai"`` or ``"anthropic"``, as papayya's clients name the provider."""
+        return _provider(self.api)
+
+    @property
+    def usage(self) -> Usage:
+        """The token counts as the ``papayya.pricing.Usage`` they were priced from."""
+        return Usage(self.input_tokens, self.output_tokens, self.cache_read_tokens, self.cache_write_tokens)
+
+
 @dataclass(frozen=True)
 class Reply:
     """A successful answer.
@@ -204,6 +268,8 @@ class Fault:
 
 
 ReplyFn = Callable[[FakeRequest], "str | Reply | Fault"]
+# An answer: status, extra headers, body, and for a billable one the model and usage it bills.
+_Answer = tuple[int, dict[str, str], Any, tuple[str, Usage] | None]
 
 
 @dataclass
@@ -222,7 +288,8 @@ def default_reply(request: FakeRequest) -> str:
 
 
 class FakeProvider:
-    """A local OpenAI- and Anthropic-compatible HTTP server that counts requests and fails on demand.
+    """A local OpenAI- and Anthropic-compatible HTTP server that counts requests, bills the ones it
+    answers and fails on demand.
 
     Use it as a context manager, or call ``start()`` and ``stop()``. Safe to use from many threads.
 
@@ -235,6 +302,7 @@ class FakeProvider:
         self.reply: ReplyFn = reply or default_reply
         self._lock = threading.RLock()  # re-entrant: a ``when`` predicate may read ``fake.count``
         self._requests: list[FakeRequest] = []
+        self._bill: list[BillEntry] = []
         self._rules: list[_Rule] = []
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -317,9 +385,10 @@ class FakeProvider:
             self._rules.append(rule)
 
     def reset(self) -> None:
-        """Forget the requests seen and the scripted outcomes (``reply`` is kept)."""
+        """Forget the requests seen, the bill and the scripted outcomes (``reply`` is kept)."""
         with self._lock:
             self._requests.clear()
+            self._bill.clear()
             self._rules.clear()
 
     # -- counting ---------------------------------------------------------------------------------
@@ -348,18 +417,30 @@ class FakeProvider:
         with self._lock:
             return [r.idempotency_key for r in self._requests]
 
+    @property
+    def bill(self) -> list[BillEntry]:
+        """One entry per request answered 200, in the order they were answered; faults are free."""
+        with self._lock:
+            return list(self._bill)
+
+    @property
+    def billed_usd(self) -> Decimal:
+        """The sum of the bill's priced entries (an unpriced model's calls add nothing)."""
+        return sum((e.cost_usd for e in self.bill if e.cost_usd is not None), Decimal(0))
+
     # -- answering --------------------------------------------------------------------------------
 
     def _answer(
         self, api: Api, body: dict[str, Any], headers: dict[str, str]
     ) -> tuple[int, dict[str, str], Any]:
+        prompt = "\n".join(_prompt_texts(api, body))
         with self._lock:
             request = FakeRequest(
                 api=api,
                 model=str(body.get("model") or ""),
                 body=body,
                 headers=headers,
-                prompt="\n".join(_prompt_texts(api, body)),
+                prompt=prompt,
                 number=len(self._requests) + 1,
             )
             self._requests.append(request)
@@ -368,30 +449,55 @@ class FakeProvider:
                 rule.times -= 1
                 if rule.times <= 0:
                     self._rules.remove(rule)
-        status, extra, payload = self._respond(request, rule)
-        request.status = status
+        status, extra, payload, billed = self._respond(request, rule)
+        entry = None if billed is None else _bill_entry(request, *billed)  # priced outside the lock
+        with self._lock:
+            request.status = status
+            if entry is not None:
+                self._bill.append(entry)
         return status, extra, payload
 
-    def _respond(self, request: FakeRequest, rule: _Rule | None) -> tuple[int, dict[str, str], Any]:
+    def _respond(self, request: FakeRequest, rule: _Rule | None) -> _Answer:
+        """The answer, and for a 200 the (model, usage) it bills."""
         if not request.model:
-            return _error(request.api, Fault(400, message="model is required"))
+            return *_error(request.api, Fault(400, message="model is required")), None
         if request.body.get("stream"):
-            return _error(request.api, Fault(400, message="the fake provider does not stream"))
+            return *_error(request.api, Fault(400, message="the fake provider does not stream")), None
         if rule is not None and rule.fault is not None:
-            return _error(request.api, rule.fault)
+            return *_error(request.api, rule.fault), None
         if request.api == "openai.embeddings":
             return _embeddings(request)
         try:
             answer = self.reply(request)
         except Exception as exc:  # a broken reply hook answers 500 instead of dropping the connection
-            return _error(request.api, Fault(500, message=f"reply hook raised {exc!r}"))
+            return *_error(request.api, Fault(500, message=f"reply hook raised {exc!r}")), None
         if isinstance(answer, Fault):
-            return _error(request.api, answer)
+            return *_error(request.api, answer), None
         reply = Reply(answer) if isinstance(answer, str) else answer
         if rule is not None and rule.stop is not None:
             reply = dataclasses.replace(reply, stop=rule.stop)
         reply = _limit(reply, request.max_tokens)
-        return 200, {}, _BUILDERS[request.api](request, reply)
+        usage = _usage(request, reply)
+        model = reply.model or request.model
+        return 200, {}, _BUILDERS[request.api](request, reply, model, usage), (model, usage)
+
+
+def _provider(api: Api) -> str:
+    return "anthropic" if api == "anthropic.messages" else "openai"
+
+
+def _bill_entry(request: FakeRequest, model: str, usage: Usage) -> BillEntry:
+    return BillEntry(
+        idempotency_key=request.idempotency_key,
+        api=request.api,
+        model=model,
+        input_tokens=usage.input_tokens,
+        output_tokens=usage.output_tokens,
+        cache_read_tokens=usage.cache_read_tokens,
+        cache_write_tokens=usage.cache_write_tokens,
+        cost_usd=price_call(_provider(request.api), model, usage, {}).cost_usd,
+        number=request.number,
+    )
 
 
 def _applies(rule: _Rule, request: FakeRequest) -> bool:
@@ -435,20 +541,24 @@ def _prompt_texts(api: Api, body: dict[str, Any]) -> list[str]:
     return texts
 
 
-def _usage(request: FakeRequest, reply: Reply) -> tuple[int, int]:
-    return (
-        reply.input_tokens if reply.input_tokens is not None else count_tokens(request.prompt),
-        reply.output_tokens if reply.output_tokens is not None else count_tokens(reply.text),
-    )
+def _usage(request: FakeRequest, reply: Reply) -> Usage:
+    """What a reply used, as papayya counts it: input tokens include the cached ones."""
+    prompt = reply.input_tokens if reply.input_tokens is not None else count_tokens(request.prompt)
+    output = reply.output_tokens if reply.output_tokens is not None else count_tokens(reply.text)
+    if request.api != "anthropic.messages":  # OpenAI reports cache reads, not cache writes
+        return Usage(prompt, output, cache_read_tokens=reply.cached_tokens)
+    # Anthropic reports the uncached input apart from the cached, so the total is at least the cached.
+    cached = reply.cached_tokens + reply.cache_write_tokens
+    return Usage(max(prompt, cached), output, reply.cached_tokens, reply.cache_write_tokens)
 
 
-def _chat_completion(request: FakeRequest, reply: Reply) -> dict[str, Any]:
-    prompt, completion = _usage(request, reply)
+def _chat_completion(request: FakeRequest, reply: Reply, model: str, usage: Usage) -> dict[str, Any]:
+    prompt, completion = usage.input_tokens, usage.output_tokens
     return {
         "id": f"chatcmpl-fake-{request.number}",
         "object": "chat.completion",
         "created": _CREATED,
-        "model": reply.model or request.model,
+        "model": model,
         "system_fingerprint": "fp_papayya_fake",
         "choices": [
             {
@@ -462,20 +572,20 @@ def _chat_completion(request: FakeRequest, reply: Reply) -> dict[str, Any]:
             "prompt_tokens": prompt,
             "completion_tokens": completion,
             "total_tokens": prompt + completion,
-            "prompt_tokens_details": {"cached_tokens": reply.cached_tokens, "audio_tokens": 0},
+            "prompt_tokens_details": {"cached_tokens": usage.cache_read_tokens, "audio_tokens": 0},
             "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0},
         },
     }
 
 
-def _response(request: FakeRequest, reply: Reply) -> dict[str, Any]:
-    prompt, completion = _usage(request, reply)
+def _response(request: FakeRequest, reply: Reply, model: str, usage: Usage) -> dict[str, Any]:
+    prompt, completion = usage.input_tokens, usage.output_tokens
     incomplete = _RESPONSES_INCOMPLETE.get(reply.stop)
     return {
         "id": f"resp_fake_{request.number}",
         "object": "response",
         "created_at": _CREATED,
-        "model": reply.model or request.model,
+        "model": model,
         "status": "incomplete" if incomplete else "completed",
         "incomplete_details": {"reason": incomplete} if incomplete else None,
         "error": None,
@@ -494,7 +604,7 @@ def _response(request: FakeRequest, reply: Reply) -> dict[str, Any]:
         "tools": [],
         "usage": {
             "input_tokens": prompt,
-            "input_tokens_details": {"cached_tokens": reply.cached_tokens},
+            "input_tokens_details": {"cached_tokens": usage.cache_read_tokens},
             "output_tokens": completion,
             "output_tokens_details": {"reasoning_tokens": 0},
             "total_tokens": prompt + completion,
@@ -502,23 +612,22 @@ def _response(request: FakeRequest, reply: Reply) -> dict[str, Any]:
     }
 
 
-def _message(request: FakeRequest, reply: Reply) -> dict[str, Any]:
-    prompt, completion = _usage(request, reply)
-    cached = reply.cached_tokens + reply.cache_write_tokens
+def _message(request: FakeRequest, reply: Reply, model: str, usage: Usage) -> dict[str, Any]:
+    cached = usage.cache_read_tokens + usage.cache_write_tokens
     return {
         "id": f"msg_fake_{request.number}",
         "type": "message",
         "role": "assistant",
-        "model": reply.model or request.model,
+        "model": model,
         "content": [{"type": "text", "text": reply.text}],
         "stop_reason": _ANTHROPIC_STOP.get(reply.stop, reply.stop),
         "stop_sequence": None,
         "usage": {
             # Anthropic's input_tokens leaves out what was read from or written to the cache.
-            "input_tokens": max(0, prompt - cached),
-            "output_tokens": completion,
-            "cache_read_input_tokens": reply.cached_tokens,
-            "cache_creation_input_tokens": reply.cache_write_tokens,
+            "input_tokens": usage.input_tokens - cached,
+            "output_tokens": usage.output_tokens,
+            "cache_read_input_tokens": usage.cache_read_tokens,
+            "cache_creation_input_tokens": usage.cache_write_tokens,
         },
     }
 
@@ -534,10 +643,10 @@ def _embedding_inputs(value: Any) -> list[str | list[int]]:
     return []
 
 
-def _embeddings(request: FakeRequest) -> tuple[int, dict[str, str], Any]:
+def _embeddings(request: FakeRequest) -> _Answer:
     inputs = _embedding_inputs(request.body.get("input"))
     if not inputs or any(v in ("", []) for v in inputs):
-        return _error(request.api, Fault(400, message="input must be a non-empty string or array"))
+        return *_error(request.api, Fault(400, message="input must be a non-empty string or array")), None
     dimensions = request.body.get("dimensions")
     size = dimensions if isinstance(dimensions, int) and dimensions > 0 else EMBEDDING_DIMENSIONS
     as_base64 = request.body.get("encoding_format") == "base64"
@@ -556,10 +665,11 @@ def _embeddings(request: FakeRequest) -> tuple[int, dict[str, str], Any]:
             "model": request.model,
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
         },
+        (request.model, Usage(input_tokens=tokens)),
     )
 
 
-_BUILDERS: dict[Api, Callable[[FakeRequest, Reply], dict[str, Any]]] = {
+_BUILDERS: dict[Api, Callable[[FakeRequest, Reply, str, Usage], dict[str, Any]]] = {
     "openai.chat": _chat_completion,
     "openai.responses": _response,
     "anthropic.messages": _message,
@@ -578,6 +688,9 @@ def _error(api: Api, fault: Fault) -> tuple[int, dict[str, str], Any]:
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
+    # The listen backlog: the default 5 refuses connections when a load test's threads all connect at
+    # once (each request is a connection of its own), and the clients see APIConnectionError.
+    request_queue_size = 1024
 
     def __init__(self, fake: FakeProvider) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)

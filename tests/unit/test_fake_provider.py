@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from decimal import Decimal
+from typing import Any
 
 import anthropic
 import openai
@@ -13,6 +17,8 @@ from openai.types import CreateEmbeddingResponse
 from openai.types.chat import ChatCompletion
 from openai.types.responses import Response
 
+from papayya.ledger import extract_usage
+from papayya.pricing import price_call
 from papayya.testing import FakeProvider, FakeRequest, Fault, Reply, count_tokens, fake_embedding
 
 HELLO = [{"role": "user", "content": "hello there"}]
@@ -319,3 +325,147 @@ def test_embeddings_are_counted_and_fail_on_demand_but_have_no_stop_reason(
     assert fake.idempotency_keys == ["k", "k", None, None]
     assert fake.counts == {"text-embedding-3-small": 3, "gpt-4o-mini": 1}
     assert chat.choices[0].finish_reason == "length"
+
+
+def test_256_requests_at_once_are_all_answered_and_billed(fake: FakeProvider) -> None:
+    # Given 256 threads that send their request at the same instant
+    n = 256
+    start = threading.Barrier(n, timeout=30)
+
+    def ask(i: int) -> ChatCompletion:
+        start.wait()
+        return client.chat.completions.create(
+            model="gpt-4o-mini",
+            messages=[{"role": "user", "content": f"item {i}"}],
+            extra_headers={"Idempotency-Key": f"k-{i}"},
+        )
+
+    # When they all reach the fake, with no retry to hide a refused connection
+    with (
+        openai.OpenAI(base_url=fake.openai_url, api_key="test", max_retries=0, timeout=60) as client,
+        ThreadPoolExecutor(max_workers=n) as pool,
+    ):
+        replies = list(pool.map(ask, range(n)))
+
+    # Then every one is answered, and billed once with the usage its client saw
+    assert [r.choices[0].message.content for r in replies] == [f"You said: item {i}" for i in range(n)]
+    assert fake.count == n
+    bill = {entry.idempotency_key: entry for entry in fake.bill}
+    assert len(bill) == len(fake.bill) == n
+    for i, reply in enumerate(replies):
+        assert reply.usage is not None
+        entry = bill[f"k-{i}"]
+        assert (entry.input_tokens, entry.output_tokens) == (
+            reply.usage.prompt_tokens,
+            reply.usage.completion_tokens,
+        )
+    assert fake.billed_usd == sum((e.cost_usd for e in bill.values() if e.cost_usd is not None), Decimal(0))
+
+
+def _billed_as_the_ledger_would_record(fake: FakeProvider, provider: str, response: Any) -> None:
+    """The fake's last bill entry is what papayya's ledger records and prices from ``response``."""
+    entry = fake.bill[-1]
+    model, usage, _ = extract_usage(provider, response)
+    assert (entry.provider, entry.model, entry.usage) == (provider, model, usage)
+    assert entry.cost_usd == price_call(provider, entry.model, usage, {}).cost_usd
+
+
+def test_the_bill_agrees_with_the_ledger_for_every_api(
+    fake: FakeProvider, oai: openai.OpenAI, claude: anthropic.Anthropic
+) -> None:
+    headers = {"Idempotency-Key": "k"}
+    chat = oai.chat.completions.create(model="gpt-4o-mini", messages=HELLO, extra_headers=headers)
+    _billed_as_the_ledger_would_record(fake, "openai", chat)
+    response = oai.responses.create(model="gpt-4o-mini", input="hello there", extra_headers=headers)
+    _billed_as_the_ledger_would_record(fake, "openai", response)
+    message = claude.messages.create(
+        model="claude-3-5-haiku-latest", max_tokens=100, messages=HELLO, extra_headers=headers
+    )
+    _billed_as_the_ledger_would_record(fake, "anthropic", message)
+    vectors = oai.embeddings.create(
+        model="text-embedding-3-small", input="hello there", extra_headers=headers
+    )
+    _billed_as_the_ledger_would_record(fake, "openai", vectors)
+
+    assert [(e.api, e.idempotency_key, e.number) for e in fake.bill] == [
+        ("openai.chat", "k", 1),
+        ("openai.responses", "k", 2),
+        ("anthropic.messages", "k", 3),
+        ("openai.embeddings", "k", 4),
+    ]
+    assert chat.usage is not None
+    assert (fake.bill[0].input_tokens, fake.bill[0].output_tokens) == (
+        chat.usage.prompt_tokens,
+        chat.usage.completion_tokens,
+    )
+    assert (fake.bill[3].input_tokens, fake.bill[3].output_tokens) == (vectors.usage.prompt_tokens, 0)
+    assert all(e.cost_usd is not None and e.cost_usd > 0 for e in fake.bill)
+    assert fake.billed_usd == sum((e.cost_usd for e in fake.bill if e.cost_usd is not None), Decimal(0))
+
+
+def test_cached_tokens_are_billed_as_the_ledger_counts_them(
+    fake: FakeProvider, oai: openai.OpenAI, claude: anthropic.Anthropic
+) -> None:
+    fake.reply = lambda r: Reply(
+        "ok", input_tokens=100, output_tokens=7, cached_tokens=60, cache_write_tokens=10, model=r.model
+    )
+
+    chat = oai.chat.completions.create(model="gpt-4o-mini", messages=HELLO)
+    _billed_as_the_ledger_would_record(fake, "openai", chat)
+    message = claude.messages.create(model="claude-3-5-haiku-latest", max_tokens=100, messages=HELLO)
+    _billed_as_the_ledger_would_record(fake, "anthropic", message)
+
+    # input_tokens counts cached tokens too, for both providers (Anthropic's response leaves them out)
+    openai_bill, anthropic_bill = fake.bill
+    assert (openai_bill.input_tokens, openai_bill.cache_read_tokens, openai_bill.cache_write_tokens) == (
+        100,
+        60,
+        0,  # OpenAI does not report cache writes
+    )
+    assert (
+        anthropic_bill.input_tokens,
+        anthropic_bill.cache_read_tokens,
+        anthropic_bill.cache_write_tokens,
+    ) == (100, 60, 10)
+
+
+def test_the_reported_model_is_billed_and_an_unpriced_one_costs_none(
+    fake: FakeProvider, oai: openai.OpenAI
+) -> None:
+    fake.reply = lambda r: Reply("ok", model="gpt-4o-mini-2024-07-18") if r.model == "gpt-4o-mini" else "ok"
+
+    pinned = oai.chat.completions.create(model="gpt-4o-mini", messages=HELLO)
+    oai.chat.completions.create(model="papayya-no-such-model", messages=HELLO)
+
+    priced, unpriced = fake.bill
+    assert priced.model == pinned.model == "gpt-4o-mini-2024-07-18"
+    assert priced.cost_usd is not None
+    assert (unpriced.model, unpriced.cost_usd) == ("papayya-no-such-model", None)
+    assert fake.billed_usd == priced.cost_usd
+
+
+def test_faults_are_not_billed(fake: FakeProvider, oai: openai.OpenAI, claude: anthropic.Anthropic) -> None:
+    fake.fail(429, retry_after=1)
+    with pytest.raises(openai.RateLimitError):
+        oai.chat.completions.create(model="gpt-4o-mini", messages=HELLO)
+    fake.fail(529, when=lambda r: r.api == "anthropic.messages")
+    with pytest.raises(anthropic.OverloadedError):
+        claude.messages.create(model="claude-3-5-haiku-latest", max_tokens=10, messages=HELLO)
+    fake.reply = lambda r: Fault(503) if "boom" in r.prompt else "ok"
+    with pytest.raises(openai.InternalServerError):
+        oai.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "boom"}])
+    with pytest.raises(openai.BadRequestError):
+        oai.chat.completions.create(model="gpt-4o-mini", messages=HELLO, stream=True)
+    fake.fail(500)
+    with pytest.raises(openai.InternalServerError):
+        oai.embeddings.create(model="text-embedding-3-small", input="hi")
+    with pytest.raises(openai.BadRequestError):
+        oai.embeddings.create(model="text-embedding-3-small", input=[])
+    oai.chat.completions.create(model="gpt-4o-mini", messages=HELLO, extra_headers={"Idempotency-Key": "ok"})
+
+    assert [r.status for r in fake.requests] == [429, 529, 503, 400, 500, 400, 200]
+    assert [(e.idempotency_key, e.number) for e in fake.bill] == [("ok", 7)]
+    assert fake.billed_usd == fake.bill[0].cost_usd
+
+    fake.reset()
+    assert (fake.bill, fake.billed_usd) == ([], Decimal(0))
