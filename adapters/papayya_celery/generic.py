@@ -5,8 +5,8 @@
     celery -A papayya_celery.generic worker -P threads -c 8     # or: python -m papayya_celery worker
 
 Its one task, ``papayya.run_item``, runs the item its headers name with the agent the item's run was
-started with (``papayya.control.agent_of_run``: the agent's module, or its script file, imported once
-per process), through the same path as a team's own agent tasks (``worker.run_message``). The
+started with (``papayya.control.agent_of_run``: found by name, its module imported only where that
+cannot start a batch again), through the same path as a team's own agent tasks (``worker.run_message``). The
 ``celery`` backend publishes to it whenever the app it publishes to has no task for the agent, and
 uses this app when no app was installed in the process.
 

@@ -1,9 +1,9 @@
 """``python -m papayya_sqs MODULE:AGENT... [--queue-url URL] [--concurrency N] [--burst]``: a consumer.
 
 ``python -m papayya_sqs --any-agent`` runs any agent without declaring it: each message's agent is the
-one its run was started with, imported from the run's module or script file (start the consumer where
-that code is importable). The team's own messages (no papayya item id) still need an agent named on
-the command line: ``--any-agent MODULE:AGENT``.
+one its run was started with, found by name or imported from the run's module where that cannot start
+a batch again (start the consumer where that code is importable). The team's own messages (no papayya
+item id) still need an agent named on the command line: ``--any-agent MODULE:AGENT``.
 
 The queue and SQS endpoint come from ``PAPAYYA_SQS_*`` (``--queue-url`` wins); the store from
 ``PAPAYYA_DATABASE_URL`` as for every papayya process. SIGTERM or Ctrl-C drains it.

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, overload
 from pydantic import BaseModel
 from pydantic_core import PydanticSerializationError, to_jsonable_python
 
+from papayya import registry
 from papayya.errors import InputError
 from papayya.models import Item
 from papayya.outcomes import Check
@@ -57,7 +58,7 @@ class Agent:
         if output is not None and not (isinstance(output, type) and issubclass(output, BaseModel)):
             raise TypeError("output= must be a pydantic model class")
         self.fn = fn
-        self.name = name or f"{_module_name(fn)}.{fn.__qualname__}"
+        self.name = name or f"{importable_module_name(fn)}.{fn.__qualname__}"
         self.output = output
         self.checks = tuple(checks)
         self.max_attempts = retries + 1
@@ -66,6 +67,7 @@ class Agent:
         self.timeout = timeout
         self.is_async = inspect.iscoroutinefunction(fn)
         functools.update_wrapper(self, fn)
+        registry.register(self)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.fn(*args, **kwargs)
@@ -196,19 +198,14 @@ class Agent:
         return replay(agent=self, **slice_)
 
     def entrypoint(self) -> dict[str, Any]:
-        """How ``papayya resume`` finds this agent again: its module (or file) and qualified name."""
-        try:
-            path: str | None = inspect.getsourcefile(self.fn)
-        except TypeError:
-            path = None
-        return {
-            "module": self.fn.__module__,
-            "qualname": self.fn.__qualname__,
-            "file": str(Path(path).resolve()) if path else None,
-        }
+        """How replay, resume and generic workers find this agent again (``papayya.registry``).
+
+        Called from ``map()``/``submit()``: it notes whether the batch was started by top-level code
+        of the agent's own module, and whether that code is under ``if __name__ == "__main__":``."""
+        return registry.entrypoint(self)
 
 
-def _module_name(fn: Callable[..., Any]) -> str:
+def importable_module_name(fn: Callable[..., Any]) -> str:
     """The module an agent is importable from: for a script run as ``python path/to/agents.py``, the
     name ``papayya worker path.to.agents:fn`` imports from the current directory (``agents`` when the
     script lies elsewhere), so runs a script submits are served by workers of the same agent."""

@@ -2,23 +2,20 @@
 
 A paused run keeps every item: the ones stopped at an LLM call are ``paused`` with their journal, the
 rest are ``queued``. Resuming puts paused items back in the queue and runs every queued item through
-the lifecycle again, in this process, with the agent loaded from where the run was started (its
-module, or its script file). Recorded steps and LLM calls are reused, so nothing is paid twice.
+the lifecycle again, in this process, with the agent this process defines under the run's agent name,
+or else imported from where the run was started where that cannot start its batch again
+(``papayya.registry``). Recorded steps and LLM calls are reused, so nothing is paid twice.
 """
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import logging
 import shlex
-import sys
-import threading
 from decimal import Decimal
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
+from papayya import registry
 from papayya.budgets import period_of, usd
 from papayya.errors import AgentNotImportable, BudgetError, NotFound
 from papayya.runtime import get_runtime
@@ -48,80 +45,18 @@ def pause(run_id: UUID | str, *, reason: str = "paused by a person") -> None:
     store.runs_pause(run["tenant_id"], run["run_id"], f"manual: {reason}")
 
 
-def load_agent(entrypoint: dict[str, Any] | None, agent_name: str, *, verb: str = "resume") -> Agent:
-    """Import the agent a run was started with, from its module or (for a script) its file.
-
-    ``verb`` ("resume" or "replay") words the errors for what the caller is doing. Raises
-    AgentNotImportable (a PapayyaError) with one sentence and the way out.
-    """
-    from papayya.agent import Agent
-
-    instead = f"{verb} it from Python with agent.{verb}(...)"
-    if not entrypoint or not entrypoint.get("qualname"):
-        raise AgentNotImportable(f"This run does not say where its agent {agent_name} lives; {instead}.")
-    qualname: str = entrypoint["qualname"]
-    if "<locals>" in qualname:
-        raise AgentNotImportable(
-            f"Agent {agent_name} was defined inside a function, so it cannot be imported; {instead}."
-        )
-    module_name, file = entrypoint.get("module"), entrypoint.get("file")
-    try:
-        if module_name and module_name != "__main__":
-            module = importlib.import_module(module_name)
-        elif file and Path(file).is_file():
-            sys.path.insert(0, str(Path(file).parent))
-            spec = importlib.util.spec_from_file_location(f"papayya_loaded_{Path(file).stem}", file)
-            assert spec is not None
-            assert spec.loader is not None
-            module = importlib.util.module_from_spec(spec)
-            sys.modules[spec.name] = module
-            spec.loader.exec_module(module)
-        else:
-            raise AgentNotImportable(
-                f"The script that started this run ({file}) is not here any more; {instead}."
-            )
-    except ImportError as exc:
-        raise AgentNotImportable(
-            f"Cannot import the agent's module {module_name!r} ({exc}); run `papayya {verb}` "
-            "where the agent's code is importable (same directory or PYTHONPATH)."
-        ) from exc
-    obj: Any = module
-    for part in qualname.split("."):
-        obj = getattr(obj, part, None)
-    if not isinstance(obj, Agent):
-        raise AgentNotImportable(
-            f"{module_name or file}:{qualname} is not a papayya agent any more; {instead}."
-        )
-    if module_name == "__main__":
-        obj.name = agent_name  # loaded from its script under another module name; keep the run's name
-    return obj
-
-
-_loaded: dict[tuple[str, str], Agent] = {}
-_loaded_lock = threading.Lock()
-
-
 def agent_of_run(run_id: UUID, tenant_id: str) -> Agent:
-    """The agent a run was started with, imported once per process from where the run was started
-    (its module, or its script file). For generic workers that run any agent by the run's record
-    (a Celery task, a Temporal activity, an SQS consumer serving every agent); AgentNotImportable
-    (one sentence) when this process cannot import it."""
+    """The agent a run was started with, for generic workers that run any agent by the run's record
+    (a Celery task, a Temporal activity, an SQS consumer serving every agent): this process's agent of
+    that name, else its module imported where that cannot start a batch again (``papayya.registry``).
+    AgentNotImportable (one sentence) when this process cannot find it."""
     run = get_runtime().store.run_get(run_id, tenant_id)
-    key = (run["agent_name"], str(run["entrypoint"]))
-    with _loaded_lock:
-        found = _loaded.get(key)
-        if found is None:
-            try:
-                found = load_agent(run["entrypoint"], run["agent_name"])
-            except AgentNotImportable as exc:
-                where = (run["entrypoint"] or {}).get("file") or (run["entrypoint"] or {}).get("module")
-                raise AgentNotImportable(
-                    f"This worker cannot run agent {run['agent_name']} of run {run_id}: it cannot import "
-                    f"it from {where}; start the worker where the agent's code is importable (the same "
-                    "directory, or PYTHONPATH)."
-                ) from exc
-            _loaded[key] = found
-    return found
+    try:
+        return registry.find(run["agent_name"], run["entrypoint"], verb="run")
+    except AgentNotImportable as exc:
+        raise AgentNotImportable(
+            f"This worker cannot run agent {run['agent_name']} of run {run_id}: {exc.message}"
+        ) from exc
 
 
 def check_budget_room(tenant_id: str, run_id: UUID, budget_period: str) -> None:
@@ -175,7 +110,7 @@ def resume_run(
     elif run["status"] != "paused":
         raise BudgetError(f"Run {rid} is {run['status']}, not paused; only a paused run can be resumed.")
     if agent is None:
-        agent = load_agent(run["entrypoint"], run["agent_name"])
+        agent = registry.find(run["agent_name"], run["entrypoint"], verb="resume")
     elif agent.name != run["agent_name"]:
         raise BudgetError(f"Run {rid} was started by agent {run['agent_name']}, not {agent.name}.")
     tenant = store.tenant_get(tenant_id)

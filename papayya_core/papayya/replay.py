@@ -16,7 +16,7 @@ import uuid
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
-from papayya.control import load_agent
+from papayya import registry
 from papayya.errors import AgentNotImportable, NotFound, ReplayError
 from papayya.runtime import get_runtime
 
@@ -65,8 +65,8 @@ def replay(
     Args:
         tenant: Scope: the item or run must belong to this tenant (a tenant-scoped caller passes it).
         from_journal: Answer every journaled step from the original items' journal (zero cost).
-        agent: The agent to run; by default the one that ran the original, imported from its module
-            or script.
+        agent: The agent to run; by default this process's agent of the original's name, else its module
+            imported where that cannot start a batch again (``papayya.registry``).
         execute: False creates the replay run (items queued) without running it.
 
     Raises:
@@ -118,7 +118,7 @@ def replay(
     cannot_load: AgentNotImportable | None = None
     if agent is None and execute:  # known before anything is created: a missing script leaves nothing
         try:
-            agent = load_agent(source["entrypoint"], source["agent_name"], verb="replay")
+            agent = registry.find(source["agent_name"], source["entrypoint"], verb="replay")
         except AgentNotImportable as exc:
             cannot_load = exc
     tenant_id = source["tenant_id"]

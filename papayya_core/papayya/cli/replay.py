@@ -1,7 +1,8 @@
 """``papayya replay``: run again exactly what did not work, into a new run, in this process.
 
-The agent is imported from where the original run was started (its script file, or its module,
-importable from the current directory as with ``python -m``), as ``papayya resume`` does. The original
+The agent is imported from where the original run was started (its module, importable from the
+directory recorded with the run or the current one), as ``papayya resume`` does; a script whose batch
+is not under ``if __name__ == "__main__":`` is refused, never run again (``papayya.registry``). The original
 run is never changed; the new run is linked to it by ``replayed_from``.
 """
 
@@ -11,13 +12,12 @@ from uuid import UUID
 
 import click
 
-from papayya import tenants
+from papayya import registry, tenants
 from papayya.cli import render
 from papayya.cli.connect import connect
 from papayya.cli.control import import_from_here
 from papayya.cli.params import ITEM_ID, KEYS, RUN_ID, TENANT
 from papayya.cli.runs import show_detail
-from papayya.control import load_agent
 from papayya.replay import OUTCOMES, replay
 
 
@@ -97,7 +97,7 @@ def replay_command(
         assert run_id is not None
         source = store.run_get(run_id, tenant)
     import_from_here()
-    agent = load_agent(source["entrypoint"], source["agent_name"], verb="replay")
+    agent = registry.find(source["agent_name"], source["entrypoint"], verb="replay")
     result = replay(
         item=item_id,
         run=run_id,

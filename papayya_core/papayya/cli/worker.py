@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from papayya import registry
 from papayya.cli.connect import connect
 from papayya.cli.control import import_from_here
 from papayya.errors import AgentNotImportable, InputError
@@ -31,13 +32,17 @@ if TYPE_CHECKING:
 
 
 def load_spec(spec: str) -> Agent:
-    """Import ``module:name`` (or ``path/to/file.py:name``) and return the agent it names."""
-    from papayya.agent import Agent
+    """Import ``module:name`` (or ``path/to/file.py:name``) and return the agent it names.
 
+    The module is imported, never executed as a file; a script that starts a batch at its top level
+    (outside ``if __name__ == "__main__":``) is refused before the import, since importing it would
+    start that batch again from every worker.
+    """
     module_name, sep, qualname = spec.partition(":")
     if not sep or not module_name or not qualname:
         raise InputError(f"{spec!r} is not MODULE:AGENT; name the agent like examples.tenant_batch:enrich.")
     import_from_here()
+    instead = "serve an agent whose module starts no batch when imported"
     try:
         if module_name.endswith(".py"):
             path = Path(module_name).resolve()
@@ -45,15 +50,19 @@ def load_spec(spec: str) -> Agent:
                 raise AgentNotImportable(
                     f"There is no file {module_name}; give the path to the agent's script."
                 )
-            sys.path.insert(0, str(path.parent))
-            loaded = importlib.util.spec_from_file_location(path.stem, path)
-            assert loaded is not None
-            assert loaded.loader is not None
-            module = importlib.util.module_from_spec(loaded)
-            sys.modules[path.stem] = module
-            loaded.loader.exec_module(module)
+            try:
+                module_name = ".".join(path.with_suffix("").relative_to(Path.cwd().resolve()).parts)
+            except ValueError:
+                module_name = path.stem
+                if str(path.parent) not in sys.path:
+                    sys.path.insert(0, str(path.parent))
+            origin: str | None = str(path)
         else:
-            module = importlib.import_module(module_name)
+            found = importlib.util.find_spec(module_name)
+            origin = found.origin if found is not None else None
+        if origin and origin.endswith(".py") and Path(origin).is_file():
+            registry.refuse_unguarded(origin, {}, instead)
+        module = importlib.import_module(module_name)
     except ImportError as exc:
         raise AgentNotImportable(
             f"Cannot import {module_name!r} ({exc}); run the worker where the agent's code is importable "
@@ -62,9 +71,10 @@ def load_spec(spec: str) -> Agent:
     obj: object = module
     for part in qualname.split("."):
         obj = getattr(obj, part, None)
-    if not isinstance(obj, Agent):
+    found_agent = registry.unwrap(obj)
+    if found_agent is None:
         raise AgentNotImportable(f"{spec} is not a papayya agent; decorate the function with @papayya.agent.")
-    return obj
+    return found_agent
 
 
 @click.command("worker")
