@@ -275,7 +275,8 @@ class Run:
         model: str | None = None,
         decode: Callable[[Any], Any] | None = None,
         max_tokens: int | None = None,
-        estimate_usd: Decimal | None = None,
+        max_input_tokens: int | None = None,
+        estimate_usd: Decimal | float | str | None = None,
     ) -> Callable[..., Any]:
         """``run.llm("summary", provider="openai")(client.chat.completions.create, model=..., ...)``.
 
@@ -288,7 +289,15 @@ class Run:
 
         ``max_tokens`` is the output the reservation assumes (default: the request's own cap, else
         ``PAPAYYA_DEFAULT_MAX_OUTPUT_TOKENS``); ``max_tokens=0`` for a call that generates none
-        (embeddings).
+        (embeddings). ``max_input_tokens`` is the prompt tokens it assumes (default: estimated from the
+        request, see ``papayya.ledger.estimate_usage``): give it when the provider may bill more input
+        than papayya can see, e.g. files, or a tokenizer denser than the estimate. ``estimate_usd``
+        replaces the whole worst-case cost. A budget is overshot only by what calls cost beyond what
+        they reserved.
+
+        Raises:
+            BudgetError: ``max_input_tokens`` or ``estimate_usd`` is not a finite number >= 0 (raised
+                when the call is made, before anything is reserved or paid).
         """
 
         def call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -309,13 +318,11 @@ class Run:
                 )
             idem = f"papayya-{ctx.item_id}-{key}"
             asked_model = str(model or kwargs.get("model") or "unknown")
-            worst = ledger.estimate_usage(ctx, kwargs, max_tokens)
-            tokens = worst.input_tokens + worst.output_tokens
-            estimate = (
-                estimate_usd
-                if estimate_usd is not None
-                else ledger.estimate(ctx, provider, asked_model, worst)
+            worst = ledger.estimate_usage(
+                ctx, kwargs, max_tokens, model=asked_model, max_input_tokens=max_input_tokens
             )
+            tokens = worst.input_tokens + worst.output_tokens
+            estimate = ledger.estimate(ctx, provider, asked_model, worst, estimate_usd=estimate_usd)
             limits = ctx.runtime.ratelimits
 
             def reserve() -> Decimal:

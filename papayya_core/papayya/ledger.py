@@ -6,12 +6,15 @@ model is recorded with cost unknown (NULL), never zero.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
-from decimal import Decimal
+from decimal import ROUND_CEILING, Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any
 
 from pydantic_core import to_jsonable_python
 
+from papayya.errors import BudgetError
 from papayya.models import LLMCall, Reason
 from papayya.pricing import Usage, price_call
 
@@ -133,25 +136,156 @@ def extract_usage(provider: str, response: Any) -> tuple[str | None, Usage, str 
 
 _PROMPT_FIELDS = ("messages", "input", "prompt", "system", "instructions", "tools", "tool_choice")
 _MAX_OUTPUT_FIELDS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
+_ASCII = bytes(range(128))
+
+# The most input tokens one image can cost, from the providers' documented rules at the highest detail
+# ("auto" may pick it), whatever the image's size (they resize large images before counting).
+# Anthropic: ⌈w/28⌉ * ⌈h/28⌉ patches up to 2,576 px on the long edge, at most 4,784 (Opus 4.7 and
+# later; earlier models resize to ~1.15 megapixels, about 1,600 tokens).
+IMAGE_TOKENS_ANTHROPIC = 4_800
+# OpenAI tiles (gpt-4o, gpt-4.1, gpt-5, o-series): base + per-tile * 512-px tiles of the image scaled
+# into 2,048 px and to 768 px on its short side, at most 8 tiles (2,048 * 768): 85 + 170 * 8 = 1,445
+# for gpt-4o; patches (gpt-4.1-mini/nano, o4-mini, gpt-5-mini/nano): at most 1,536 32-px patches *
+# a multiplier of up to 2.46 = 3,779.
+IMAGE_TOKENS_OPENAI = 3_800
+# gpt-4o-mini bills an image as 2,833 + 5,667 per tile (its price per token is lower): 8 tiles.
+IMAGE_TOKENS_GPT_4O_MINI = 2_833 + 5_667 * 8
+# Audio: Gemini documents 32 tokens per second, OpenAI's audio models about 10; a clip's length is read
+# from a WAV header, else assumed from 8 kbit/s (MP3's lowest bitrate), the longest its size allows.
+AUDIO_TOKENS_PER_SECOND = 32
+AUDIO_MIN_BYTES_PER_SECOND = 1_000
 
 
-def estimate_usage(ctx: AttemptContext, request: dict[str, Any], max_tokens: int | None) -> Usage:
-    """The worst-case usage of a request, before it is sent.
+def text_tokens(text: str) -> int:
+    """The most tokens a text can be, over-estimated: ASCII at one per two characters, and every other
+    character at one per byte of its UTF-8 encoding.
 
-    Prompt tokens are over-estimated at one token per two characters of the request's JSON; output at
-    ``max_tokens`` (the argument, else the request's own cap, else ``PAPAYYA_DEFAULT_MAX_OUTPUT_TOKENS``;
-    ``max_tokens=0`` for a call that generates nothing, such as embeddings). A call that caps its
-    output can therefore never use, or cost, more than was reserved for it.
+    Byte-level tokenizers (OpenAI's, Anthropic's, and SentencePiece with byte fallback) never use more
+    than one token per byte, so dense scripts are bounded: CJK (~1-2 tokens a character in practice) at
+    3, an emoji at 4 per code point. English uses about one token per four characters; ASCII that
+    tokenizes denser than one per two (long random ids, hashes) is the one case this can under-count.
     """
+    data = text.encode("utf-8", "surrogatepass")
+    dense = len(data.translate(None, _ASCII))
+    return (len(data) - dense + 1) // 2 + dense
+
+
+def prompt_tokens(request: dict[str, Any], model: str | None = None) -> int:
+    """The most prompt tokens a request can be billed, as far as papayya can tell (see ``estimate_usage``)."""
     prompt = {k: request[k] for k in _PROMPT_FIELDS if k in request}
-    chars = len(json.dumps(to_jsonable_python(prompt, fallback=repr), ensure_ascii=False))
+    model = str(model or request.get("model") or "")
+    text, media = _without_media(to_jsonable_python(prompt, fallback=repr), model.lower())
+    return text_tokens(json.dumps(text, ensure_ascii=False)) + media + 16
+
+
+def _without_media(value: Any, model: str) -> tuple[Any, int]:
+    """``value`` with each image and audio part replaced by its type, and the tokens those parts cost.
+
+    Their base64 payload is not text the model reads: counted as characters it would reserve tens of
+    thousands of tokens for an image that costs at most a few thousand.
+    """
+    if isinstance(value, list):
+        parts = [_without_media(v, model) for v in value]
+        return [p for p, _ in parts], sum(t for _, t in parts)
+    if not isinstance(value, dict):
+        return value, 0
+    kind = value.get("type")
+    if kind in ("image_url", "input_image"):  # OpenAI chat completions, responses
+        return kind, IMAGE_TOKENS_GPT_4O_MINI if "gpt-4o-mini" in model else IMAGE_TOKENS_OPENAI
+    if kind == "image" and isinstance(value.get("source"), dict):  # Anthropic
+        return kind, IMAGE_TOKENS_ANTHROPIC
+    if kind == "input_audio" and isinstance(value.get("input_audio"), dict):  # OpenAI chat completions
+        return kind, _audio_tokens(value["input_audio"])
+    tokens = 0
+    out: dict[str, Any] = {}
+    for k, v in value.items():
+        out[k], t = _without_media(v, model)
+        tokens += t
+    return out, tokens
+
+
+def _audio_tokens(part: dict[str, Any]) -> int:
+    """``AUDIO_TOKENS_PER_SECOND`` over the clip's longest length: from a WAV header's byte rate, else
+    at ``AUDIO_MIN_BYTES_PER_SECOND``."""
+    data = str(part.get("data") or "")
+    size = len(data) * 3 // 4
+    rate = AUDIO_MIN_BYTES_PER_SECOND
+    if str(part.get("format")).lower() == "wav":
+        try:
+            head = base64.b64decode(data[:48])
+        except (binascii.Error, ValueError):
+            head = b""
+        if head[:4] == b"RIFF" and head[8:16] == b"WAVEfmt " and int.from_bytes(head[28:32], "little"):
+            rate = int.from_bytes(head[28:32], "little")
+    return -(-size * AUDIO_TOKENS_PER_SECOND // rate)
+
+
+def estimate_usage(
+    ctx: AttemptContext,
+    request: dict[str, Any],
+    max_tokens: int | None,
+    *,
+    model: str | None = None,
+    max_input_tokens: object = None,
+) -> Usage:
+    """The worst-case usage of a request, before it is sent, as far as papayya can count it.
+
+    Output: ``max_tokens`` (the argument, else the request's own cap, else
+    ``PAPAYYA_DEFAULT_MAX_OUTPUT_TOKENS``; ``max_tokens=0`` for a call that generates nothing, such as
+    embeddings), which the provider cannot exceed.
+
+    Prompt: ``max_input_tokens`` when given; else the request's JSON (messages, input, system, tools...)
+    by ``text_tokens`` (ASCII at 1 token per 2 characters, other characters at 1 per UTF-8 byte), plus 16,
+    plus for each part the text does not show:
+
+    - an image (OpenAI ``image_url``/``input_image``, Anthropic ``image``), whatever its size or detail:
+      4,800 tokens on Anthropic, 3,800 on OpenAI models, 48,169 on gpt-4o-mini (see the constants);
+    - audio (OpenAI ``input_audio``): 32 tokens per second, the length read from a WAV header, else from
+      the base64 size at 8 kbit/s (32 tokens per KB).
+
+    Base64 payloads of those parts are not counted as text. Anything else (a PDF ``file``/``document``
+    part, images of other vendors behind an OpenAI-compatible API, input the provider adds itself) is
+    counted as its JSON text, which is not a bound: give ``max_input_tokens`` for it.
+
+    Raises:
+        BudgetError: ``max_input_tokens`` is not a finite number >= 0.
+    """
+    if max_input_tokens is not None:
+        given = _non_negative(max_input_tokens, "max_input_tokens", "prompt tokens", "5000")
+        prompt = int(given.to_integral_value(rounding=ROUND_CEILING))
+    else:
+        prompt = prompt_tokens(request, model)
     cap = max_tokens
     if cap is None:
         cap = next((int(request[k]) for k in _MAX_OUTPUT_FIELDS if request.get(k)), None)
     output = ctx.runtime.settings.default_max_output_tokens if cap is None else cap
-    return Usage(chars // 2 + 16, output)
+    return Usage(prompt, output)
 
 
-def estimate(ctx: AttemptContext, provider: str, model: str, usage: Usage) -> Decimal | None:
-    """The worst-case cost of that usage at the tenant's prices (None: no price known)."""
+def estimate(
+    ctx: AttemptContext, provider: str, model: str, usage: Usage, *, estimate_usd: object = None
+) -> Decimal | None:
+    """The worst-case cost of that usage at the tenant's prices (None: no price known), or
+    ``estimate_usd`` when the caller gave one.
+
+    Raises:
+        BudgetError: ``estimate_usd`` is not a finite number >= 0.
+    """
+    if estimate_usd is not None:
+        return _non_negative(estimate_usd, "estimate_usd", "USD", "0.05")
     return price_call(provider, model, usage, ctx.price_overrides).cost_usd
+
+
+def _non_negative(value: object, name: str, unit: str, example: str) -> Decimal:
+    amount: Decimal | None = None
+    if isinstance(value, int | float | str | Decimal) and not isinstance(value, bool):
+        try:
+            amount = Decimal(str(value).strip())
+        except InvalidOperation:
+            amount = None
+    if amount is None or not amount.is_finite() or amount < 0:
+        raise BudgetError(
+            f"run.llm({name}={value!r}) is not usable: give a finite number of {unit} >= 0, "
+            f"e.g. {name}={example}."
+        )
+    return amount
