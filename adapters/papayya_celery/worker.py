@@ -44,7 +44,6 @@ from papayya.errors import StoreUnavailable, TenantError
 from papayya.execute import ItemRef
 from papayya.models import ItemStatus
 from papayya.runtime import Runtime, get_runtime
-from papayya.tenants import overrides_map
 from papayya_celery import message as H
 from papayya_otel import propagation as trace_context
 
@@ -71,27 +70,16 @@ class _Process:
     a lease), its tenants' prices and budget periods (re-read every few seconds), and its budget spend
     (written every second, given back when the process stops)."""
 
-    TENANT_TTL = 5.0
-
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
         self.pid = os.getpid()
         self._lock = threading.Lock()
         self._held: dict[UUID, AttemptContext] = {}
-        self._tenants: dict[str, tuple[float, Overrides, str]] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def tenant(self, tenant_id: str) -> tuple[Overrides, str]:
-        now = time.monotonic()
-        hit = self._tenants.get(tenant_id)
-        if hit is not None and now - hit[0] < self.TENANT_TTL:
-            return hit[1], hit[2]
-        record = self.rt.store.tenant_get(tenant_id)
-        period = record["budget_period"] if record else "month"
-        overrides = overrides_map(tenant_id, self.rt)
-        self._tenants[tenant_id] = (now, overrides, period)
-        return overrides, period
+        return self.rt.control.terms(tenant_id)
 
     def hold(self, ctx: AttemptContext) -> None:
         with self._lock:
@@ -115,13 +103,12 @@ class _Process:
             try:
                 if now - last_beat >= beat_every:
                     last_beat = now
-                    self.rt.store.leases_extend([(c.item_id, c.lease_token) for c in held], lease)
+                    execute.heartbeat(self.rt, held, lease)
                 if now - last_check >= 1.0:
                     last_check = now
                     self.rt.budgets.flush()
-                    for run_id in {c.run_id for c in held}:
-                        if self.rt.store.run_get(run_id)["status"] != "running":
-                            self.rt.budgets.run_paused(run_id)  # in-flight items stop at their next call
+                    # Runs paused (or resumed) elsewhere: in-flight items stop at their next call.
+                    self.rt.control.refresh({c.run_id for c in held})
             except Exception as exc:  # the store is away: retried next beat
                 log.warning("heartbeat or budget flush failed (%s); retried", exc)
 

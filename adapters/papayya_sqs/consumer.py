@@ -57,7 +57,6 @@ from papayya.execute import ItemRef
 from papayya.models import ItemStatus
 from papayya.reaper import Reaper
 from papayya.runtime import get_runtime
-from papayya.tenants import overrides_map
 from papayya_otel import propagation as trace_context
 from papayya_sqs import message as M
 from papayya_sqs.config import DeadLettered, SqsSettings, SqsUnavailable, make_client
@@ -165,30 +164,6 @@ class _Pool:
             self._work.put(None)
 
 
-class _Terms:
-    """Each tenant's price overrides and budget period, re-read every few seconds."""
-
-    TTL = 5.0
-
-    def __init__(self, rt: Runtime) -> None:
-        self.rt = rt
-        self._lock = threading.Lock()
-        self._cache: dict[str, tuple[float, Overrides, str]] = {}
-
-    def get(self, tenant_id: str) -> tuple[Overrides, str]:
-        now = time.monotonic()
-        with self._lock:
-            hit = self._cache.get(tenant_id)
-        if hit is not None and now - hit[0] < self.TTL:
-            return hit[1], hit[2]
-        record = self.rt.store.tenant_get(tenant_id)
-        period = record["budget_period"] if record else "month"
-        overrides = overrides_map(tenant_id, self.rt)
-        with self._lock:
-            self._cache[tenant_id] = (now, overrides, period)
-        return overrides, period
-
-
 class Consumer:
     """Runs the messages of one SQS queue as accountable items of ``agent`` (or several agents, or any).
 
@@ -252,7 +227,6 @@ class Consumer:
         self._closed = threading.Event()
         self._burst = False
         self._rt: Runtime | None = None
-        self._terms: _Terms | None = None
         self._visibility = 30
 
     def __repr__(self) -> str:
@@ -281,7 +255,6 @@ class Consumer:
         from papayya_sqs.backend import SqsBackend
 
         rt = self._rt = get_runtime()
-        self._terms = _Terms(rt)
         self._burst = burst
         self._stopping.clear()
         self._closed.clear()
@@ -518,8 +491,7 @@ class Consumer:
                 )
             except (InputError, TenantError) as exc:
                 return self._refuse(f"refused message {msg.message_id}: {exc}")
-        assert self._terms is not None
-        overrides, period = self._terms.get(ref.tenant_id)
+        overrides, period = rt.control.terms(ref.tenant_id)
         ctx = execute.begin(rt, agent, ref, backend=BACKEND, price_overrides=overrides, budget_period=period)
         if ctx is None:
             return self._refused(rt, ref, msg)
@@ -747,16 +719,12 @@ class Consumer:
                 if now - last_lease >= lease_every:
                     last_lease = now
                     held = [f.ctx for f in flights if f.ctx is not None]
-                    kept = rt.store.leases_extend([(c.item_id, c.lease_token) for c in held], lease)
-                    for c in held:
-                        if c.item_id not in kept:
-                            log.warning("item %s: attempt %d lost its lease", c.item.id, c.attempt)
+                    execute.heartbeat(rt, held, lease)
                 if now - last_budget >= 1.0:
                     last_budget = now
                     rt.budgets.flush()
-                    for run_id in {f.ctx.run_id for f in flights if f.ctx is not None}:
-                        if rt.store.run_get(run_id)["status"] != "running":
-                            rt.budgets.run_paused(run_id)  # in-flight items stop at their next LLM call
+                    # Runs paused (or resumed) elsewhere: in-flight items stop at their next LLM call.
+                    rt.control.refresh({f.ctx.run_id for f in flights if f.ctx is not None})
             except Exception as exc:  # SQS or the store is away: the next beat tries again
                 log.warning("consumer heartbeat failed (%s); retried", exc)
 

@@ -37,8 +37,6 @@ import asyncio
 import concurrent.futures
 import contextvars
 import logging
-import threading
-import time
 from datetime import timedelta
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
@@ -71,8 +69,6 @@ NOT_IMPORTABLE = "papayya.NotImportable"
 UNSTAMPED = "papayya.Unstamped"
 # The generic activity: runs the agent of the stamped item's run.
 GENERIC_ACTIVITY = "papayya.run_item"
-
-_TERMS_TTL = 5.0  # seconds a worker reuses a tenant's price overrides and budget period
 
 
 def attempt_stamp() -> Stamp | None:
@@ -176,33 +172,6 @@ def _malformed(stamp: Stamp) -> ApplicationError:
 # -- the attempt --------------------------------------------------------------------------------
 
 
-class _Terms:
-    """A tenant's price overrides and budget period, reused for a few seconds by each worker."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._cache: dict[tuple[int, str], tuple[float, dict[Any, Any], str]] = {}
-
-    def get(self, rt: Runtime, tenant_id: str) -> tuple[dict[Any, Any], str]:
-        from papayya.tenants import overrides_map
-
-        key = (id(rt), tenant_id)
-        now = time.monotonic()
-        with self._lock:
-            hit = self._cache.get(key)
-        if hit is not None and now - hit[0] < _TERMS_TTL:
-            return hit[1], hit[2]
-        tenant = rt.store.tenant_get(tenant_id)
-        period = str(tenant["budget_period"]) if tenant and tenant.get("budget_period") else "month"
-        overrides = overrides_map(tenant_id, rt)
-        with self._lock:
-            self._cache[key] = (now, overrides, period)
-        return overrides, period
-
-
-_terms = _Terms()
-
-
 def _ref(stamp: Stamp) -> ItemRef | None:
     from papayya.execute import ItemRef
 
@@ -216,7 +185,7 @@ def _ref(stamp: Stamp) -> ItemRef | None:
 def _begin(rt: Runtime, agent: Agent, ref: ItemRef) -> AttemptContext | None:
     from papayya import execute
 
-    overrides, period = _terms.get(rt, ref.tenant_id)
+    overrides, period = rt.control.terms(ref.tenant_id)
     return execute.begin(rt, agent, ref, backend=BACKEND, price_overrides=overrides, budget_period=period)
 
 
@@ -286,6 +255,8 @@ async def _invoke_sync(
 
 async def _heartbeat(rt: Runtime, ctx: AttemptContext) -> None:
     """Keep the papayya lease and the Temporal heartbeat alive while the attempt runs."""
+    from papayya import execute
+
     lease = rt.settings.lease_seconds
     info = temporalio.activity.info()
     interval = lease / 3
@@ -299,7 +270,7 @@ async def _heartbeat(rt: Runtime, ctx: AttemptContext) -> None:
         except Exception:
             log.debug("temporal heartbeat failed", exc_info=True)
         try:
-            held = await asyncio.to_thread(rt.store.leases_extend, [(ctx.item_id, ctx.lease_token)], lease)
+            held = await asyncio.to_thread(execute.heartbeat, rt, [ctx], lease)
         except Exception:
             log.exception("item %s: heartbeat failed; retried next beat", ctx.item.id)
             continue

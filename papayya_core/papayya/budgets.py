@@ -3,15 +3,21 @@
 A tenant has a budget per period (``total``, ``month``, ``day``; calendar periods in UTC) and a run
 may have one of its own. Each LLM call first **reserves** its worst-case cost on both accounts in one
 atomic statement (all or nothing, under the accounts' row locks), then **settles** with the actual cost,
-or **releases** the reservation if the call failed. So concurrent workers can never spend more than the
-budget by more than the estimate error of the calls in flight: Σ max(0, actual - reserved), which is 0
-when calls cap ``max_tokens``. (The naive check-then-spend lets a whole batch of in-flight calls through.)
+or **releases** the reservation if the call failed. So concurrent workers never spend more than the
+budget by more than what calls cost beyond their reservations, Σ max(0, actual - reserved); a call's
+excess is owed by its process and covered by the next lease, so it cannot pile up behind later calls.
+(The naive check-then-spend lets a whole batch of in-flight calls through.)
 
 The hot path stays off the account rows: a process leases chunks of budget and reserves calls against
-them in memory (see ``Budgets``). Leases and settlements commit asynchronously (``synchronous_commit =
-off``), since waiting for an fsync under a hot row's lock would serialise every worker; the ledger itself
-is written durably, and ``reconcile`` recomputes the accounts from it (on resume, when a budget changes,
-after a database crash).
+them in memory (see ``Budgets``). A chunk is good for at most ``CHUNK_SECONDS`` and only while the run's
+and the tenant's control generation are the ones it was leased under (``papayya.runstate``): a budget
+lowered, a run paused, a cap changed voids every chunk leased before, so the next call of every worker
+goes back to the accounts and meets the new limit.
+
+Leases and settlements commit asynchronously (``synchronous_commit = off``), since waiting for an
+fsync under a hot row's lock would serialise every worker; the ledger itself is written durably, and
+``reconcile`` recomputes the accounts from it (on resume, when a budget changes, after a database
+crash).
 
 When a reservation is refused the item stops at that call with ``Paused`` (a control-flow signal user code
 cannot swallow with ``except Exception``) and its run — for a tenant budget, every running run of the
@@ -21,6 +27,7 @@ tenant — becomes ``paused``. Nothing resumes by itself when a period rolls ove
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
@@ -28,6 +35,7 @@ from typing import Any
 from uuid import UUID
 
 from papayya.errors import BudgetError, Paused
+from papayya.runstate import ControlState
 from papayya.store import Store
 
 PERIODS = ("total", "month", "day")
@@ -92,6 +100,10 @@ class _Wallet:
     direct: Decimal = Decimal(0)  # spent without a reservation (recorded after the fact)
     chunk: Decimal = Decimal(0)  # the next lease's size, adapted to the room the accounts have
     leasing: threading.Lock = field(default_factory=threading.Lock)  # one lease at a time per wallet
+    void: Decimal = Decimal(0)  # leased under terms that changed since: owed back to the accounts
+    run_gen: int | None = None  # the control generations the balance was leased under
+    tenant_gen: int | None = None
+    expires: float = 0.0  # monotonic: no call reserves from the balance after this
 
 
 class Budgets:
@@ -104,16 +116,25 @@ class Budgets:
     goes back at the end of a run (``give_back``) and the spend it made is written to the accounts every
     second (``flush``). A process that dies keeps its last chunk counted as reserved until ``reconcile``
     (on resume), which errs on the side of spending less.
+
+    A chunk is spent from only while it is *current*: younger than ``CHUNK_SECONDS`` (measured from
+    before the lease was asked for, so never longer than that after the accounts granted it) and
+    leased under the run's and tenant's control generations this process knows now. Otherwise what is
+    left of it is owed back and the call leases afresh, under the limits as they are now. So once a
+    change to a budget, a cap or a run's state has been committed for ``CHUNK_SECONDS``, no call
+    anywhere reserves under the old terms: ``papayya tenants set`` and ``papayya pause`` wait that
+    long before they return.
     """
 
     LEASE_CALLS = 20
     LEASE_SHARE = Decimal("0.02")
+    CHUNK_SECONDS = 1.0
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, control: ControlState | None = None) -> None:
         self.store = store
+        self.control = control or ControlState(store)
         self._ensured: set[tuple[str, str, UUID]] = set()
         self._wallets: dict[Accounts, _Wallet] = {}
-        self._paused_runs: set[UUID] = set()
         self._lock = threading.Lock()
 
     def accounts(self, tenant_id: str, run_id: UUID, period: str) -> Accounts:
@@ -127,43 +148,58 @@ class Budgets:
                 self._ensured.add(marker)
         return accounts
 
-    def run_paused(self, run_id: UUID) -> None:
-        """The run was paused elsewhere: its in-flight items stop at their next LLM call."""
-        with self._lock:
-            self._paused_runs.add(run_id)
-
-    def run_resumed(self, run_id: UUID) -> None:
-        with self._lock:
-            self._paused_runs.discard(run_id)
+    def _current(self, wallet: _Wallet, accounts: Accounts) -> bool:
+        """The wallet's balance may be spent: not expired, leased under the current generations."""
+        if time.monotonic() >= wallet.expires:
+            return False
+        run_gen = self.control.run_gen(accounts.run_id)
+        tenant_gen = self.control.tenant_gen(accounts.tenant_id)
+        return (run_gen is None or run_gen == wallet.run_gen) and (
+            tenant_gen is None or tenant_gen == wallet.tenant_gen
+        )
 
     def reserve(self, accounts: Accounts, amount: Decimal | None, *, what: str) -> Decimal:
         """Reserve ``amount`` (None: price unknown) or raise Paused saying which budget has no room."""
-        if accounts.run_id in self._paused_runs:
+        if self.control.run_stopped(accounts.run_id):
             raise Paused("paused", f"run {accounts.run_id} is paused")
         if amount is not None:
             with self._lock:
                 wallet = self._wallets.setdefault(accounts, _Wallet())
-                if wallet.balance >= amount:
+                if wallet.balance >= amount and self._current(wallet, accounts):
                     wallet.balance -= amount
                     return amount
             # One thread leases for the wallet at a time; the others find its chunk when they get here.
             with wallet.leasing:
                 with self._lock:
-                    if wallet.balance >= amount:
+                    current = self._current(wallet, accounts)
+                    if current and wallet.balance >= amount:
                         wallet.balance -= amount
                         return amount
-                    # Take what is left in the wallet for this call, so no other thread counts it too.
+                    if not current and wallet.balance > 0:  # leased under old terms: owed back
+                        wallet.void += wallet.balance
+                        wallet.balance = Decimal(0)
+                    void, wallet.void = wallet.void, Decimal(0)
+                    # Take what is left in the wallet for this call, so no other thread counts it too. A
+                    # negative balance is spend that went past its reservations (a call that cost more
+                    # than its estimate): the lease covers it too, so that excess never accumulates.
                     claimed = max(wallet.balance, Decimal(0))
+                    debt = max(-wallet.balance, Decimal(0))
                     wallet.balance -= claimed
-                    need = amount - claimed
+                    need = amount - claimed + debt
                     chunk = max(need, wallet.chunk, amount * self.LEASE_CALLS)
+                if void:
+                    self.store.budget_settle(accounts.keys(), reserved=void, actual=Decimal(0))
                 # Lease a chunk; when the accounts have no room for it, lease exactly what this call needs.
                 for lease in dict.fromkeys((chunk, need)):
+                    asked = time.monotonic()
                     row = self.store.budget_reserve(accounts.keys(), lease)
+                    self._observe(accounts, row)
                     if row["reserved"]:
                         with self._lock:
-                            wallet.balance += lease - need
+                            wallet.balance += lease - need + debt
                             wallet.chunk = self._next_chunk(row, amount)
+                            wallet.run_gen, wallet.tenant_gen = row["run_gen"], row["tenant_gen"]
+                            wallet.expires = asked + self.CHUNK_SECONDS
                         return amount
                     if row["run_status"] != "running":
                         break
@@ -171,9 +207,16 @@ class Budgets:
                     wallet.balance += claimed
         else:
             row = self.store.budget_reserve(accounts.keys(), None)
+            self._observe(accounts, row)
             if row["reserved"]:
                 return Decimal(0)
         raise self._refusal(accounts, row, amount, what)
+
+    def _observe(self, accounts: Accounts, row: Any) -> None:
+        """A lease's answer carries the run's state and generations: what the control plane is now."""
+        if row["run_status"] is not None:
+            self.control.observe_run(accounts.run_id, row["run_status"], row["run_gen"])
+        self.control.observe_tenant(accounts.tenant_id, row["tenant_gen"])
 
     def _next_chunk(self, row: Any, amount: Decimal) -> Decimal:
         rooms = [
@@ -235,17 +278,30 @@ class Budgets:
     def flush(self) -> None:
         """Write the spend made here to the accounts (moving it from reserved to spent)."""
         with self._lock:
-            due = [(a, w.covered, w.direct) for a, w in self._wallets.items() if w.covered or w.direct]
-            for a, _, _ in due:
-                self._wallets[a].covered = self._wallets[a].direct = Decimal(0)
-        for accounts, covered, direct in due:
-            self.store.budget_settle(accounts.keys(), reserved=covered, actual=covered + direct)
+            for a, w in self._wallets.items():  # a lease nobody spent from in time is owed back too
+                if w.balance > 0 and not self._current(w, a):
+                    w.void += w.balance
+                    w.balance = Decimal(0)
+            due = [
+                (a, w.covered, w.direct, w.void)
+                for a, w in self._wallets.items()
+                if w.covered or w.direct or w.void
+            ]
+            for a, _, _, _ in due:
+                wallet = self._wallets[a]
+                wallet.covered = wallet.direct = wallet.void = Decimal(0)
+        for accounts, covered, direct, void in due:
+            self.store.budget_settle(accounts.keys(), reserved=covered + void, actual=covered + direct)
 
     def give_back(self, run_id: UUID | None = None) -> None:
         """Flush, then return unspent leases (of one run, or all) to the accounts."""
         self.flush()
         with self._lock:
-            back = [(a, w.balance) for a, w in self._wallets.items() if run_id in (None, a.run_id)]
+            back = [
+                (a, max(w.balance, Decimal(0)) + w.void)
+                for a, w in self._wallets.items()
+                if run_id in (None, a.run_id)
+            ]
             for a, _ in back:
                 del self._wallets[a]
         for accounts, balance in back:

@@ -82,6 +82,9 @@ class AttemptContext:
     cost_usd: Decimal = Decimal(0)
     cost_unknown: bool = False
     started: float = field(default_factory=time.monotonic)
+    # Monotonic time until which this attempt's lease is known to hold: set from the moment a claim or
+    # heartbeat that (re)granted it was *sent*, so it never outlives the lease on the database clock.
+    lease_until: float | None = None
 
     # -- journal ----------------------------------------------------------------------------------
 
@@ -95,6 +98,20 @@ class AttemptContext:
     def check_alive(self) -> None:
         if self.abandoned:
             raise AttemptAbandoned(f"attempt {self.attempt} of item {self.item.id} was abandoned")
+
+    def check_lease(self) -> None:
+        """Before paying for a call: stop unless this attempt still owns its item.
+
+        A worker that was frozen, partitioned or told by its heartbeat that the item is no longer its
+        own must not pay for it: the item has gone (or will go) to another worker, which would pay too.
+        """
+        self.check_alive()
+        if self.lease_until is not None and time.monotonic() > self.lease_until:
+            self.abandoned = True
+            raise AttemptAbandoned(
+                f"attempt {self.attempt} of item {self.item.id} stopped before a paid call: its lease "
+                "was not renewed in time, so the item may belong to another worker now"
+            )
 
     def recorded(self, key: str, request_hash: str) -> tuple[bool, Any]:
         """(True, result) when the journal holds ``key`` for this same request."""
@@ -328,6 +345,7 @@ class Run:
             def reserve() -> Decimal:
                 # Rate limit first: a call waiting for its turn should not hold budget others could use.
                 limits.acquire(provider, asked_model, ctx.tenant_id, tokens)
+                ctx.check_lease()
                 return ctx.runtime.budgets.reserve(ctx.accounts, estimate, what=f"{provider}/{asked_model}")
 
             def failed(exc: BaseException, reserved: Decimal) -> None:
@@ -363,6 +381,7 @@ class Run:
 
                 async def run_async() -> Any:
                     await limits.acquire_async(provider, asked_model, ctx.tenant_id, tokens)
+                    ctx.check_lease()
                     reserved = await asyncio.to_thread(
                         ctx.runtime.budgets.reserve, ctx.accounts, estimate, what=f"{provider}/{asked_model}"
                     )

@@ -38,11 +38,12 @@ def _uuid(value: UUID | str) -> UUID:
 
 def pause(run_id: UUID | str, *, reason: str = "paused by a person") -> None:
     """Pause a running run: no queued item starts, in-flight items stop at their next LLM call."""
-    store = get_runtime().store
-    run = store.run_get(_uuid(run_id))
+    rt = get_runtime()
+    run = rt.store.run_get(_uuid(run_id))
     if run["status"] != "running":
         raise BudgetError(f"Run {run['run_id']} is {run['status']}, not running; there is nothing to pause.")
-    store.runs_pause(run["tenant_id"], run["run_id"], f"manual: {reason}")
+    rt.control.paused(rt.store.runs_pause(run["tenant_id"], run["run_id"], f"manual: {reason}"))
+    rt.control.settle_change()  # returns once no worker can reserve for the run any more
 
 
 def agent_of_run(run_id: UUID, tenant_id: str) -> Agent:
@@ -117,7 +118,7 @@ def resume_run(
     store.budget_reconcile(tenant_id)
     check_budget_room(tenant_id, rid, tenant["budget_period"] if tenant else "month")
     counts = store.run_resume(rid, tenant_id)
-    rt.budgets.run_resumed(rid)
+    rt.control.observe_run(rid, "running", counts["gen"])
     pending = store.run_pending_items(rid, tenant_id)
     log.info(
         "resuming run %s: %d items requeued (%d stalled attempts), %d to run",
@@ -159,7 +160,7 @@ def requeue_run(run_id: UUID | str, *, tenant: str | None = None) -> dict[str, A
     store.budget_reconcile(tenant_id)
     check_budget_room(tenant_id, rid, tenant_row["budget_period"] if tenant_row else "month")
     counts = store.run_resume(rid, tenant_id)
-    rt.budgets.run_resumed(rid)
+    rt.control.observe_run(rid, "running", counts["gen"])
     store.notify_work(run["agent_name"])
     log.info("resumed run %s for its workers: %d items requeued", rid, counts["requeued"])
     return dict(counts)

@@ -34,7 +34,6 @@ from papayya.execute import Concluded, ItemRef, Judged
 from papayya.models import ItemStatus
 from papayya.progress import Progress
 from papayya.reaper import sweep
-from papayya.tenants import overrides_map
 
 if TYPE_CHECKING:
     from papayya.agent import Agent
@@ -107,38 +106,13 @@ class _Held:
         with self._lock:
             self._held.pop(ctx.attempt_id, None)
 
-    def leases(self) -> list[tuple[UUID, int]]:
+    def contexts(self) -> list[AttemptContext]:
         with self._lock:
-            return [(c.item_id, c.lease_token) for c, _, _ in self._held.values()]
+            return [c for c, _, _ in self._held.values()]
 
     def runs(self) -> set[UUID]:
         with self._lock:
             return {c.run_id for c, _, _ in self._held.values()}
-
-
-class _Tenants:
-    """Each tenant's price overrides and budget period, re-read every few seconds so a change made at
-    runtime reaches running workers without a restart."""
-
-    TTL = 5.0
-
-    def __init__(self, rt: Runtime) -> None:
-        self.rt = rt
-        self._lock = threading.Lock()
-        self._cache: dict[str, tuple[float, dict[tuple[str, str], dict[str, Decimal | None]], str]] = {}
-
-    def get(self, tenant_id: str) -> tuple[dict[tuple[str, str], dict[str, Decimal | None]], str]:
-        now = time.monotonic()
-        with self._lock:
-            hit = self._cache.get(tenant_id)
-        if hit is not None and now - hit[0] < self.TTL:
-            return hit[1], hit[2]
-        tenant = self.rt.store.tenant_get(tenant_id)
-        period = tenant["budget_period"] if tenant else "month"
-        overrides = overrides_map(tenant_id, self.rt)
-        with self._lock:
-            self._cache[tenant_id] = (now, overrides, period)
-        return overrides, period
 
 
 @dataclass
@@ -196,7 +170,6 @@ class Worker:
         self.backend = backend
         self.stats = WorkerStats()
         self.held = _Held()
-        self.tenants = _Tenants(rt)
         self._ready: queue.SimpleQueue[AttemptContext | None] = queue.SimpleQueue()
         self._results: queue.SimpleQueue[Judged | None] = queue.SimpleQueue()
         self._wake = threading.Event()
@@ -207,7 +180,6 @@ class Worker:
         self._threads: list[threading.Thread] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._async_sem: asyncio.Semaphore | None = None
-        self._paused_runs: set[UUID] = set()
         self._run_tenants: dict[UUID, str] = {}
         self._stalled_waiting = threading.Event()  # a busy worker drains so a stalled item can run alone
         self._touched: dict[UUID, str] = {}  # runs with items concluded since the last completion check
@@ -253,6 +225,7 @@ class Worker:
                 continue
             if free > 0:
                 try:
+                    asked = time.monotonic()  # a lease granted by this claim ends lease_seconds after it
                     rows = self.rt.store.items_claim(
                         agents=list(self.agents),
                         run_ids=self.run_ids,
@@ -270,7 +243,7 @@ class Worker:
                     backoff = self._store_down(exc, backoff)
                     continue
                 for row in rows:
-                    self._dispatch(row)
+                    self._dispatch(row, asked)
                 if any(row["stalls"] for row in rows):
                     # An item that lost its worker before runs alone: claim nothing until it is done.
                     while self._free() < self.concurrency + self.prefetch and not self._stop.is_set():
@@ -330,9 +303,11 @@ class Worker:
             self._run_tenants[run_id] = row["tenant_id"]
         return self._run_tenants[run_id]
 
-    def _dispatch(self, row: dict[str, Any]) -> None:
+    def _dispatch(self, row: dict[str, Any], asked: float) -> None:
         agent = self.agents[row["agent_name"]]
-        overrides, period = self.tenants.get(row["tenant_id"])
+        # The claim found the run running at this generation: whatever this process saw before is older.
+        self.rt.control.observe_run(row["run_id"], "running", row["run_gen"])
+        overrides, period = self.rt.control.terms(row["tenant_id"])
         ctx = execute.context(
             self.rt,
             agent,
@@ -348,6 +323,7 @@ class Worker:
             price_overrides=overrides,
             budget_period=period,
         )
+        ctx.lease_until = asked + self.rt.settings.lease_seconds
         with self._busy_lock:
             self._busy += 1
         self.stats.claimed += 1
@@ -367,8 +343,8 @@ class Worker:
                 return
             if not self.held.start(ctx):
                 continue  # given back by a shutdown before it started
-            if ctx.run_id in self._paused_runs and self.held.judge(ctx):
-                self._results.put(Judged(ctx, execute.release_finish(ctx)))  # stays queued for resume
+            if not self._may_start(ctx) and self.held.judge(ctx):
+                self._results.put(Judged(ctx, execute.release_finish(ctx)))  # stays queued
                 continue
             try:
                 output, error = execute.invoke(ctx)
@@ -382,6 +358,16 @@ class Worker:
                 continue
             self._judge(ctx, output, error)
 
+    def _may_start(self, ctx: AttemptContext) -> bool:
+        """A buffered item starts only if its run is still running and its lease still holds (a worker
+        frozen past its lease must not run, and pay for, items that may be someone else's now)."""
+        if self.rt.control.run_stopped(ctx.run_id):
+            return False
+        if ctx.abandoned or (ctx.lease_until is not None and time.monotonic() > ctx.lease_until):
+            ctx.abandoned = True
+            return False
+        return True
+
     def _judge(self, ctx: AttemptContext, output: Any, error: BaseException | None) -> None:
         try:
             judged = execute.judge(ctx, output=output, error=error)
@@ -390,8 +376,6 @@ class Worker:
                 "item %s: papayya could not classify its result; it goes back to the queue", ctx.item.id
             )
             judged = None
-        if judged is not None and judged.pause is not None:
-            self._paused_runs.add(ctx.run_id)  # buffered items of the run stay queued
         self._results.put(judged or Judged(ctx, execute.release_finish(ctx)))
 
     async def _attempt_async(self, ctx: AttemptContext) -> None:
@@ -399,7 +383,7 @@ class Worker:
         async with self._async_sem:
             if not self.held.start(ctx):
                 return
-            if ctx.run_id in self._paused_runs and self.held.judge(ctx):
+            if not self._may_start(ctx) and self.held.judge(ctx):
                 self._results.put(Judged(ctx, execute.release_finish(ctx)))
                 return
             try:
@@ -485,8 +469,6 @@ class Worker:
             self.stats.released += 1
         else:
             self.stats.concluded += 1
-        if result.status == ItemStatus.PAUSED:
-            self._paused_runs.add(ctx.run_id)
         if self.progress is not None and result.terminal:
             self.progress.advance(result.status, result.cost_usd)
         self._wake.set()
@@ -506,10 +488,7 @@ class Worker:
                 self._abandon(ctx)
             if now - last_beat >= beat_every:
                 last_beat = now
-                try:
-                    self.rt.store.leases_extend(self.held.leases(), lease)
-                except StoreUnavailable as exc:
-                    log.warning("heartbeat failed (%s); retried next beat", exc)
+                self._heartbeat(lease)
             if now - last_check >= 1.0:
                 last_check = now
                 self._check_runs()
@@ -520,6 +499,15 @@ class Worker:
                         self._wake.set()
                 except StoreUnavailable as exc:
                     log.warning("reaper: sweep failed (%s); retried", exc)
+
+    def _heartbeat(self, lease: float) -> None:
+        """Extend the leases of everything held. An attempt whose lease was extended may run until
+        ``lease`` seconds after the heartbeat was sent; one the store no longer lists is not ours any
+        more (the reaper gave it to someone else): it stops before its next paid call."""
+        try:
+            execute.heartbeat(self.rt, self.held.contexts(), lease)
+        except StoreUnavailable as exc:
+            log.warning("heartbeat failed (%s); retried next beat", exc)
 
     def _look_for_stalled(self) -> None:
         """If a queued item that lost its worker waits in a run we serve, drain so it can run alone."""
@@ -553,11 +541,7 @@ class Worker:
             self.rt.budgets.flush()
             self._complete_runs()
             self._look_for_stalled()
-            for run_id in self.held.runs() | set(self.run_ids or ()):
-                row = self.rt.store.fetch_one("run_tenant", {"run_id": run_id})
-                if row is not None and row["status"] != "running":
-                    self.rt.budgets.run_paused(run_id)
-                    self._paused_runs.add(run_id)
+            self.rt.control.refresh(self.held.runs() | set(self.run_ids or ()))
         except StoreUnavailable as exc:
             log.warning("budget flush or run check failed (%s); retried next second", exc)
         except Exception:
@@ -585,18 +569,25 @@ class Worker:
     # -- listening --------------------------------------------------------------------------------
 
     def _listen(self) -> None:
-        """Wake the claim loop when an agent of ours gets new work. A hint: polling covers losses."""
+        """Wake the claim loop when an agent of ours gets new work, and hear control changes (pause,
+        resume, budgets, caps) as they commit. Hints: polling covers losses."""
         import psycopg
+
+        from papayya.runstate import CHANNEL as CONTROL
 
         backoff = 0.5
         while not self._halt.is_set():
             try:
                 with psycopg.connect(self.rt.store.url, autocommit=True, connect_timeout=5) as conn:
                     conn.execute(f"LISTEN {CHANNEL}")
+                    conn.execute(f"LISTEN {CONTROL}")
                     backoff = 0.5
                     while not self._halt.is_set():
                         for note in conn.notifies(timeout=0.5):
-                            if note.payload in self.agents:
+                            if note.channel == CONTROL:
+                                self.rt.control.on_notify(note.payload)
+                                self._wake.set()  # a resumed run has work to claim
+                            elif note.payload in self.agents:
                                 self._wake.set()
             except psycopg.Error as exc:
                 if self._halt.is_set():

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -72,6 +73,7 @@ def begin(
 ) -> AttemptContext | None:
     """Claim ``ref`` for a new attempt; None when it cannot run now (``refusal`` says why)."""
     attempt_id = uuid.uuid4()
+    asked = time.monotonic()
     claim = rt.store.attempt_begin(
         item_id=ref.item_id,
         tenant_id=ref.tenant_id,
@@ -84,7 +86,7 @@ def begin(
     )
     if claim is None:
         return None
-    return context(
+    ctx = context(
         rt,
         agent,
         ref,
@@ -99,6 +101,32 @@ def begin(
         price_overrides=price_overrides,
         budget_period=budget_period,
     )
+    ctx.lease_until = asked + rt.settings.lease_seconds
+    return ctx
+
+
+def heartbeat(rt: Runtime, held: Sequence[AttemptContext], lease_seconds: float) -> set[UUID]:
+    """The one lease keeper of every worker (native, Celery, SQS, Temporal): extend the leases of the
+    attempts ``held`` and act on the answer. An attempt whose lease was extended may pay for calls
+    until ``lease_seconds`` after the heartbeat was *sent*; one the store no longer lists is not its
+    worker's any more (the reaper gave the item to someone else), so it stops before its next paid
+    call. Returns the item ids still held. StoreUnavailable propagates (nothing is extended then, and
+    each attempt's own deadline stops it if the store stays away past its lease)."""
+    if not held:
+        return set()
+    sent = time.monotonic()
+    kept = rt.store.leases_extend([(c.item_id, c.lease_token) for c in held], lease_seconds)
+    for ctx in held:
+        if ctx.item_id in kept:
+            ctx.lease_until = sent + lease_seconds
+        elif not ctx.abandoned:
+            ctx.abandoned = True
+            log.warning(
+                "item %s: attempt %d lost its lease; it stops before its next paid call",
+                ctx.item.id,
+                ctx.attempt,
+            )
+    return kept
 
 
 def context(
@@ -307,6 +335,7 @@ def settle(judged: Sequence[Judged]) -> list[Concluded]:
             scope_run = None if j.pause.kind == "budget:tenant" else ctx.run_id
             reason = f"{j.pause.kind}: {j.pause.reason}"
             paused = rt.store.runs_pause(ctx.tenant_id, scope_run, reason)
+            rt.control.paused(paused)
             if paused:
                 log.warning("paused %d run(s) of tenant %r: %s", len(paused), ctx.tenant_id, j.pause.reason)
         rt.hooks.attempt_finished(ctx, f.attempt_status, list(j.reasons))
@@ -389,6 +418,7 @@ def _finish(
         fingerprint=fingerprint,
         cluster_label=label,
         retry_in=retry_in,
+        run_id=ctx.run_id,
     )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import logging
 from decimal import ROUND_CEILING, Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +21,8 @@ from papayya.pricing import Usage, price_call
 
 if TYPE_CHECKING:
     from papayya.context import AttemptContext
+
+log = logging.getLogger("papayya.ledger")
 
 # Stop reasons that mean the model did not finish its answer (OpenAI, Anthropic, Gemini spellings).
 DEGENERATE_STOP_REASONS = frozenset(
@@ -74,13 +77,19 @@ def record(
         idempotency_key=idempotency_key,
     )
     journaled = journal and step_key is not None and request_hash is not None
-    ctx.runtime.store.llm_call_record(
-        {**call.as_params(), "reserved_usd": reserved},
+    lease_lost = ctx.runtime.store.llm_call_record(
+        {**call.as_params(), "reserved_usd": reserved, "lease_token": ctx.lease_token},
         journal_result=ctx.runtime.blobs.shrink(ctx.tenant_id, journal_result) if journaled else None,
         journal=journaled,
         request_hash=request_hash,
     )
     ctx.runtime.budgets.settle(ctx.accounts, reserved=reserved or Decimal(0), actual=price.cost_usd)
+    if lease_lost:  # billed, so recorded (and added to the item's cost), but by a worker it was not
+        log.warning(
+            "item %s: attempt %d recorded a call it paid for after its lease moved on (flagged lease_lost)",
+            ctx.item.id,
+            ctx.attempt,
+        )
     if journaled:
         assert step_key is not None
         assert request_hash is not None

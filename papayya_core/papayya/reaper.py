@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+from uuid import UUID
 
 from papayya import fingerprint
 from papayya.execute import ItemRef
@@ -81,6 +83,7 @@ def sweep(rt: Runtime, *, limit: int = 1000) -> Swept:
         )
     for name in {r["agent_name"] for r in rows if r["status"] == "queued"}:
         rt.store.notify_work(name)
+    _complete(rt, [r["run_id"] for r in rows if r["status"] == "failed"])
     redrive = getattr(rt.backend, "redrive", None)
     if redrive is not None:
         # Stalled items of this backend's running runs, each at most once per lease period.
@@ -92,6 +95,23 @@ def sweep(rt: Runtime, *, limit: int = 1000) -> Swept:
             except Exception:
                 log.exception("could not re-drive %d stalled item(s); retried next lease period", len(due))
     return swept
+
+
+_SCAN_EVERY = 30.0
+_scanned = [0.0]
+
+
+def _complete(rt: Runtime, run_ids: list[UUID]) -> None:
+    """Complete the runs whose last item the reaper just failed and, every ``_SCAN_EVERY`` seconds,
+    any running run with nothing left to do (an intake run whose day is over, a finisher that died
+    before its commit)."""
+    now = time.monotonic()
+    if now - _scanned[0] >= _SCAN_EVERY:
+        _scanned[0] = now
+        run_ids = run_ids + [r["run_id"] for r in rt.store.fetch_all("runs_open_finished", {})]
+    done = rt.store.runs_complete(run_ids)
+    if done:
+        log.info("reaper: %d run(s) with nothing left to do completed", len(done))
 
 
 class Reaper:

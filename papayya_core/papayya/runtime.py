@@ -27,6 +27,7 @@ from papayya.config import (
 from papayya.errors import ConfigError
 from papayya.plugins import Hooks, make_plugin_manager
 from papayya.ratelimit import RateLimiter
+from papayya.runstate import ControlState
 from papayya.store import Store
 
 if TYPE_CHECKING:
@@ -66,7 +67,8 @@ class Runtime:
 
             url = embedded_url(settings.home)
         self.store = Store(url, pool_size=settings.pool_size, auto_migrate=settings.auto_migrate)
-        self.budgets = Budgets(self.store)
+        self.control = ControlState(self.store)
+        self.budgets = Budgets(self.store, self.control)
         self.ratelimits = RateLimiter(self.store)
         install_log_watch()
 

@@ -153,8 +153,10 @@ def overrides_map(tenant_id: str, runtime: Runtime) -> dict[tuple[str, str], dic
 def set_budget(tenant_id: str, amount: object | None, period: str | None = None) -> dict[str, Any]:
     """Set (or with ``amount=None`` remove) a tenant's budget per period (total, month, day).
 
-    The new budget applies to the next LLM call of every worker. If the tenant has already spent it in
-    the current period, its running runs are paused at once; the returned dict says so
+    The new budget applies to the next LLM call of every worker: a lowered (or new) budget returns
+    once no worker can reserve under the old one any more (``Budgets.CHUNK_SECONDS``, 1 s), so from
+    then on new spend is at most what the calls already in flight cost. If the tenant has already spent
+    it in the current period, its running runs are paused at once; the returned dict says so
     (``spent_usd``, ``budget_usd``, ``period``, ``paused_runs``).
     """
     from papayya.budgets import PERIODS, parse_amount, period_of, usd
@@ -164,6 +166,8 @@ def set_budget(tenant_id: str, amount: object | None, period: str | None = None)
     if period is not None and period not in PERIODS:
         raise BudgetError(f"Unknown budget period {period!r}; use one of: {', '.join(PERIODS)}.")
     budget = None if amount is None else parse_amount(amount)
+    before = rt.store.tenant_get(tenant_id)
+    old = before["budget_usd"] if before else None
     rt.store.tenant_budget_set(tenant_id, budget, period)
     record = rt.store.tenant_get(tenant_id)
     assert record is not None
@@ -176,7 +180,11 @@ def set_budget(tenant_id: str, amount: object | None, period: str | None = None)
             f"budget:tenant: tenant {tenant_id} has spent {usd(spent)} of its new {usd(budget)} "
             f"budget for {key}"
         )
-        paused = rt.store.runs_pause(tenant_id, None, reason)
+        paused = [r["run_id"] for r in rt.store.runs_pause(tenant_id, None, reason)]
+    if budget is not None and (old is None or budget < old):
+        # Chunks leased under the old budget expire within CHUNK_SECONDS: once this returns, every
+        # worker's next call reserves under the new budget (papayya.budgets).
+        rt.control.settle_change()
     return {
         "tenant_id": tenant_id,
         "budget_usd": budget,

@@ -484,3 +484,24 @@ def test_many_messages_on_a_thread_pool_each_get_exactly_one_outcome(
     assert result.counts["succeeded"] == 60
     assert set(seen.values()) == {1}
     assert result.cost_usd == Decimal(0)
+
+
+def test_a_submitted_run_completes_when_its_last_item_concludes_with_nobody_waiting(
+    rt: Runtime, tenant: str, make_app: Any
+) -> None:
+    app = make_app()
+
+    @app.task(shared=False, acks_late=True)
+    @agent
+    def echo(item: papayya.Item) -> dict[str, str]:
+        return {"id": item.id}
+
+    rt = celery_backend()
+    with worker(app):
+        # Given a run submitted and left alone: no wait(), no `runs show --watch`, no dashboard
+        handle = echo.submit([{"id": f"k{i}"} for i in range(10)], tenant=tenant)
+        # Then it becomes completed when its last item concludes, in the worker that concluded it
+        wait_until(
+            lambda: rt.store.run_get(handle.run_id, tenant)["status"] == "completed", "the run completed"
+        )
+    assert {r["status"] for r in items_of(rt, tenant)} == {"succeeded"}

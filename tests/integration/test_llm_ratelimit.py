@@ -16,7 +16,7 @@ MODEL = "gpt-4o-mini"
 
 def test_instrumented_calls_take_from_the_shared_bucket(rt: Runtime, tenant: str, fake: FakeProvider) -> None:
     # Scoped to this test's tenant, and removed after: the session database is shared by every test.
-    rt.ratelimits.set_limit("openai", MODEL, tenant_id=tenant, requests_per_minute=1000)
+    rt.ratelimits.set_limit("openai", MODEL, tenant_id=tenant, requests_per_minute=60)
     try:
         _run_five(rt, tenant, fake)
     finally:
@@ -37,7 +37,8 @@ def _run_five(rt: Runtime, tenant: str, fake: FakeProvider) -> None:
     assert result.counts["succeeded"] == 5
     (limit,) = [lim for lim in rt.ratelimits.list_limits() if lim.tenant_id == tenant]
     assert limit.requests_available is not None
-    assert limit.requests_available <= 996  # five taken (and refilling slowly)
+    # Five taken; the bucket refills one a second, so this holds unless the run took over 2 s more.
+    assert limit.requests_available <= 57
 
 
 def test_a_429_closes_the_model_for_every_worker_until_retry_after(

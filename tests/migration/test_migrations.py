@@ -77,6 +77,8 @@ EXPECTED_TABLES = {
         "idempotency_key",
         "created_at",
         "reserved_usd",
+        "lease_token",
+        "lease_lost",
     },
     "price_overrides": {
         "tenant_id",
@@ -106,6 +108,7 @@ EXPECTED_TABLES = {
         "from_journal",
         "replay_slice",
         "priority",
+        "gen",
     },
     "schema_version": {"version", "name", "checksum", "applied_at"},
     "steps": {
@@ -126,6 +129,7 @@ EXPECTED_TABLES = {
         "budget_usd",
         "budget_period",
         "max_running",
+        "gen",
     },
     "budget_accounts": {
         "scope",

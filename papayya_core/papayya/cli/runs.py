@@ -13,6 +13,7 @@ import click
 from rich.text import Text
 
 from papayya import tenants
+from papayya.budgets import Budgets
 from papayya.cli import render
 from papayya.cli.connect import connect
 from papayya.cli.params import BUDGET, RUN_ID, TENANT
@@ -262,6 +263,10 @@ def set_command(run_id: UUID, budget: Decimal | None, no_budget: bool, as_json: 
             f"Run {run_id} is {run['status']}; a budget applies only to a running or paused run."
         )
     store.run_budget_set(run_id, run["tenant_id"], budget)
+    if budget is not None and (run["budget_usd"] is None or budget < run["budget_usd"]):
+        # Budget leased under the old limit expires within a chunk's life: from now on every worker's
+        # next call reserves under the new one.
+        time.sleep(Budgets.CHUNK_SECONDS)
     run = store.run_get(run_id, run["tenant_id"])
     result = RunResult.load(run_id, run["tenant_id"])
     if as_json:

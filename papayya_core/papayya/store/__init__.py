@@ -74,6 +74,7 @@ class Finish:
     fingerprint: str | None
     cluster_label: str | None = None
     retry_in: float | None = None
+    run_id: UUID | None = None  # the item's run: completed in the same transaction if this was its last
 
 
 class Store:
@@ -297,8 +298,10 @@ class Store:
         journal_result: Any = None,
         journal: bool,
         request_hash: str | None = None,
-    ) -> None:
-        """Write one ledger row (and, when ``journal``, its journal step) in one round trip."""
+    ) -> bool:
+        """Write one ledger row (and, when ``journal``, its journal step) in one round trip, adding its
+        cost to its item. True when the attempt's lease (``lease_token``) had moved on: the row is
+        written all the same, flagged ``lease_lost``."""
         params = {
             **params,
             "result": Jsonb(journal_result) if journal else None,
@@ -306,7 +309,8 @@ class Store:
             "request_hash": request_hash,
         }
         with translated(), self._pool.connection() as conn:
-            conn.execute(q("llm_call_record"), params)
+            row = conn.execute(q("llm_call_record"), params).fetchone()
+        return bool(row and row["lease_lost"])
 
     def attempt_finish(self, finish: Finish) -> None:
         """Write one attempt's result and the item's new status, fenced by its lease token; StaleLease
@@ -319,7 +323,12 @@ class Store:
 
     def attempts_finish(self, finishes: Sequence[Finish]) -> set[UUID]:
         """Write many attempts' results in one statement; return the item ids whose write applied (the
-        others' lease tokens were stale: someone else holds those items now)."""
+        others' lease tokens were stale: someone else holds those items now).
+
+        A run whose last open item concludes here becomes ``completed`` in the same transaction, with
+        no waiter needed: the transaction first locks the runs it finishes items of, so two finishers
+        concluding a run's last two items at once take turns, and the second sees the first's item
+        concluded (READ COMMITTED: each statement reads what was committed before it began)."""
         if not finishes:
             return set()
         params = {
@@ -337,7 +346,24 @@ class Store:
             "labels": [f.cluster_label for f in finishes],
             "delays": [f.retry_in for f in finishes],
         }
-        return {r["item_id"] for r in self.fetch_all("attempts_finish", params)}
+        run_ids = sorted({f.run_id for f in finishes if f.run_id is not None and f.terminal}, key=str)
+        with translated(), self._pool.connection() as conn, conn.transaction():
+            if run_ids:
+                conn.execute(q("runs_lock"), {"run_ids": run_ids})
+            applied = {r["item_id"] for r in conn.execute(q("attempts_finish"), params).fetchall()}
+            if run_ids and applied:
+                conn.execute(q("runs_complete"), {"run_ids": run_ids})
+        return applied
+
+    def runs_complete(self, run_ids: Sequence[UUID]) -> list[UUID]:
+        """Complete those of ``run_ids`` that are running with nothing left to do (an intake run only
+        once its day is over), under the runs' locks; return the ids completed."""
+        ids = sorted(set(run_ids), key=str)
+        if not ids:
+            return []
+        with translated(), self._pool.connection() as conn, conn.transaction():
+            conn.execute(q("runs_lock"), {"run_ids": ids})
+            return [r["run_id"] for r in conn.execute(q("runs_complete"), {"run_ids": ids}).fetchall()]
 
     # -- the native engine ------------------------------------------------------------------------
 
@@ -422,7 +448,9 @@ class Store:
         return {r["item_id"] for r in rows}
 
     def run_complete(self, run_id: UUID, tenant_id: str) -> bool:
-        return self.execute("run_complete", {"run_id": run_id, "tenant_id": tenant_id}) > 0
+        """Complete the run if it is running with nothing left to do (see ``runs_complete``)."""
+        self.run_get(run_id, tenant_id)  # scoped: NotFound for another tenant's run
+        return bool(self.runs_complete([run_id]))
 
     # -- reads ------------------------------------------------------------------------------------
 
@@ -605,11 +633,12 @@ class Store:
             raise NotFound(f"Tenant {tenant_id!r} does not exist; create it with `papayya tenants add`.")
 
     def run_budget_set(self, run_id: UUID, tenant_id: str, budget_usd: Decimal | None) -> None:
-        self.execute("run_budget_set", {"run_id": run_id, "tenant_id": tenant_id, "budget_usd": budget_usd})
+        self.fetch_all("run_budget_set", {"run_id": run_id, "tenant_id": tenant_id, "budget_usd": budget_usd})
 
-    def runs_pause(self, tenant_id: str, run_id: UUID | None, reason: str) -> list[UUID]:
-        rows = self.fetch_all("runs_pause", {"tenant_id": tenant_id, "run_id": run_id, "reason": reason})
-        return [r["run_id"] for r in rows]
+    def runs_pause(self, tenant_id: str, run_id: UUID | None, reason: str) -> list[Row]:
+        """Pause one running run, or every running run of the tenant; rows of ``run_id`` and the new
+        control generation ``gen`` of each run paused (announced on ``papayya_control``)."""
+        return self.fetch_all("runs_pause", {"tenant_id": tenant_id, "run_id": run_id, "reason": reason})
 
     def run_resume(self, run_id: UUID, tenant_id: str) -> Row:
         row = self.fetch_one("run_resume", {"run_id": run_id, "tenant_id": tenant_id})

@@ -14,7 +14,7 @@
 -- worker that holds nothing else (%(alone)s), and then alone, so it cannot take innocent items down
 -- with it again.
 WITH active AS MATERIALIZED (
-    SELECT r.run_id, r.tenant_id, r.agent_name, r.priority, r.created_at, r.from_journal
+    SELECT r.run_id, r.tenant_id, r.agent_name, r.priority, r.created_at, r.from_journal, r.gen
     FROM papayya.runs r
     WHERE r.status = 'running' AND r.backend = %(backend)s
       AND r.agent_name = ANY(%(agents)s::text[])
@@ -67,7 +67,7 @@ WITH active AS MATERIALIZED (
     RETURNING attempt_id, item_id
 )
 SELECT c.item_id, c.key, c.run_id, c.tenant_id, c.attempts, c.stalls, c.lease_token, c.input, c.replayed_from,
-       t.attempt_id, a.agent_name, a.from_journal,
+       t.attempt_id, a.agent_name, a.from_journal, a.gen AS run_gen,
        CASE WHEN c.attempts = 1 AND NOT a.from_journal THEN '{}'::jsonb ELSE
            (SELECT coalesce(jsonb_object_agg(s.step_key,
                                              jsonb_build_object('result', s.result, 'hash', s.request_hash)),
@@ -81,8 +81,9 @@ SELECT c.item_id, c.key, c.run_id, c.tenant_id, c.attempts, c.stalls, c.lease_to
 FROM claimed c JOIN attempt t USING (item_id) JOIN active a USING (run_id);
 
 -- name: attempts_finish
--- Write the results of many attempts in one statement: each item's new status, its outcome and its
--- cost rolled up from the ledger, and the attempt itself, fenced by the lease token: an item whose
+-- Write the results of many attempts in one statement: each item's new status and outcome (its cost is
+-- kept by the ledger writes), and the attempt itself with its cost rolled up from the ledger, fenced
+-- by the lease token: an item whose
 -- token moved on (the reaper gave it to someone else) is left alone, and is not among the rows
 -- returned. A retried item waits %(delays)s seconds before any worker may claim it again.
 WITH u AS MATERIALIZED (
@@ -97,20 +98,17 @@ WITH u AS MATERIALIZED (
     SELECT u.item_id,
            coalesce(sum(c.cost_usd) FILTER (WHERE c.attempt_id = u.attempt_id), 0) AS attempt_usd,
            coalesce(bool_or(c.cost_usd IS NULL) FILTER (WHERE c.attempt_id = u.attempt_id), false)
-               AS attempt_unknown,
-           coalesce(sum(c.cost_usd), 0) AS item_usd,
-           coalesce(bool_or(c.cost_usd IS NULL) FILTER (WHERE c.call_id IS NOT NULL), false) AS item_unknown
-    FROM u LEFT JOIN papayya.llm_calls c ON c.item_id = u.item_id
+               AS attempt_unknown
+    FROM u LEFT JOIN papayya.llm_calls c ON c.item_id = u.item_id AND c.attempt_id = u.attempt_id
     GROUP BY u.item_id, u.attempt_id
 ), item AS (
     UPDATE papayya.items i
     SET status = u.item_status, reasons = u.reasons, output = u.output, error = u.error,
         fingerprint = u.fingerprint, cluster_label = u.label,
-        cost_usd = cost.item_usd, cost_unknown = cost.item_unknown,
         lease_token = NULL, lease_expires_at = NULL, updated_at = now(),
         available_at = now() + make_interval(secs => coalesce(u.delay, 0)),
         finished_at = CASE WHEN u.terminal THEN now() END
-    FROM u JOIN cost USING (item_id)
+    FROM u
     WHERE i.item_id = u.item_id AND i.tenant_id = u.tenant_id
       AND i.lease_token = u.token AND i.status = 'running'
     RETURNING i.item_id
@@ -224,9 +222,14 @@ SELECT EXISTS (
 SELECT pg_notify('papayya_work', %(agent)s);
 
 -- name: tenant_max_running_set
-UPDATE papayya.tenants SET max_running = %(max_running)s, updated_at = now()
-WHERE tenant_id = %(tenant_id)s
-RETURNING tenant_id, max_running;
+WITH t AS (
+    UPDATE papayya.tenants SET max_running = %(max_running)s, updated_at = now(), gen = gen + 1
+    WHERE tenant_id = %(tenant_id)s
+    RETURNING tenant_id, max_running, gen
+)
+SELECT t.tenant_id, t.max_running, t.gen,
+       pg_notify('papayya_control', 'tenant ' || t.gen || ' ' || t.tenant_id) AS notified
+FROM t;
 
 -- name: item_park
 -- Why an item could not be claimed by a backend's message, and, when its run is paused, park it as

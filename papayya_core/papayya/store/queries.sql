@@ -103,8 +103,16 @@ SET result = excluded.result, request_hash = excluded.request_hash, attempt_id =
 WHERE steps.request_hash IS DISTINCT FROM excluded.request_hash;
 
 -- name: llm_call_record
--- The ledger row and, for a journaled call (%(journal)s), its journal step: one round trip.
-WITH journal AS (
+-- The ledger row and, for a journaled call (%(journal)s), its journal step: one round trip. The call's
+-- cost is added to its item at once, so an item's cost always equals its ledger rows, whenever they
+-- come (a call paid by a worker whose lease had moved on included: flagged lease_lost, never dropped).
+WITH item AS (
+    UPDATE papayya.items i
+    SET cost_usd = i.cost_usd + coalesce(%(cost_usd)s::numeric, 0),
+        cost_unknown = i.cost_unknown OR %(cost_usd)s::numeric IS NULL
+    WHERE i.item_id = %(item_id)s AND i.tenant_id = %(tenant_id)s
+    RETURNING i.status = 'running' AND i.lease_token IS NOT DISTINCT FROM %(lease_token)s::bigint AS held
+), journal AS (
     INSERT INTO papayya.steps (item_id, step_key, tenant_id, attempt_id, kind, result, request_hash)
     SELECT %(item_id)s, %(step_key)s, %(tenant_id)s, %(attempt_id)s, 'llm', %(result)s, %(request_hash)s
     WHERE %(journal)s
@@ -116,11 +124,12 @@ WITH journal AS (
 INSERT INTO papayya.llm_calls
     (tenant_id, run_id, item_id, attempt_id, step_key, provider, model, input_tokens, output_tokens,
      cache_read_tokens, cache_write_tokens, stop_reason, latency_ms, cost_usd, price_source,
-     idempotency_key, reserved_usd)
+     idempotency_key, reserved_usd, lease_token, lease_lost)
 VALUES (%(tenant_id)s, %(run_id)s, %(item_id)s, %(attempt_id)s, %(step_key)s, %(provider)s, %(model)s,
         %(input_tokens)s, %(output_tokens)s, %(cache_read_tokens)s, %(cache_write_tokens)s,
         %(stop_reason)s, %(latency_ms)s, %(cost_usd)s, %(price_source)s, %(idempotency_key)s,
-        %(reserved_usd)s);
+        %(reserved_usd)s, %(lease_token)s, NOT coalesce((SELECT held FROM item), false))
+RETURNING lease_lost;
 
 -- name: leases_extend
 UPDATE papayya.items i
@@ -129,13 +138,39 @@ FROM unnest(%(item_ids)s::uuid[], %(tokens)s::bigint[]) AS u(item_id, token)
 WHERE i.item_id = u.item_id AND i.lease_token = u.token AND i.status = 'running'
 RETURNING i.item_id;
 
--- name: run_complete
-UPDATE papayya.runs r
-SET status = 'completed', finished_at = now()
-WHERE r.run_id = %(run_id)s AND r.tenant_id = %(tenant_id)s AND r.status = 'running'
+-- name: runs_lock
+-- The serialisation point of a run's completion: whoever concludes items of a run holds its row until
+-- it commits (in run id order, so two finishers never deadlock).
+SELECT run_id FROM papayya.runs WHERE run_id = ANY(%(run_ids)s::uuid[]) ORDER BY run_id FOR UPDATE;
+
+-- name: runs_complete
+-- Runs with nothing left to do become completed. An intake run (items adopted from a queue's own
+-- messages, one run per tenant, agent, backend and UTC day) stays open for intake during its day and
+-- completes at the first conclusion (or reaper sweep) after its day is over.
+WITH done AS (
+    UPDATE papayya.runs r
+    SET status = 'completed', finished_at = now(), gen = r.gen + 1
+    WHERE r.run_id = ANY(%(run_ids)s::uuid[]) AND r.status = 'running'
+      AND NOT (r.options ? 'intake'
+               AND (r.created_at AT TIME ZONE 'UTC')::date >= (now() AT TIME ZONE 'UTC')::date)
+      AND NOT EXISTS (SELECT 1 FROM papayya.items i
+                      WHERE i.run_id = r.run_id AND i.tenant_id = r.tenant_id
+                        AND i.status IN ('queued', 'running', 'paused', 'stalled'))
+    RETURNING r.run_id, r.gen
+)
+SELECT done.run_id, done.gen,
+       pg_notify('papayya_control', 'run ' || done.gen || ' completed ' || done.run_id) AS notified
+FROM done;
+
+-- name: runs_open_finished
+-- Running runs with nothing left to do: intake runs whose day is over, runs whose last item the reaper
+-- failed. The reaper completes them.
+SELECT r.run_id FROM papayya.runs r
+WHERE r.status = 'running'
   AND NOT EXISTS (SELECT 1 FROM papayya.items i
                   WHERE i.run_id = r.run_id AND i.tenant_id = r.tenant_id
-                    AND i.status IN ('queued', 'running', 'paused', 'stalled'));
+                    AND i.status IN ('queued', 'running', 'paused', 'stalled'))
+LIMIT 1000;
 
 -- name: run_get
 SELECT run_id, tenant_id, agent_name, name, backend, status, replayed_from, total_items, options,
@@ -347,6 +382,9 @@ WITH acct AS (
     RETURNING a.scope
 )
 SELECT v.fits, v.run_status, (SELECT count(*) FROM reserved) AS reserved,
+       (SELECT r.gen FROM papayya.runs r WHERE r.run_id = %(run_id)s AND r.tenant_id = %(tenant_id)s)
+           AS run_gen,
+       (SELECT t.gen FROM papayya.tenants t WHERE t.tenant_id = %(tenant_id)s) AS tenant_gen,
        (SELECT jsonb_agg(jsonb_build_object('scope', acct.scope, 'period', acct.period,
                                             'spent', acct.spent_usd, 'reserved', acct.reserved_usd,
                                             'limit', acct.limit_usd))
@@ -397,28 +435,58 @@ WHERE (a.scope, a.owner, a.period) IN (('tenant', %(tenant_id)s, %(tenant_period
                                        ('run', %(run_key)s, 'total'))
 ORDER BY a.scope DESC;
 
+-- Control changes (budgets, caps, pause, resume) bump the generation of the tenant or run they change,
+-- in the same statement, and announce it on the papayya_control channel (delivered at commit):
+-- 'run GEN STATUS RUN_ID' or 'tenant GEN TENANT_ID'. Workers drop whatever they cached under an older
+-- generation (papayya.runstate).
+
 -- name: tenant_budget_set
-UPDATE papayya.tenants
-SET budget_usd = %(budget_usd)s, budget_period = coalesce(%(budget_period)s, budget_period), updated_at = now()
-WHERE tenant_id = %(tenant_id)s
-RETURNING budget_usd, budget_period;
+WITH t AS (
+    UPDATE papayya.tenants
+    SET budget_usd = %(budget_usd)s, budget_period = coalesce(%(budget_period)s, budget_period),
+        updated_at = now(), gen = gen + 1
+    WHERE tenant_id = %(tenant_id)s
+    RETURNING tenant_id, budget_usd, budget_period, gen
+)
+SELECT t.budget_usd, t.budget_period, t.gen,
+       pg_notify('papayya_control', 'tenant ' || t.gen || ' ' || t.tenant_id) AS notified
+FROM t;
 
 -- name: run_budget_set
-UPDATE papayya.runs SET budget_usd = %(budget_usd)s WHERE run_id = %(run_id)s AND tenant_id = %(tenant_id)s;
+WITH r AS (
+    UPDATE papayya.runs SET budget_usd = %(budget_usd)s, gen = gen + 1
+    WHERE run_id = %(run_id)s AND tenant_id = %(tenant_id)s
+    RETURNING run_id, status, gen
+)
+SELECT r.run_id, r.gen, pg_notify('papayya_control', 'run ' || r.gen || ' ' || r.status || ' ' || r.run_id)
+           AS notified
+FROM r;
 
 -- name: runs_pause
 -- Pause one run (run_id given) or every running run of a tenant (run_id NULL).
-UPDATE papayya.runs
-SET status = 'paused', paused_reason = %(reason)s
-WHERE tenant_id = %(tenant_id)s AND status = 'running'
-  AND (%(run_id)s::uuid IS NULL OR run_id = %(run_id)s)
-RETURNING run_id;
+WITH r AS (
+    UPDATE papayya.runs
+    SET status = 'paused', paused_reason = %(reason)s, gen = gen + 1
+    WHERE tenant_id = %(tenant_id)s AND status = 'running'
+      AND (%(run_id)s::uuid IS NULL OR run_id = %(run_id)s)
+    RETURNING run_id, gen
+)
+SELECT r.run_id, r.gen, pg_notify('papayya_control', 'run ' || r.gen || ' paused ' || r.run_id) AS notified
+FROM r;
+
+-- name: run_states
+-- The control state of runs and their tenants, as a worker's once-a-second check reads it.
+SELECT r.run_id, r.status, r.gen, r.tenant_id, t.gen AS tenant_gen
+FROM papayya.runs r JOIN papayya.tenants t USING (tenant_id)
+WHERE r.run_id = ANY(%(run_ids)s::uuid[]);
 
 -- name: run_resume
 WITH run AS (
-    UPDATE papayya.runs SET status = 'running', paused_reason = NULL, finished_at = NULL
+    UPDATE papayya.runs SET status = 'running', paused_reason = NULL, finished_at = NULL, gen = gen + 1
     WHERE run_id = %(run_id)s AND tenant_id = %(tenant_id)s AND status IN ('paused', 'running')
-    RETURNING run_id
+    RETURNING run_id, gen
+), note AS (
+    SELECT pg_notify('papayya_control', 'run ' || run.gen || ' running ' || run.run_id) FROM run
 ), requeued AS (
     UPDATE papayya.items i SET status = 'queued', lease_token = NULL, lease_expires_at = NULL, updated_at = now()
     FROM run WHERE i.run_id = run.run_id AND i.tenant_id = %(tenant_id)s
@@ -431,7 +499,8 @@ WITH run AS (
     RETURNING a.attempt_id
 )
 SELECT (SELECT count(*) FROM run) AS resumed, (SELECT count(*) FROM requeued) AS requeued,
-       (SELECT count(*) FROM stalled) AS stalled;
+       (SELECT count(*) FROM stalled) AS stalled, (SELECT count(*) FROM note) AS notified,
+       (SELECT gen FROM run) AS gen;
 
 -- name: run_live_leases
 SELECT count(*) AS n FROM papayya.items

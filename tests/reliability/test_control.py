@@ -1,0 +1,261 @@
+"""One control plane in the store: what papayya reports about a run and its money stays true for
+long-lived worker processes while people pause, resume and lower budgets, and while a worker is frozen
+past its lease.
+
+The workers are real ``papayya worker`` processes (the fixtures of test_engine_workers.py) serving
+the agents below, which pay the test's FakeProvider through the real ``openai`` client; the checks
+read the store and the provider's own bill, not what papayya says about itself.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import uuid
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+import papayya
+from papayya import control
+from papayya.budgets import Budgets
+from papayya.runtime import Runtime
+from papayya.testing import FakeProvider
+from tests.reliability.test_engine_workers import (  # noqa: F401  (fixtures)
+    Workers,
+    env,
+    query,
+    statuses,
+    submit,
+    terminal,
+    wait_for,
+    workers,
+)
+
+CONTROL_AGENTS = textwrap.dedent(
+    '''
+    """Agents for the control-plane tests: one or two paid calls with a pause between them."""
+
+    import os
+    import time
+
+    import openai
+
+    import papayya
+    import papayya_openai
+
+    SUFFIX = os.environ["WORKLOAD_SUFFIX"]
+    SLEEP = float(os.environ.get("WORKLOAD_SLEEP", "0"))
+    client = papayya_openai.instrument(
+        openai.OpenAI(base_url=os.environ["WORKLOAD_FAKE_URL"], api_key="test", max_retries=0)
+    )
+
+
+    def ask(text):
+        return client.chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": text}], max_tokens=20
+        )
+
+
+    @papayya.agent(name=f"once-{SUFFIX}")
+    def once(item):
+        ask(item.id)
+        time.sleep(SLEEP)
+        return {"ok": True}
+
+
+    @papayya.agent(name=f"twice-{SUFFIX}")
+    def twice(item):
+        ask(item.id + " first")
+        time.sleep(SLEEP)
+        ask(item.id + " second")
+        return {"ok": True}
+    '''
+)
+
+
+@pytest.fixture
+def agents(workers: Workers, tmp_path: Path) -> Workers:  # noqa: F811
+    (tmp_path / "control_agents.py").write_text(CONTROL_AGENTS)
+    return workers
+
+
+def start_worker(group: Workers, agent: str, *args: str, **extra: str) -> subprocess.Popen[bytes]:
+    """``papayya worker control_agents:AGENT ARGS`` in the group (killed when the test ends)."""
+    n = len(group.procs)
+    log = group.cwd / f"worker-{n}.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "papayya", "worker", f"control_agents:{agent}", *args],
+            cwd=group.cwd,
+            env={**group.env, **extra},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    group.procs.append(proc)
+    group.logs[proc.pid] = log
+    return proc
+
+
+def attempts(url: str, run_id: uuid.UUID) -> dict[str, int]:
+    rows = query(url, "SELECT status, count(*) FROM papayya.attempts WHERE run_id = %s GROUP BY 1", (run_id,))
+    return {s: int(n) for s, n in rows}
+
+
+def run_status(url: str, run_id: uuid.UUID) -> str:
+    ((status,),) = query(url, "SELECT status FROM papayya.runs WHERE run_id = %s", (run_id,))
+    return str(status)
+
+
+def money(url: str, run_id: uuid.UUID) -> tuple[Decimal, Decimal]:
+    """(Σ items.cost_usd, Σ ledger) of the run."""
+    ((items,),) = query(
+        url, "SELECT coalesce(sum(cost_usd), 0) FROM papayya.items WHERE run_id = %s", (run_id,)
+    )
+    ((ledger,),) = query(
+        url, "SELECT coalesce(sum(cost_usd), 0) FROM papayya.llm_calls WHERE run_id = %s", (run_id,)
+    )
+    return Decimal(items), Decimal(ledger)
+
+
+@pytest.mark.slow
+def test_a_long_lived_worker_runs_a_run_resumed_after_it_saw_the_pause(
+    rt: Runtime, database_url: str, tenant: str, fake: FakeProvider, agents: Workers
+) -> None:
+    total = 300
+    # Given one worker that has been serving the agent, and a run it is working through
+    run_id = submit(f"once-{tenant}", [{"id": f"i{n:04d}"} for n in range(total)], tenant)
+    start_worker(agents, "once", "-c", "4", WORKLOAD_SLEEP="0.02")
+    wait_for("20 items done", lambda: statuses(database_url, run_id).get("succeeded", 0) >= 20)
+    # When a person pauses the run, and the worker has seen it (nothing of the run runs any more)
+    control.pause(run_id)
+    wait_for("nothing running", lambda: statuses(database_url, run_id).get("running", 0) == 0)
+    time.sleep(1.5)  # the worker idles with the run paused: the state its caches used to keep forever
+    # and the run is resumed for its workers (the dashboard's button, POST /api/runs/RUN/resume)
+    control.requeue_run(run_id)
+    # Then the same worker finishes the run, without giving items back in a loop
+    wait_for("every item done", terminal(database_url, run_id, total), timeout=120)
+    counts = attempts(database_url, run_id)
+    assert sum(counts.values()) <= 2 * total, counts
+    assert counts.get("cancelled", 0) <= total, counts
+    wait_for("run completed", lambda: run_status(database_url, run_id) == "completed", timeout=10)
+    assert fake.count == len({b.idempotency_key for b in fake.bill}) == total  # nothing paid twice
+
+
+@pytest.mark.slow
+def test_a_budget_lowered_below_spend_stops_new_spend_at_the_calls_in_flight(
+    rt: Runtime, database_url: str, tenant: str, fake: FakeProvider, agents: Workers
+) -> None:
+    # Given a tenant with room, and two workers of 16 threads spending it
+    papayya.tenants.add(tenant)
+    papayya.tenants.set_budget(tenant, "100")
+    run_id = submit(f"once-{tenant}", [{"id": f"i{n:04d}"} for n in range(2000)], tenant)
+    for _ in range(2):
+        start_worker(agents, "once", "-c", "16", WORKLOAD_SLEEP="0.01")
+    wait_for("spending", lambda: fake.count >= 100)
+    # When the budget is lowered below what was spent,
+    papayya.tenants.set_budget(tenant, "0.000001")
+    # then from the moment the command returns, new calls are at most those already in flight.
+    billed_at_return = fake.count
+    in_flight = statuses(database_url, run_id).get("running", 0)
+    wait_for("nothing running", lambda: statuses(database_url, run_id).get("running", 0) == 0)
+    time.sleep(2 * Budgets.CHUNK_SECONDS)
+    late = fake.count - billed_at_return
+    assert late <= in_flight, (late, in_flight)
+    assert run_status(database_url, run_id) == "paused"
+    items, ledger = money(database_url, run_id)
+    assert items == ledger == fake.billed_usd
+
+
+@pytest.mark.slow
+def test_a_worker_frozen_past_its_lease_pays_for_nothing_it_no_longer_owns(
+    rt: Runtime, database_url: str, tenant: str, fake: FakeProvider, agents: Workers
+) -> None:
+    total = 64
+    # Given a worker in the middle of items that pay twice with a pause in between (1 s leases)
+    run_id = submit(f"twice-{tenant}", [{"id": f"i{n:03d}"} for n in range(total)], tenant)
+    frozen = start_worker(agents, "twice", "-c", "8", WORKLOAD_SLEEP="0.5")
+    wait_for("8 items running", lambda: statuses(database_url, run_id).get("running", 0) >= 8)
+    # When it is frozen (SIGSTOP) well past its lease, another worker takes its items over,
+    frozen.send_signal(signal.SIGSTOP)
+    in_flight = statuses(database_url, run_id).get("running", 0)
+    billed_at_stop = fake.count
+    start_worker(agents, "twice", "-c", "8", WORKLOAD_SLEEP="0.05")
+    time.sleep(4)
+    # and then it wakes up (SIGCONT)
+    ((woke_at,),) = query(database_url, "SELECT now()")
+    frozen.send_signal(signal.SIGCONT)
+    wait_for("every item done", terminal(database_url, run_id, total), timeout=120)
+    # Then the woken worker paid for nothing new: at most the calls that were on the wire when it froze
+    pid = frozen.pid
+    ((late,),) = query(
+        database_url,
+        "SELECT count(*) FROM papayya.llm_calls c JOIN papayya.attempts a USING (attempt_id) "
+        "WHERE c.run_id = %s AND a.worker LIKE %s AND c.created_at > %s",
+        (run_id, f"%:{pid}", woke_at),
+    )
+    assert late <= in_flight, (late, in_flight, billed_at_stop)
+    # and every call the provider billed is in the ledger, attributed to its item to the last digit.
+    keys = [b.idempotency_key for b in fake.bill]
+    ((ledger_calls,),) = query(
+        database_url, "SELECT count(*) FROM papayya.llm_calls WHERE run_id = %s", (run_id,)
+    )
+    assert ledger_calls == len(keys)
+    items, ledger = money(database_url, run_id)
+    assert items == ledger == fake.billed_usd
+    paid_twice = len(keys) - len(set(keys))
+    assert paid_twice <= in_flight
+
+
+def test_two_finishers_concluding_a_runs_last_items_at_once_complete_it(rt: Runtime, tenant: str) -> None:
+    # A forced interleaving: the run's last two items concluded by two workers at the same instant,
+    # fifty times over. Exactly the later of them completes the run, every time, with nobody waiting.
+    from papayya import execute
+    from papayya.execute import ItemRef
+
+    def _noop(item: object) -> None:
+        """Never called: the test concludes attempts by hand."""
+
+    agent = papayya.agent(name=f"finishers-{tenant}")(_noop)
+    for _ in range(50):
+        handle = agent.submit([{"id": "a"}, {"id": "b"}], tenant=tenant)
+        rows = rt.store.items_claim(
+            agents=[agent.name], run_ids=[handle.run_id], limit=2, worker="test", lease_seconds=30
+        )
+        assert len(rows) == 2
+        finishes = []
+        for row in rows:
+            ctx = execute.context(
+                rt,
+                agent,
+                ItemRef(row["item_id"], row["key"], row["run_id"], row["tenant_id"]),
+                attempt_id=row["attempt_id"],
+                number=row["attempts"],
+                token=row["lease_token"],
+                input=row["input"],
+                journal={},
+                failures=0,
+                from_journal=False,
+                backend="native",
+                price_overrides={},
+            )
+            judged = execute.judge(ctx, output={"ok": True})
+            assert judged is not None
+            finishes.append(judged.finish)
+        barrier = threading.Barrier(2)
+
+        def finish(f: object, barrier: threading.Barrier) -> None:
+            barrier.wait()
+            rt.store.attempts_finish([f])  # type: ignore[list-item]
+
+        threads = [threading.Thread(target=finish, args=(f, barrier)) for f in finishes]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert rt.store.run_get(handle.run_id, tenant)["status"] == "completed"
