@@ -106,11 +106,10 @@ class _Process:
                     execute.heartbeat(self.rt, held, lease)
                 if now - last_check >= 1.0:
                     last_check = now
-                    self.rt.budgets.flush()
                     # Runs paused (or resumed) elsewhere: in-flight items stop at their next call.
                     self.rt.control.refresh({c.run_id for c in held})
             except Exception as exc:  # the store is away: retried next beat
-                log.warning("heartbeat or budget flush failed (%s); retried", exc)
+                log.warning("heartbeat or run check failed (%s); retried", exc)
 
     def close(self) -> None:
         self._stop.set()
@@ -191,13 +190,18 @@ def _trace_headers(task: Task) -> dict[str, Any]:
 def _run_message(task: Task, agent: Agent | None, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     req = task.request
     tenant_id = req.get(H.TENANT)
+    rt = get_runtime()
+    if not tenant_id and not req.get(H.ITEM) and rt.settings.default_tenant:
+        # A producer not yet passing tenants: adopted under the default tenant, and said so.
+        tenant_id = rt.settings.default_tenant
+        log.info("task %s [%s]: no papayya tenant; adopted under PAPAYYA_DEFAULT_TENANT", task.name, req.id)
     if not tenant_id:
         raise TenantError(
             f"Task {task.name} [{req.id}] arrived without a papayya tenant, so its cost and outcome "
             f"have no owner; publish it with headers=papayya_celery.headers(TENANT) or inside "
-            "`with papayya_celery.tenant(TENANT):`."
+            "`with papayya_celery.tenant(TENANT):`, or set PAPAYYA_DEFAULT_TENANT to adopt such tasks "
+            "under one tenant."
         )
-    rt = get_runtime()
     proc = process(rt)
     try:
         resolved = _resolve(rt, task, agent, str(tenant_id), args, kwargs)

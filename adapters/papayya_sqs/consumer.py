@@ -375,7 +375,8 @@ class Consumer:
                 self._busy += 1
                 fresh.append(flight)
         self.stats.add("received", len(fresh))
-        parsed = [M.parse(f.msg) for f in fresh]
+        assert self._rt is not None
+        parsed = [M.parse(f.msg, self._rt.settings.default_tenant) for f in fresh]
         try:
             rows = self._validate(parsed)
         except StoreUnavailable as exc:
@@ -722,7 +723,6 @@ class Consumer:
                     execute.heartbeat(rt, held, lease)
                 if now - last_budget >= 1.0:
                     last_budget = now
-                    rt.budgets.flush()
                     # Runs paused (or resumed) elsewhere: in-flight items stop at their next LLM call.
                     rt.control.refresh({f.ctx.run_id for f in flights if f.ctx is not None})
             except Exception as exc:  # SQS or the store is away: the next beat tries again

@@ -126,17 +126,21 @@ class Parsed:
     problem: str | None = None
 
 
-def parse(msg: Received) -> Parsed:
-    """Read a received message; never raises (what is wrong is in ``problem``)."""
+def parse(msg: Received, default_tenant: str | None = None) -> Parsed:
+    """Read a received message; never raises (what is wrong is in ``problem``). A message of the team's
+    own code that names no tenant belongs to ``default_tenant`` (``PAPAYYA_DEFAULT_TENANT``) when set."""
     from papayya.execute import ItemRef
 
     attrs = msg.attributes
     tenant = attrs.get(TENANT, "").strip() or None
     agent = attrs.get(AGENT) or None
+    if tenant is None and default_tenant and ITEM not in attrs and RUN not in attrs:
+        tenant = default_tenant
     if tenant is None:
         return Parsed(
             problem=f"message {msg.message_id} has no {TENANT} attribute, so its cost and outcome have no "
-            f"owner; send it with MessageAttributes=papayya_sqs.attributes(TENANT)",
+            f"owner; send it with MessageAttributes=papayya_sqs.attributes(TENANT), or set "
+            "PAPAYYA_DEFAULT_TENANT to adopt such messages under one tenant",
             agent=agent,
         )
     if ITEM in attrs or RUN in attrs:

@@ -36,7 +36,9 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextvars
+import dataclasses
 import logging
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
@@ -44,7 +46,7 @@ from uuid import UUID
 
 import temporalio.activity
 import temporalio.worker
-from temporalio.exceptions import ApplicationError
+from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 
 from papayya_temporal import headers as _headers
 from papayya_temporal.headers import Stamp, current_stamp
@@ -67,6 +69,9 @@ BUSY = "papayya.Busy"
 STOPPED = "papayya.Stopped"
 NOT_IMPORTABLE = "papayya.NotImportable"
 UNSTAMPED = "papayya.Unstamped"
+# papayya's verdicts on an item (retry it, it failed, its run is paused...) are the contract working,
+# not the worker failing: Temporal logs benign errors at DEBUG instead of WARNING with a traceback.
+BENIGN = ApplicationErrorCategory.BENIGN
 # The generic activity: runs the agent of the stamped item's run.
 GENERIC_ACTIVITY = "papayya.run_item"
 
@@ -101,6 +106,10 @@ class ActivityInbound(temporalio.worker.ActivityInboundInterceptor):
 
     async def execute_activity(self, input: temporalio.worker.ExecuteActivityInput) -> Any:
         stamp = _headers.read(input.headers)
+        if (stamp is None or stamp.item_id is None) and agent_of(input.fn) is not None:
+            # An agent run with no item would pay unrecorded: it becomes an item of its tenant's
+            # intake run (the stamp's tenant, else PAPAYYA_DEFAULT_TENANT), or is refused.
+            stamp = await _adopt(agent_of(input.fn), stamp, input)
         if stamp is None:
             return await self.next.execute_activity(input)
         token = current_stamp.set(stamp)
@@ -110,7 +119,13 @@ class ActivityInbound(temporalio.worker.ActivityInboundInterceptor):
                 agent = await _agent_of_run(stamp)
             if agent is None:
                 return await self.next.execute_activity(input)
-            return await run_item(agent, stamp, input.executor)
+
+            def through(attempt: Callable[[], Awaitable[Any]]) -> Awaitable[Any]:
+                # The attempt goes down the chain in place of the function, so interceptors inside
+                # papayya's (a team's own, the SDK's tracing) see every agent activity run.
+                return self.next.execute_activity(dataclasses.replace(input, fn=attempt, args=[]))
+
+            return await run_item(agent, stamp, input.executor, through=through)
         finally:
             current_stamp.reset(token)
 
@@ -159,6 +174,54 @@ async def _agent_of_run(stamp: Stamp) -> Agent:
         raise ApplicationError(str(exc), type=NOT_IMPORTABLE, non_retryable=True) from None
 
 
+async def _adopt(
+    agent: Agent | None, stamp: Stamp | None, input: temporalio.worker.ExecuteActivityInput
+) -> Stamp:
+    """Record an agent activity that came without an item (a team's own workflow) as an item of its
+    tenant's intake run for the day, keyed by workflow and activity id (so Temporal's retries are
+    attempts of that one item); refuse it, in one sentence, when no tenant is known."""
+    from pydantic_core import to_jsonable_python
+
+    from papayya import intake
+    from papayya.errors import InputError, TenantError
+    from papayya.runtime import get_runtime
+
+    assert agent is not None
+    info = temporalio.activity.info()
+    rt = await asyncio.to_thread(get_runtime)
+    tenant = stamp.tenant_id if stamp is not None else rt.settings.default_tenant
+    if not tenant:
+        message = (
+            f"papayya refused activity {info.activity_type}: it is agent {agent.name} but carries no "
+            "papayya item or tenant, so what it would spend has no owner; start the workflow inside "
+            "`with papayya_temporal.stamped(TENANT):` (or with agent.submit(...)), or set "
+            "PAPAYYA_DEFAULT_TENANT to adopt such activities under one tenant"
+        )
+        log.error("%s", message)
+        raise ApplicationError(message, type=UNSTAMPED, non_retryable=True)
+    args = list(input.args)
+    data = args[0] if len(args) == 1 and isinstance(args[0], dict) else {"args": args}
+    key = f"{info.workflow_id or info.activity_id}/{info.activity_id}"
+    try:
+        ref = await asyncio.to_thread(
+            intake.adopt,
+            rt,
+            agent,
+            tenant_id=tenant,
+            key=key,
+            input=to_jsonable_python(data, fallback=repr),
+            backend=BACKEND,
+        )
+    except (InputError, TenantError) as exc:
+        log.error("refused activity %s: %s", info.activity_type, exc)
+        raise ApplicationError(
+            f"papayya refused this activity: {exc}", type=REFUSED, non_retryable=True
+        ) from None
+    if stamp is None:
+        log.info("activity %s: no papayya tenant; adopted under PAPAYYA_DEFAULT_TENANT", info.activity_type)
+    return Stamp(tenant_id=tenant, run_id=str(ref.run_id), item_id=str(ref.item_id), key=ref.key, mode="item")
+
+
 def _malformed(stamp: Stamp) -> ApplicationError:
     log.warning("refused an activity whose papayya header is malformed: %r", stamp)
     return ApplicationError(
@@ -189,8 +252,16 @@ def _begin(rt: Runtime, agent: Agent, ref: ItemRef) -> AttemptContext | None:
     return execute.begin(rt, agent, ref, backend=BACKEND, price_overrides=overrides, budget_period=period)
 
 
-async def run_item(agent: Agent, stamp: Stamp, executor: concurrent.futures.Executor | None) -> Any:
-    """One attempt of the stamped item; see the module docstring for what it answers."""
+async def run_item(
+    agent: Agent,
+    stamp: Stamp,
+    executor: concurrent.futures.Executor | None,
+    *,
+    through: Callable[[Callable[[], Awaitable[Any]]], Awaitable[Any]] | None = None,
+) -> Any:
+    """One attempt of the stamped item; see the module docstring for what it answers. ``through``
+    runs the attempt down the rest of the interceptor chain (``ActivityInbound`` passes its
+    ``self.next``); without it the attempt runs here."""
     from papayya import execute
     from papayya.runtime import get_runtime
 
@@ -202,12 +273,15 @@ async def run_item(agent: Agent, stamp: Stamp, executor: concurrent.futures.Exec
     if ctx is None:
         return await _refused(rt, ref, stamp)
     beat = asyncio.create_task(_heartbeat(rt, ctx), name="papayya-heartbeat")
-    timed_out = False
-    try:
+
+    async def attempt() -> tuple[Any, BaseException | None, bool]:
         if agent.is_async:
             output, error = await execute.ainvoke(ctx, agent.timeout)
-        else:
-            output, error, timed_out = await _invoke_sync(ctx, executor, agent.timeout)
+            return output, error, False
+        return await _invoke_sync(ctx, executor, agent.timeout)
+
+    try:
+        output, error, timed_out = await (attempt() if through is None else through(attempt))
     except BaseException:
         # Cancelled (the worker is shutting down, or Temporal cancelled the activity): give the item
         # back without an outcome; Temporal's retry (or papayya resume) runs it again.
@@ -286,12 +360,15 @@ def _answer(
     key = ctx.item.id
     if result.discarded:
         raise ApplicationError(
-            f"item {key}: attempt {ctx.attempt} lost its lease; its result was discarded", type=BUSY
+            f"item {key}: attempt {ctx.attempt} lost its lease; its result was discarded",
+            type=BUSY,
+            category=BENIGN,
         )
     if result.retry_in is not None:
         raise ApplicationError(
             f"item {key}: attempt {ctx.attempt} failed ({_describe(error)}); papayya retries it",
             type=RETRY,
+            category=BENIGN,
             next_retry_delay=timedelta(seconds=max(result.retry_in, 0.05)),
         )
     status = result.status
@@ -304,11 +381,14 @@ def _answer(
             f"item {key}: its run {ctx.run_id} is paused (a budget broke); resume it with "
             f"`papayya resume {ctx.run_id}`",
             type=PAUSED,
+            category=BENIGN,
             non_retryable=True,
         )
     if mapped:
         return _summary(status, result.cost_usd)
-    raise ApplicationError(f"item {key} failed: {_describe(error)}", type=FAILED, non_retryable=True)
+    raise ApplicationError(
+        f"item {key} failed: {_describe(error)}", type=FAILED, category=BENIGN, non_retryable=True
+    )
 
 
 def _summary(status: str, cost: Decimal = Decimal(0)) -> dict[str, str]:
@@ -345,6 +425,7 @@ async def _refused(rt: Runtime, ref: ItemRef, stamp: Stamp) -> Any:
         raise ApplicationError(
             f"item {ref.key} is held by another attempt; retried when its lease expires",
             type=BUSY,
+            category=BENIGN,
             next_retry_delay=timedelta(seconds=min(max(wait + 0.25, 0.25), 300.0)),
         )
     if why == "done":
@@ -356,13 +437,16 @@ async def _refused(rt: Runtime, ref: ItemRef, stamp: Stamp) -> Any:
             return _summary(status)
         if status in ("succeeded", "degraded"):
             return row["output"] if row else None
-        raise ApplicationError(f"item {ref.key} already ended {status}", type=FAILED, non_retryable=True)
+        raise ApplicationError(
+            f"item {ref.key} already ended {status}", type=FAILED, category=BENIGN, non_retryable=True
+        )
     if why == "paused":
         if mapped:
             return _summary("paused")
         raise ApplicationError(
             f"item {ref.key}: its run {ref.run_id} is paused; resume it with `papayya resume {ref.run_id}`",
             type=PAUSED,
+            category=BENIGN,
             non_retryable=True,
         )
     if why == "lost":
@@ -371,11 +455,14 @@ async def _refused(rt: Runtime, ref: ItemRef, stamp: Stamp) -> Any:
         raise ApplicationError(
             f"item {ref.key} lost its worker too many times; papayya fails it (WorkerLost)",
             type=FAILED,
+            category=BENIGN,
             non_retryable=True,
         )
     if mapped:
         return _summary("stopped")
-    raise ApplicationError(f"item {ref.key}: its run {ref.run_id} is {why}", type=STOPPED, non_retryable=True)
+    raise ApplicationError(
+        f"item {ref.key}: its run {ref.run_id} is {why}", type=STOPPED, category=BENIGN, non_retryable=True
+    )
 
 
 __all__ = [

@@ -26,6 +26,7 @@ tenant — becomes ``paused``. Nothing resumes by itself when a period rolls ove
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from dataclasses import dataclass, field
@@ -37,6 +38,8 @@ from uuid import UUID
 from papayya.errors import BudgetError, Paused
 from papayya.runstate import ControlState
 from papayya.store import Store
+
+log = logging.getLogger("papayya.budgets")
 
 PERIODS = ("total", "month", "day")
 
@@ -129,6 +132,7 @@ class Budgets:
     LEASE_CALLS = 20
     LEASE_SHARE = Decimal("0.02")
     CHUNK_SECONDS = 1.0
+    FLUSH_SECONDS = 1.0
 
     def __init__(self, store: Store, control: ControlState | None = None) -> None:
         self.store = store
@@ -136,6 +140,10 @@ class Budgets:
         self._ensured: set[tuple[str, str, UUID]] = set()
         self._wallets: dict[Accounts, _Wallet] = {}
         self._lock = threading.Lock()
+        # Spend reaches the accounts from this process's own flusher, whatever runs the attempts (the
+        # native worker, a Celery or Temporal worker, an SQS consumer): no backend can forget it.
+        self._flusher: threading.Thread | None = None
+        self._closed = threading.Event()
 
     def accounts(self, tenant_id: str, run_id: UUID, period: str) -> Accounts:
         """The accounts for an attempt starting now, created (spent from the ledger) on first use."""
@@ -255,12 +263,35 @@ class Budgets:
                 )
         return Paused("budget:run", f"run {accounts.run_id}: no budget room for {what}")
 
+    def _start_flusher(self) -> None:
+        with self._lock:
+            if self._closed.is_set() or (self._flusher is not None and self._flusher.is_alive()):
+                return
+            self._flusher = threading.Thread(target=self._flush_loop, name="papayya-budgets", daemon=True)
+            self._flusher.start()
+
+    def _flush_loop(self) -> None:
+        while not self._closed.wait(self.FLUSH_SECONDS):
+            try:
+                self.flush()
+            except Exception as exc:  # the store is away: the next second tries again
+                log.warning("could not write budget spend to the accounts (%s); retried", exc)
+
+    def close(self) -> None:
+        """Stop the flusher and give every lease back (the process is done with budgets)."""
+        self._closed.set()
+        flusher = self._flusher
+        if flusher is not None and flusher is not threading.current_thread():
+            flusher.join(timeout=5)
+        self.give_back()
+
     def settle(self, accounts: Accounts, *, reserved: Decimal, actual: Decimal | None) -> None:
         """Replace a reservation by the actual cost (None: unknown, counted as 0 against budgets).
 
         The difference goes back to the wallet (a call that cost more than it reserved leaves the wallet
         short, and the next lease covers it); the spend reaches the accounts at the next ``flush``."""
         spent = actual or Decimal(0)
+        self._start_flusher()
         with self._lock:
             wallet = self._wallets.setdefault(accounts, _Wallet())
             if reserved:

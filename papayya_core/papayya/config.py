@@ -76,6 +76,11 @@ class Settings(BaseSettings):
     )
     backend: str = Field(default="native", description="Which backend runs items.")
     unknown_tenants: UnknownTenants = Field(default=UnknownTenants.CREATE)
+    default_tenant: str | None = Field(
+        default=None,
+        description="Tenant of a queue message (Celery task, SQS message, Temporal agent activity) that "
+        "names none: adopted under it, logged as such. Unset: such messages are refused.",
+    )
     max_input_bytes: int = Field(default=1_048_576, gt=0, description="Largest accepted item input (JSON).")
     lease_seconds: float = Field(
         default=60.0, gt=0, description="How long a claim holds without a heartbeat."

@@ -535,17 +535,18 @@ class Worker:
             self._spawn(self._thread, "papayya-worker")  # the stuck thread is lost to us
 
     def _check_runs(self) -> None:
-        """Once a second: write this process's spend to the budget accounts, and notice runs paused
-        elsewhere (a person, or a budget on another worker) so in-flight items stop at their next call."""
+        """Once a second: complete runs that are done, look for an item waiting to run alone, and
+        read the control state of the runs held (paused or resumed elsewhere: in-flight items stop at
+        their next call, a resumed run is claimed again). Budget spend is written by the budgets'
+        own flusher."""
         try:
-            self.rt.budgets.flush()
             self._complete_runs()
             self._look_for_stalled()
             self.rt.control.refresh(self.held.runs() | set(self.run_ids or ()))
         except StoreUnavailable as exc:
-            log.warning("budget flush or run check failed (%s); retried next second", exc)
+            log.warning("run check failed (%s); retried next second", exc)
         except Exception:
-            log.exception("budget flush or run check failed; retried next second")
+            log.exception("run check failed; retried next second")
 
     def _complete_runs(self) -> None:
         """Mark the runs this worker concluded items of completed, if nothing of theirs is left."""

@@ -97,7 +97,7 @@ class Runtime:
 
     def close(self) -> None:
         try:
-            self.budgets.give_back()
+            self.budgets.close()
         except Exception:
             log.exception("could not return unspent budget leases; `papayya resume` reconciles them")
         self.store.close()

@@ -191,6 +191,28 @@ def test_a_message_without_a_tenant_fails_with_one_sentence_and_records_nothing(
     assert calls == []
 
 
+def test_a_producer_not_yet_passing_tenants_is_adopted_under_the_default_tenant(
+    rt: Runtime, tenant: str, make_app: Any
+) -> None:
+    app = make_app()
+
+    @app.task(shared=False, acks_late=True)
+    @agent
+    def enrich(item: papayya.Item) -> dict[str, Any]:
+        return {"upper": item["text"].upper()}
+
+    # Given PAPAYYA_DEFAULT_TENANT, a team installs papayya before touching its producers
+    papayya.configure(default_tenant=tenant)
+    rt = papayya.runtime.get_runtime()
+    with worker(app):
+        result = enrich.delay({"text": "orphan"})  # the producer as it always was: no tenant
+        assert result.get(timeout=20) == {"upper": "ORPHAN"}
+    # Then the task is an accountable item of the default tenant's intake run, not an error
+    (row,) = items_of(rt, tenant)
+    assert (row["status"], row["input"]) == ("succeeded", {"text": "orphan"})
+    assert row["run_options"]["intake"] is True
+
+
 def _record_run(
     rt: Runtime, tenant: str, agent_name: str, keys: list[str]
 ) -> tuple[uuid.UUID, list[uuid.UUID]]:

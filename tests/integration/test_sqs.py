@@ -327,6 +327,27 @@ def test_a_message_from_the_teams_own_code_with_a_tenant_becomes_an_item(
     assert queues.drain(url) == []
 
 
+def test_a_producer_not_yet_sending_tenants_is_adopted_under_the_default_tenant(
+    rt: Runtime, tenant: str, sqs: Any, queues: Queues
+) -> None:
+    url, _ = queues.make()
+
+    @agent
+    def enrich(item: papayya.Item) -> dict[str, Any]:
+        return {"upper": item["text"].upper()}
+
+    # Given PAPAYYA_DEFAULT_TENANT, and the team's producer unchanged (no tenant attribute)
+    papayya.configure(default_tenant=tenant)
+    rt = papayya.runtime.get_runtime()
+    send_own(sqs, url, json.dumps({"text": "orphan"}), None)
+    with consuming(papayya_sqs.Consumer(url, agent=enrich, sqs=sqs, wait_seconds=1)) as consumer:
+        wait_until(lambda: consumer.stats.succeeded == 1, "the message")
+    # Then it is an item of the default tenant's intake run, not a dead letter
+    (row,) = items_of(rt, tenant)
+    assert (row["status"], row["output"]) == ("succeeded", {"upper": "ORPHAN"})
+    assert queues.drain(url) == []
+
+
 def test_a_message_whose_consumer_vanished_is_redelivered_after_its_visibility_timeout(
     rt: Runtime, tenant: str, sqs: Any, queues: Queues, sqs_backend: Any
 ) -> None:

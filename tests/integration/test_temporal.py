@@ -24,6 +24,7 @@ with workflow.unsafe.imports_passed_through():
     import openai
     import psycopg
     import pytest
+    import temporalio.worker
 
     import papayya
     import papayya_openai
@@ -106,6 +107,42 @@ class Parent:
             Child.run, id=f"{workflow.info().workflow_id}-c"
         )
         return seen
+
+
+@activity.defn
+@agent
+async def team_enrich(item: Any) -> dict[str, Any]:
+    """An agent activity a team's own workflow calls with its own argument (no papayya item)."""
+    reply = await _client().chat.completions.create(
+        model=MODEL, max_tokens=20, messages=[{"role": "user", "content": f"enrich {item['doc']}"}]
+    )
+    return {"doc": item["doc"], "summary": reply.choices[0].message.content}
+
+
+@workflow.defn(name="papayya-test.TeamEnrich")
+class TeamEnrich:
+    @workflow.run
+    async def run(self, doc: str) -> dict[str, Any]:
+        return await workflow.execute_activity(  # type: ignore[no-any-return]
+            team_enrich, {"doc": doc}, start_to_close_timeout=timedelta(seconds=30)
+        )
+
+
+class Recorder(temporalio.worker.Interceptor):
+    """A team's own worker interceptor, inside papayya's: it records the activities it sees run."""
+
+    seen: list[str] = []
+
+    def intercept_activity(
+        self, next: temporalio.worker.ActivityInboundInterceptor
+    ) -> temporalio.worker.ActivityInboundInterceptor:
+        return _RecordingInbound(next)
+
+
+class _RecordingInbound(temporalio.worker.ActivityInboundInterceptor):
+    async def execute_activity(self, input: temporalio.worker.ExecuteActivityInput) -> Any:
+        Recorder.seen.append(activity.info().activity_type)
+        return await self.next.execute_activity(input)
 
 
 # -- fixtures ---------------------------------------------------------------------------------------
@@ -331,3 +368,45 @@ def test_a_forged_stamp_is_refused_and_runs_nothing(
             )
         )
     assert Stamp(tenant_id="t").mode == "item"
+
+
+def test_a_teams_own_workflow_calling_an_agent_activity_is_accounted_or_refused(
+    rt: Runtime, tenant: str, temporal: TemporalHarness, llm: FakeProvider, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from temporalio.client import WorkflowFailureError
+
+    tq = f"papayya-test-{uuid.uuid4().hex[:8]}"
+    priced(tenant)
+    client = temporal.client()
+    Recorder.seen.clear()
+    with temporal.worker(tq, activities=[team_enrich], workflows=[TeamEnrich], inner=[Recorder()]):
+
+        async def start(doc: str, *, tenant_id: str | None) -> Any:
+            if tenant_id is None:
+                return await client.execute_workflow(
+                    TeamEnrich.run, doc, id=f"team-{uuid.uuid4().hex[:6]}", task_queue=tq
+                )
+            with stamped(tenant_id):
+                return await client.execute_workflow(
+                    TeamEnrich.run, doc, id=f"team-{uuid.uuid4().hex[:6]}", task_queue=tq
+                )
+
+        # Given the team's workflow started for a tenant (stamped, no item): the call is an item
+        out = temporal.call(start("acme.com", tenant_id=tenant))
+        assert out["doc"] == "acme.com"
+        # Without any tenant, the agent activity is refused before it pays (one sentence)
+        with pytest.raises(WorkflowFailureError):
+            temporal.call(start("nobody.com", tenant_id=None))
+    assert llm.count == 1
+    with psycopg.connect(get_runtime().store.url, autocommit=True) as conn:
+        items = conn.execute(
+            "SELECT status, cost_usd FROM papayya.items WHERE tenant_id = %s", (tenant,)
+        ).fetchall()
+        calls = conn.execute(
+            "SELECT count(*) FROM papayya.llm_calls WHERE tenant_id = %s", (tenant,)
+        ).fetchone()
+    assert [s for s, _ in items] == ["succeeded"]
+    assert items[0][1] > 0
+    assert calls == (1,)
+    # and the team's own interceptor, inside papayya's, saw the agent activity run
+    assert "team_enrich" in Recorder.seen

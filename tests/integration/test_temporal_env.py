@@ -66,8 +66,10 @@ class TemporalHarness:
         activities: Sequence[Any] = (),
         workflows: Sequence[type] = (),
         interceptor: bool = True,
+        inner: Sequence[Any] = (),
     ) -> Iterator[Any]:
-        """A worker on ``task_queue`` (its client with papayya's interceptor) for the block."""
+        """A worker on ``task_queue`` (its client with papayya's interceptor) for the block; ``inner``:
+        worker interceptors of the team's own, which run inside papayya's."""
         from temporalio.client import Client
         from temporalio.worker import Worker
 
@@ -85,6 +87,7 @@ class TemporalHarness:
                 activities=list(activities),
                 workflows=list(workflows),
                 activity_executor=pool,
+                interceptors=list(inner),
                 graceful_shutdown_timeout=__import__("datetime").timedelta(seconds=1),
             )
 

@@ -69,6 +69,13 @@ CONTROL_AGENTS = textwrap.dedent(
         return {"ok": True}
 
 
+    @papayya.agent(name=f"late-{SUFFIX}")
+    def late(item):
+        time.sleep(SLEEP)  # most of an item's time is before its call: few calls are ever in flight
+        ask(item.id)
+        return {"ok": True}
+
+
     @papayya.agent(name=f"twice-{SUFFIX}")
     def twice(item):
         ask(item.id + " first")
@@ -123,15 +130,22 @@ def money(url: str, run_id: uuid.UUID) -> tuple[Decimal, Decimal]:
     return Decimal(items), Decimal(ledger)
 
 
+def unrecorded(url: str, run_id: uuid.UUID, fake: FakeProvider) -> int:
+    """Calls in flight now: billed by the provider, not yet in the ledger."""
+    ((recorded,),) = query(url, "SELECT count(*) FROM papayya.llm_calls WHERE run_id = %s", (run_id,))
+    return fake.count - int(recorded)
+
+
 @pytest.mark.slow
 def test_a_long_lived_worker_runs_a_run_resumed_after_it_saw_the_pause(
     rt: Runtime, database_url: str, tenant: str, fake: FakeProvider, agents: Workers
 ) -> None:
-    total = 300
-    # Given one worker that has been serving the agent, and a run it is working through
-    run_id = submit(f"once-{tenant}", [{"id": f"i{n:04d}"} for n in range(total)], tenant)
-    start_worker(agents, "once", "-c", "4", WORKLOAD_SLEEP="0.02")
-    wait_for("20 items done", lambda: statuses(database_url, run_id).get("succeeded", 0) >= 20)
+    total = 40
+    # Given one worker that has been serving the agent, and a run of items longer than its
+    # once-a-second check, so the worker sees the pause while it holds items of the run
+    run_id = submit(f"once-{tenant}", [{"id": f"i{n:03d}"} for n in range(total)], tenant)
+    start_worker(agents, "once", "-c", "4", WORKLOAD_SLEEP="1.2", PAPAYYA_LEASE_SECONDS="5")
+    wait_for("4 items done", lambda: statuses(database_url, run_id).get("succeeded", 0) >= 4)
     # When a person pauses the run, and the worker has seen it (nothing of the run runs any more)
     control.pause(run_id)
     wait_for("nothing running", lambda: statuses(database_url, run_id).get("running", 0) == 0)
@@ -142,7 +156,6 @@ def test_a_long_lived_worker_runs_a_run_resumed_after_it_saw_the_pause(
     wait_for("every item done", terminal(database_url, run_id, total), timeout=120)
     counts = attempts(database_url, run_id)
     assert sum(counts.values()) <= 2 * total, counts
-    assert counts.get("cancelled", 0) <= total, counts
     wait_for("run completed", lambda: run_status(database_url, run_id) == "completed", timeout=10)
     assert fake.count == len({b.idempotency_key for b in fake.bill}) == total  # nothing paid twice
 
@@ -151,22 +164,24 @@ def test_a_long_lived_worker_runs_a_run_resumed_after_it_saw_the_pause(
 def test_a_budget_lowered_below_spend_stops_new_spend_at_the_calls_in_flight(
     rt: Runtime, database_url: str, tenant: str, fake: FakeProvider, agents: Workers
 ) -> None:
-    # Given a tenant with room, and two workers of 16 threads spending it
+    # Given a tenant with room, and two workers of 16 threads spending it (each item works a while,
+    # then pays once: the leased chunks of budget are what stands between a call and the accounts)
     papayya.tenants.add(tenant)
     papayya.tenants.set_budget(tenant, "100")
-    run_id = submit(f"once-{tenant}", [{"id": f"i{n:04d}"} for n in range(2000)], tenant)
+    run_id = submit(f"late-{tenant}", [{"id": f"i{n:04d}"} for n in range(3000)], tenant)
     for _ in range(2):
-        start_worker(agents, "once", "-c", "16", WORKLOAD_SLEEP="0.01")
+        start_worker(agents, "late", "-c", "16", WORKLOAD_SLEEP="0.05", PAPAYYA_LEASE_SECONDS="5")
     wait_for("spending", lambda: fake.count >= 100)
     # When the budget is lowered below what was spent,
     papayya.tenants.set_budget(tenant, "0.000001")
-    # then from the moment the command returns, new calls are at most those already in flight.
+    # then from the moment the command returns, new calls are at most those already in flight
+    # (billed, not yet recorded), plus the one or two a thread had reserved and not yet sent.
     billed_at_return = fake.count
-    in_flight = statuses(database_url, run_id).get("running", 0)
+    in_flight = unrecorded(database_url, run_id, fake)
     wait_for("nothing running", lambda: statuses(database_url, run_id).get("running", 0) == 0)
     time.sleep(2 * Budgets.CHUNK_SECONDS)
     late = fake.count - billed_at_return
-    assert late <= in_flight, (late, in_flight)
+    assert late <= in_flight + 2, (late, in_flight)
     assert run_status(database_url, run_id) == "paused"
     items, ledger = money(database_url, run_id)
     assert items == ledger == fake.billed_usd
@@ -181,35 +196,32 @@ def test_a_worker_frozen_past_its_lease_pays_for_nothing_it_no_longer_owns(
     run_id = submit(f"twice-{tenant}", [{"id": f"i{n:03d}"} for n in range(total)], tenant)
     frozen = start_worker(agents, "twice", "-c", "8", WORKLOAD_SLEEP="0.5")
     wait_for("8 items running", lambda: statuses(database_url, run_id).get("running", 0) >= 8)
+    wait_for("first calls paid", lambda: fake.count >= 8)
     # When it is frozen (SIGSTOP) well past its lease, another worker takes its items over,
     frozen.send_signal(signal.SIGSTOP)
-    in_flight = statuses(database_url, run_id).get("running", 0)
-    billed_at_stop = fake.count
+    time.sleep(0.2)  # a response already on its way lands in the frozen worker's socket
+    in_flight = unrecorded(database_url, run_id, fake)  # billed, not recorded: what it may still record
     start_worker(agents, "twice", "-c", "8", WORKLOAD_SLEEP="0.05")
     time.sleep(4)
     # and then it wakes up (SIGCONT)
-    ((woke_at,),) = query(database_url, "SELECT now()")
     frozen.send_signal(signal.SIGCONT)
     wait_for("every item done", terminal(database_url, run_id, total), timeout=120)
-    # Then the woken worker paid for nothing new: at most the calls that were on the wire when it froze
-    pid = frozen.pid
-    ((late,),) = query(
-        database_url,
-        "SELECT count(*) FROM papayya.llm_calls c JOIN papayya.attempts a USING (attempt_id) "
-        "WHERE c.run_id = %s AND a.worker LIKE %s AND c.created_at > %s",
-        (run_id, f"%:{pid}", woke_at),
+    time.sleep(1)
+    # Then the woken worker paid for nothing it no longer owned: the only calls recorded by an
+    # attempt whose lease had moved on are those that were on the wire when it froze,
+    ((lease_lost,),) = query(
+        database_url, "SELECT count(*) FROM papayya.llm_calls WHERE run_id = %s AND lease_lost", (run_id,)
     )
-    assert late <= in_flight, (late, in_flight, billed_at_stop)
-    # and every call the provider billed is in the ledger, attributed to its item to the last digit.
+    assert lease_lost <= in_flight, (lease_lost, in_flight)
     keys = [b.idempotency_key for b in fake.bill]
+    assert len(keys) - len(set(keys)) <= in_flight  # and only those can have been paid twice;
+    # every call the provider billed is in the ledger, attributed to its item to the last digit.
     ((ledger_calls,),) = query(
         database_url, "SELECT count(*) FROM papayya.llm_calls WHERE run_id = %s", (run_id,)
     )
     assert ledger_calls == len(keys)
     items, ledger = money(database_url, run_id)
     assert items == ledger == fake.billed_usd
-    paid_twice = len(keys) - len(set(keys))
-    assert paid_twice <= in_flight
 
 
 def test_two_finishers_concluding_a_runs_last_items_at_once_complete_it(rt: Runtime, tenant: str) -> None:

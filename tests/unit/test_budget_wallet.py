@@ -19,6 +19,7 @@ class RoomStore:
         self.room = room
         self.leases: list[Decimal] = []
         self.returned: list[Decimal] = []
+        self.settles: list[tuple[Decimal, Decimal]] = []
         self.run_gen = 0
         self.tenant_gen = 0
         self._lock = threading.Lock()
@@ -27,6 +28,7 @@ class RoomStore:
         with self._lock:
             self.room += reserved - actual
             self.returned.append(reserved - actual)
+            self.settles.append((reserved, actual))
 
     def budget_reserve(self, keys: dict[str, Any], amount: Decimal) -> dict[str, Any]:
         time.sleep(0.05)  # a round trip: long enough for another worker to arrive meanwhile
@@ -123,3 +125,17 @@ def test_a_run_seen_paused_then_resumed_reserves_again() -> None:
     assert budgets.reserve(accounts, Decimal("0.01"), what="m") == Decimal("0.01")
     budgets.control.observe_run(accounts.run_id, "paused", 3)  # stale news never wins
     assert budgets.reserve(accounts, Decimal("0.01"), what="m") == Decimal("0.01")
+
+
+def test_spend_reaches_the_accounts_without_the_backend_asking() -> None:
+    # Whatever runs the attempt (a Temporal activity has no monitor of its own), spend is written back.
+    store = RoomStore(room=Decimal(1))
+    budgets = Budgets(store)  # type: ignore[arg-type]
+    accounts = Accounts("t", "total", None, uuid.uuid4())
+    reserved = budgets.reserve(accounts, Decimal("0.01"), what="m")
+    budgets.settle(accounts, reserved=reserved, actual=Decimal("0.004"))
+    deadline = time.monotonic() + 10
+    while Decimal("0.004") not in [actual for _, actual in store.settles]:
+        assert time.monotonic() < deadline, store.settles
+        time.sleep(0.05)
+    budgets.close()

@@ -127,6 +127,7 @@ database_url = "postgresql://app@db.internal:5433/papayya"
 home = "/srv/papayya"
 backend = "temporal"
 unknown_tenants = "refuse"
+default_tenant = "internal"
 max_input_bytes = 2048
 lease_seconds = 30
 max_stalls = 2
@@ -146,6 +147,7 @@ otel = true
         "temporal",
     )
     assert (s.unknown_tenants, s.max_input_bytes, s.lease_seconds, s.max_stalls) == ("refuse", 2048, 30.0, 2)
+    assert s.default_tenant == "internal"
     assert (s.pool_size, s.progress, s.auto_migrate, s.default_max_output_tokens, s.otel) == (
         4,
         False,

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -17,7 +18,7 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
 from papayya import migrate as _migrate
-from papayya.errors import NotFound, ReplayError, StaleLease
+from papayya.errors import NotFound, ReplayError, StaleLease, StoreUnavailable
 from papayya.store.connection import open_pool, redact, translated
 from papayya.store.queries import q
 
@@ -97,6 +98,20 @@ class Store:
     def __repr__(self) -> str:
         return f"Store({redact(self.url)})"
 
+    @contextlib.contextmanager
+    def _connection(self, *, fast: bool = False) -> Iterator[psycopg.Connection[Row]]:
+        """A pooled connection, driver errors translated. A lost connection makes the pool check the
+        rest at once, so after a server restart one failed call is enough: the next gets a live one
+        (instead of every dead pooled connection failing one call each)."""
+        pool = self._fast_pool if fast else self._pool
+        try:
+            with translated(), pool.connection() as conn:
+                yield conn
+        except StoreUnavailable as exc:
+            if not isinstance(exc.__cause__, psycopg.errors.TransactionRollback):  # not a lost link
+                self.recover()
+            raise
+
     def recover(self) -> None:
         """After a connection error: check the pooled connections, dropping those the server closed
         (a restart, a failover), so the next calls get live ones."""
@@ -117,25 +132,25 @@ class Store:
 
     def fetch_all(self, name: str, params: dict[str, Any]) -> list[Row]:
         """Every row of the named query."""
-        with translated(), self._pool.connection() as conn:
+        with self._connection() as conn:
             return conn.execute(q(name), params).fetchall()
 
     def fetch_one(self, name: str, params: dict[str, Any]) -> Row | None:
         """The first row of the named query, or None."""
-        with translated(), self._pool.connection() as conn:
+        with self._connection() as conn:
             return conn.execute(q(name), params).fetchone()
 
     def execute(self, name: str, params: dict[str, Any]) -> int:
         """Run the named statement; the number of rows it touched."""
-        with translated(), self._pool.connection() as conn:
+        with self._connection() as conn:
             return conn.execute(q(name), params).rowcount
 
     def migrate(self) -> list[_migrate.Migration]:
-        with translated(), self._pool.connection() as conn:
+        with self._connection() as conn:
             return _migrate.migrate(conn)
 
     def schema_version(self) -> int:
-        with translated(), self._pool.connection() as conn:
+        with self._connection() as conn:
             return _migrate.current_version(conn)
 
     # -- tenants ----------------------------------------------------------------------------------
@@ -201,7 +216,7 @@ class Store:
     ) -> None:
         """Record a run and all its items (id, key, input JSON text) in one transaction, and tell idle
         workers of the agent (a notification, delivered at commit)."""
-        with translated(), self._pool.connection() as conn, conn.transaction():
+        with self._connection() as conn, conn.transaction():
             conn.execute(
                 q("run_insert"),
                 {
@@ -241,7 +256,7 @@ class Store:
         """Claim an item for a new attempt: queued, stalled, or running with an expired lease (its
         worker died; that attempt is kept as stalled). None when it cannot run now (taken, paused, done,
         its run not running, or it lost its worker ``max_stalls`` times)."""
-        with translated(), self._pool.connection() as conn:
+        with self._connection() as conn:
             row = conn.execute(
                 q("attempt_begin"),
                 {
@@ -308,7 +323,7 @@ class Store:
             "journal": journal,
             "request_hash": request_hash,
         }
-        with translated(), self._pool.connection() as conn:
+        with self._connection() as conn:
             row = conn.execute(q("llm_call_record"), params).fetchone()
         return bool(row and row["lease_lost"])
 
@@ -347,7 +362,7 @@ class Store:
             "delays": [f.retry_in for f in finishes],
         }
         run_ids = sorted({f.run_id for f in finishes if f.run_id is not None and f.terminal}, key=str)
-        with translated(), self._pool.connection() as conn, conn.transaction():
+        with self._connection() as conn, conn.transaction():
             if run_ids:
                 conn.execute(q("runs_lock"), {"run_ids": run_ids})
             applied = {r["item_id"] for r in conn.execute(q("attempts_finish"), params).fetchall()}
@@ -361,7 +376,7 @@ class Store:
         ids = sorted(set(run_ids), key=str)
         if not ids:
             return []
-        with translated(), self._pool.connection() as conn, conn.transaction():
+        with self._connection() as conn, conn.transaction():
             conn.execute(q("runs_lock"), {"run_ids": ids})
             return [r["run_id"] for r in conn.execute(q("runs_complete"), {"run_ids": ids}).fetchall()]
 
@@ -463,7 +478,7 @@ class Store:
     def run_summary(self, run_id: UUID, tenant_id: str, *, top: int = 5) -> Row:
         """Counts by status, cost, top degraded reasons, top failures and cost by model for a run."""
         params = {"run_id": run_id, "tenant_id": tenant_id, "limit": top}
-        with translated(), self._pool.connection() as conn:
+        with self._connection() as conn:
             counts = {r["status"]: r["n"] for r in conn.execute(q("run_status_counts"), params)}
             cost = conn.execute(q("run_cost"), params).fetchone()
             reasons = conn.execute(q("run_top_reasons"), params).fetchall()
@@ -487,7 +502,7 @@ class Store:
 
     def item_detail(self, item_id: UUID, tenant_id: str | None = None) -> Row:
         """The item with its attempts, journal steps and LLM calls."""
-        with translated(), self._pool.connection() as conn:
+        with self._connection() as conn:
             item = conn.execute(q("item_get"), {"item_id": item_id, "tenant_id": tenant_id}).fetchone()
             if item is None:
                 raise NotFound(f"No item {item_id}; list items with `papayya items list RUN`.")
@@ -508,7 +523,7 @@ class Store:
         """A tenant's run count, last run, LLM calls, spend (priced calls), unpriced calls and items
         by status (``items``)."""
         params = {"tenant_id": tenant_id}
-        with translated(), self._pool.connection() as conn:
+        with self._connection() as conn:
             stats = conn.execute(q("tenant_stats"), params).fetchone() or {}
             stats["items"] = {r["status"]: r["n"] for r in conn.execute(q("tenant_item_counts"), params)}
         return stats
@@ -610,13 +625,13 @@ class Store:
     def budget_reserve(self, keys: dict[str, Any], amount: Decimal | None) -> Row:
         """Atomically reserve ``amount`` on both accounts, or nothing. Row: fits, run_status, reserved,
         accounts (each scope's spent, reserved and limit as seen under the row lock)."""
-        with translated(), self._fast_pool.connection() as conn:
+        with self._connection(fast=True) as conn:
             row = conn.execute(q("budget_reserve"), {**keys, "amount": amount}).fetchone()
         assert row is not None
         return row
 
     def budget_settle(self, keys: dict[str, Any], *, reserved: Decimal, actual: Decimal) -> None:
-        with translated(), self._fast_pool.connection() as conn:
+        with self._connection(fast=True) as conn:
             conn.execute(q("budget_settle"), {**keys, "reserved": reserved, "actual": actual})
 
     def budget_reconcile(self, tenant_id: str) -> None:
@@ -683,7 +698,7 @@ class Store:
         With ``require_journal`` (a from-journal replay), an original item with no recorded steps raises
         ReplayError naming it, and nothing is created. ``refuse``, if given, is raised (and nothing
         created) once the slice is known not to be empty."""
-        with translated(), self._pool.connection() as conn, conn.transaction():
+        with self._connection() as conn, conn.transaction():
             row = conn.execute(q("replay_create"), {**params, "slice": Jsonb(params["slice"])}).fetchone()
             assert row is not None
             if refuse is not None and row["runs"]:

@@ -101,6 +101,12 @@ WITH u AS MATERIALIZED (
                AS attempt_unknown
     FROM u LEFT JOIN papayya.llm_calls c ON c.item_id = u.item_id AND c.attempt_id = u.attempt_id
     GROUP BY u.item_id, u.attempt_id
+), locked AS (
+    -- in item id order, as every statement that changes many items does: no deadlocks
+    SELECT i.item_id FROM papayya.items i JOIN u USING (item_id)
+    WHERE i.tenant_id = u.tenant_id AND i.lease_token = u.token AND i.status = 'running'
+    ORDER BY i.item_id
+    FOR UPDATE OF i
 ), item AS (
     UPDATE papayya.items i
     SET status = u.item_status, reasons = u.reasons, output = u.output, error = u.error,
@@ -108,7 +114,7 @@ WITH u AS MATERIALIZED (
         lease_token = NULL, lease_expires_at = NULL, updated_at = now(),
         available_at = now() + make_interval(secs => coalesce(u.delay, 0)),
         finished_at = CASE WHEN u.terminal THEN now() END
-    FROM u
+    FROM u JOIN locked USING (item_id)
     WHERE i.item_id = u.item_id AND i.tenant_id = u.tenant_id
       AND i.lease_token = u.token AND i.status = 'running'
     RETURNING i.item_id

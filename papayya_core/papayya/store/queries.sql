@@ -132,16 +132,27 @@ VALUES (%(tenant_id)s, %(run_id)s, %(item_id)s, %(attempt_id)s, %(step_key)s, %(
 RETURNING lease_lost;
 
 -- name: leases_extend
+-- Rows are locked in item id order, as every statement that changes many items does: no deadlocks.
+WITH held AS (
+    SELECT i.item_id
+    FROM papayya.items i
+    JOIN unnest(%(item_ids)s::uuid[], %(tokens)s::bigint[]) AS u(item_id, token)
+      ON i.item_id = u.item_id AND i.lease_token = u.token
+    WHERE i.status = 'running'
+    ORDER BY i.item_id
+    FOR UPDATE OF i
+)
 UPDATE papayya.items i
 SET lease_expires_at = now() + make_interval(secs => %(lease_seconds)s)
-FROM unnest(%(item_ids)s::uuid[], %(tokens)s::bigint[]) AS u(item_id, token)
-WHERE i.item_id = u.item_id AND i.lease_token = u.token AND i.status = 'running'
+FROM held
+WHERE i.item_id = held.item_id
 RETURNING i.item_id;
 
 -- name: runs_lock
 -- The serialisation point of a run's completion: whoever concludes items of a run holds its row until
--- it commits (in run id order, so two finishers never deadlock).
-SELECT run_id FROM papayya.runs WHERE run_id = ANY(%(run_ids)s::uuid[]) ORDER BY run_id FOR UPDATE;
+-- it commits (in run id order, so two finishers never deadlock). NO KEY UPDATE: a claim inserting an
+-- attempt checks its foreign key to the run (KEY SHARE), and must not wait on a finisher.
+SELECT run_id FROM papayya.runs WHERE run_id = ANY(%(run_ids)s::uuid[]) ORDER BY run_id FOR NO KEY UPDATE;
 
 -- name: runs_complete
 -- Runs with nothing left to do become completed. An intake run (items adopted from a queue's own
