@@ -86,6 +86,9 @@ def begin(
     )
     if claim is None:
         return None
+    # The claim found the run running at this generation: whatever this process saw before is older
+    # (a worker that saw the run paused runs it again once it is resumed).
+    rt.control.observe_run(ref.run_id, "running", claim.run_gen)
     ctx = context(
         rt,
         agent,

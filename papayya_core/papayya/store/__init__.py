@@ -36,7 +36,16 @@ def _json(value: Any) -> Jsonb | None:
 class AttemptClaim:
     """What ``begin_attempt`` hands back: the attempt number, fencing token, input and journal."""
 
-    __slots__ = ("failures", "from_journal", "input", "journal", "number", "replayed_from", "token")
+    __slots__ = (
+        "failures",
+        "from_journal",
+        "input",
+        "journal",
+        "number",
+        "replayed_from",
+        "run_gen",
+        "token",
+    )
 
     def __init__(
         self,
@@ -47,6 +56,7 @@ class AttemptClaim:
         failures: int = 0,
         from_journal: bool = False,
         replayed_from: UUID | None = None,
+        run_gen: int | None = None,
     ) -> None:
         self.number = number
         self.token = token
@@ -55,6 +65,7 @@ class AttemptClaim:
         self.failures = failures  # earlier attempts that failed (pauses and stalls do not count)
         self.from_journal = from_journal  # a replay that answers from the original's recorded steps
         self.replayed_from = replayed_from
+        self.run_gen = run_gen  # the run's control generation the claim saw it running at
 
 
 @dataclass(frozen=True, slots=True)
@@ -280,6 +291,7 @@ class Store:
             row["failures"],
             bool(row["from_journal"]),
             row["replayed_from"],
+            row["run_gen"],
         )
 
     def step_record(

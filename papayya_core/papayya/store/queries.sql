@@ -88,6 +88,8 @@ SELECT c.attempts, c.lease_token, c.input, c.replayed_from,
              OR (s.item_id = c.replayed_from
                  AND (SELECT r.from_journal FROM papayya.runs r WHERE r.run_id = c.run_id))) AS journal,
        (SELECT r.from_journal FROM papayya.runs r WHERE r.run_id = c.run_id) AS from_journal,
+       -- the claim saw the run running at this control generation (papayya.runstate)
+       (SELECT r.gen FROM papayya.runs r WHERE r.run_id = c.run_id) AS run_gen,
        (SELECT count(*) FROM papayya.attempts a WHERE a.item_id = c.item_id AND a.status = 'failed')
            AS failures,
        (SELECT count(*) FROM attempt) AS inserted
