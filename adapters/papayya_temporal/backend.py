@@ -311,6 +311,15 @@ class TemporalBackend:
                 if now - last_check >= 1.0:
                     last_check = now
                     described = await handle.describe()
+                    if described.status == WorkflowExecutionStatus.COMPLETED and pending:
+                        # Its workflow is done, yet items are left: workers refused them (another
+                        # database, forged or unknown ids). Nothing will run them: say so, do not wait.
+                        answer = await handle.result()
+                        raise TemporalError(
+                            f"The run's Temporal workflow {handle.id} completed with {pending} item(s) not "
+                            f"run ({answer}): its workers refused them; check that they use the same "
+                            "PAPAYYA_DATABASE_URL as this process, then `papayya resume` the run."
+                        )
                     if described.status not in (
                         WorkflowExecutionStatus.RUNNING,
                         WorkflowExecutionStatus.COMPLETED,

@@ -43,6 +43,8 @@ log = logging.getLogger("papayya.engine")
 
 BACKEND = "native"
 CHANNEL = "papayya_work"
+QUIET_WARNING = 30.0  # seconds a waiter lets pass with no item started before it says where to look
+TERMINAL_STATUSES = ("succeeded", "degraded", "failed", "cancelled")
 
 
 class _Held:
@@ -719,8 +721,21 @@ def wait_for_run(
     ``progress`` from the store; return the run's status. For backends whose workers live elsewhere."""
     deadline = None if timeout is None else time.monotonic() + timeout
     seen: dict[str, int] = {}
+    started = time.monotonic()
+    moved = False
     while True:
         p = rt.store.run_progress(run_id, tenant_id)
+        if not moved:
+            done = rt.store.run_summary(run_id, tenant_id, top=0)["counts"]
+            moved = bool(p["running"] or p["expired"] or any(done.get(s) for s in TERMINAL_STATUSES))
+            if not moved and time.monotonic() - started > QUIET_WARNING:
+                moved = True  # said once
+                log.warning(
+                    "run %s: no item has started after %.0fs; is a worker of its backend running and "
+                    "reading the same queue and the same PAPAYYA_DATABASE_URL?",
+                    run_id,
+                    time.monotonic() - started,
+                )
         if progress is not None and progress.enabled:
             counts = rt.store.run_summary(run_id, tenant_id, top=0)["counts"]
             for status in ("succeeded", "degraded", "failed", "cancelled"):

@@ -86,8 +86,10 @@ def sweep(rt: Runtime, *, limit: int = 1000) -> Swept:
     _complete(rt, [r["run_id"] for r in rows if r["status"] == "failed"])
     redrive = getattr(rt.backend, "redrive", None)
     if redrive is not None:
-        # Stalled items of this backend's running runs, each at most once per lease period.
-        due = rt.store.items_redrive_due(rt.backend.name, rt.settings.lease_seconds, limit)
+        # Stalled items of this backend's running runs: re-driven once, and again only if no attempt
+        # began within REDRIVE_LEASES leases (the message was lost), not once per lease period: a
+        # broker's own redelivery then races no duplicate of papayya's.
+        due = rt.store.items_redrive_due(rt.backend.name, rt.settings.lease_seconds * REDRIVE_LEASES, limit)
         swept.stalled = [ItemRef(r["item_id"], r["key"], r["run_id"], r["tenant_id"]) for r in due]
         if swept.stalled:
             try:
@@ -97,6 +99,7 @@ def sweep(rt: Runtime, *, limit: int = 1000) -> Swept:
     return swept
 
 
+REDRIVE_LEASES = 5
 _SCAN_EVERY = 30.0
 _scanned = [0.0]
 

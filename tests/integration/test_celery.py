@@ -527,3 +527,24 @@ def test_a_submitted_run_completes_when_its_last_item_concludes_with_nobody_wait
             lambda: rt.store.run_get(handle.run_id, tenant)["status"] == "completed", "the run completed"
         )
     assert {r["status"] for r in items_of(rt, tenant)} == {"succeeded"}
+
+
+def test_a_wait_with_no_worker_says_so(
+    rt: Runtime, tenant: str, make_app: Any, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from papayya import engine
+
+    app = make_app()
+
+    @app.task(shared=False)
+    @agent
+    def lonely(item: papayya.Item) -> None:
+        """Never runs: no worker consumes this app's queue."""
+
+    rt = celery_backend()
+    monkeypatch.setattr(engine, "QUIET_WARNING", 0.5)
+    handle = lonely.submit([{"id": "a"}], tenant=tenant)
+    with caplog.at_level("WARNING", logger="papayya.engine"):
+        status = engine.wait_for_run(rt, handle.run_id, tenant, poll=0.1, timeout=3)
+    assert status == "running"
+    assert [r.getMessage() for r in caplog.records if "no item has started" in r.getMessage()]

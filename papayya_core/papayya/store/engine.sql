@@ -165,8 +165,8 @@ FROM reaped r;
 
 -- name: items_redrive_due
 -- Stalled items of running runs of one backend that are due to be re-driven (published again to that
--- backend's queue), taken at most once per %(lease_seconds)s: they stay 'stalled' until an attempt
--- begins, so a lost re-drive is retried the next period.
+-- backend's queue), taken at most once per %(lease_seconds)s (the reaper passes several leases): they
+-- stay 'stalled' until an attempt begins, so a lost re-drive is retried the next period.
 WITH due AS (
     SELECT i.item_id FROM papayya.items i JOIN papayya.runs r ON r.run_id = i.run_id
     WHERE i.status = 'stalled' AND i.available_at <= now() AND r.status = 'running'
