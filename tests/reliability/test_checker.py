@@ -1,0 +1,157 @@
+"""The invariant checker (``tests.reliability.checker``) on a short fixed set of seeds, and its own logic.
+
+The slow tests run the checker as a program, one seed each, on the session's database: several
+``papayya worker`` processes serve a run that is SIGKILLed, SIGSTOPped, paused, resumed, budgeted,
+capped and replayed for half a minute, then settled; the checker exits 0 only when all seven
+invariants held (docs/reliability.md). PostgreSQL is restarted by it only where this suite may stop
+the server (CI, or ``PAPAYYA_TEST_PG_RESTART=1``), never when the database is the embedded one.
+
+The fast tests feed the checks made-up facts, so a change to the checker that blinds it fails here.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from subprocess import PIPE
+
+import pytest
+
+from papayya.testing import BillEntry
+from tests.conftest import IN_CI
+from tests.reliability import checker
+from tests.reliability.checker import BudgetChange, Call, Facts, History
+
+ROOT = Path(__file__).resolve().parents[2]
+SEEDS = [1, 2, 3]
+MAY_STOP_SERVER = IN_CI or os.environ.get("PAPAYYA_TEST_PG_RESTART") == "1"
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("seed", SEEDS)
+def test_a_disturbed_run_keeps_every_invariant(database_url: str, seed: int) -> None:
+    argv = [
+        *(sys.executable, "-m", "tests.reliability.checker", "--backend", "native"),
+        *("--seed-start", str(seed), "--seeds", "1", "--minutes", "0.5", "--items", "240"),
+        *("--database-url", database_url),
+    ]
+    if not MAY_STOP_SERVER:
+        argv.append("--no-pg-restart")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PAPAYYA_", "CHECKER_"))}
+    with subprocess.Popen(argv, cwd=ROOT, env=env, stdout=PIPE, stderr=PIPE, text=True) as checker:
+        try:
+            stdout, stderr = checker.communicate(timeout=800)
+        except subprocess.TimeoutExpired:
+            checker.terminate()  # it stops its workers on SIGTERM
+            stdout, stderr = checker.communicate(timeout=60)
+    lines = stdout.strip().splitlines()
+    print(stdout)
+    print(stderr)
+    assert lines, stderr[-3000:]
+    assert lines[-1].startswith("summary:"), stderr[-3000:]
+    details = [line[:300] for line in stderr.splitlines() if line.startswith("  seed")]
+    assert checker.returncode == 0, "\n".join([*lines, *details[:20]])
+
+
+# -- the checks themselves ------------------------------------------------------------------------
+
+
+def call(key: str, cost: str, at: float, latency: float = 1.0, run_id: uuid.UUID | None = None) -> Call:
+    return Call(
+        item_id=uuid.UUID(int=1),
+        run_id=run_id or uuid.UUID(int=2),
+        key=key,
+        cost=Decimal(cost),
+        reserved=Decimal(cost),
+        created_at=T0 + timedelta(seconds=at),
+        latency=timedelta(seconds=latency),
+    )
+
+
+def change(at: float, limit: str | None, scope: str = "tenant") -> BudgetChange:
+    when = T0 + timedelta(seconds=at)
+    amount = None if limit is None else Decimal(limit)
+    return BudgetChange(scope, when, when + timedelta(milliseconds=5), amount)
+
+
+def bill(key: str, cost: str = "1") -> BillEntry:
+    return BillEntry(key, "openai.chat", "gpt-4o-mini", 1, 1, 0, 0, Decimal(cost), 1)
+
+
+def facts(calls: list[Call], billed: list[BillEntry]) -> Facts:
+    return Facts(
+        runs={},
+        items=[],
+        calls=calls,
+        bill=billed,
+        sums={},
+        misattributed=0,
+        reference={},
+        expected={},
+        retries={},
+    )
+
+
+def test_a_lowered_budget_may_be_overshot_by_the_calls_then_in_flight_and_no_more() -> None:
+    # Given a tenant budget lowered at t=10 to 1 (2 spent), with one call in flight (started at 9.5)
+    in_flight = call("a", "1", at=10.5)
+    later = call("b", "1", at=12, latency=0.5)  # started at 11.5, after the lowering returned
+    calls = [call("x", "2", at=5), in_flight]
+    changes = [change(10, "1"), change(20, None)]
+    # Then the call in flight is within the bound
+    (epoch,) = checker.epochs(changes, calls)
+    assert (epoch.overshoot, epoch.bound, epoch.in_flight) == (Decimal(1), Decimal(1), 1)
+    assert checker.check_budgets(facts(calls, []), changes, uuid.UUID(int=2)).ok
+    # But a call started after the lowering returned is an overshoot past the bound
+    verdict = checker.check_budgets(facts([*calls, later], []), changes, uuid.UUID(int=2))
+    assert not verdict.ok
+    assert "over their bound 1" in verdict.figures
+
+
+def test_a_raised_budget_allows_only_the_estimate_error() -> None:
+    calls = [call("x", "2", at=5), call("a", "1", at=10.5)]
+    # Raised from 1 to 2 at t=10: the call in flight is not excused, the spend of 3 overshoots 2 by 1
+    (_, epoch) = checker.epochs([change(1, "1"), change(10, "2"), change(20, None)], calls)
+    assert (epoch.overshoot, epoch.bound) == (Decimal(1), Decimal(0))
+
+
+def test_a_step_billed_twice_is_explained_only_by_a_call_cut_in_flight() -> None:
+    billed = [bill("papayya-k1"), bill("papayya-k1"), bill("papayya-k2")]
+    ledger = [call("papayya-k1", "1", at=1), call("papayya-k2", "1", at=1)]
+    assert checker.check_paid_twice(facts(ledger, billed), {7: "papayya-k1"}).ok
+    unexplained = checker.check_paid_twice(facts(ledger, billed), {7: "papayya-k2"})
+    assert not unexplained.ok
+    assert "unexplained 1" in unexplained.figures
+
+
+def test_the_ledger_must_hold_every_billed_call_and_no_other() -> None:
+    billed = [bill("papayya-k1"), bill("papayya-k2")]
+    both = [call("papayya-k1", "1", at=1), call("papayya-k2", "1", at=1)]
+    assert checker.check_ledger(facts(both, billed)).ok
+    missing = checker.check_ledger(facts([call("papayya-k1", "1", at=1)], billed))
+    twice = [call("papayya-k1", "1", at=1), call("papayya-k1", "1", at=2), call("papayya-k2", "1", at=1)]
+    phantom = checker.check_ledger(facts(twice, billed))
+    assert (missing.ok, phantom.ok) == (False, False)
+    assert "missing 1" in missing.figures
+    assert "phantom 1" in phantom.figures
+
+
+def test_an_outcome_that_differs_from_the_reference_run_is_named() -> None:
+    degraded = ("degraded", (("llm_stop_reason", "length"),), None, '{"a": 1}')
+    succeeded = ("succeeded", (), None, '{"a": 1}')
+    assert checker.describe(succeeded, degraded) == "succeeded vs reference degraded [llm_stop_reason:length]"
+    assert checker.describe(succeeded, ("succeeded", (), None, '{"a": 2}')).endswith('{"a": 1} vs {"a": 2}')
+
+
+def test_the_history_summarises_what_was_done_and_refused() -> None:
+    history = History()
+    history.ops.update({"kill": 2, "resume": 1})
+    history.refused.update({"resume": 3})
+    assert history.summary() == "kill 2 resume 1/3r"
