@@ -542,7 +542,7 @@ def test_a_wait_with_no_worker_says_so(
         """Never runs: no worker consumes this app's queue."""
 
     rt = celery_backend()
-    monkeypatch.setattr(engine, "QUIET_WARNING", 0.5)
+    monkeypatch.setattr(engine.waiting, "QUIET_WARNING", 0.5)
     handle = lonely.submit([{"id": "a"}], tenant=tenant)
     with caplog.at_level("WARNING", logger="papayya.engine"):
         status = engine.wait_for_run(rt, handle.run_id, tenant, poll=0.1, timeout=3)

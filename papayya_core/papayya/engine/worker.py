@@ -1,5 +1,5 @@
-"""The native engine: papayya's own workers over PostgreSQL, in this process (``map()``) or in many
-``papayya worker`` processes on many machines sharing one database.
+"""The native engine's ``Worker``: one per ``map()`` in its process, or per ``papayya worker`` process,
+any number of them on many machines sharing one database.
 
 A :class:`Worker` claims queued items in batches (one statement, ``FOR UPDATE SKIP LOCKED``, fair
 across tenants, within each tenant's concurrency cap), keeps a small prefetch buffer, runs each item
@@ -23,8 +23,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from decimal import Decimal
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 from papayya import execute
@@ -43,8 +42,6 @@ log = logging.getLogger("papayya.engine")
 
 BACKEND = "native"
 CHANNEL = "papayya_work"
-QUIET_WARNING = 30.0  # seconds a waiter lets pass with no item started before it says where to look
-TERMINAL_STATUSES = ("succeeded", "degraded", "failed", "cancelled")
 
 
 class _Held:
@@ -651,237 +648,6 @@ class Worker:
             )
 
 
-class Backend(Protocol):
-    """What runs a recorded run's items. Backends register through ``papayya_register_backends``."""
-
-    name: str
-
-    def run(
-        self,
-        rt: Runtime,
-        agent: Agent,
-        *,
-        run_id: UUID,
-        tenant_id: str,
-        items: Sequence[tuple[UUID, str]],
-        concurrency: int,
-        progress: bool | None,
-        run_name: str | None = None,
-    ) -> None:
-        """Run every item of the run and return when each is terminal or the run is paused."""
-
-    def submit(
-        self,
-        rt: Runtime,
-        agent: Agent,
-        *,
-        run_id: UUID,
-        tenant_id: str,
-        items: Sequence[tuple[UUID, str]],
-        concurrency: int,
-    ) -> None:
-        """Hand every item of the (recorded) run to the backend's workers and return at once."""
-
-
-def progress_for(
-    rt: Runtime,
-    agent: Agent,
-    run_id: UUID,
-    tenant_id: str,
-    *,
-    total: int,
-    label: str | None,
-    enabled: bool | None,
-) -> Progress:
-    """The progress line of a run: its label, size and budgets."""
-    show = rt.settings.progress if enabled is None else enabled
-    tenant = rt.store.tenant_get(tenant_id)
-    run = rt.store.run_get(run_id, tenant_id)
-    period = tenant["budget_period"] if tenant else "month"
-    budgets = [
-        f"${b:,.2f} {what}"
-        for b, what in ((run["budget_usd"], "run"), (tenant and tenant["budget_usd"], f"tenant/{period}"))
-        if b is not None
-    ]
-    return Progress(
-        label or f"{agent.name} [{tenant_id}]", total=total, enabled=show, budget=" + ".join(budgets) or None
-    )
-
-
-def wait_for_run(
-    rt: Runtime,
-    run_id: UUID,
-    tenant_id: str,
-    *,
-    progress: Progress | None = None,
-    poll: float = 0.5,
-    timeout: float | None = None,
-) -> str:
-    """Wait until the run has nothing queued, running or stalled (or is paused/cancelled), advancing
-    ``progress`` from the store; return the run's status. For backends whose workers live elsewhere."""
-    deadline = None if timeout is None else time.monotonic() + timeout
-    seen: dict[str, int] = {}
-    started = time.monotonic()
-    moved = False
-    while True:
-        p = rt.store.run_progress(run_id, tenant_id)
-        if not moved:
-            done = rt.store.run_summary(run_id, tenant_id, top=0)["counts"]
-            moved = bool(p["running"] or p["expired"] or any(done.get(s) for s in TERMINAL_STATUSES))
-            if not moved and time.monotonic() - started > QUIET_WARNING:
-                moved = True  # said once
-                log.warning(
-                    "run %s: no item has started after %.0fs; is a worker of its backend running and "
-                    "reading the same queue and the same PAPAYYA_DATABASE_URL?",
-                    run_id,
-                    time.monotonic() - started,
-                )
-        if progress is not None and progress.enabled:
-            counts = rt.store.run_summary(run_id, tenant_id, top=0)["counts"]
-            for status in ("succeeded", "degraded", "failed", "cancelled"):
-                for _ in range(counts.get(status, 0) - seen.get(status, 0)):
-                    progress.advance(status, Decimal(0))
-                seen[status] = counts.get(status, 0)
-        active = p["ready"] + p["waiting"] + p["running"] + p["expired"] + p["stalled"]
-        if p["status"] != "running":
-            return str(p["status"])
-        if not active:
-            rt.store.run_complete(run_id, tenant_id)
-            return str(rt.store.run_get(run_id, tenant_id)["status"])
-        if deadline is not None and time.monotonic() > deadline:
-            return str(p["status"])
-        time.sleep(poll)
-
-
-class PublishingBackend:
-    """The base of backends whose workers live elsewhere (a broker's workers, a Temporal worker, SQS
-    consumers): ``run()`` publishes every item and waits on the store, ``submit()`` publishes and
-    returns, ``redrive()`` publishes again the stalled items the reaper hands back, by agent. A
-    subclass provides ``publish``."""
-
-    name: str
-
-    def publish(self, rt: Runtime, agent_name: str, refs: Sequence[ItemRef]) -> None:
-        """Hand ``refs`` (items of runs of agent ``agent_name``) to the backend's workers."""
-        raise NotImplementedError
-
-    def run(
-        self,
-        rt: Runtime,
-        agent: Agent,
-        *,
-        run_id: UUID,
-        tenant_id: str,
-        items: Sequence[tuple[UUID, str]],
-        concurrency: int,
-        progress: bool | None,
-        run_name: str | None = None,
-    ) -> None:
-        """Publish every item, then wait on the store until each is terminal or the run is paused.
-        Concurrency is the backend's workers', not ``concurrency``."""
-        self.publish(rt, agent.name, [ItemRef(item_id, key, run_id, tenant_id) for item_id, key in items])
-        bar = progress_for(rt, agent, run_id, tenant_id, total=len(items), label=run_name, enabled=progress)
-        with bar:
-            wait_for_run(rt, run_id, tenant_id, progress=bar)
-
-    def submit(
-        self,
-        rt: Runtime,
-        agent: Agent,
-        *,
-        run_id: UUID,
-        tenant_id: str,
-        items: Sequence[tuple[UUID, str]],
-        concurrency: int,
-    ) -> None:
-        """Publish every item and return at once."""
-        self.publish(rt, agent.name, [ItemRef(item_id, key, run_id, tenant_id) for item_id, key in items])
-
-    def redrive(self, rt: Runtime, refs: list[ItemRef]) -> None:
-        """Publish again the items the reaper marked ``stalled`` (their worker was lost), by agent."""
-        runs = sorted({(r.run_id, r.tenant_id) for r in refs})
-        rows = rt.store.fetch_all(
-            "run_agents", {"run_ids": [r for r, _ in runs], "tenant_ids": [t for _, t in runs]}
-        )
-        agents = {r["run_id"]: r["agent_name"] for r in rows}
-        by_agent: dict[str, list[ItemRef]] = {}
-        for ref in refs:
-            if ref.run_id in agents:
-                by_agent.setdefault(agents[ref.run_id], []).append(ref)
-        for agent_name, group in by_agent.items():
-            try:
-                self.publish(rt, agent_name, group)
-            except Exception as exc:
-                log.error("cannot re-drive %d stalled item(s) of agent %s: %s", len(group), agent_name, exc)
-                continue
-            log.warning("re-drove %d stalled item(s) of agent %s on %s", len(group), agent_name, self.name)
-
-
-class NativeBackend:
-    """The native engine: ``map()`` runs a worker in this process for its run; ``submit()`` leaves
-    the run to ``papayya worker`` processes (a notification wakes them)."""
-
-    name = BACKEND
-
-    def run(
-        self,
-        rt: Runtime,
-        agent: Agent,
-        *,
-        run_id: UUID,
-        tenant_id: str,
-        items: Sequence[tuple[UUID, str]],
-        concurrency: int,
-        progress: bool | None,
-        run_name: str | None = None,
-    ) -> None:
-        bar = progress_for(rt, agent, run_id, tenant_id, total=len(items), label=run_name, enabled=progress)
-        with bar:
-            worker = Worker(
-                rt,
-                [agent],
-                concurrency=concurrency,
-                run_ids=[run_id],
-                until_done=True,
-                progress=bar,
-                poll=0.5,
-                backend=self.name,
-            )
-            try:
-                worker.run()
-            except BaseException:
-                # Ctrl-C or a crash of papayya itself: leave the run resumable rather than "running".
-                rt.store.runs_pause(tenant_id, run_id, "interrupted: the process stopped")
-                raise
-            finally:
-                rt.budgets.give_back(run_id)
-
-    def submit(
-        self,
-        rt: Runtime,
-        agent: Agent,
-        *,
-        run_id: UUID,
-        tenant_id: str,
-        items: Sequence[tuple[UUID, str]],
-        concurrency: int,
-    ) -> None:
-        rt.store.notify_work(agent.name)
-
-
 def serve(rt: Runtime, agents: Iterable[Agent], **options: Any) -> WorkerStats:
     """Run a worker for ``agents`` in this process until it is stopped (``papayya worker``)."""
     return Worker(rt, list(agents), **options).run()
-
-
-__all__ = [
-    "BACKEND",
-    "Backend",
-    "NativeBackend",
-    "PublishingBackend",
-    "Worker",
-    "WorkerStats",
-    "progress_for",
-    "serve",
-    "wait_for_run",
-]
