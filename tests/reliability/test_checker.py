@@ -45,19 +45,19 @@ def test_a_disturbed_run_keeps_every_invariant(database_url: str, seed: int) -> 
     if not MAY_STOP_SERVER:
         argv.append("--no-pg-restart")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PAPAYYA_", "CHECKER_"))}
-    with subprocess.Popen(argv, cwd=ROOT, env=env, stdout=PIPE, stderr=PIPE, text=True) as checker:
+    with subprocess.Popen(argv, cwd=ROOT, env=env, stdout=PIPE, stderr=PIPE, text=True) as program:
         try:
-            stdout, stderr = checker.communicate(timeout=800)
+            stdout, stderr = program.communicate(timeout=800)
         except subprocess.TimeoutExpired:
-            checker.terminate()  # it stops its workers on SIGTERM
-            stdout, stderr = checker.communicate(timeout=60)
+            program.terminate()  # it stops its workers on SIGTERM
+            stdout, stderr = program.communicate(timeout=60)
     lines = stdout.strip().splitlines()
     print(stdout)
     print(stderr)
     assert lines, stderr[-3000:]
     assert lines[-1].startswith("summary:"), stderr[-3000:]
     details = [line[:300] for line in stderr.splitlines() if line.startswith("  seed")]
-    assert checker.returncode == 0, "\n".join([*lines, *details[:20]])
+    assert program.returncode == 0, "\n".join([*lines, *details[:20]])
 
 
 # -- the checks themselves ------------------------------------------------------------------------
