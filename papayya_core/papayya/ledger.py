@@ -98,16 +98,24 @@ def record(
         ctx.cost_unknown = True
     else:
         ctx.cost_usd += price.cost_usd
+    signal_stop(ctx, provider, model, stop_reason)
+    ctx.runtime.hooks.llm_call_recorded(call)
+    return call
+
+
+def signal_stop(ctx: AttemptContext, provider: str, model: str | None, stop_reason: str | None) -> None:
+    """Degrade the item when a response's stop reason means its answer is incomplete. Called for a
+    call just paid for and for one answered from the journal alike, so a retry, a resume or a
+    from-journal replay reaches the same outcome as the attempt that paid."""
     if stop_reason is not None and stop_reason.lower() in DEGENERATE_STOP_REASONS:
         ctx.signal(
             Reason(
                 code="llm_stop_reason",
                 path=stop_reason.lower(),
-                message=f"{provider}/{model} stopped with {stop_reason!r}; the answer is incomplete",
+                message=f"{provider}/{model or 'unknown'} stopped with {stop_reason!r}; "
+                "the answer is incomplete",
             )
         )
-    ctx.runtime.hooks.llm_call_recorded(call)
-    return call
 
 
 def extract_usage(provider: str, response: Any) -> tuple[str | None, Usage, str | None]:

@@ -161,3 +161,37 @@ def test_tenant_price_override_and_unknown_models_in_the_result(rt: Runtime, ten
     item = result.items()[0]
     assert item.cost_unknown is True
     assert item.cost_usd == Decimal(2)
+
+
+def test_a_truncated_answer_read_back_from_the_journal_still_degrades_the_item(
+    rt: Runtime, tenant: str
+) -> None:
+    paid: Counter[str] = Counter()
+
+    def llm(prompt: str) -> dict[str, Any]:
+        paid[prompt] += 1
+        return {
+            "model": "gpt-4o-mini",
+            "choices": [{"finish_reason": "length", "message": {"content": prompt[:3]}}],
+            "usage": {"prompt_tokens": 10, "completion_tokens": 3},
+        }
+
+    @agent(retries=2, backoff=0)
+    def summarise(item: papayya.Item) -> str:
+        answer = run.llm("summary", provider="openai", max_tokens=3)(llm, f"summarise {item.id}")
+        if run.attempt == 1:
+            raise ConnectionError("the socket closed after the call was paid")
+        return str(answer["choices"][0]["message"]["content"])
+
+    # Given a truncated answer, paid on the first attempt, and the retry answered from the journal
+    result = summarise.map([{"id": "a"}], tenant=tenant)
+    assert dict(paid) == {"summarise a": 1}
+    # Then the retry reaches the outcome the paid attempt would have: degraded for the stop reason
+    (item,) = result.items()
+    assert item.status == "degraded"
+    assert [r["code"] for r in item.reasons] == ["llm_stop_reason"]
+    # and so does a from-journal replay, a week later, for nothing
+    again = papayya.replay(item=item.item_id, from_journal=True, agent=summarise)
+    (replayed,) = again.items()
+    assert (replayed.status, [r["code"] for r in replayed.reasons]) == ("degraded", ["llm_stop_reason"])
+    assert dict(paid) == {"summarise a": 1}

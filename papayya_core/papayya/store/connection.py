@@ -29,12 +29,18 @@ def redact(url: str) -> str:
     return make_conninfo("", **{k: v for k, v in parts.items() if v is not None})
 
 
+# papayya's transactions are a few statements long. A process frozen (or cut off) in the middle of one
+# must not hold its rows (a run's row, its items) for everyone else: the server ends the session
+# after 5 s idle in a transaction.
+
+
 def _configure(conn: psycopg.Connection[Any]) -> None:
     conn.execute("SET application_name = 'papayya'")
+    conn.execute("SET idle_in_transaction_session_timeout = '5s'")
 
 
 def _configure_fast(conn: psycopg.Connection[Any]) -> None:
-    conn.execute("SET application_name = 'papayya'")
+    _configure(conn)
     conn.execute("SET synchronous_commit = off")
 
 
