@@ -199,7 +199,7 @@ def test_a_worker_frozen_past_its_lease_pays_for_nothing_it_no_longer_owns(
     wait_for("first calls paid", lambda: fake.count >= 8)
     # When it is frozen (SIGSTOP) well past its lease, another worker takes its items over,
     frozen.send_signal(signal.SIGSTOP)
-    time.sleep(0.2)  # a response already on its way lands in the frozen worker's socket
+    time.sleep(0.5)  # a request already sent reaches the provider (and is billed) meanwhile
     in_flight = unrecorded(database_url, run_id, fake)  # billed, not recorded: what it may still record
     start_worker(agents, "twice", "-c", "8", WORKLOAD_SLEEP="0.05")
     time.sleep(4)
@@ -207,6 +207,8 @@ def test_a_worker_frozen_past_its_lease_pays_for_nothing_it_no_longer_owns(
     frozen.send_signal(signal.SIGCONT)
     wait_for("every item done", terminal(database_url, run_id, total), timeout=120)
     time.sleep(1)
+    # (the other worker did take items over: their frozen attempts were reaped as stalled)
+    assert attempts(database_url, run_id).get("stalled", 0) > 0
     # Then the woken worker paid for nothing it no longer owned: the only calls recorded by an
     # attempt whose lease had moved on are those that were on the wire when it froze,
     ((lease_lost,),) = query(
