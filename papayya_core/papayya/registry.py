@@ -260,7 +260,7 @@ def find(agent_name: str, entrypoint: dict[str, Any] | None, *, verb: str = "res
                 f"Cannot import the agent's module {module!r} ({exc}); run `papayya {verb}` where the "
                 "agent's code is importable (the same directory, or PYTHONPATH)."
             ) from exc
-    found = lookup(agent_name) or _unwrap(_attribute(imported, qualname))
+    found = lookup(agent_name) or unwrap(_attribute(imported, qualname))
     if found is None or found.name != agent_name:
         raise AgentNotImportable(f"{module} no longer defines a papayya agent named {agent_name}; {instead}.")
     return found
@@ -312,10 +312,6 @@ def _attribute(module: Any, qualname: str) -> Any:
 def unwrap(obj: Any) -> Agent | None:
     """The papayya Agent inside ``obj``: itself, or what a framework's wrapper holds (a Celery task's
     ``run``, a decorator's ``__wrapped__``)."""
-    return _unwrap(obj)
-
-
-def _unwrap(obj: Any) -> Agent | None:
     from papayya.agent import Agent
 
     for _ in range(8):

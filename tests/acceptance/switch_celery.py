@@ -17,6 +17,7 @@ from pathlib import Path
 from tests.conftest import need_service
 
 BROKER = "redis://127.0.0.1:6379/14"
+CELERY = [sys.executable, "-m", "celery"]
 WORKERS = 2
 
 
@@ -85,3 +86,30 @@ def workers(env: dict[str, str], cwd: Path) -> Iterator[dict[str, str]]:
         _stop(procs)
         for log in logs:
             log.close()
+
+
+def fresh_redis(url: str) -> None:
+    """Empty the Redis database at ``url`` for a test of its own, or skip (laptop) / fail (CI)."""
+    try:
+        import redis
+
+        redis.Redis.from_url(url, socket_connect_timeout=1).flushdb()
+    except Exception as exc:  # any failure means: no Redis here
+        need_service(f"Redis does not answer at {url} ({exc})")
+
+
+@contextlib.contextmanager
+def celery_worker(app: str, env: dict[str, str], cwd: Path, log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """``celery -A APP worker`` (4 threads) started in ``cwd``, as a team starts one; stopped warm."""
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [*CELERY, "-A", app, "worker", "--pool", "threads", "-c", "4", "-l", "info", "--without-gossip"],
+            env=env,
+            cwd=cwd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            yield proc
+        finally:
+            _stop([proc])

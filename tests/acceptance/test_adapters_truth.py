@@ -8,22 +8,19 @@ resumed items (a worker used to keep refusing the run until restarted), and no c
 
 from __future__ import annotations
 
-import contextlib
-import signal
 import subprocess
 import sys
 import textwrap
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
 import pytest
 
 from papayya.testing import FakeProvider
+from tests.acceptance.switch_celery import celery_worker, fresh_redis
 from tests.acceptance.test_cli import ok_text, papayya
-from tests.conftest import need_service
 
 BROKER = "redis://127.0.0.1:6379/11"
 
@@ -68,12 +65,7 @@ APP = textwrap.dedent(
 @pytest.fixture
 def team(cli_env: dict[str, str], tmp_path: Path, fake: FakeProvider) -> dict[str, str]:
     """The team's shell: its app file, its broker and queue, papayya on Celery, the fake provider."""
-    try:
-        import redis
-
-        redis.Redis.from_url(BROKER, socket_connect_timeout=1).flushdb()
-    except Exception as exc:  # any failure means: no Redis here
-        need_service(f"Redis does not answer on 127.0.0.1:6379 ({exc})")
+    fresh_redis(BROKER)
     (tmp_path / "truth_app.py").write_text(APP)
     return {
         **cli_env,
@@ -82,27 +74,6 @@ def team(cli_env: dict[str, str], tmp_path: Path, fake: FakeProvider) -> dict[st
         "TRUTH_FAKE_URL": fake.openai_url,
         "PAPAYYA_BACKEND": "celery",
     }
-
-
-@contextlib.contextmanager
-def celery_worker(env: dict[str, str], cwd: Path) -> Iterator[subprocess.Popen[bytes]]:
-    with (cwd / "worker.log").open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "truth_app", "worker", "--pool", "threads", "-c", "4"],
-            env=env,
-            cwd=cwd,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-        try:
-            yield proc
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
 
 
 def run_status(env: dict[str, str], run_id: str) -> tuple[str, dict[str, int]]:
@@ -130,7 +101,7 @@ def test_a_long_lived_celery_worker_runs_a_run_resumed_after_its_budget_paused_i
     ok_text(papayya(team, "tenants", "add", tenant))
     ok_text(papayya(team, "tenants", "set", tenant, "--price", "openai:gpt-4o-mini=1000/1000"))
     ok_text(papayya(team, "tenants", "set", tenant, "--budget", "0.05"))
-    with celery_worker(team, tmp_path):
+    with celery_worker("truth_app", team, tmp_path, tmp_path / "worker.log"):
         submitted = subprocess.run(
             [sys.executable, "truth_app.py", tenant, str(total)],
             env=team,

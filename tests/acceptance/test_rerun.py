@@ -12,17 +12,16 @@ so the tests count what really ran, not what papayya says ran.
 from __future__ import annotations
 
 import contextlib
-import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.acceptance import switch_celery
+from tests.acceptance.switch_celery import fresh_redis
 from tests.acceptance.test_cli import assert_one_sentence, ok_json, ok_text, papayya
 from tests.acceptance.test_cli_budgets import run_batch
-from tests.conftest import need_service
 
 SCRIPT = '''
 """A user's five-item batch: each item asks the model once; item i3 breaks after its call."""
@@ -284,41 +283,18 @@ def test_agents_no_other_process_can_import_are_refused_with_the_in_process_way(
 
 REPO = Path(__file__).resolve().parents[2]
 CELERY_BROKER = "redis://127.0.0.1:6379/12"
-CELERY_WORKER = [sys.executable, "-m", "celery", "-A", "examples.celery_app", "worker"]
 
 
 @pytest.fixture
 def celery_env(cli_env: dict[str, str], tenant: str) -> dict[str, str]:
     """The shell of a team running examples/celery_app.py: its broker, papayya on Celery, a tenant."""
-    try:
-        import redis
-
-        redis.Redis.from_url(CELERY_BROKER, socket_connect_timeout=1).flushdb()
-    except Exception as exc:  # any failure means: no Redis here
-        need_service(f"Redis does not answer on 127.0.0.1:6379 ({exc})")
+    fresh_redis(CELERY_BROKER)
     return {**cli_env, "CELERY_BROKER_URL": CELERY_BROKER, "PAPAYYA_BACKEND": "celery", "TENANT": tenant}
 
 
-@contextlib.contextmanager
-def celery_worker(env: dict[str, str], log: Path) -> Iterator[None]:
+def celery_worker(env: dict[str, str], log: Path) -> contextlib.AbstractContextManager[object]:
     """``celery -A examples.celery_app worker``, as docs/adapters/celery.md starts it."""
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [*CELERY_WORKER, "--pool", "threads", "-c", "4", "-l", "info", "--without-gossip"],
-            env=env,
-            cwd=REPO,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-        try:
-            yield
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+    return switch_celery.celery_worker("examples.celery_app", env, REPO, log)
 
 
 def python(env: dict[str, str], *args: str) -> str:

@@ -161,8 +161,9 @@ def test_a_long_lived_worker_runs_a_run_resumed_after_it_saw_the_pause(
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("scope", ["tenant", "run"])
 def test_a_budget_lowered_below_spend_stops_new_spend_at_the_calls_in_flight(
-    rt: Runtime, database_url: str, tenant: str, fake: FakeProvider, agents: Workers
+    rt: Runtime, database_url: str, tenant: str, fake: FakeProvider, agents: Workers, scope: str
 ) -> None:
     # Given a tenant with room, and two workers of 16 threads spending it (each item works a while,
     # then pays once: the leased chunks of budget are what stands between a call and the accounts)
@@ -172,8 +173,18 @@ def test_a_budget_lowered_below_spend_stops_new_spend_at_the_calls_in_flight(
     for _ in range(2):
         start_worker(agents, "late", "-c", "16", WORKLOAD_SLEEP="0.05", PAPAYYA_LEASE_SECONDS="5")
     wait_for("spending", lambda: fake.count >= 100)
-    # When the budget is lowered below what was spent,
-    papayya.tenants.set_budget(tenant, "0.000001")
+    # When the tenant's budget, or the run's own, is lowered below what was spent (the run's from
+    # the command line, as a person does it),
+    if scope == "tenant":
+        papayya.tenants.set_budget(tenant, "0.000001")
+    else:
+        subprocess.run(
+            [sys.executable, "-m", "papayya", "runs", "set", str(run_id), "--budget", "0.000001"],
+            env=agents.env,
+            capture_output=True,
+            timeout=60,
+            check=True,
+        )
     # then from the moment the command returns, new calls are at most those already in flight
     # (billed, not yet recorded), plus the one or two a thread had reserved and not yet sent.
     billed_at_return = fake.count

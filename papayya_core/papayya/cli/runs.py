@@ -13,13 +13,13 @@ import click
 from rich.text import Text
 
 from papayya import tenants
-from papayya.budgets import Budgets
 from papayya.cli import render
 from papayya.cli.connect import connect
 from papayya.cli.params import BUDGET, RUN_ID, TENANT
 from papayya.errors import BudgetError
 from papayya.models import TERMINAL, Outcome
 from papayya.result import RunResult
+from papayya.runtime import get_runtime
 
 _OUTCOMES = (Outcome.SUCCEEDED.value, Outcome.DEGRADED.value, Outcome.FAILED.value)
 
@@ -264,9 +264,7 @@ def set_command(run_id: UUID, budget: Decimal | None, no_budget: bool, as_json: 
         )
     store.run_budget_set(run_id, run["tenant_id"], budget)
     if budget is not None and (run["budget_usd"] is None or budget < run["budget_usd"]):
-        # Budget leased under the old limit expires within a chunk's life: from now on every worker's
-        # next call reserves under the new one.
-        time.sleep(Budgets.CHUNK_SECONDS)
+        get_runtime().control.settle_change()  # no worker reserves under the old limit after this
     run = store.run_get(run_id, run["tenant_id"])
     result = RunResult.load(run_id, run["tenant_id"])
     if as_json:

@@ -1,17 +1,7 @@
-"""The native engine's ``Worker``: one per ``map()`` in its process, or per ``papayya worker`` process,
-any number of them on many machines sharing one database.
-
-A :class:`Worker` claims queued items in batches (one statement, ``FOR UPDATE SKIP LOCKED``, fair
-across tenants, within each tenant's concurrency cap), keeps a small prefetch buffer, runs each item
-through the one lifecycle on a thread (or on one event loop for ``async def`` agents) and writes the
-results in batches, each write fenced by the item's lease token. A monitor thread heartbeats the
-leases of everything the worker holds, fails attempts past the agent's timeout (a hung thread is
-abandoned and replaced: the fencing token voids whatever it returns), writes budget spend every second
-and runs the reaper, which gives back the items of workers that died. Idle workers sleep until a
-``papayya_work`` notification (a hint sent once per submit, never per row) or their poll interval.
-
-When the database goes away, the worker keeps what it holds, stops claiming, and retries with backoff;
-results not yet written are retried until they are written or their lease went to someone else.
+"""The native engine's ``Worker``, one per ``map()`` or ``papayya worker`` process: it claims items in
+batches, keeps a small prefetch buffer, runs each item through the one lifecycle and writes results in
+batches, each fenced by its lease token; its monitor's clocks heartbeat the leases, check the runs held
+against the control plane and run the reaper (see the package docstring for the whole engine).
 """
 
 from __future__ import annotations
