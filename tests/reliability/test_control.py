@@ -19,6 +19,7 @@ import uuid
 from decimal import Decimal
 from pathlib import Path
 
+import psycopg
 import pytest
 
 import papayya
@@ -161,7 +162,7 @@ def test_a_long_lived_worker_runs_a_run_resumed_after_it_saw_the_pause(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("scope", ["tenant", "run"])
+@pytest.mark.parametrize("scope", ["tenant", "run", "pause"])
 def test_a_budget_lowered_below_spend_stops_new_spend_at_the_calls_in_flight(
     rt: Runtime, database_url: str, tenant: str, fake: FakeProvider, agents: Workers, scope: str
 ) -> None:
@@ -174,9 +175,11 @@ def test_a_budget_lowered_below_spend_stops_new_spend_at_the_calls_in_flight(
         start_worker(agents, "late", "-c", "16", WORKLOAD_SLEEP="0.05", PAPAYYA_LEASE_SECONDS="5")
     wait_for("spending", lambda: fake.count >= 100)
     # When the tenant's budget, or the run's own, is lowered below what was spent (the run's from
-    # the command line, as a person does it),
+    # the command line, as a person does it), or the run is paused,
     if scope == "tenant":
         papayya.tenants.set_budget(tenant, "0.000001")
+    elif scope == "pause":  # or the run is paused by a person
+        control.pause(run_id)
     else:
         subprocess.run(
             [sys.executable, "-m", "papayya", "runs", "set", str(run_id), "--budget", "0.000001"],
@@ -284,3 +287,28 @@ def test_two_finishers_concluding_a_runs_last_items_at_once_complete_it(rt: Runt
         for t in threads:
             t.join()
         assert rt.store.run_get(handle.run_id, tenant)["status"] == "completed"
+
+
+def test_an_intake_run_stays_open_during_its_day_and_completes_after_it(rt: Runtime, tenant: str) -> None:
+    from papayya import execute, intake
+
+    def _noop(item: object) -> None:
+        """Never called: the test concludes the attempt by hand."""
+
+    agent = papayya.agent(name=f"intake-{tenant}")(_noop)
+    # Given a message of the team's own code adopted into today's intake run, and concluded
+    ref = intake.adopt(rt, agent, tenant_id=tenant, key="doc-1", input={"text": "a"}, backend="celery")
+    ctx = execute.begin(rt, agent, ref, backend="celery", price_overrides={})
+    assert ctx is not None
+    execute.conclude(ctx, output={"ok": True})
+    # Then the run stays open for the rest of its day (more messages may come),
+    assert rt.store.run_get(ref.run_id, tenant)["status"] == "running"
+    assert rt.store.runs_complete([ref.run_id]) == []
+    # and once its day is over, with nothing open, it completes
+    with psycopg.connect(rt.store.url, autocommit=True) as conn:
+        conn.execute(
+            "UPDATE papayya.runs SET created_at = created_at - interval '1 day' WHERE run_id = %s",
+            (ref.run_id,),
+        )
+    assert rt.store.runs_complete([ref.run_id]) == [ref.run_id]
+    assert rt.store.run_get(ref.run_id, tenant)["status"] == "completed"
