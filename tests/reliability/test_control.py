@@ -25,7 +25,7 @@ import pytest
 import papayya
 from papayya import control
 from papayya.budgets import Budgets
-from papayya.runtime import Runtime
+from papayya.runtime import Runtime, get_runtime
 from papayya.testing import FakeProvider
 from tests.reliability.test_engine_workers import (  # noqa: F401  (fixtures)
     Workers,
@@ -312,3 +312,46 @@ def test_an_intake_run_stays_open_during_its_day_and_completes_after_it(rt: Runt
         )
     assert rt.store.runs_complete([ref.run_id]) == [ref.run_id]
     assert rt.store.run_get(ref.run_id, tenant)["status"] == "completed"
+
+
+def test_the_reaper_re_drives_a_stalled_item_once_not_every_lease(
+    rt: Runtime, tenant: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from papayya import reaper
+
+    class Queue:
+        """A backend whose workers live elsewhere: it records what the reaper re-drives."""
+
+        name = "celery"
+
+        def __init__(self) -> None:
+            self.sent: list[str] = []
+
+        def redrive(self, rt: Runtime, refs: list[object]) -> None:
+            self.sent += [ref.key for ref in refs]  # type: ignore[attr-defined]
+
+    papayya.configure(lease_seconds=0.2)  # a lease period the test can wait out
+    rt = get_runtime()
+    queue = Queue()
+    monkeypatch.setattr(rt, "backend", queue)
+    papayya.tenants.add(tenant)
+    run_id, item_id = uuid.uuid4(), uuid.uuid4()
+    rt.store.run_create(
+        run_id=run_id,
+        tenant_id=tenant,
+        agent_name=f"redrive-{tenant}",
+        name=None,
+        backend="celery",
+        items=[(item_id, "lost", "{}")],
+        max_attempts=1,
+        options={},
+    )
+    # Given an item whose worker was lost (the reaper marked it stalled for its backend)
+    with psycopg.connect(rt.store.url, autocommit=True) as conn:
+        conn.execute("UPDATE papayya.items SET status = 'stalled' WHERE item_id = %s", (item_id,))
+    # When the reaper sweeps once a lease and more, for four leases
+    for _ in range(4):
+        reaper.sweep(rt)
+        time.sleep(0.25)
+    # Then it published the item again once, not once per lease period
+    assert queue.sent == ["lost"]
