@@ -88,12 +88,17 @@ def workers(env: dict[str, str], cwd: Path) -> Iterator[dict[str, str]]:
             log.close()
 
 
-def fresh_redis(url: str) -> None:
-    """Empty the Redis database at ``url`` for a test of its own, or skip (laptop) / fail (CI)."""
+def fresh_redis(url: str, *, flush: bool = True) -> None:
+    """Check Redis answers at ``url`` (and empty that database when ``flush``), or skip (laptop) / fail
+    (CI). A test on a queue of its own does not flush: it must not wipe another run's messages."""
     try:
         import redis
 
-        redis.Redis.from_url(url, socket_connect_timeout=1).flushdb()
+        client = redis.Redis.from_url(url, socket_connect_timeout=1)
+        if flush:
+            client.flushdb()
+        else:
+            client.ping()
     except Exception as exc:  # any failure means: no Redis here
         need_service(f"Redis does not answer at {url} ({exc})")
 

@@ -65,7 +65,7 @@ APP = textwrap.dedent(
 @pytest.fixture
 def team(cli_env: dict[str, str], tmp_path: Path, fake: FakeProvider) -> dict[str, str]:
     """The team's shell: its app file, its broker and queue, papayya on Celery, the fake provider."""
-    fresh_redis(BROKER)
+    fresh_redis(BROKER, flush=False)  # the test has a queue of its own
     (tmp_path / "truth_app.py").write_text(APP)
     return {
         **cli_env,
