@@ -349,7 +349,19 @@ class Run:
                 # Rate limit first: a call waiting for its turn should not hold budget others could use.
                 limits.acquire(provider, asked_model, ctx.tenant_id, tokens)
                 ctx.check_lease()
-                return ctx.runtime.budgets.reserve(ctx.accounts, estimate, what=f"{provider}/{asked_model}")
+                what = f"{provider}/{asked_model}"
+                reserved = ctx.runtime.budgets.reserve(ctx.accounts, estimate, what=what)
+                lease_held(reserved)
+                return reserved
+
+            def lease_held(reserved: Decimal) -> None:
+                # Last look just before the request leaves: reserving may have waited on the store, and a
+                # worker frozen meanwhile must not wake up and pay for an item that is no longer its own.
+                try:
+                    ctx.check_lease()
+                except BaseException:
+                    ctx.runtime.budgets.release(ctx.accounts, reserved)
+                    raise
 
             def failed(exc: BaseException, reserved: Decimal) -> None:
                 ctx.runtime.budgets.release(ctx.accounts, reserved)
@@ -388,6 +400,7 @@ class Run:
                     reserved = await asyncio.to_thread(
                         ctx.runtime.budgets.reserve, ctx.accounts, estimate, what=f"{provider}/{asked_model}"
                     )
+                    lease_held(reserved)
                     started = time.perf_counter()
                     try:
                         response = await fn(*args, **kwargs)

@@ -75,6 +75,9 @@ PID_HEADER = workload.PID_HEADER.lower()
 CENT = Decimal("0.00000001")
 CALL_SLACK = timedelta(seconds=0.25)  # reservation -> provider, provider -> ledger row: in-process steps
 LEASE_SLACK = timedelta(seconds=0.5)  # the provider's clock (this process) against the database's
+# A worker frozen after its last lease check and before its request left sends that request when it is
+# woken: nothing between the two can stop it. The request reaches the provider within this of the wake.
+WAKE_SLACK = timedelta(seconds=1.0)
 ORDER = ("kill", "stop", "pause", "resume", "tenant-budget", "run-budget", "cap", "replay", "restart")
 OPERATIONS = frozenset(ORDER)
 OP_ERRORS = (PapayyaError, psycopg.Error, subprocess.SubprocessError, OSError)
@@ -197,6 +200,26 @@ class Restarter:
 # -- the worker processes -------------------------------------------------------------------------
 
 
+@dataclass
+class Freeze:
+    """One SIGSTOP of a worker: when it began and when SIGCONT ended it (None: killed frozen)."""
+
+    pid: str
+    stopped: datetime
+    woke: datetime | None = None
+
+    def sent_on_waking(self, arrived: datetime, ended: datetime) -> bool:
+        """Whether a request that arrived at ``arrived`` for an attempt that ended at ``ended`` can be
+        the one this worker had already checked its lease for when it was frozen: frozen while the
+        attempt was still its own, and the request arrived just after it was woken."""
+        return (
+            self.woke is not None
+            and self.stopped <= ended + LEASE_SLACK
+            and self.woke <= arrived + LEASE_SLACK
+            and arrived <= self.woke + WAKE_SLACK
+        )
+
+
 class Workers:
     """The seed's ``papayya worker`` processes, each logging to a file of its own."""
 
@@ -204,6 +227,7 @@ class Workers:
         self.env, self.logs, self.concurrency = env, logs, concurrency
         self.procs: dict[int, subprocess.Popen[bytes]] = {}
         self.frozen: dict[int, threading.Timer] = {}  # pid -> the timer that will SIGCONT it
+        self.freezes: list[Freeze] = []  # every SIGSTOP, with when it began and when SIGCONT ended it
         self.lock = threading.Lock()
         self.killed: set[int] = set()
         self.died: set[int] = set()  # workers that exited by themselves
@@ -234,11 +258,13 @@ class Workers:
     def freeze(self, pid: int, seconds: float) -> None:
         """SIGSTOP the worker, and SIGCONT it after ``seconds`` from a timer thread: a frozen worker may
         hold row locks that one of the checker's own calls waits on, so its main loop cannot wake it."""
+        stopped = datetime.now(UTC)
         self.procs[pid].send_signal(signal.SIGSTOP)
         timer = threading.Timer(seconds, self.wake, args=(pid,))
         timer.daemon = True
         with self.lock:
             self.frozen[pid] = timer
+            self.freezes.append(Freeze(str(pid), stopped))
         timer.start()
 
     def wake(self, pid: int) -> None:
@@ -248,6 +274,11 @@ class Workers:
             timer.cancel()
             if self.procs[pid].poll() is None:
                 self.procs[pid].send_signal(signal.SIGCONT)
+                woke = datetime.now(UTC)
+                with self.lock:
+                    for f in self.freezes:
+                        if f.pid == str(pid) and f.woke is None:
+                            f.woke = woke
 
     def wake_all(self) -> None:
         for pid in list(self.frozen):
@@ -642,6 +673,8 @@ class Facts:
     senders: dict[int, str] = field(default_factory=dict)  # provider request number -> worker pid
     arrivals: dict[int, datetime] = field(default_factory=dict)  # provider request number -> when
     attempts: list[AttemptRow] = field(default_factory=list)
+    freezes: list[Freeze] = field(default_factory=list)
+    concurrency: int = 1  # threads per worker: how many requests one freeze can catch mid-send
 
 
 ITEMS_SQL = """
@@ -710,6 +743,8 @@ def collect(s: Seed, reference: dict[str, Outcome]) -> Facts:
         senders={r.number: r.headers.get(PID_HEADER, "?") for r in s.fake.requests},
         arrivals=dict(s.arrivals),
         attempts=attempt_rows(s.db, s.tenant),
+        freezes=list(s.workers.freezes),
+        concurrency=s.opts.concurrency,
     )
 
 
@@ -782,19 +817,21 @@ def check_ledger(f: Facts) -> Verdict:
 
 
 def check_paid_twice(f: Facts, cut: dict[int, str]) -> Verdict:
-    """I3: every extra billing of a step is matched by a call of that step cut off in flight, and no call
-    reached the provider after the attempt that sent it had ended (a worker that lost its lease pays
-    for nothing more)."""
+    """I3: every extra billing of a step is matched by a call of that step cut off in flight (or sent by
+    a worker woken after being frozen between its lease check and the send), and no other call reached
+    the provider after the attempt that sent it had ended (a worker that lost its lease pays for
+    nothing more)."""
     billed = Counter(e.idempotency_key for e in f.bill)
-    cut_keys = Counter(cut.values())
+    late, woken = paid_after_lease(f)
+    cut_keys = Counter(cut.values()) + Counter(str(k) for k in woken.values())
     extra = {k: n - 1 for k, n in billed.items() if n > 1}
     unexplained = {k: n - cut_keys.get(str(k), 0) for k, n in extra.items() if n > cut_keys.get(str(k), 0)}
     keys = {str(k) for k in billed}
     in_flight = sum(n for k, n in cut_keys.items() if k in keys)
-    late = paid_after_lease(f)
     figures = (
         f"paid twice {sum(extra.values())} (steps {len(extra)}) <= cut in flight {in_flight}, "
-        f"unexplained {sum(unexplained.values())}, paid after the lease was lost {len(late)}"
+        f"unexplained {sum(unexplained.values())}, paid after the lease was lost {len(late)} "
+        f"(+{len(woken)} sent on waking from a freeze that caught them after their lease check)"
     )
     sent = defaultdict(list)
     for e in f.bill:
@@ -807,28 +844,42 @@ def check_paid_twice(f: Facts, cut: dict[int, str]) -> Verdict:
     return Verdict("I3", not unexplained and not late, figures, tuple(details))
 
 
-def paid_after_lease(f: Facts) -> list[str]:
+def paid_after_lease(f: Facts) -> tuple[list[str], dict[int, str]]:
     """Billed requests that reached the provider after the attempt of their worker on their item had
-    ended (reaped as stalled, given back, concluded), by more than the clocks' slack."""
+    ended (reaped as stalled, given back, concluded), by more than the clocks' slack. Apart, by request
+    number, the late requests within the documented bound: their worker was frozen while the attempt
+    was still its own and sent them as it woke (at most one per thread per freeze)."""
     by_worker: defaultdict[tuple[str, str], list[AttemptRow]] = defaultdict(list)
     for a in f.attempts:
         by_worker[str(a.item_id), a.pid].append(a)
-    found = []
-    for e in f.bill:
+    found: list[str] = []
+    woken: dict[int, str] = {}
+    caught: Counter[int] = Counter()  # freeze (index) -> requests excused by it
+    for e in sorted(f.bill, key=lambda e: e.number):
         arrived, pid = f.arrivals.get(e.number), f.senders.get(e.number, "?")
         if arrived is None:
             continue
         mine = by_worker[str(item_of_key(e.idempotency_key)), pid]
         held = [a for a in mine if a.started_at <= arrived + LEASE_SLACK]
         attempt = max(held, key=lambda a: a.started_at, default=None)
-        if (
-            attempt is not None
-            and attempt.finished_at is not None
-            and arrived > attempt.finished_at + LEASE_SLACK
-        ):
-            ended = f"{attempt.status} at {attempt.finished_at:%H:%M:%S.%f}"
-            found.append(f"request #{e.number} at {arrived:%H:%M:%S.%f} by {pid}, attempt {ended}")
-    return found
+        if attempt is None or attempt.finished_at is None or arrived <= attempt.finished_at + LEASE_SLACK:
+            continue
+        ended_at = attempt.finished_at
+        freeze = next(
+            (
+                n
+                for n, z in enumerate(f.freezes)
+                if z.pid == pid and z.sent_on_waking(arrived, ended_at) and caught[n] < f.concurrency
+            ),
+            None,
+        )
+        if freeze is not None:
+            caught[freeze] += 1
+            woken[e.number] = str(e.idempotency_key)
+            continue
+        ended = f"{attempt.status} at {attempt.finished_at:%H:%M:%S.%f}"
+        found.append(f"request #{e.number} at {arrived:%H:%M:%S.%f} by {pid}, attempt {ended}")
+    return found, woken
 
 
 def check_sums(f: Facts) -> Verdict:
