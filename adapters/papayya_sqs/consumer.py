@@ -14,11 +14,21 @@ paused (a budget broke, or the run is paused)   deleted; the item is kept ``paus
 failed, the agent's policy retries it           hidden for ``retry_in`` seconds, then redelivered
 ... on the queue's last delivery                the item is failed (``DeadLettered``) and the message
 (``ApproximateReceiveCount`` = maxReceiveCount) is made visible: SQS moves it to the DLQ
-held by another attempt's live lease            hidden until that lease could have expired
+held by another attempt's live lease            hidden until that lease could have expired (on its
+                                                last delivery: deleted; the holder finishes the item
+                                                or the reaper sends it again)
+its last delivery, fewer attempts of its item   a fresh message is sent for the item and this one
+than deliveries (others spent its count)        deleted: the dead-letter queue only takes messages
+                                                whose own item used their deliveries
 a duplicate of a done item                      deleted
 malformed, oversized, forged, no tenant         logged (one sentence) and moved to the DLQ with a
                                                 ``papayya_error`` attribute; nothing is recorded
 =============================================  ===================================================
+
+An item that lost its worker before (``stalls`` > 0: it may be what killed it) runs alone: the consumer
+lets what runs finish, receives nothing more, and runs it by itself; if it kills the process again, no
+innocent item goes down (or is counted toward the dead-letter queue) with it, and after ``max_stalls``
+losses the reaper fails it.
 
 A monitor thread extends the visibility of every message in flight (with its latest receipt handle)
 and the papayya lease of its attempt, writes budget spend every second and notices runs paused
@@ -68,6 +78,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("papayya.sqs")
 
 BACKEND = "sqs"
+OPEN = (ItemStatus.QUEUED, ItemStatus.STALLED, ItemStatus.RUNNING)  # an item a delivery may still run
 Overrides = dict[tuple[str, str], dict[str, Decimal | None]]
 
 
@@ -98,7 +109,64 @@ class Leave:
     """Do nothing: someone else holds the item (and its message) now."""
 
 
-Action = Delete | Hide | DeadLetter | Leave
+@dataclass(frozen=True)
+class Renew:
+    """Send the item a fresh message, then delete this one: its receive count was spent by others."""
+
+    ref: ItemRef
+
+
+Action = Delete | Hide | DeadLetter | Leave | Renew
+
+
+class _Gate:
+    """Runs an item that lost its worker before (a *suspect*: it may be what killed it) alone in this
+    consumer, so that if it kills the process again, it takes no innocent item with it: a suspect waits
+    until nothing else runs, and nothing starts (or is received) while one waits or runs."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._running = 0
+        self._suspects = 0  # waiting or running
+        self._alone = False
+
+    @property
+    def isolating(self) -> bool:
+        with self._cond:
+            return self._suspects > 0
+
+    def would_wait(self, suspect: bool) -> bool:
+        """Whether an item entering now would have to wait (racy: a hint for what to do meanwhile)."""
+        with self._cond:
+            return self._running > 0 or self._alone if suspect else self._suspects > 0
+
+    def enter(self, suspect: bool, stopping: threading.Event) -> bool:
+        """Wait for this item's turn; False when the consumer stops meanwhile (nothing was started)."""
+        with self._cond:
+            if suspect:
+                self._suspects += 1
+            while not stopping.is_set():
+                if suspect and self._running == 0 and not self._alone:
+                    self._alone = True
+                    break
+                if not suspect and self._suspects == 0:
+                    break
+                self._cond.wait(0.2)
+            else:
+                if suspect:
+                    self._suspects -= 1
+                    self._cond.notify_all()
+                return False
+            self._running += 1
+            return True
+
+    def leave(self, suspect: bool) -> None:
+        with self._cond:
+            self._running -= 1
+            if suspect:
+                self._suspects -= 1
+                self._alone = False
+            self._cond.notify_all()
 
 
 @dataclass
@@ -126,6 +194,7 @@ class ConsumerStats:
     dead_lettered: int = 0
     released: int = 0
     stale: int = 0
+    renewed: int = 0  # messages replaced by a fresh one: their receive count was spent by others
     counts_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def add(self, name: str, n: int = 1) -> None:
@@ -228,6 +297,7 @@ class Consumer:
         self._burst = False
         self._rt: Runtime | None = None
         self._visibility = 30
+        self._gate = _Gate()
 
     def __repr__(self) -> str:
         return f"<papayya_sqs.Consumer {self.queue.url} serving {self.serving}>"
@@ -334,8 +404,12 @@ class Consumer:
         backoff = 0.5
         while not self._stopping.is_set():
             with self._slots:
-                while self._busy >= self.concurrency and not self._stopping.is_set():
-                    self._slots.wait(0.5)
+                # While an item that lost its worker before waits or runs alone, receive nothing: a
+                # message received now would share its fate (and its receive count) if it kills us.
+                while (
+                    self._busy >= self.concurrency or self._gate.isolating
+                ) and not self._stopping.is_set():
+                    self._slots.wait(0.2)
                 free = self.concurrency - self._busy
             if self._stopping.is_set():
                 return
@@ -492,6 +566,43 @@ class Consumer:
                 )
             except (InputError, TenantError) as exc:
                 return self._refuse(f"refused message {msg.message_id}: {exc}")
+            if msg.receive_count > 1:  # delivered before: its item may have lost a consumer already
+                key = {"item_id": ref.item_id, "tenant_id": ref.tenant_id}
+                row = rt.store.fetch_one("sqs_item_state", key)
+        if row is None or row["status"] not in OPEN:
+            return self._run(flight, rt, agent, ref)  # done or paused: refused at once, nothing runs
+        # It lost a consumer before (or its last one died and the reaper has not noticed yet)
+        suspect = int(row["stalls"]) > 0 or row["status"] == ItemStatus.RUNNING
+        if self._last_delivery(msg):  # SQS dead-letters this message on its next receive
+            if row["status"] == ItemStatus.RUNNING:
+                log.info(
+                    "item %s is held by another attempt on its message's last delivery; this copy is "
+                    "deleted (the holder finishes the item, or the reaper sends it again)",
+                    ref.key,
+                )
+                self.stats.add("duplicates")
+                return Delete()
+            spent = msg.receive_count - 1 - int(row["attempts"])
+            if spent > 0 or self._gate.would_wait(suspect):
+                log.info(
+                    "item %s: its message %s is on its last delivery (%d of its deliveries were spent "
+                    "while the item was not running on it%s); sent again as a fresh message so SQS does "
+                    "not dead-letter an item that did nothing",
+                    ref.key,
+                    msg.message_id,
+                    max(spent, 0),
+                    ", and it would wait for an item running alone" if spent <= 0 else "",
+                )
+                return Renew(ref)
+        if not self._gate.enter(suspect, self._stopping):
+            return Hide(0)  # stopping while it waited its turn: not started, given back at once
+        try:
+            return self._run(flight, rt, agent, ref)
+        finally:
+            self._gate.leave(suspect)
+
+    def _run(self, flight: _Flight, rt: Runtime, agent: Agent, ref: ItemRef) -> Action:
+        msg = flight.msg
         overrides, period = rt.control.terms(ref.tenant_id)
         ctx = execute.begin(rt, agent, ref, backend=BACKEND, price_overrides=overrides, budget_period=period)
         if ctx is None:
@@ -612,16 +723,10 @@ class Consumer:
             # whose consumer died before its lease expired. Look again once it could have expired.
             row = rt.store.fetch_one("sqs_lease_left", {"item_id": ref.item_id, "tenant_id": ref.tenant_id})
             wait = math.ceil((float(row["seconds"]) if row else 0.0) + 0.5)
-            if self._last_delivery(msg):
-                log.warning(
-                    "item %s is held by another attempt on its message's last delivery; SQS dead-letters "
-                    "this copy; the attempt holding the item finishes it (or the reaper sends it again)",
-                    ref.key,
-                )
-            else:
-                log.info(
-                    "item %s is held by another attempt; this delivery looks again in %ds", ref.key, wait
-                )
+            if self._last_delivery(msg):  # not dead-lettered: the holder finishes it, or the reaper
+                self.stats.add("duplicates")
+                return Delete()
+            log.info("item %s is held by another attempt; this delivery looks again in %ds", ref.key, wait)
             return Hide(wait)
         self.stats.add("paused" if why == "paused" else "duplicates")
         if why == "paused":
@@ -650,6 +755,23 @@ class Consumer:
                 log.exception("consumer: could not settle %d message(s); they come back", len(batch))
 
     def _settle(self, batch: list[tuple[_Flight, Action]]) -> None:
+        renew = [(f, a.ref) for f, a in batch if isinstance(a, Renew)]
+        if renew:
+            batch = [b for b in batch if not isinstance(b[1], Renew)]
+            try:
+                self.queue.send([ref for _, ref in renew])
+            except SqsUnavailable as exc:
+                log.error(
+                    "could not send %d item(s) a fresh message (%s); their old messages go to the "
+                    "dead-letter queue while the items stay queued: %s",
+                    len(renew),
+                    exc,
+                    ", ".join(ref.key for _, ref in renew[:10]),
+                )
+                batch += [(f, Hide(0)) for f, _ in renew]
+            else:
+                self.stats.add("renewed", len(renew))
+                batch += [(f, Delete()) for f, _ in renew]
         deletes = [f for f, a in batch if isinstance(a, Delete)]
         hides = [(f, a.seconds) for f, a in batch if isinstance(a, Hide)]
         dead = [(f, a.reason) for f, a in batch if isinstance(a, DeadLetter)]

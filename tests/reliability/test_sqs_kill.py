@@ -60,6 +60,33 @@ APP = textwrap.dedent(
 )
 
 
+# An item that kills its consumer (a native crash, an out-of-memory kill) and its batch-mates, which call
+# their LLM and take a while: they are in flight when it strikes.
+POISON_APP = textwrap.dedent(
+    """
+    import os, signal, time
+    import openai
+    import papayya_openai
+    from papayya import agent
+
+    client = papayya_openai.instrument(
+        openai.OpenAI(base_url=os.environ["FAKE_URL"], api_key="test", max_retries=0)
+    )
+
+    @agent(name="crunch")
+    def crunch(item):
+        if item.input["question"] == "poison":
+            time.sleep(0.5)
+            os.kill(os.getpid(), signal.SIGKILL)
+        reply = client.chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": item.id}]
+        )
+        time.sleep(1.0)
+        return {"answer": reply.choices[0].message.content}
+    """
+)
+
+
 def _item(url: str, tenant: str) -> dict[str, Any] | None:
     with psycopg.connect(url, row_factory=psycopg.rows.dict_row) as conn:
         return conn.execute(
@@ -85,6 +112,7 @@ def consumers(
 ) -> Iterator[Callable[[str], subprocess.Popen[bytes]]]:
     """Start ``python -m papayya_sqs sqsapp:enrich`` processes on a queue."""
     (tmp_path / "sqsapp.py").write_text(APP)
+    (tmp_path / "poisonapp.py").write_text(POISON_APP)
     state = tmp_path / "state"
     state.mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PAPAYYA_", "AWS_"))}
@@ -100,8 +128,8 @@ def consumers(
     procs: list[subprocess.Popen[bytes]] = []
     logs: list[Any] = []
 
-    def start(queue_url: str) -> subprocess.Popen[bytes]:
-        cmd = [sys.executable, "-m", "papayya_sqs", "sqsapp:enrich", "--wait-seconds", "1", "--grace", "1"]
+    def start(queue_url: str, spec: str = "sqsapp:enrich") -> subprocess.Popen[bytes]:
+        cmd = [sys.executable, "-m", "papayya_sqs", spec, "--wait-seconds", "1", "--grace", "1"]
         log = open(tmp_path / f"consumer-{len(procs)}.log", "wb")  # noqa: SIM115 - closed at teardown
         logs.append(log)
         proc = subprocess.Popen(
@@ -226,3 +254,48 @@ def test_sigterm_gives_the_item_in_flight_back_and_the_next_consumer_finishes_it
     assert row is not None
     assert row["attempts"] == ["cancelled", "succeeded"]
     assert fake.count == 1
+
+
+def _items(url: str, tenant: str) -> dict[str, dict[str, Any]]:
+    with psycopg.connect(url, row_factory=psycopg.rows.dict_row) as conn:
+        rows = conn.execute(
+            "SELECT key, status, stalls, error ->> 'type' AS error FROM papayya.items WHERE tenant_id = %s",
+            (tenant,),
+        ).fetchall()
+    return {r["key"]: r for r in rows}
+
+
+def test_an_item_that_kills_its_consumer_does_not_take_its_batch_mates_or_their_messages_with_it(
+    consumers: Any, queues: Queues, sqs: Any, database_url: str, fake: FakeProvider, tenant: str
+) -> None:
+    # Given a queue (3 receives, then the DLQ) with five ordinary items and one that SIGKILLs any
+    # consumer it runs on, all received together, under a supervisor that restarts the dead consumer
+    url, dlq = queues.make(visibility=2, max_receive=3)
+    assert dlq is not None
+    keys = [f"mate-{n}" for n in range(5)] + ["poison"]
+    for key in keys:
+        _send(sqs, url, tenant, key)
+    consumer = consumers(url, "poisonapp:crunch")
+    deaths = 0
+    deadline = time.monotonic() + 180
+    while True:
+        items = _items(database_url, tenant)
+        if len(items) == len(keys) and all(i["status"] in ("succeeded", "failed") for i in items.values()):
+            break
+        assert time.monotonic() < deadline, f"items not finished: {items}"
+        if consumer.poll() is not None:
+            deaths += 1
+            consumer = consumers(url, "poisonapp:crunch")
+        time.sleep(0.2)
+    # Then the batch-mates lost a consumer at most once (the first crash, before anyone knew) and
+    # succeeded, each LLM call paid once; the killer ran alone after that and was failed as lost
+    assert deaths >= 2  # it did kill more than once
+    mates = {k: v for k, v in items.items() if k != "poison"}
+    assert {k: v["status"] for k, v in mates.items()} == dict.fromkeys(mates, "succeeded")
+    assert all(v["stalls"] <= 1 for v in mates.values()), mates
+    assert (items["poison"]["status"], items["poison"]["error"]) == ("failed", "WorkerLost")
+    assert fake.count == len(mates)
+    # And the dead-letter queue holds no message of an item that succeeded
+    _wait(lambda: queues.count(url) == 0, "the source queue to empty", timeout=60)
+    lettered = [m["MessageAttributes"][papayya_sqs.KEY]["StringValue"] for m in queues.drain(dlq)]
+    assert set(lettered) <= {"poison"}, lettered
