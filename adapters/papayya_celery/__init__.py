@@ -29,6 +29,9 @@ for recorded calls), budget gate (a paused tenant's messages are acked and their
   the generic task ``papayya.run_item``, which imports the agent the run was started with.
 - The worker's main process runs the reaper: a worker that died leaves its item ``stalled``, and the
   item is published again.
+- On Redis, the worker's main process also runs the unacked watch: messages a worker killed whole had
+  prefetched go back to their queue after ``PAPAYYA_CELERY_UNACKED_SECONDS`` (default 120), not after
+  Redis's visibility timeout.
 
 Importing this package does not need Celery; ``install`` without it raises one clear error.
 """

@@ -9,8 +9,10 @@
   a ``papayya_celery.tenant(...)`` block, and the trace context of the publisher (``traceparent``, with
   OpenTelemetry installed) on papayya messages that do not carry one yet.
 - ``worker_ready`` starts a reaper in the worker's main process (items whose worker died are marked
-  ``stalled`` and published again); ``worker_shutdown`` stops it. A pool process that stops gives back
-  the budget it leased (``worker_process_shutdown``).
+  ``stalled`` and published again) and, on a Redis broker, the unacked watch (``unacked.py``: messages
+  a dead worker had prefetched go back to their queue; ``task_received`` tells it what this worker
+  holds); ``worker_shutdown`` stops both. A pool process that stops gives back the budget it leased
+  (``worker_process_shutdown``).
 
 Signals are connected with ``weak=False`` once for every installed app and disconnected by the last
 ``uninstall``.
@@ -28,6 +30,7 @@ from papayya.reaper import Reaper
 from papayya.runtime import get_runtime
 from papayya_celery import message as H
 from papayya_celery import worker
+from papayya_celery.unacked import UnackedWatch
 from papayya_otel import propagation as trace_context
 
 log = logging.getLogger("papayya.celery")
@@ -35,6 +38,7 @@ log = logging.getLogger("papayya.celery")
 _lock = threading.RLock()
 _apps: dict[int, Celery] = {}
 _reapers: dict[int, Reaper] = {}
+_watches: dict[int, UnackedWatch] = {}
 _connected = False
 
 
@@ -59,6 +63,7 @@ def install(app: Celery) -> None:
             signals.before_task_publish.connect(_stamp, weak=False)
             signals.worker_init.connect(_on_worker_init, weak=False)
             signals.worker_ready.connect(_on_worker_ready, weak=False)
+            signals.task_received.connect(_on_task_received, weak=False)
             signals.worker_shutdown.connect(_on_worker_shutdown, weak=False)
             signals.worker_process_shutdown.connect(_on_process_shutdown, weak=False)
             _connected = True
@@ -79,17 +84,21 @@ def uninstall(app: Celery) -> None:
         if _apps.pop(id(app), None) is None:
             return
         reaper = _reapers.pop(id(app), None)
+        watch = _watches.pop(id(app), None)
         app.Task = _bases.pop(id(app))
         if not _apps and _connected:
             signals.before_task_publish.disconnect(_stamp)
             signals.worker_init.disconnect(_on_worker_init)
             signals.worker_ready.disconnect(_on_worker_ready)
+            signals.task_received.disconnect(_on_task_received)
             signals.worker_shutdown.disconnect(_on_worker_shutdown)
             signals.worker_process_shutdown.disconnect(_on_process_shutdown)
             _connected = False
     app.on_after_finalize.disconnect(_on_finalize)
     if reaper is not None:
         reaper.stop()
+    if watch is not None:
+        watch.stop()
     if app.finalized:
         for task in app.tasks.values():
             cls = type(task)
@@ -193,7 +202,8 @@ def _on_worker_init(sender: Any = None, **_: Any) -> None:
 
 
 def _on_worker_ready(sender: Any = None, **_: Any) -> None:
-    """Start the reaper in the worker's main process, re-driving this app's stalled items."""
+    """Start the reaper in the worker's main process, re-driving this app's stalled items, and the
+    unacked watch when the broker is Redis."""
     app = getattr(sender, "app", None)
     if app is None or not is_installed(app):
         return
@@ -209,14 +219,36 @@ def _on_worker_ready(sender: Any = None, **_: Any) -> None:
                 _reapers[id(app)] = Reaper(rt).start()
     except Exception:
         log.exception("could not start the papayya reaper in this worker; stalled items wait for another")
+        return
+    try:
+        with _lock:
+            if id(app) not in _watches:
+                watch = UnackedWatch(app, rt).start()
+                if watch is not None:
+                    _watches[id(app)] = watch
+    except Exception:
+        log.exception(
+            "could not start the papayya unacked watch in this worker; messages a dead worker had "
+            "prefetched wait for Redis's visibility timeout"
+        )
+
+
+def _on_task_received(sender: Any = None, request: Any = None, **_: Any) -> None:
+    """This worker took a message: the unacked watch keeps it marked alive until it is acknowledged."""
+    watch = _watches.get(id(getattr(sender, "app", None)))
+    if watch is not None and request is not None:
+        watch.hold(request)
 
 
 def _on_worker_shutdown(sender: Any = None, **_: Any) -> None:
     app = getattr(sender, "app", None)
     with _lock:
         reaper = _reapers.pop(id(app), None) if app is not None else None
+        watch = _watches.pop(id(app), None) if app is not None else None
     if reaper is not None:
         reaper.stop()
+    if watch is not None:
+        watch.stop()
     worker.close_process()
 
 

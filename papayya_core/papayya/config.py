@@ -90,6 +90,12 @@ class Settings(BaseSettings):
         ge=1,
         description="Times an item may lose its worker (lease expired mid-attempt) before it is failed.",
     )
+    celery_unacked_seconds: float = Field(
+        default=120.0,
+        gt=0,
+        description="Celery on Redis: a papayya message a worker took and no live worker has held for this "
+        "long goes back to its queue (instead of after Redis's visibility timeout, an hour).",
+    )
     pool_size: int = Field(default=16, ge=2, description="Most connections one process opens.")
     progress: bool | None = Field(default=None, description="Progress bar: None = only on a terminal.")
     auto_migrate: bool = Field(default=True, description="Apply pending migrations on first use.")
