@@ -136,6 +136,7 @@ progress = false
 auto_migrate = false
 default_max_output_tokens = 512
 otel = true
+celery_unacked_seconds = 60
 """,
     )
     found = effective_settings()
@@ -147,7 +148,7 @@ otel = true
         "temporal",
     )
     assert (s.unknown_tenants, s.max_input_bytes, s.lease_seconds, s.max_stalls) == ("refuse", 2048, 30.0, 2)
-    assert s.default_tenant == "internal"
+    assert (s.default_tenant, s.celery_unacked_seconds) == ("internal", 60)
     assert (s.pool_size, s.progress, s.auto_migrate, s.default_max_output_tokens, s.otel) == (
         4,
         False,
