@@ -1,7 +1,9 @@
-"""A Jepsen-style invariant checker for the native engine.
+"""A Jepsen-style invariant checker for papayya's backends: the native engine and SQS.
 
 For each seed it records a run of ``--items`` items for a fresh tenant, served by ``--workers``
-``papayya worker tests.reliability.checker_agent:enrich`` processes whose LLM calls go through the real
+processes running ``tests.reliability.checker_agent:enrich`` (``--backend native``: ``papayya worker``;
+``--backend sqs``: ``python -m papayya_sqs`` consumers on a moto server, a fresh queue with a
+dead-letter queue per seed, the real boto3 client everywhere) whose LLM calls go through the real
 ``openai`` client to a ``papayya.testing.FakeProvider`` with a small latency, so calls are always in
 flight. For ``--minutes`` it then applies a seeded random schedule of operations: SIGKILL a worker (and
 start another), SIGSTOP one past its lease and SIGCONT it, pause a run, resume a paused run for its
@@ -105,6 +107,7 @@ class Options:
     keep_logs: bool
     verbose: bool
     ops: frozenset[str] = OPERATIONS
+    backend: str = "native"
 
     @property
     def mean_latency(self) -> float:
@@ -223,8 +226,8 @@ class Freeze:
 class Workers:
     """The seed's ``papayya worker`` processes, each logging to a file of its own."""
 
-    def __init__(self, env: dict[str, str], logs: Path, concurrency: int) -> None:
-        self.env, self.logs, self.concurrency = env, logs, concurrency
+    def __init__(self, env: dict[str, str], logs: Path, concurrency: int, argv: list[str]) -> None:
+        self.env, self.logs, self.concurrency, self.argv = env, logs, concurrency, argv
         self.procs: dict[int, subprocess.Popen[bytes]] = {}
         self.frozen: dict[int, threading.Timer] = {}  # pid -> the timer that will SIGCONT it
         self.freezes: list[Freeze] = []  # every SIGSTOP, with when it began and when SIGCONT ended it
@@ -234,12 +237,8 @@ class Workers:
 
     def start(self) -> int:
         log = self.logs / f"worker-{len(self.procs)}.log"
-        spec = "tests.reliability.checker_agent:enrich"
-        argv = [sys.executable, "-m", "papayya", "worker", spec, "-c", str(self.concurrency)]
         with log.open("wb") as out:
-            proc = subprocess.Popen(
-                [*argv, "--grace", "5", "--poll", "0.5"], cwd=ROOT, env=self.env, stdout=out, stderr=out
-            )
+            proc = subprocess.Popen(self.argv, cwd=ROOT, env=self.env, stdout=out, stderr=out)
         self.procs[proc.pid] = proc
         return proc.pid
 
@@ -495,11 +494,11 @@ class Schedule:
             return None
         run_id = self.rng.choice(paused)
         try:
-            counts = control.requeue_run(run_id)
+            done = resume(self.s, run_id)
         except PapayyaError as exc:  # a budget still spent: refused, as documented
             return f"refused for run {run_id}: {exc}"
         self.s.history.resumes[run_id] += 1
-        return f"requeued run {run_id}: {counts}"
+        return f"resumed run {run_id}: {done}"
 
     def new_limit(self, scope: str, spent: Decimal) -> Decimal | None:
         """A few calls above what is spent, a few below, well above it, or no budget at all. A budget that
@@ -586,6 +585,31 @@ def patiently(action: Callable[[], T], tries: int = 60) -> T:
     return action()
 
 
+def resume(s: Seed, run_id: uuid.UUID) -> str:
+    """Resume a paused run the way its backend's users do. Native: ``requeue_run`` (for the workers,
+    as ``papayya resume`` does on the native engine). A queue backend: ``papayya resume``'s
+    ``resume_run``, which sends the paused items to the queue and waits for the run, so it runs in a
+    thread of its own, like a person's terminal; a refusal (a budget still spent) is raised here."""
+    if s.opts.backend == "native":
+        return str(control.requeue_run(run_id))
+    failed: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            control.resume_run(run_id, progress=False)
+        except BaseException as exc:  # reported through ``failed``
+            failed.append(exc)
+
+    waiting = threading.Thread(target=run, name=f"resume-{run_id}", daemon=True)
+    waiting.start()
+    waiting.join(1.0)  # a refusal comes at once; the run itself goes on in the thread
+    if failed:
+        if isinstance(failed[0], PapayyaError):
+            raise failed[0]
+        return f"failed: {type(failed[0]).__name__}: {failed[0]}"
+    return "sent to the queue"
+
+
 def settle(s: Seed, seconds: float) -> float:
     """Lift every limit and resume what is paused until each item is terminal or ``seconds`` pass.
 
@@ -606,9 +630,9 @@ def settle(s: Seed, seconds: float) -> float:
             break
         for run_id in sorted(r for r, status in runs.items() if status == "paused"):
             with contextlib.suppress(PapayyaError):
-                counts = control.requeue_run(run_id)
+                done = resume(s, run_id)
                 s.history.resumes[run_id] += 1
-                s.history.log.append(f"settle: requeued run {run_id}: {counts}")
+                s.history.log.append(f"settle: resumed run {run_id}: {done}")
         s.workers.replace_dead(s.opts.workers)
         time.sleep(0.5)
     return time.monotonic() - started
@@ -1047,8 +1071,13 @@ def _stub(item: Any) -> None:
     """The checker only records runs; its workers run ``checker_agent.enrich``."""
 
 
+STUBS: dict[str, papayya.Agent] = {}  # the sender's view of each seed's agent, alive for resume
+
+
 def submit(agent_name: str, tenant: str, keys: list[str]) -> uuid.UUID:
-    stub = papayya.agent(name=agent_name, retries=workload.RETRIES, backoff=0)(_stub)
+    stub = STUBS.get(agent_name)
+    if stub is None:
+        stub = STUBS[agent_name] = papayya.agent(name=agent_name, retries=workload.RETRIES, backoff=0)(_stub)
     return stub.submit([{"id": k} for k in keys], tenant=tenant, concurrency=8).run_id
 
 
@@ -1121,7 +1150,9 @@ def run_seed(seed: int, opts: Options, db: Db, restarter: Restarter | None) -> l
     with FakeProvider(stamped(workload.reply(lambda: latency.seconds), arrivals)) as fake:
         quiet(fake)
         env = worker_env(opts, seed, f"checker-{tag}", fake, logs / "home")
-        workers = Workers(env, logs, opts.concurrency)
+        env.update(BACKENDS[opts.backend].seed_env(tag))
+        argv = BACKENDS[opts.backend].argv(opts.concurrency)
+        workers = Workers(env, logs, opts.concurrency, argv)
         s = Seed(seed, opts, db, fake, latency, workers, tag, restarter, arrivals=arrivals)
         try:
             workers.replace_dead(opts.workers)
@@ -1165,6 +1196,84 @@ def report(s: Seed, found: list[Verdict], elapsed: float, settling: float) -> No
             say(f"  seed {s.seed} {v.name}: {line}")
 
 
+# -- the backends ---------------------------------------------------------------------------------
+
+SPEC = "tests.reliability.checker_agent:enrich"
+
+
+class Native:
+    """``papayya worker`` processes on the store's own queue."""
+
+    name = "native"
+
+    def start(self) -> None:
+        papayya.configure(backend="native")
+
+    def seed_env(self, tag: str) -> dict[str, str]:
+        return {}
+
+    def argv(self, concurrency: int) -> list[str]:
+        return [sys.executable, "-m", "papayya", "worker", SPEC, "-c", str(concurrency), "--grace", "5",
+                "--poll", "0.5"]  # fmt: skip
+
+    def stop(self) -> None:
+        pass
+
+
+class Sqs:
+    """``python -m papayya_sqs`` consumers on a moto server's queue (a fresh queue and DLQ per seed,
+    maxReceiveCount 5, visibility 10 s), with the real boto3 client in every process."""
+
+    name = "sqs"
+    AWS = {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_SESSION_TOKEN": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+
+    def __init__(self) -> None:
+        self.server: Any = None
+        self.endpoint = ""
+
+    def start(self) -> None:
+        import logging
+
+        from moto.server import ThreadedMotoServer
+
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)
+        self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        self.server.start()
+        host, port = self.server.get_host_and_port()
+        self.endpoint = f"http://{host}:{port}"
+        os.environ.update(self.AWS, PAPAYYA_SQS_ENDPOINT_URL=self.endpoint)
+
+    def seed_env(self, tag: str) -> dict[str, str]:
+        import boto3
+
+        client = boto3.client("sqs", endpoint_url=self.endpoint, region_name="us-east-1")
+        dlq = client.create_queue(QueueName=f"checker-{tag}-dlq")["QueueUrl"]
+        arn = client.get_queue_attributes(QueueUrl=dlq, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+        policy = json.dumps({"deadLetterTargetArn": arn, "maxReceiveCount": "5"})
+        url = client.create_queue(
+            QueueName=f"checker-{tag}", Attributes={"VisibilityTimeout": "10", "RedrivePolicy": policy}
+        )["QueueUrl"]
+        os.environ["PAPAYYA_SQS_QUEUE_URL"] = url  # this process sends, resumes and replays there
+        papayya.configure(backend="sqs")
+        return {**self.AWS, "PAPAYYA_SQS_ENDPOINT_URL": self.endpoint, "PAPAYYA_SQS_QUEUE_URL": url}
+
+    def argv(self, concurrency: int) -> list[str]:
+        return [sys.executable, "-m", "papayya_sqs", SPEC, "--concurrency", str(concurrency),
+                "--wait-seconds", "1", "--grace", "5"]  # fmt: skip
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.stop()
+
+
+BACKENDS: dict[str, Native | Sqs] = {"native": Native(), "sqs": Sqs()}
+
+
 # -- the command line -----------------------------------------------------------------------------
 
 
@@ -1172,7 +1281,7 @@ def parse(argv: list[str] | None) -> tuple[argparse.Namespace, Options]:
     p = argparse.ArgumentParser(
         prog="python -m tests.reliability.checker", description=(__doc__ or "").split("\n")[0]
     )
-    p.add_argument("--backend", choices=["native"], default="native")
+    p.add_argument("--backend", choices=sorted(BACKENDS), default="native")
     p.add_argument("--seed-start", type=int, default=1)
     p.add_argument("--seeds", type=int, default=1)
     p.add_argument("--minutes", type=float, default=1.0, help="how long each seed's schedule lasts")
@@ -1208,6 +1317,7 @@ def parse(argv: list[str] | None) -> tuple[argparse.Namespace, Options]:
         keep_logs=a.keep_logs,
         verbose=a.verbose,
         ops=frozenset(a.ops.split(",")),
+        backend=a.backend,
     )
     return a, opts
 
@@ -1258,6 +1368,8 @@ def main(argv: list[str] | None = None) -> int:
     with database(opts.database_url, args.fresh_database) as url, tempfile.TemporaryDirectory() as home:
         opts = dataclasses.replace(opts, database_url=url)
         papayya.configure(database_url=url, home=Path(home), progress=False)
+        backend = BACKENDS[opts.backend]
+        backend.start()
         db = Db(url)
         restarter = Restarter.find(db) if opts.pg_restart and "restart" in opts.ops else None
         say(f"checker: {opts.seeds} seeds from {opts.seed_start}, {opts.items} items, {opts.workers} workers "
@@ -1271,6 +1383,7 @@ def main(argv: list[str] | None = None) -> int:
                 found = [Verdict("error", False, str(exc))]
             failed.update(v.name for v in found if not v.ok)
             bad_seeds += any(not v.ok for v in found)
+        backend.stop()
         papayya.reset()
     violations = ", ".join(f"{k} in {v}" for k, v in sorted(failed.items())) or "none"
     print(

@@ -35,10 +35,10 @@ T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-@pytest.mark.parametrize("seed", SEEDS)
-def test_a_disturbed_run_keeps_every_invariant(database_url: str, seed: int) -> None:
+@pytest.mark.parametrize(("backend", "seed"), [*(("native", seed) for seed in SEEDS), ("sqs", 1)])
+def test_a_disturbed_run_keeps_every_invariant(database_url: str, backend: str, seed: int) -> None:
     argv = [
-        *(sys.executable, "-m", "tests.reliability.checker", "--backend", "native"),
+        *(sys.executable, "-m", "tests.reliability.checker", "--backend", backend),
         *("--seed-start", str(seed), "--seeds", "1", "--minutes", "0.5", "--items", "240"),
         *("--database-url", database_url),
     ]
@@ -129,6 +129,32 @@ def test_a_step_billed_twice_is_explained_only_by_a_call_cut_in_flight() -> None
     unexplained = checker.check_paid_twice(facts(ledger, billed), {7: "papayya-k2"})
     assert not unexplained.ok
     assert "unexplained 1" in unexplained.figures
+
+
+def test_a_call_paid_after_its_attempt_ended_is_excused_only_when_its_worker_woke_from_a_freeze() -> None:
+    # Given a call of worker 42 that reached the provider at t=5, its attempt reaped as stalled at t=2
+    item = uuid.UUID(int=5)
+    key = f"papayya-{item}-s1"
+    ended = checker.AttemptRow(item, "42", "stalled", T0, T0 + timedelta(seconds=2))
+
+    def verdict(*freezes: checker.Freeze) -> checker.Verdict:
+        f = facts([call(key, "1", at=5)], [bill(key)])
+        f.attempts, f.senders, f.arrivals = [ended], {1: "42"}, {1: T0 + timedelta(seconds=5)}
+        f.freezes, f.concurrency = list(freezes), 1
+        return checker.check_paid_twice(f, {})
+
+    # Then with no freeze it is a violation
+    assert "paid after the lease was lost 1" in verdict().figures
+    # And a freeze that began while the attempt was its own and ended just before the call excuses it
+    frozen = checker.Freeze("42", T0 + timedelta(seconds=1), T0 + timedelta(seconds=4.8))
+    assert verdict(frozen).ok
+    assert "+1 sent on waking" in verdict(frozen).figures
+    # But not a freeze of another worker, one that ended long before, or one that began after the end
+    other = checker.Freeze("43", T0 + timedelta(seconds=1), T0 + timedelta(seconds=4.8))
+    early = checker.Freeze("42", T0 + timedelta(seconds=1), T0 + timedelta(seconds=3))
+    after = checker.Freeze("42", T0 + timedelta(seconds=3), T0 + timedelta(seconds=4.8))
+    for freeze in (other, early, after):
+        assert not verdict(freeze).ok, freeze
 
 
 def test_the_ledger_must_hold_every_billed_call_and_no_other() -> None:
