@@ -167,11 +167,12 @@ async def _agent_of_run(stamp: Stamp) -> Agent:
             f"papayya refused this activity: tenant {stamp.tenant_id!r} has no run {run_id} "
             "(a forged or mistaken papayya header)",
             type=REFUSED,
+            category=BENIGN,  # papayya logged its one sentence: no SDK traceback on top
             non_retryable=True,
         ) from None
     except AgentNotImportable as exc:
         log.error("%s", exc)
-        raise ApplicationError(str(exc), type=NOT_IMPORTABLE, non_retryable=True) from None
+        raise ApplicationError(str(exc), type=NOT_IMPORTABLE, category=BENIGN, non_retryable=True) from None
 
 
 async def _adopt(
@@ -198,7 +199,7 @@ async def _adopt(
             "PAPAYYA_DEFAULT_TENANT to adopt such activities under one tenant"
         )
         log.error("%s", message)
-        raise ApplicationError(message, type=UNSTAMPED, non_retryable=True)
+        raise ApplicationError(message, type=UNSTAMPED, category=BENIGN, non_retryable=True)
     args = list(input.args)
     data = args[0] if len(args) == 1 and isinstance(args[0], dict) else {"args": args}
     key = f"{info.workflow_id or info.activity_id}/{info.activity_id}"
@@ -215,7 +216,7 @@ async def _adopt(
     except (InputError, TenantError) as exc:
         log.error("refused activity %s: %s", info.activity_type, exc)
         raise ApplicationError(
-            f"papayya refused this activity: {exc}", type=REFUSED, non_retryable=True
+            f"papayya refused this activity: {exc}", type=REFUSED, category=BENIGN, non_retryable=True
         ) from None
     if stamp is None:
         log.info("activity %s: no papayya tenant; adopted under PAPAYYA_DEFAULT_TENANT", info.activity_type)
@@ -228,6 +229,7 @@ def _malformed(stamp: Stamp) -> ApplicationError:
         "papayya refused this activity: its papayya header does not name an item "
         "(a forged or mistaken header)",
         type=REFUSED,
+        category=BENIGN,  # papayya logged its one sentence: no SDK traceback on top
         non_retryable=True,
     )
 
@@ -413,6 +415,7 @@ async def _refused(rt: Runtime, ref: ItemRef, stamp: Stamp) -> Any:
             f"papayya refused this activity: tenant {ref.tenant_id!r} has no item {ref.item_id} "
             "(a forged or mistaken papayya header)",
             type=REFUSED,
+            category=BENIGN,  # papayya logged its one sentence: no SDK traceback on top
             non_retryable=True,
         )
     if why == "running":

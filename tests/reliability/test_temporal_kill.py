@@ -152,3 +152,66 @@ def test_a_worker_killed_mid_activity_is_a_stalled_attempt_and_the_item_still_en
     assert stalls == 1
     (item,) = result.items()
     assert get_runtime().store.item_detail(item.item_id)["output"]["temporal_attempt"] >= 2
+
+
+def test_items_refused_by_workers_on_another_database_end_map_with_the_cause(
+    rt: Runtime,
+    database_url: str,
+    temporal: TemporalHarness,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given the only worker of the task queue on another papayya database (a deployment mistake)
+    other = f"papayya_other_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(database_url, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{other}"')
+    info = psycopg.conninfo.conninfo_to_dict(database_url)
+    info["dbname"] = other
+    other_url = psycopg.conninfo.make_conninfo(**{k: str(v) for k, v in info.items() if v is not None})
+    (tmp_path / "kill_agents.py").write_text(WORKER)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    queue = f"papayya-other-db-{uuid.uuid4().hex[:8]}"
+    monkeypatch.setenv("PAPAYYA_TEMPORAL_ADDRESS", temporal.address)
+    monkeypatch.setenv("PAPAYYA_TEMPORAL_TASK_QUEUE", queue)
+    papayya.configure(backend="temporal")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PAPAYYA_")}
+    env.update(
+        PAPAYYA_TEMPORAL_ADDRESS=temporal.address,
+        PAPAYYA_TEMPORAL_TASK_QUEUE=queue,
+        PAPAYYA_DATABASE_URL=other_url,
+        KILL_MARK=str(tmp_path / "never"),
+        PYTHONPATH=os.pathsep.join([str(tmp_path), str(REPO)]),
+    )
+    import kill_agents
+
+    from papayya_temporal.config import TemporalError
+
+    worker = _worker(env, tmp_path)
+    outcome: dict[str, Any] = {}
+
+    def batch() -> None:
+        try:
+            outcome["result"] = kill_agents.long_enrich.map(
+                [{"id": f"d{n}.com"} for n in range(3)], tenant=f"other-{uuid.uuid4().hex[:6]}"
+            )
+        except BaseException as exc:
+            outcome["error"] = exc
+
+    runner = threading.Thread(target=batch, daemon=True)
+    runner.start()
+    try:
+        # When map() runs its items there
+        runner.join(timeout=180)
+        assert not runner.is_alive(), "map() still waits for items its workers refused"
+    finally:
+        worker.kill()
+        worker.wait(timeout=10)
+        papayya.reset()
+        with psycopg.connect(database_url, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{other}" WITH (FORCE)')
+    # Then map() ends with one sentence naming the cause, and nothing ran
+    error = outcome.get("error")
+    assert isinstance(error, TemporalError), outcome
+    assert "refused" in str(error)
+    assert "PAPAYYA_DATABASE_URL" in str(error)
+    assert not (tmp_path / "never").exists()
