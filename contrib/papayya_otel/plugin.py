@@ -55,6 +55,7 @@ OUTPUT_TOKENS = "gen_ai.usage.output_tokens"
 CACHE_READ_TOKENS = "gen_ai.usage.cache_read.input_tokens"
 CACHE_WRITE_TOKENS = "gen_ai.usage.cache_creation.input_tokens"
 FINISH_REASONS = "gen_ai.response.finish_reasons"
+JOURNAL_EVENT = "papayya.llm.from_journal"  # an LLM call answered from the journal (not paid again)
 
 
 @contextmanager
@@ -153,6 +154,22 @@ class OtelPlugin:
             self._open.pop(attempt_id, None)
 
     # -- LLM calls --------------------------------------------------------------------------------
+
+    @hookimpl
+    def papayya_llm_call_replayed(
+        self, ctx: AttemptContext, step_key: str, provider: str, model: str | None, stop_reason: str | None
+    ) -> None:
+        # Answered from the journal: no request, no cost. An event on the attempt's span says so; no
+        # client span and no cost metric, so traces and spend count each paid call once.
+        with _guard("papayya_llm_call_replayed"):
+            with self._lock:
+                parent = self._open.get(ctx.attempt_id)
+            if parent is None:
+                return
+            attributes: dict[str, Any] = {STEP: step_key, PROVIDER: provider, MODEL: model or "unknown"}
+            if stop_reason is not None:
+                attributes[FINISH_REASONS] = [stop_reason]
+            parent.add_event(JOURNAL_EVENT, attributes)
 
     @hookimpl
     def papayya_llm_call_recorded(self, call: LLMCall) -> None:

@@ -329,6 +329,7 @@ class Run:
                 # What the response says is re-derived from the recorded response, as when it was paid.
                 got_model, _, stop = ledger.extract_usage(provider, recorded)
                 ledger.signal_stop(ctx, provider, model or got_model, stop)
+                ctx.runtime.hooks.llm_call_replayed(ctx, key, provider, model or got_model, stop)
                 result = decode(recorded) if decode is not None else recorded
                 return _ready(result) if is_async else result
             if ctx.from_journal:

@@ -43,7 +43,18 @@ def papayya_outcome_recorded(ctx: AttemptContext, outcome: str, reasons: list[Re
 
 @hookspec
 def papayya_llm_call_recorded(call: LLMCall) -> None:
-    """Fires after an LLM call is written to the ledger. Observation."""
+    """Fires after an LLM call is written to the ledger: once per call the provider answered (and
+    billed), never for a call answered from the journal. Observation."""
+
+
+@hookspec
+def papayya_llm_call_replayed(
+    ctx: AttemptContext, step_key: str, provider: str, model: str | None, stop_reason: str | None
+) -> None:
+    """Fires when a journaled LLM call is answered from the journal instead of the provider (a retry, a
+    resume, lease recovery, a from-journal replay): nothing was paid, no ledger row was written, and
+    the item keeps the cost (and ``cost_unknown``) of the row written when it was paid. What the
+    response says (its stop reason) has been re-derived for the item's outcome. Observation."""
 
 
 @hookspec

@@ -61,6 +61,18 @@ class Hooks:
     def llm_call_recorded(self, call: LLMCall) -> None:
         self._observe("papayya_llm_call_recorded", call=call)
 
+    def llm_call_replayed(
+        self, ctx: AttemptContext, step_key: str, provider: str, model: str | None, stop_reason: str | None
+    ) -> None:
+        self._observe(
+            "papayya_llm_call_replayed",
+            ctx=ctx,
+            step_key=step_key,
+            provider=provider,
+            model=model,
+            stop_reason=stop_reason,
+        )
+
     def inspect_output(self, ctx: AttemptContext, output: Any) -> list[Reason]:
         found: list[Reason] = []
         for impl in reversed(self.pm.hook.papayya_inspect_output.get_hookimpls()):

@@ -22,7 +22,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 import papayya
 import papayya_openai
 import papayya_otel
-from papayya import ConfigError, Retryable, agent
+from papayya import ConfigError, Retryable, agent, run
 from papayya.runtime import Runtime, get_runtime
 from papayya.testing import FakeProvider, Reply
 
@@ -144,6 +144,28 @@ def test_each_attempt_is_a_span_under_the_callers_span_with_its_llm_calls_as_chi
         assert sum(dict(c.attributes or {})["papayya.cost_usd"] for c in calls) == pytest.approx(
             attrs["papayya.cost_usd"]
         )
+
+
+def test_a_call_answered_from_the_journal_is_an_event_on_the_retry_not_a_second_client_span(
+    otel: Otel, tenant: str, fake: FakeProvider, client: openai.OpenAI
+) -> None:
+    @agent(retries=1, backoff=0)
+    def summarize(item):
+        answer = ask(client, f"summarise {item.id}")
+        if run.attempt == 1:
+            raise ConnectionError("lost after the call was paid")
+        return {"summary": answer}
+
+    (item,) = summarize.map([{"id": "doc"}], tenant=tenant).items()
+    assert (item.status, fake.count) == ("succeeded", 1)
+    spans = otel.finished("papayya.attempt")
+    first, retry = sorted(spans, key=lambda s: int(str(dict(s.attributes or {})["papayya.attempt"])))
+    # The paid call is one client span under the first attempt; the retry's answer is an event, not a call
+    assert [c.name for c in children(otel, first)] == [f"chat {MODEL}"]
+    assert children(otel, retry) == []
+    (event,) = [e for e in retry.events if e.name == "papayya.llm.from_journal"]
+    assert dict(event.attributes or {})["gen_ai.request.model"] == MODEL
+    assert dict(event.attributes or {})["gen_ai.response.finish_reasons"] == ("stop",)
 
 
 def test_metrics_count_cost_items_and_attempt_time(otel: Otel, tenant: str, client: openai.OpenAI) -> None:

@@ -195,3 +195,45 @@ def test_a_truncated_answer_read_back_from_the_journal_still_degrades_the_item(
     (replayed,) = again.items()
     assert (replayed.status, [r["code"] for r in replayed.reasons]) == ("degraded", ["llm_stop_reason"])
     assert dict(paid) == {"summarise a": 1}
+
+
+def test_a_call_answered_from_the_journal_is_announced_as_replayed_not_recorded_and_keeps_its_cost(
+    rt: Runtime, tenant: str
+) -> None:
+    from papayya.hookspecs import hookimpl
+
+    seen: list[tuple[str, str | None, str | None]] = []
+
+    class Recorder:
+        @hookimpl
+        def papayya_llm_call_recorded(self, call: Any) -> None:
+            seen.append(("recorded", call.model, call.stop_reason))
+
+        @hookimpl
+        def papayya_llm_call_replayed(
+            self, ctx: Any, step_key: str, provider: str, model: str | None, stop_reason: str | None
+        ) -> None:
+            seen.append(("replayed", model, stop_reason))
+
+    rt.pm.register(Recorder())
+
+    def llm(prompt: str) -> dict[str, Any]:  # a private model: no public price, so its cost is unknown
+        return {
+            "model": "inhouse-7b",
+            "choices": [{"finish_reason": "stop", "message": {"content": "ok"}}],
+            "usage": {"prompt_tokens": 10, "completion_tokens": 3},
+        }
+
+    @agent(retries=1, backoff=0)
+    def ask(item: papayya.Item) -> str:
+        run.llm("ask", provider="openai", max_tokens=3)(llm, f"ask {item.id}")
+        if run.attempt == 1:
+            raise ConnectionError("lost after the call was paid")
+        return "done"
+
+    # Given a call paid (at an unknown price) on the first attempt, answered from the journal on the retry
+    (item,) = ask.map([{"id": "a"}], tenant=tenant).items()
+    # Then plugins heard of one paid call and one replayed answer, with what the response said
+    assert seen == [("recorded", "inhouse-7b", "stop"), ("replayed", "inhouse-7b", "stop")]
+    # And the item keeps the unknown cost of the call it paid once, through the retry
+    assert (item.status, item.cost_unknown, item.cost_usd) == ("succeeded", True, Decimal(0))
