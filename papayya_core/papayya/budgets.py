@@ -31,7 +31,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from decimal import Decimal, InvalidOperation
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import Any
 from uuid import UUID
 
@@ -86,12 +86,26 @@ class Accounts:
         }
 
 
+CENT = Decimal("0.01")
+
+
 def usd(value: Any) -> str:
-    """Money for people: cents from a dollar up, exact (to a millionth) below, so $0.004 is not $0.00."""
-    amount = Decimal(str(value))
-    if abs(amount) >= 1 or amount == amount.quantize(Decimal("0.01")):
-        return f"${amount:,.2f}"
-    return "$" + f"{amount:.6f}".rstrip("0").rstrip(".")
+    """Money for people, one rule everywhere (CLI tables, ``RunResult``, the dashboard): dollars and
+    cents from a dollar up (``$1,234.57``); below a dollar, four significant digits and at least cents
+    (``$0.42``, ``$0.04213``, ``$0.0001502``), so a tiny cost never reads ``$0.0000``. Programs get the
+    exact amount (JSON: a decimal string)."""
+    amount = value if isinstance(value, Decimal) else Decimal(str(value))
+    if not amount.is_finite():
+        return f"${amount}"
+    sign, magnitude = ("-" if amount < 0 else ""), abs(amount)
+    if magnitude >= 1:
+        return f"{sign}${magnitude.quantize(CENT, rounding=ROUND_HALF_UP):,.2f}"
+    if magnitude == 0:
+        return "$0.00"
+    digits = magnitude.adjusted()  # -1 for 0.4, -4 for 0.00015
+    shown = magnitude.quantize(Decimal(1).scaleb(digits - 3), rounding=ROUND_HALF_UP)
+    whole, _, frac = format(shown.normalize(), "f").partition(".")
+    return f"{sign}${whole}.{frac.ljust(2, '0')}"
 
 
 @dataclass

@@ -145,7 +145,7 @@ class RunResult:
         lines = [
             f"run {self.run_id} ({self.agent}) for tenant {self.tenant!r}: {status}",
             "  " + ", ".join(f"{k} {v:,}" for k, v in self.counts.items()) + f" of {self.total:,} items",
-            f"  cost ${self.cost_usd:.4f} over {self.llm_calls:,} LLM calls"
+            f"  cost {usd(self.cost_usd)} over {self.llm_calls:,} LLM calls"
             + (
                 f" ({self.unpriced_calls} calls with unknown price, not included)"
                 if self.unpriced_calls

@@ -5,7 +5,8 @@ float. ``cost_usd`` is what the priced calls cost, and ``null`` when the only ca
 known price: an unknown cost is never written as zero. ``unpriced_calls`` (or ``cost_unknown`` on an
 item) says when part of a cost is unknown.
 
-People get the same numbers: ``$0.000150``, ``$1.20 + unknown`` or ``unknown``.
+People get the same numbers rounded by one rule (:func:`papayya.budgets.usd`: cents from a dollar up,
+four significant digits below): ``$0.0001502``, ``$1.20 + unknown`` or ``unknown``.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from rich import box
 from rich.console import Console, RenderableType
 from rich.table import Table
 from rich.text import Text
+
+from papayya.budgets import usd
 
 # Off a terminal (a pipe, a file) tables keep their natural width instead of wrapping at 80 columns.
 _PIPE_WIDTH = 1000
@@ -92,10 +95,9 @@ def known_cost(cost: Decimal, unknown: bool) -> Decimal | None:
 
 
 def money(value: Decimal) -> str:
-    """``$`` and the exact amount, with at least cents: ``$1.20``, ``$0.000150``."""
-    text = decimal_text(value)
-    whole, _, frac = text.partition(".")
-    return f"${whole}.{frac.ljust(2, '0')}"
+    """Money for people: ``$1,234.57``, ``$0.42``, ``$0.0001502`` (:func:`papayya.budgets.usd`, the one
+    rule); ``--json`` has the exact amount."""
+    return usd(value)
 
 
 def cost_text(cost: Decimal, unknown: bool) -> str:
