@@ -149,10 +149,16 @@ def test_times_are_iso_in_utc_or_durations_back_from_now() -> None:
         parse("last tuesday")
 
 
-def test_money_is_exact_and_unknown_is_never_zero() -> None:
+def test_money_has_one_rule_for_people_and_unknown_is_never_zero() -> None:
+    # Cents from a dollar up; four significant digits below, so a tiny cost never reads $0.0000
     assert render.money(Decimal("0.000150000")) == "$0.00015"
+    assert render.money(Decimal("0.00015023")) == "$0.0001502"
     assert render.money(Decimal("1.5E-7")) == "$0.00000015"
+    assert render.money(Decimal("0.4")) == "$0.40"
+    assert render.money(Decimal("0.99996")) == "$1.00"
     assert render.money(Decimal("12")) == "$12.00"
+    assert render.money(Decimal("1234.567")) == "$1,234.57"
+    assert render.money(Decimal("-0.5")) == "-$0.50"
     assert render.cost_text(Decimal(0), unknown=True) == "unknown"
     assert render.cost_text(Decimal("0.42"), unknown=True) == "$0.42 + unknown"
     assert render.cost_text(Decimal(0), unknown=False) == "$0.00"
