@@ -1,16 +1,21 @@
-"""Charts as inline SVG, drawn on the server: no JavaScript library, nothing fetched.
+"""Charts as inline SVG, drawn on the server: no JavaScript library, nothing fetched; and the budget
+meter's level, the one colour rule every page's meter follows.
 
 Every value that reaches the markup is a number computed here or text escaped with ``html.escape``.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 from html import escape
 from typing import Any
 
 from papayya.cli.render import money
+
+METER_WARN_AT = Decimal("0.8")  # a meter turns the warning colour at 80 % of its budget
+METER_OVER_AT = Decimal(1)  # and the danger colour at 100 %: no new call can reserve under it
 
 _W, _H = 640, 190
 _LEFT, _RIGHT, _TOP, _BOTTOM = 64, 12, 14, 26
@@ -126,3 +131,36 @@ def daily_chart(spend: dict[str, Any], days: int = 30) -> str:
         )
     parts.append("</svg>")
     return "".join(parts)
+
+
+@dataclass(frozen=True)
+class Meter:
+    """A budget meter: its level (``ok``, ``warn`` or ``over``), the share spent (whole percent, rounded
+    down, so 99.9 % never reads as 100 %) and the widths of its two bars in percent of the meter."""
+
+    level: str
+    percent: int
+    spent_width: float
+    reserved_width: float
+
+
+def meter_level(spent: Decimal, budget: Decimal, reserved: Decimal = Decimal(0)) -> str:
+    """``over`` once spent plus reserved reaches ``METER_OVER_AT`` of the budget, ``warn`` from
+    ``METER_WARN_AT``, else ``ok``. Reserved money (held by calls in flight) counts because the budget
+    gate counts it: at 100 % no new call can reserve. A zero budget allows nothing: ``over``."""
+    used = spent + reserved
+    if budget <= 0 or used >= budget * METER_OVER_AT:
+        return "over"
+    return "warn" if used >= budget * METER_WARN_AT else "ok"
+
+
+def meter(spent: Any, budget: Any, reserved: Any = 0) -> Meter:
+    """The meter of ``spent`` (and ``reserved``) against ``budget``, all amounts in USD."""
+    spent_d, budget_d, reserved_d = (Decimal(str(v or 0)) for v in (spent, budget, reserved))
+    level = meter_level(spent_d, budget_d, reserved_d)
+    if budget_d <= 0:
+        return Meter(level, 100 if spent_d > 0 else 0, 100.0, 0.0)
+    percent = int(spent_d * 100 / budget_d)
+    spent_width = min(100.0, float(spent_d * 100 / budget_d))
+    reserved_width = min(100.0 - spent_width, float(reserved_d * 100 / budget_d))
+    return Meter(level, percent, spent_width, max(0.0, reserved_width))

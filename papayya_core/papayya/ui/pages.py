@@ -19,6 +19,14 @@ from papayya.ui.web import in_thread
 OUTCOMES = (Outcome.SUCCEEDED.value, Outcome.DEGRADED.value, Outcome.FAILED.value)
 
 
+def legend_counts(counts: dict[str, int]) -> dict[str, int]:
+    """What an outcome bar's legend lists: every status the bar has a segment for, and the three
+    outcomes even at zero ("failed 0" is news too), in lifecycle order (``reads.ITEM_STATUSES``)."""
+    merged = {**dict.fromkeys(OUTCOMES, 0), **{k: v for k, v in counts.items() if v}}
+    order = {s: i for i, s in enumerate(reads.ITEM_STATUSES)}
+    return {k: merged[k] for k in sorted(merged, key=lambda k: (order.get(k, len(order)), k))}
+
+
 def _access(request: Request) -> Access:
     access: Access = request.state.access
     return access
@@ -36,6 +44,9 @@ def page(request: Request, template: str, **context: Any) -> str:
         message=request.query_params.get("msg"),
         message_kind="error" if request.query_params.get("kind") == "error" else "ok",
         outcomes=OUTCOMES,
+        item_statuses=reads.ITEM_STATUSES,
+        legend_counts=legend_counts,
+        meter=charts.meter,
         status_text=status_text,
         transitions_text=transitions_text,
         slice_text=slice_text,

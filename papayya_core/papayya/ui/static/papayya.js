@@ -23,15 +23,44 @@
     return e;
   }
   function badge(status) { return el("span", { "class": "badge s-" + status }, status); }
+  // Item statuses in lifecycle order (the server's, from a legend's data-order), then any other.
+  var ORDER = ["queued", "running", "paused", "stalled", "succeeded", "degraded", "failed", "cancelled"];
+  function ordered(keys) {
+    function rank(k) { var i = ORDER.indexOf(k); return i < 0 ? ORDER.length : i; }
+    return keys.slice().sort(function (a, b) { return rank(a) - rank(b) || (a < b ? -1 : a > b ? 1 : 0); });
+  }
+  // What the legend lists, as pages.legend_counts: every status with items, and the outcomes at zero.
+  function legendCounts(counts) {
+    var merged = {};
+    OUTCOMES.forEach(function (o) { merged[o] = 0; });
+    Object.keys(counts).forEach(function (k) { if (counts[k]) merged[k] = counts[k]; });
+    var out = {};
+    ordered(Object.keys(merged)).forEach(function (k) { out[k] = merged[k]; });
+    return out;
+  }
   function bar(counts, total) {
-    var wrap = el("div", { "class": "bar-stack" });
-    Object.keys(counts).forEach(function (k) {
-      if (!counts[k]) return;
-      var seg = el("span", { "class": "seg s-" + k, title: k + " " + counts[k] });
-      seg.style.width = (total ? (100 * counts[k] / total) : 0) + "%";
+    var wrap = el("div", { "class": "bar-stack", role: "img" });
+    var shown = legendCounts(counts);
+    var label = [];
+    Object.keys(shown).forEach(function (k) {
+      label.push(k + " " + shown[k]);
+      if (!shown[k]) return;
+      var seg = el("span", { "class": "seg s-" + k, title: k + " " + shown[k], "data-status": k, "data-count": String(shown[k]) });
+      seg.style.width = (total ? (100 * shown[k] / total) : 0) + "%";
       wrap.appendChild(seg);
     });
+    wrap.setAttribute("aria-label", label.join(", "));
     return wrap;
+  }
+  function legend(box, counts, ofText) {
+    box.textContent = "";
+    var shown = legendCounts(counts);
+    Object.keys(shown).forEach(function (k) {
+      var key = el("span", { "class": "key s-" + k, "data-status": k, "data-count": String(shown[k]) }, k + " ");
+      key.appendChild(el("b", {}, fmt(shown[k])));
+      box.appendChild(key);
+    });
+    box.appendChild(el("span", { "class": "sub" }, ofText));
   }
   function getJSON(url, done) {
     fetch(url, { credentials: "same-origin", headers: { Accept: "application/json" } })
@@ -90,21 +119,16 @@
   function pollRun(section) {
     getJSON(section.getAttribute("data-live"), function (r) {
       if (r.status !== "running") { window.location.reload(); return; }
-      var counts = section.querySelector('[data-f="counts"]');
       var old = section.querySelector(".progress .bar-stack");
       old.parentNode.replaceChild(bar(r.counts, r.total), old);
-      counts.textContent = "";
-      Object.keys(r.counts).forEach(function (k) {
-        var key = el("span", { "class": "key s-" + k }, k + " ");
-        key.appendChild(el("b", {}, fmt(r.counts[k])));
-        counts.appendChild(key);
-      });
-      counts.appendChild(el("span", { "class": "sub" }, "of " + fmt(r.total) + " items"));
+      legend(section.querySelector('[data-f="counts"]'), r.counts, "of " + fmt(r.total) + " items");
       section.querySelector('[data-f="cost"]').textContent = cost(r.cost_usd, r.unpriced_calls > 0);
     });
   }
 
   function tick() {
+    var order = document.querySelector("[data-order]");
+    if (order) ORDER = order.getAttribute("data-order").split(" ");
     if (document.hidden) return;
     document.querySelectorAll("table[data-poll]").forEach(pollRuns);
     document.querySelectorAll("section[data-live]").forEach(pollRun);
