@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import os
 import re
 import sys
 from collections.abc import Iterable, Mapping, Sequence
@@ -30,7 +31,8 @@ from rich.text import Text
 
 from papayya.budgets import usd
 
-# Off a terminal (a pipe, a file) tables keep their natural width instead of wrapping at 80 columns.
+# Off a terminal (a pipe, a file) tables keep their natural width instead of wrapping at 80 columns,
+# unless COLUMNS says how wide the reader is (``COLUMNS=100 papayya runs list | less``).
 _PIPE_WIDTH = 1000
 
 # Control characters in user data (an item id, an error message) are shown escaped, never sent to the
@@ -56,7 +58,9 @@ def console() -> Console:
     global _console
     if _console is None:
         tty = sys.stdout.isatty()
-        _console = Console(highlight=False, soft_wrap=False, width=None if tty else _PIPE_WIDTH)
+        columns = os.environ.get("COLUMNS", "")
+        width = int(columns) if columns.isdigit() and int(columns) >= 40 else None if tty else _PIPE_WIDTH
+        _console = Console(highlight=False, soft_wrap=False, width=width)
     return _console
 
 
@@ -215,29 +219,90 @@ def printable(text: str) -> str:
     return _CONTROL.sub(lambda m: f"\\x{ord(m[0]):02x}", text)
 
 
+SHORT = 24  # a column whose header and cells all fit in this many characters never wraps
+NARROWEST = 12  # a wrapping column is never squeezed below this (or its header's longest word)
+GAP = 3  # columns are three spaces apart
+
+
 def table(
     headers: Sequence[str],
     rows: Iterable[Sequence[Any]],
     *,
     right: Sequence[str] = (),
     whole: Sequence[str] = (),
+    optional: Sequence[str] = (),
 ) -> Table:
-    """A plain table: a header rule, no borders.
+    """A plain table: a header rule, no borders, as wide as the terminal (``COLUMNS``) at most.
 
     Columns named in ``right`` (numbers) are right-aligned. Columns named in ``whole`` (ids) are
-    never wrapped, so they stay copyable; on a narrow terminal the other columns wrap instead.
+    never wrapped, so they stay copyable; nor are short columns (counts, money, statuses, times: every
+    value and the header within 24 characters), so a number or a date is never split. On a narrow
+    terminal the long free-text columns (names, reasons, messages, keys) wrap instead. When even so
+    the table cannot fit, the columns named in ``optional`` go first, then the others from the right
+    (never the first column or an id), and a note under the table names what it left out.
     """
-    t = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, header_style="bold")
-    for header in headers:
+    body = [[cell(v) for v in row] for row in rows]
+    want: list[int] = []  # the width a column's longest value (or header) takes
+    need: list[int] = []  # the least it can have
+    keep: list[bool] = []  # never wrapped: an id, or short
+    for n, header in enumerate(headers):
+        longest = max([len(header), *(r[n].cell_len for r in body if n < len(r))])
+        short = header in whole or longest <= SHORT
+        keep.append(short)
+        want.append(longest)
+        need.append(longest if short else min(longest, max(NARROWEST, *map(len, header.split() or [""]))))
+    shown = list(range(len(headers)))
+    droppable = [headers.index(h) for h in optional if h in headers]
+    droppable += [n for n in reversed(shown[1:]) if headers[n] not in whole and n not in droppable]
+    width = console().width
+    while droppable and sum(need[n] for n in shown) + GAP * (len(shown) - 1) > width:
+        shown.remove(droppable.pop(0))
+    widths = _share(
+        width - GAP * (len(shown) - 1),
+        [want[n] for n in shown],
+        [need[n] for n in shown],
+        [keep[n] for n in shown],
+    )
+    hidden = [headers[n] for n in range(len(headers)) if n not in shown]
+    t = Table(
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        pad_edge=False,
+        header_style="bold",
+        caption=f"not shown at this width: {', '.join(hidden)} (a wider terminal, or --json)"
+        if hidden
+        else None,
+        caption_style="dim",
+        caption_justify="left",
+    )
+    for n, w in zip(shown, widths, strict=True):
         t.add_column(
-            header,
-            justify="right" if header in right else "left",
+            headers[n],
+            justify="right" if headers[n] in right else "left",
             overflow="fold",
-            no_wrap=header in whole,
+            no_wrap=keep[n],
+            width=w,  # set here, so rich never squeezes an id or a number to make room
         )
-    for row in rows:
-        t.add_row(*(cell(v) for v in row))
+    for r in body:
+        t.add_row(*(r[n] for n in shown if n < len(r)))
     return t
+
+
+def _share(room: int, want: list[int], need: list[int], keep: list[bool]) -> list[int]:
+    """Column widths within ``room``: kept columns get what they want; the wrapping ones share what is
+    left, each at least what it needs, the rest in proportion to how much more each wants."""
+    widths = [w if k else n for w, n, k in zip(want, need, keep, strict=True)]
+    spare = room - sum(widths)
+    grow = [0 if k else w - n for w, n, k in zip(want, need, keep, strict=True)]
+    if spare <= 0 or not any(grow):
+        return widths
+    if spare >= sum(grow):
+        return [w + g for w, g in zip(widths, grow, strict=True)]
+    total = sum(grow)
+    extra = [spare * g // total for g in grow]
+    for n in sorted(range(len(grow)), key=lambda n: grow[n] - extra[n], reverse=True)[: spare - sum(extra)]:
+        extra[n] += 1
+    return [w + e for w, e in zip(widths, extra, strict=True)]
 
 
 def fields(pairs: Iterable[tuple[str, Any]]) -> Table:
