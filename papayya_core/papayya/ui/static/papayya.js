@@ -6,11 +6,31 @@
   var OUTCOMES = ["succeeded", "degraded", "failed"];
 
   function fmt(n) { return Number(n || 0).toLocaleString("en-US"); }
+  // Money for people, the server's rule (papayya.budgets.usd) on the exact decimal string the API
+  // sends: cents from a dollar up, four significant digits below (half up), at least cents.
   function money(v) {
     if (v === null || v === undefined) return "unknown";
-    var parts = String(v).split(".");
-    var frac = (parts[1] || "").padEnd(2, "0");
-    return "$" + parts[0] + "." + frac;
+    var text = String(v).trim();
+    var sign = text.charAt(0) === "-" ? "-" : "";
+    if (sign) text = text.slice(1);
+    var parts = text.split(".");
+    var whole = (parts[0] || "0").replace(/^0+(?=\d)/, ""), frac = parts[1] || "";
+    if (!/^\d+$/.test(whole) || !/^\d*$/.test(frac)) return "$" + String(v);
+    var keep;
+    if (whole !== "0") keep = 2;
+    else {
+      var first = frac.search(/[1-9]/);
+      if (first < 0) return "$0.00";
+      keep = first + 4;
+    }
+    var scale = 10n ** BigInt(keep);
+    var n = BigInt(whole + frac.padEnd(keep, "0").slice(0, keep));  // the amount x 10^keep, cut
+    if ((frac.charAt(keep) || "0") >= "5") n += 1n;  // half up
+    var intPart = n / scale;
+    var fracPart = (n % scale).toString().padStart(keep, "0");
+    if (intPart >= 1n) fracPart = fracPart.slice(0, 2);  // from a dollar up (0.99996 became 1): cents
+    else fracPart = fracPart.replace(/0+$/, "").padEnd(2, "0");
+    return sign + "$" + intPart.toLocaleString("en-US") + "." + fracPart;
   }
   function cost(v, unpriced) {
     if (v === null || v === undefined) return "unknown";
