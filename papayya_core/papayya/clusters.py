@@ -2,8 +2,9 @@
 
 A cluster is one shape of failure (exception type + normalised message + frame + category) or of
 degradation (reason codes + field paths), across a run, a tenant, an agent or a time window. Its label
-is built from codes, paths, types and frames, never from item data, so one tenant's payload never
-labels another tenant's cluster.
+(written with the outcome, see ``fingerprint.failure_label`` and ``fingerprint.degradation_label``) is
+built from codes, paths with list indices as ``<n>``, types, normalised messages and frames, never
+from item data, so one tenant's payload never labels another tenant's cluster.
 """
 
 from __future__ import annotations

@@ -27,6 +27,7 @@ from uuid import UUID
 from papayya import fingerprint
 from papayya.context import AttemptContext, current
 from papayya.errors import AttemptAbandoned, Paused, StoreUnavailable
+from papayya.fingerprint import degradation_label, failure_label
 from papayya.models import ErrorCategory, ErrorInfo, Item, ItemStatus, Reason
 from papayya.store import Finish
 
@@ -403,10 +404,11 @@ def _finish(
     label = None
     if fingerprint is not None:
         if reasons:
-            label = "; ".join(sorted({r.label() for r in reasons}))
+            label = degradation_label(list(reasons))
         elif error is not None:
-            where = f" in {error['frame']}" if error.get("frame") else ""
-            label = f"{error['type']} {error.get('pattern', '')}{where} ({error['category']})"
+            label = failure_label(
+                error["type"], error.get("pattern", ""), error.get("frame"), error["category"]
+            )
     return Finish(
         item_id=ctx.item_id,
         tenant_id=ctx.tenant_id,

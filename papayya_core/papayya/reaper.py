@@ -45,7 +45,7 @@ def _lost(max_stalls: int) -> dict[str, Any]:
     return {
         "error": info.model_dump(mode="json"),
         "fingerprint": fp,
-        "label": f"WorkerLost {pattern} ({ErrorCategory.PAPAYYA.value})",
+        "label": fingerprint.failure_label("WorkerLost", pattern, None, ErrorCategory.PAPAYYA.value),
     }
 
 
@@ -112,9 +112,22 @@ def _complete(rt: Runtime, run_ids: list[UUID]) -> None:
     if now - _scanned[0] >= _SCAN_EVERY:
         _scanned[0] = now
         run_ids = run_ids + [r["run_id"] for r in rt.store.fetch_all("runs_open_finished", {})]
+        _unpark(rt)
     done = rt.store.runs_complete(run_ids)
     if done:
         log.info("reaper: %d run(s) with nothing left to do completed", len(done))
+
+
+def _unpark(rt: Runtime, limit: int = 1000) -> None:
+    """Send back to work the items left ``paused`` in a running run (a park that raced a resume before
+    ``item_park`` locked the run row, or a store written by an older papayya): nothing else would."""
+    grace = rt.settings.lease_seconds
+    rows = rt.store.fetch_all("items_unpark", {"grace": grace, "limit": limit})
+    if not rows:
+        return
+    log.warning("reaper: %d item(s) left paused in running runs sent back to work", len(rows))
+    for name in {r["agent_name"] for r in rows if r["status"] == "queued"}:
+        rt.store.notify_work(name)
 
 
 class Reaper:

@@ -355,3 +355,72 @@ def test_the_reaper_re_drives_a_stalled_item_once_not_every_lease(
         time.sleep(0.25)
     # Then it published the item again once, not once per lease period
     assert queue.sent == ["lost"]
+
+
+def _paused_run_with_one_item(rt: Runtime, tenant: str, backend: str) -> tuple[uuid.UUID, uuid.UUID]:
+    papayya.tenants.add(tenant)
+    run_id, item_id = uuid.uuid4(), uuid.uuid4()
+    rt.store.run_create(
+        run_id=run_id,
+        tenant_id=tenant,
+        agent_name=f"park-{tenant}",
+        name=None,
+        backend=backend,
+        items=[(item_id, "k", "{}")],
+        max_attempts=1,
+        options={},
+    )
+    with psycopg.connect(rt.store.url, autocommit=True) as conn:
+        conn.execute("UPDATE papayya.runs SET status = 'paused' WHERE run_id = %s", (run_id,))
+    return run_id, item_id
+
+
+def test_a_message_refused_while_its_run_is_resumed_is_not_parked_against_the_lifted_pause(
+    rt: Runtime, tenant: str
+) -> None:
+    from papayya import execute
+    from papayya.execute import ItemRef
+    from papayya.store.queries import q
+
+    run_id, item_id = _paused_run_with_one_item(rt, tenant, "celery")
+    ref = ItemRef(item_id, "k", run_id, tenant)
+    found: list[str] = []
+    # Given a resume in flight (its transaction has made the run running and not committed yet)
+    with psycopg.connect(rt.store.url) as resuming:
+        resuming.execute(q("run_resume"), {"run_id": run_id, "tenant_id": tenant})
+        # When a worker's message for the item is refused at that moment (its claim saw the pause)
+        worker = threading.Thread(target=lambda: found.append(execute.refusal(rt, ref)), daemon=True)
+        worker.start()
+        worker.join(1.0)
+        assert worker.is_alive(), "the park did not wait for the resume that holds the run row"
+        resuming.commit()
+    worker.join(10)
+    # Then the park saw the resume: the item is not parked as paused in a running run
+    with psycopg.connect(rt.store.url) as conn:
+        row = conn.execute(
+            "SELECT i.status, r.status FROM papayya.items i JOIN papayya.runs r USING (run_id) "
+            "WHERE i.item_id = %s",
+            (item_id,),
+        ).fetchone()
+    assert row == ("queued", "running")
+    assert found == ["running"]  # queued now: the message looks again (it is claimable)
+
+
+def test_the_reaper_sends_back_to_work_an_item_left_paused_in_a_running_run(rt: Runtime, tenant: str) -> None:
+    from papayya import reaper
+
+    run_id, item_id = _paused_run_with_one_item(rt, tenant, "celery")
+    # Given an item left paused while its run runs (a park that raced a resume on an older papayya)
+    with psycopg.connect(rt.store.url, autocommit=True) as conn:
+        conn.execute("UPDATE papayya.runs SET status = 'running' WHERE run_id = %s", (run_id,))
+        conn.execute(
+            "UPDATE papayya.items SET status = 'paused', updated_at = now() - interval '1 hour' "
+            "WHERE item_id = %s",
+            (item_id,),
+        )
+    # When the reaper scans
+    reaper._unpark(rt)
+    # Then the item is stalled for its backend's reaper to re-drive, not left paused forever
+    with psycopg.connect(rt.store.url) as conn:
+        (status,) = conn.execute("SELECT status FROM papayya.items WHERE item_id = %s", (item_id,)).fetchone()
+    assert status == "stalled"

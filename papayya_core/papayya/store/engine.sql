@@ -163,6 +163,25 @@ SELECT r.item_id, r.key, r.run_id, r.tenant_id, r.status, r.backend, r.agent_nam
        (SELECT count(*) FROM stalled s WHERE s.item_id = r.item_id) AS attempts_stalled
 FROM reaped r;
 
+-- name: items_unpark
+-- The safety net behind item_park: items left 'paused' in a run that is running (nothing resumes a
+-- running run), untouched for %(grace)s seconds, go back to work: queued on the native engine,
+-- 'stalled' for a queue backend's reaper to re-drive.
+WITH orphan AS (
+    SELECT i.item_id FROM papayya.runs r
+    JOIN papayya.items i ON i.run_id = r.run_id AND i.status = 'paused'
+    WHERE r.status = 'running' AND i.updated_at < now() - make_interval(secs => %(grace)s)
+    ORDER BY i.item_id
+    LIMIT %(limit)s
+    FOR UPDATE OF i SKIP LOCKED
+)
+UPDATE papayya.items i
+SET status = CASE WHEN r.backend = 'native' THEN 'queued' ELSE 'stalled' END, available_at = now(),
+    updated_at = now()
+FROM orphan o, papayya.runs r
+WHERE i.item_id = o.item_id AND r.run_id = i.run_id AND r.status = 'running'
+RETURNING i.item_id, i.key, i.run_id, i.tenant_id, i.status, r.agent_name;
+
 -- name: items_redrive_due
 -- Stalled items of running runs of one backend that are due to be re-driven (published again to that
 -- backend's queue), taken at most once per %(lease_seconds)s (the reaper passes several leases): they
@@ -239,11 +258,14 @@ FROM t;
 
 -- name: item_park
 -- Why an item could not be claimed by a backend's message, and, when its run is paused, park it as
--- 'paused' (queued or stalled items only) so that `papayya resume` re-drives it.
+-- 'paused' (queued or stalled items only) so that `papayya resume` re-drives it. The run row is read
+-- FOR SHARE: a resume committing meanwhile is waited for and its status seen, so an item is never
+-- parked against a pause that a resume has just lifted (nothing would ever resume it).
 WITH item AS (
     SELECT i.item_id, i.status, i.stalls, i.lease_expires_at >= now() AS lease_live, r.status AS run_status
     FROM papayya.items i JOIN papayya.runs r ON r.run_id = i.run_id
     WHERE i.item_id = %(item_id)s AND i.tenant_id = %(tenant_id)s AND i.run_id = %(run_id)s
+    FOR SHARE OF r
 ), parked AS (
     UPDATE papayya.items i SET status = 'paused', updated_at = now()
     FROM item WHERE i.item_id = item.item_id AND item.run_status = 'paused'
