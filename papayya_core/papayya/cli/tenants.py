@@ -193,14 +193,17 @@ def show_command(tenant: str, as_json: bool) -> None:
     spend += f" over {detail['llm_calls']:,} LLM calls"
     if unpriced:
         spend += f" ({unpriced:,} with unknown price, not included)"
-    items = ", ".join(f"{status} {n:,}" for status, n in detail["items"].items()) or "none"
+    items = items_text(detail["items"], detail["replayed"])
     render.out(
         render.fields(
             [
                 ("tenant", detail["tenant"]),
                 ("created", render.when(detail["created_at"])),
                 ("updated", render.when(detail["updated_at"])),
-                ("runs", f"{detail['runs']:,}" + _last_run(detail["last_run_at"])),
+                (
+                    "runs",
+                    _runs_text(detail["runs"], detail["replay_runs"]) + _last_run(detail["last_run_at"]),
+                ),
                 ("items", items),
                 ("spend", spend),
                 ("budget", _budget_text(tenant, detail["budget"])),
@@ -241,11 +244,12 @@ def show_command(tenant: str, as_json: bool) -> None:
 @render.json_option
 def list_command(limit: int, as_json: bool) -> None:
     """List tenants with their run count and spend."""
-    connect()
+    store = connect()
     rows = tenants.list_all(limit)
-    budgets = _budgets([r["tenant_id"] for r in rows])
+    ids = [r["tenant_id"] for r in rows]
+    budgets, counts = _budgets(ids), store.tenant_item_counts(ids)
     if as_json:
-        render.emit_json([tenant_row(r, budgets[r["tenant_id"]]) for r in rows])
+        render.emit_json([tenant_row(r, budgets[r["tenant_id"]], counts[r["tenant_id"]]) for r in rows])
         return
     if not rows:
         render.out("No tenants yet; create one with `papayya tenants add TENANT`.")
@@ -270,12 +274,15 @@ def list_command(limit: int, as_json: bool) -> None:
     )
 
 
-def tenant_row(r: dict[str, Any], budget: Any) -> dict[str, Any]:
-    """One tenant of ``tenants list --json`` (and the dashboard's tenants endpoint)."""
+def tenant_row(r: dict[str, Any], budget: Any, counts: dict[str, Any]) -> dict[str, Any]:
+    """One tenant of ``tenants list --json`` (and the dashboard's tenants endpoint). ``counts``: its
+    items by the counting rule (``Store.tenant_item_counts``)."""
     return {
         "tenant": r["tenant_id"],
         "config": r["config"],
         "runs": r["runs"],
+        "items": render.by_status(counts["items"]),
+        "replayed": counts["replayed"],
         "cost_usd": render.known_cost(r["spend_usd"], r["unpriced_calls"] > 0),
         "unpriced_calls": r["unpriced_calls"],
         "budget": budget,
@@ -295,8 +302,11 @@ def _detail(tenant_id: str) -> dict[str, Any]:
         "created_at": record.created_at,
         "updated_at": record.updated_at,
         "runs": stats["runs"],
+        "replay_runs": stats["replay_runs"],
         "last_run_at": stats["last_run_at"],
+        # the counting rule: each item sent once, by its current outcome; replays beside, not added
         "items": render.by_status(stats["items"]),
+        "replayed": stats["replayed"],
         "llm_calls": stats["llm_calls"],
         "cost_usd": render.known_cost(stats["cost_usd"], unpriced > 0),
         "unpriced_calls": unpriced,
@@ -305,6 +315,21 @@ def _detail(tenant_id: str) -> dict[str, Any]:
         "max_running": record.max_running,
         "paused_runs": connect().runs_paused_of_tenant(tenant_id),
     }
+
+
+def items_text(items: dict[str, int], replayed: int) -> str:
+    """``1,000: succeeded 980, degraded 12, failed 8 (12 replayed)``: each item once, by its current
+    outcome, and how many of them were replayed (beside the counts, never added to them)."""
+    if not items:
+        return "none"
+    text = f"{sum(items.values()):,}: " + ", ".join(f"{status} {n:,}" for status, n in items.items())
+    return text + (f" ({replayed:,} replayed)" if replayed else "")
+
+
+def _runs_text(runs: int, replays: int) -> str:
+    if not replays:
+        return f"{runs:,}"
+    return f"{runs:,} ({replays:,} of them replay{'s' if replays != 1 else ''})"
 
 
 def _rate(value: Any) -> str:

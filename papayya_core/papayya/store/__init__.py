@@ -532,13 +532,23 @@ class Store:
     # -- CLI reads --------------------------------------------------------------------------------
 
     def tenant_stats(self, tenant_id: str) -> Row:
-        """A tenant's run count, last run, LLM calls, spend (priced calls), unpriced calls and items
-        by status (``items``)."""
-        params = {"tenant_id": tenant_id}
+        """A tenant's run count (``replay_runs`` of them replays), last run, LLM calls, spend (priced
+        calls), unpriced calls, and its items by current outcome (``items``, ``replayed``: see
+        :meth:`tenant_item_counts`)."""
         with self._connection() as conn:
-            stats = conn.execute(q("tenant_stats"), params).fetchone() or {}
-            stats["items"] = {r["status"]: r["n"] for r in conn.execute(q("tenant_item_counts"), params)}
-        return stats
+            stats = conn.execute(q("tenant_stats"), {"tenant_id": tenant_id}).fetchone() or {}
+        return {**stats, **self.tenant_item_counts([tenant_id])[tenant_id]}
+
+    def tenant_item_counts(self, tenant_ids: Sequence[str]) -> dict[str, Row]:
+        """Each tenant's items by the counting rule: every item it sent once, by its current outcome
+        (the newest conclusion across its replays), as ``items`` ({status: n}); ``replayed``: how many
+        of them have been replayed. Replay items are never added to the counts."""
+        counts: dict[str, Row] = {t: {"items": {}, "replayed": 0} for t in tenant_ids}
+        for r in self.fetch_all("tenant_item_counts", {"tenant_ids": list(tenant_ids)}):
+            entry = counts[r["tenant_id"]]
+            entry["items"][r["status"]] = r["n"]
+            entry["replayed"] += r["replayed"]
+        return counts
 
     def run_list_detail(self, tenant_id: str | None = None, limit: int = 50) -> list[Row]:
         """Newest runs first, each with its item counts by status (``counts``), calls and cost."""
@@ -728,6 +738,10 @@ class Store:
         return row
 
     def clusters(self, **filters: Any) -> list[Row]:
+        """Clusters of one run's items (``run_id``), or across runs by the counting rule: each item a
+        tenant sent in the cluster of its current outcome, its replays not added."""
+        if filters.get("run_id") is None:
+            return self.fetch_all("clusters_across", filters)
         return self.fetch_all("clusters", filters)
 
     def item_lineage(self, item_id: UUID, tenant_id: str) -> list[Row]:

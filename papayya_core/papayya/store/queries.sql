@@ -310,6 +310,8 @@ GROUP BY 1 ORDER BY cost_usd DESC, key;
 
 -- name: tenant_stats
 SELECT (SELECT count(*) FROM papayya.runs r WHERE r.tenant_id = %(tenant_id)s) AS runs,
+       (SELECT count(*) FROM papayya.runs r
+         WHERE r.tenant_id = %(tenant_id)s AND r.replayed_from IS NOT NULL) AS replay_runs,
        (SELECT max(r.created_at) FROM papayya.runs r WHERE r.tenant_id = %(tenant_id)s) AS last_run_at,
        count(*) AS llm_calls,
        coalesce(sum(c.cost_usd), 0) AS cost_usd,
@@ -318,10 +320,40 @@ FROM papayya.llm_calls c
 WHERE c.tenant_id = %(tenant_id)s;
 
 -- name: tenant_item_counts
-SELECT status, count(*) AS n
-FROM papayya.items
-WHERE tenant_id = %(tenant_id)s
-GROUP BY status;
+-- The counting rule (docs/concepts.md, "Counting items across runs and replays"): every item a tenant
+-- sent counts once, with its current outcome, which is that of the newest item of its replay lineage
+-- (itself, a replay of it, a replay of that) to conclude succeeded, degraded or failed, or its own status
+-- when none has. Replays are never added: `replayed` counts the items among `n` that have a replay.
+-- `latest` (the same block opens every cross-run read below) maps each replayed original to the item
+-- whose outcome counts for it; an original not in it counts as itself.
+WITH RECURSIVE up AS (
+    SELECT i.item_id, i.tenant_id, i.replayed_from AS origin
+    FROM papayya.items i
+    WHERE i.tenant_id = ANY(%(tenant_ids)s::text[]) AND i.replayed_from IS NOT NULL
+    UNION ALL
+    SELECT up.item_id, up.tenant_id, p.replayed_from
+    FROM up JOIN papayya.items p ON p.item_id = up.origin AND p.tenant_id = up.tenant_id
+    WHERE p.replayed_from IS NOT NULL
+), member AS (
+    SELECT up.origin AS original, up.item_id, up.tenant_id
+    FROM up JOIN papayya.items o ON o.item_id = up.origin AND o.tenant_id = up.tenant_id
+    WHERE o.replayed_from IS NULL
+), latest AS (
+    SELECT DISTINCT ON (m.original) m.original, m.item_id
+    FROM (SELECT original, item_id, tenant_id FROM member
+          UNION SELECT original, original, tenant_id FROM member) m
+    JOIN papayya.items i ON i.item_id = m.item_id AND i.tenant_id = m.tenant_id
+    ORDER BY m.original, i.status IN ('succeeded', 'degraded', 'failed') DESC,
+             CASE WHEN i.status IN ('succeeded', 'degraded', 'failed') THEN i.finished_at END DESC NULLS LAST,
+             m.item_id = m.original DESC, i.created_at DESC
+)
+SELECT i.tenant_id, i.status, count(*) AS n,
+       count(*) FILTER (WHERE i.item_id IN (SELECT item_id FROM latest)) AS replayed
+FROM papayya.items i
+WHERE i.tenant_id = ANY(%(tenant_ids)s::text[])
+  AND (i.item_id IN (SELECT item_id FROM latest)
+       OR (i.replayed_from IS NULL AND i.item_id NOT IN (SELECT original FROM latest)))
+GROUP BY i.tenant_id, i.status;
 
 -- name: run_list_detail
 -- A page of runs, newest first (optionally of one status, after a (created_at, run_id) cursor), with
@@ -729,6 +761,50 @@ FROM papayya.items i
 WHERE i.fingerprint IS NOT NULL AND i.status IN ('degraded', 'failed')
   AND (%(run_id)s::uuid IS NULL OR i.run_id = %(run_id)s)
   AND (%(tenant_id)s::text IS NULL OR i.tenant_id = %(tenant_id)s)
+  AND (%(agent)s::text IS NULL
+       OR i.run_id IN (SELECT r.run_id FROM papayya.runs r WHERE r.agent_name = %(agent)s))
+  AND (%(since)s::timestamptz IS NULL OR i.finished_at >= %(since)s)
+  AND (%(until)s::timestamptz IS NULL OR i.finished_at < %(until)s)
+GROUP BY i.fingerprint, i.status
+ORDER BY items DESC, cluster
+LIMIT %(limit)s;
+
+-- name: clusters_across
+-- `clusters` over every run (of a tenant, an agent, a time window), by the counting rule (see
+-- tenant_item_counts): each item a tenant sent is in at most one cluster, that of its current outcome,
+-- so an item degraded in its run and in two replays is one item, not three.
+WITH RECURSIVE up AS (
+    SELECT i.item_id, i.tenant_id, i.replayed_from AS origin
+    FROM papayya.items i
+    WHERE (%(tenant_id)s::text IS NULL OR i.tenant_id = %(tenant_id)s) AND i.replayed_from IS NOT NULL
+    UNION ALL
+    SELECT up.item_id, up.tenant_id, p.replayed_from
+    FROM up JOIN papayya.items p ON p.item_id = up.origin AND p.tenant_id = up.tenant_id
+    WHERE p.replayed_from IS NOT NULL
+), member AS (
+    SELECT up.origin AS original, up.item_id, up.tenant_id
+    FROM up JOIN papayya.items o ON o.item_id = up.origin AND o.tenant_id = up.tenant_id
+    WHERE o.replayed_from IS NULL
+), latest AS (
+    SELECT DISTINCT ON (m.original) m.original, m.item_id
+    FROM (SELECT original, item_id, tenant_id FROM member
+          UNION SELECT original, original, tenant_id FROM member) m
+    JOIN papayya.items i ON i.item_id = m.item_id AND i.tenant_id = m.tenant_id
+    ORDER BY m.original, i.status IN ('succeeded', 'degraded', 'failed') DESC,
+             CASE WHEN i.status IN ('succeeded', 'degraded', 'failed') THEN i.finished_at END DESC NULLS LAST,
+             m.item_id = m.original DESC, i.created_at DESC
+)
+SELECT i.fingerprint AS cluster, i.status AS outcome, min(i.cluster_label) AS label,
+       count(*) AS items, count(DISTINCT i.tenant_id) AS tenants,
+       min(i.finished_at) AS first_seen, max(i.finished_at) AS last_seen,
+       coalesce(sum(i.cost_usd), 0) AS cost_usd,
+       (array_agg(i.item_id ORDER BY i.key, i.item_id))[1:3] AS sample_item_ids,
+       (array_agg(i.key ORDER BY i.key, i.item_id))[1:3] AS sample_keys
+FROM papayya.items i
+WHERE i.fingerprint IS NOT NULL AND i.status IN ('degraded', 'failed')
+  AND (%(tenant_id)s::text IS NULL OR i.tenant_id = %(tenant_id)s)
+  AND (i.item_id IN (SELECT item_id FROM latest)
+       OR (i.replayed_from IS NULL AND i.item_id NOT IN (SELECT original FROM latest)))
   AND (%(agent)s::text IS NULL
        OR i.run_id IN (SELECT r.run_id FROM papayya.runs r WHERE r.agent_name = %(agent)s))
   AND (%(since)s::timestamptz IS NULL OR i.finished_at >= %(since)s)

@@ -197,13 +197,14 @@ def tenants_list(access: Access, *, limit: int = 1000) -> list[dict[str, Any]]:
         rows = [r for r in rows if r["tenant_id"] == access.tenant]
     ids = [r["tenant_id"] for r in rows]
     budgets = cli_tenants._budgets(ids)
+    counts = connect().tenant_item_counts(ids)
     paused = {
         r["tenant_id"]: r["paused"]
         for r in connect().fetch_all("ui_paused_runs_by_tenant", {"tenant_ids": ids})
     }
     return [
         {
-            **cli_tenants.tenant_row(r, budgets[r["tenant_id"]]),
+            **cli_tenants.tenant_row(r, budgets[r["tenant_id"]], counts[r["tenant_id"]]),
             "paused_runs": paused.get(r["tenant_id"], 0),
         }
         for r in rows
