@@ -978,24 +978,29 @@ def epochs(changes: list[BudgetChange], calls: list[Call]) -> list[Epoch]:
     """Each limit of one budget, from its change to the next, with its overshoot and documented bound."""
     found: list[Epoch] = []
     previous: Decimal | None = None
+    lowering: BudgetChange | None = None  # the last time the limit came down (or was first set)
     for change, following in itertools.pairwise(changes):
         if change.limit is not None:
-            lowered = previous is None or change.limit < previous
-            found.append(epoch(change, following.before, calls, lowered=lowered))
+            if previous is None or change.limit < previous:
+                lowering = change
+                flight = in_flight(calls, change)
+            else:  # raised: the calls a lowering found in flight may still land in this limit's time
+                earlier = in_flight(calls, lowering) if lowering is not None else []
+                flight = [c for c in earlier if c.created_at >= change.before]
+            found.append(epoch(change, following.before, calls, flight))
         previous = change.limit
     return found
 
 
-def epoch(change: BudgetChange, end: datetime, calls: list[Call], *, lowered: bool) -> Epoch:
+def epoch(change: BudgetChange, end: datetime, calls: list[Call], flight: list[Call]) -> Epoch:
     """The limit ``change`` set, in force until ``end``: spending past it (or past what was already spent
-    when it was set below that), against the estimate error of its calls plus, when the limit came down,
-    the calls in flight as it did."""
+    when it was set below that), against the estimate error of its calls plus ``flight``, the calls in
+    flight when the limit last came down that were recorded in this limit's time."""
     assert change.limit is not None
     at_start = total(c for c in calls if c.created_at < change.before)
     at_end = total(c for c in calls if c.created_at < end)
     window = [c for c in calls if change.before <= c.created_at < end]
     error = sum((max(Decimal(0), cost(c) - (c.reserved or Decimal(0))) for c in window), Decimal(0))
-    flight = in_flight(calls, change) if lowered else []
     return Epoch(
         scope=change.scope,
         limit=change.limit,

@@ -191,6 +191,21 @@ def test_a_lowered_budget_may_be_overshot_by_the_calls_then_in_flight_and_no_mor
     assert "over their bound 1" in verdict.figures
 
 
+def test_calls_a_lowering_found_in_flight_are_excused_when_they_land_after_a_raise() -> None:
+    # Given a budget lowered to 1 at t=10 (2 spent) with a call in flight (started 9.5), raised to 2 at
+    # t=11 before that call landed at 12 (its worker was frozen): the call was admitted before either
+    in_flight = call("a", "1.5", at=12, latency=2.5)
+    calls = [call("x", "2", at=5), in_flight]
+    changes = [change(10, "1"), change(11, "2"), change(20, None)]
+    _, raised = checker.epochs(changes, calls)
+    # Then the raised limit's overshoot (3.5 - 2) is within the call the lowering found in flight
+    assert (raised.overshoot, raised.bound, raised.in_flight) == (Decimal("1.5"), Decimal("1.5"), 1)
+    assert checker.check_budgets(facts(calls, []), changes, uuid.UUID(int=2)).ok
+    # But a call started after the lowering is not excused by the raise
+    late = call("b", "1", at=12, latency=0.5)
+    assert not checker.check_budgets(facts([*calls, late], []), changes, uuid.UUID(int=2)).ok
+
+
 def test_a_raised_budget_allows_only_the_estimate_error() -> None:
     calls = [call("x", "2", at=5), call("a", "1", at=10.5)]
     # Raised from 1 to 2 at t=10: the call in flight is not excused, the spend of 3 overshoots 2 by 1
