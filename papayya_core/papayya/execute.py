@@ -217,7 +217,8 @@ def refusal(rt: Runtime, ref: ItemRef) -> str:
 
     - ``"unknown"``: no such item for that tenant (a forged or mistaken tenant/item: refuse it);
     - ``"done"``: it already has an outcome (a duplicate delivery: drop it);
-    - ``"running"``: another attempt holds a live lease on it (a duplicate delivery: drop it);
+    - ``"running"``: another attempt holds a live lease on it (a duplicate delivery), or it is
+      claimable again (a resume requeued it meanwhile): look again once the lease could have expired;
     - ``"paused"``: its run is paused; the item is now ``paused`` and ``papayya resume`` re-drives it;
     - ``"lost"``: it lost its worker ``max_stalls`` times; the reaper fails it (drop the message);
     - ``"stopped"``: its run was cancelled or completed.
