@@ -6,6 +6,12 @@ TOML file ``PAPAYYA_CONFIG_FILE`` names (its ``[tool.papayya]`` table if it has 
 level). Keys are the setting names (``backend = "celery"``, ``lease_seconds = 30``); a relative
 ``home`` in a file is relative to that file's directory.
 
+The store is found as git finds ``.git`` (:func:`store_location`): ``database_url`` when set; else a
+``home`` set explicitly, by ``PAPAYYA_HOME`` or in the file; else the nearest folder, from the current
+directory up, that holds a ``.papayya/`` directory or the ``pyproject.toml`` in effect, and its
+``.papayya``. The walk stops at the filesystem root and does not climb into the home directory from
+below it (``~/.papayya`` is found only from ``~`` itself). With none found, ``home`` is ``./.papayya``.
+
 Every value is validated when it is read, so a malformed setting is one clear sentence naming where
 it came from (the variable, or the file and key) at start-up, not a traceback mid-run.
 """
@@ -51,6 +57,7 @@ class ConfigFile:
     path: Path
     table: str  # "[tool.papayya]", or "the top level" of a PAPAYYA_CONFIG_FILE without that table
     values: dict[str, Any]
+    named: bool = False  # named by PAPAYYA_CONFIG_FILE (it may live anywhere), not found by walking up
 
     def where(self, key: str | None = None) -> str:
         inside = f"{self.table} of " if self.table.startswith("[") else ""
@@ -184,8 +191,8 @@ def find_config_file(start: Path | None = None) -> ConfigFile | None:
         data = _read_toml(path.resolve())
         table = _tool_table(data, path)
         if table is not None:
-            return _checked(ConfigFile(path.resolve(), "[tool.papayya]", table))
-        return _checked(ConfigFile(path.resolve(), "the top level", data))
+            return _checked(ConfigFile(path.resolve(), "[tool.papayya]", table, named=True))
+        return _checked(ConfigFile(path.resolve(), "the top level", data, named=True))
     here = (start or Path.cwd()).resolve()
     for folder in (here, *here.parents):
         candidate = folder / "pyproject.toml"
@@ -243,7 +250,7 @@ def _checked(file: ConfigFile) -> ConfigFile:
     home = file.values.get("home")
     if isinstance(home, str) and home and not Path(home).expanduser().is_absolute():
         values = {**file.values, "home": str(file.path.parent / home)}
-        return ConfigFile(file.path, file.table, values)
+        return ConfigFile(file.path, file.table, values, file.named)
     return file
 
 
@@ -254,14 +261,18 @@ def _checked(file: ConfigFile) -> ConfigFile:
 class Origin:
     """Where a setting's effective value came from."""
 
-    source: str  # "explicit" | "env" | "file" | "default"
-    where: str | None = None  # the variable's name or the file's path
+    # "explicit" | "env" | "file" | "default"; for ``home`` also "found" (a ``.papayya/`` here or
+    # above) and "project" (the folder of the pyproject.toml in effect)
+    source: str
+    where: str | None = None  # the variable's name, the file's path, or the .papayya/ found
 
     def __str__(self) -> str:
         if self.source == "env":
             return f"env {self.where}"
         if self.source == "file":
             return str(self.where)
+        if self.source == "project":
+            return f"beside {self.where}"
         return self.source
 
 
@@ -313,6 +324,9 @@ def effective_settings(**overrides: Any) -> Effective:
     finally:
         _loading.reset(token)
     origins = {name: _origin(name, overrides, file) for name in SETTING_NAMES}
+    if origins["home"].source == "default":
+        home, origins["home"] = _discover_home(Path.cwd().resolve(), file)
+        settings = settings.model_copy(update={"home": home})
     return Effective(settings, origins, file)
 
 
@@ -346,6 +360,101 @@ def _file_error(err: Any, file: ConfigFile) -> ConfigError:
 
 def _message(err: Any) -> str:
     return str(err["msg"]).removeprefix("Value error, ").rstrip(".")
+
+
+# -- the store --------------------------------------------------------------------------------------
+
+STORE_DIR = ".papayya"
+
+
+def _ceiling(start: Path) -> Path | None:
+    """The home directory when ``start`` is below it: the walk does not climb into it (as git's
+    GIT_CEILING_DIRECTORIES), so a stray ``~/.papayya`` never captures every project under ``~``."""
+    try:
+        home = Path.home().resolve()
+    except (RuntimeError, KeyError, OSError):
+        return None
+    return home if home in start.parents else None
+
+
+def _discover_home(start: Path, file: ConfigFile | None) -> tuple[Path, Origin]:
+    """The nearest folder from ``start`` up holding a ``.papayya/`` directory or the pyproject.toml in
+    effect: its ``.papayya``. None found: ``start/.papayya``."""
+    project = file.path.parent if file is not None and not file.named else None
+    stop = _ceiling(start)
+    for folder in (start, *start.parents):
+        if folder == stop:
+            break
+        if (folder / STORE_DIR).is_dir():
+            return folder / STORE_DIR, Origin("found", str(folder / STORE_DIR))
+        if folder == project and file is not None:
+            return folder / STORE_DIR, Origin("project", str(file.path))
+    return start / STORE_DIR, Origin("default")
+
+
+@dataclass(frozen=True, slots=True)
+class StoreLocation:
+    """The store the settings point at: a server (``url``) or the embedded one under ``home``."""
+
+    url: str | None
+    home: Path
+    origin: Origin  # of database_url when it is set, else of home
+
+    @property
+    def exists(self) -> bool:
+        """A server is taken to exist (connecting says otherwise); an embedded store once initialised."""
+        return self.url is not None or (self.home / "pg" / "PG_VERSION").is_file()
+
+    @property
+    def named(self) -> bool:
+        """Named by the user for this process (papayya.configure or a variable), not found."""
+        return self.origin.source in ("explicit", "env")
+
+    def describe(self) -> str:
+        """The store in a few words: ``/proj/.papayya (found above here)``."""
+        if self.url is not None:
+            return f"{redact_url(self.url)} ({self._why('database_url')})"
+        return f"{self.home} ({self._why('home')})"
+
+    def missing(self) -> str:
+        """One sentence for a command that needs an existing store and found none."""
+        create = "create one with `papayya migrate` or by running your script"
+        if self.origin.source in ("found", "project", "default"):
+            if self.origin.source == "default":
+                where = f"no .papayya/ in {self.home.parent} or above, and PAPAYYA_DATABASE_URL is unset"
+            else:
+                where = f"{self.home} ({self._why('home')}) holds no database yet"
+            return (
+                f"There is no papayya store here: {where}; run this in your project's folder, set "
+                f"PAPAYYA_DATABASE_URL, or {create} here."
+            )
+        return (
+            f"There is no papayya store under {self.home} ({self._why('home')}); fix the setting, or "
+            f"{create} there."
+        )
+
+    def _why(self, field: str) -> str:
+        o = self.origin
+        if o.source == "env":
+            return str(o.where)
+        if o.source == "explicit":
+            return "papayya.configure"
+        if o.source == "file":
+            return f"{field} in {o.where}"
+        if o.source == "found":
+            here = Path.cwd().resolve() / STORE_DIR
+            return "found here" if Path(str(o.where)) == here else "found above here"
+        if o.source == "project":
+            return f"beside {o.where}"
+        return "default"
+
+
+def store_location(found: Effective) -> StoreLocation:
+    """Which store ``found`` (the settings in effect) points at, and why."""
+    s = found.settings
+    if s.database_url is not None:
+        return StoreLocation(s.database_url, s.home, found.origins["database_url"])
+    return StoreLocation(None, s.home.expanduser().resolve(), found.origins["home"])
 
 
 # -- showing ----------------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """The process's papayya runtime: settings, the store and the plugin manager, built on first use.
 
 ``configure(...)`` sets explicit settings (they win over the environment) and drops the current
-runtime so the next use builds a new one.
+runtime so the next use builds a new one. Building one opens the store the settings point at
+(:func:`papayya.config.store_location`), creating the embedded one if it does not exist yet.
 """
 
 from __future__ import annotations
@@ -105,6 +106,11 @@ class Runtime:
 
 _lock = threading.Lock()
 _runtime: Runtime | None = None
+
+
+def current_runtime() -> Runtime | None:
+    """The runtime this process has built, if any (without building one, so without opening a store)."""
+    return _runtime
 
 
 def get_runtime() -> Runtime:

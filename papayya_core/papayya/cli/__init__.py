@@ -1,7 +1,9 @@
 """The ``papayya`` command line: one module per noun, and one error boundary in :func:`main`.
 
-Commands use the same configuration as the library (``PAPAYYA_DATABASE_URL``, or the embedded
-server under ``./.papayya``). Every read command takes ``--json``.
+Commands use the same configuration as the library: ``PAPAYYA_DATABASE_URL``, or the embedded server
+under the project's ``.papayya``, found from any subfolder as git finds ``.git`` (see
+:mod:`papayya.cli.connect`, which also says which commands may create one). Every read command takes
+``--json``.
 
 Exit codes: 0 done; 2 the command could not do what was asked (bad input, unknown id, unreachable
 database), with one sentence on stderr saying why and what to do; 1 a bug in papayya (one sentence;
@@ -17,7 +19,6 @@ import sys
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import click
 
@@ -34,6 +35,7 @@ from papayya.cli.runs import runs_group
 from papayya.cli.tenants import tenants_group
 from papayya.cli.ui import ui_command
 from papayya.cli.worker import worker_command
+from papayya.config import effective_settings, explicit_overrides
 from papayya.errors import PapayyaError
 
 __all__ = ["cli", "main"]
@@ -50,7 +52,9 @@ EXIT_INTERRUPTED = 130
 def cli(verbose: bool) -> None:
     """papayya: every item of every tenant, with its outcome and its cost.
 
-    Reads the database named by PAPAYYA_DATABASE_URL, or the embedded one under ./.papayya.
+    Reads the database named by PAPAYYA_DATABASE_URL, or the embedded one in the project's .papayya/,
+    found from any subfolder (the nearest .papayya/ or pyproject.toml with [tool.papayya]); only
+    `papayya migrate` and `papayya worker` create one where there is none.
     """
     _configure_logging(logging.INFO if verbose else logging.WARNING)
 
@@ -71,11 +75,12 @@ cli.add_command(config_group)
 
 
 class _LazyFileHandler(logging.FileHandler):
-    """A file handler that creates its directory only when there is something to write."""
+    """A file handler that writes only once its directory (the store's home) exists: a log record never
+    creates a ``.papayya`` that a later command would take for the project's store."""
 
-    def _open(self) -> Any:
-        Path(self.baseFilename).parent.mkdir(parents=True, exist_ok=True)
-        return super()._open()
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.stream is not None or Path(self.baseFilename).parent.is_dir():
+            super().emit(record)
 
     def handleError(self, record: logging.LogRecord) -> None:
         pass  # a log file that cannot be written never breaks a command
@@ -87,7 +92,10 @@ def _log_to_file(debug: bool) -> None:
     root = logging.getLogger()
     if root.handlers or debug:
         return
-    home = Path(os.environ.get("PAPAYYA_HOME") or ".papayya")
+    try:
+        home = effective_settings(**explicit_overrides()).settings.home
+    except (PapayyaError, OSError):  # a bad setting: the command says so in one sentence soon enough
+        home = Path(os.environ.get("PAPAYYA_HOME") or ".papayya")
     handler: logging.Handler = _LazyFileHandler(home / "papayya.log", encoding="utf-8", delay=True)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root.addHandler(handler)

@@ -7,7 +7,7 @@ from typing import Any
 import click
 
 from papayya.cli import render
-from papayya.config import Effective, effective_settings, explicit_overrides, redact_url
+from papayya.config import Effective, effective_settings, explicit_overrides, redact_url, store_location
 
 
 @click.group("config", no_args_is_help=True)
@@ -21,16 +21,26 @@ def config_group() -> None:
 def show_command(as_json: bool) -> None:
     """Print every setting's effective value and where it came from.
 
-    Sources: explicit (papayya.configure), env PAPAYYA_X, the configuration file's path, or default.
-    Passwords in database_url are shown as ***. Nothing connects to the database.
+    Sources: explicit (papayya.configure), env PAPAYYA_X, the configuration file's path, or default;
+    for home also found (the nearest .papayya/ here or above) or beside the pyproject.toml in effect.
+    The first line names the store commands here open. Passwords in database_url are shown as ***.
+    Nothing connects to the database.
     """
     found = effective_settings(**explicit_overrides())
+    store = store_location(found)
     backends = _installed_backends()
     rows = _rows(found)
     if as_json:
         render.emit_json(
             {
                 "file": str(found.file.path) if found.file is not None else None,
+                "store": {
+                    "url": redact_url(store.url) if store.url is not None else None,
+                    "home": str(store.home),
+                    "source": store.origin.source,
+                    "from": store.origin.where,
+                    "exists": store.exists,
+                },
                 "settings": {
                     name: {"value": value, "source": origin.source, "from": origin.where}
                     for name, value, origin in rows
@@ -44,7 +54,11 @@ def show_command(as_json: bool) -> None:
         if found.file is not None
         else "No configuration file ([tool.papayya] in pyproject.toml here or above, or PAPAYYA_CONFIG_FILE)."
     )
+    what = f"Store: {store.describe()}" + (
+        "" if store.exists else "; nothing is there yet (your script or `papayya migrate` creates it)"
+    )
     render.out(
+        render.note(what),
         render.note(where),
         render.table(["setting", "value", "from"], [(n, _text(v), str(o)) for n, v, o in rows]),
     )
