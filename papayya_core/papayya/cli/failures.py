@@ -17,7 +17,13 @@ from papayya.clusters import clusters
 
 @click.command("failures")
 @click.argument("run_id", metavar="[RUN]", type=RUN_ID, required=False)
-@click.option("--tenant", type=TENANT, default=None, help="Only this tenant's items.")
+@click.option(
+    "--tenant",
+    type=TENANT,
+    default=None,
+    is_eager=True,  # read first: a short RUN is looked up within it
+    help="Only this tenant's items.",
+)
 @click.option("--agent", default=None, metavar="NAME", help="Only items of this agent's runs.")
 @click.option(
     "--since", type=TIME, default=None, help="Only items finished since then: 7d, 24h or an ISO time."

@@ -8,9 +8,10 @@ from uuid import UUID
 
 import click
 
+from papayya import tenants
 from papayya.cli import render
 from papayya.cli.connect import connect
-from papayya.cli.params import ITEM_ID, RUN_ID
+from papayya.cli.params import RUN_ID, TENANT, resolve_item
 from papayya.models import ItemStatus
 from papayya.runtime import get_runtime
 from papayya.store import Store
@@ -109,23 +110,34 @@ def list_command(run_id: UUID, outcome: str | None, limit: int, after: str | Non
     type=RUN_ID,
     default=None,
     metavar="RUN",
-    help="Read ITEM as the item's own id (key) within RUN instead of papayya's item UUID.",
+    help="Look for ITEM in RUN only (when its key is in several runs).",
+)
+@click.option(
+    "--tenant",
+    type=TENANT,
+    default=None,
+    is_eager=True,  # read first: a short RUN is looked up within it
+    help="Look for ITEM among this tenant's items only.",
 )
 @click.option(
     "--traceback", "show_traceback", is_flag=True, help="Also print each failed attempt's traceback."
 )
 @render.json_option
-def show_command(item: str, run_id: UUID | None, show_traceback: bool, as_json: bool) -> None:
-    """Show ITEM: its input, each attempt, the journal steps and the LLM calls with their cost."""
+def show_command(
+    item: str, run_id: UUID | None, tenant: str | None, show_traceback: bool, as_json: bool
+) -> None:
+    """Show ITEM: its input, each attempt, the journal steps and the LLM calls with their cost.
+
+    ITEM is the item's id (its key, e.g. acme-00100), papayya's item UUID or the start of it. A key names
+    the item with its replays; this shows the one whose outcome counts now, beside the others.
+    """
     store = connect()
+    if tenant is not None:
+        tenants.get(tenant)
     if run_id is not None:
-        run = store.run_get(run_id)
-        item_id = store.item_id_by_key(run_id, run["tenant_id"], item)
-    else:
-        ctx = click.get_current_context()
-        param = next(p for p in ctx.command.params if p.name == "item")
-        item_id = ITEM_ID.convert(item, param, ctx)
-    row = get_runtime().blobs.expand_item(store.item_detail(item_id))
+        tenant = store.run_get(run_id, tenant)["tenant_id"]
+    item_id = resolve_item(item, run_id=run_id, tenant=tenant)
+    row = get_runtime().blobs.expand_item(store.item_detail(item_id, tenant))
     detail = _item_detail(row)
     detail["lineage"] = lineage(row, _linked_details(store, row))
     if as_json:

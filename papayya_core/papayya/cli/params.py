@@ -1,6 +1,12 @@
 """Command-line values: ids, tenants, ``key=value`` config, prices and time windows.
 
 Each type turns text into a checked value or fails with a sentence saying what was expected.
+
+Every id papayya prints is accepted back: a run as its UUID or a unique prefix of it (the dashboard's
+``fab8a3da``), an item as its UUID, a unique prefix of it, or its key (the user's own id,
+``acme-00100``), within the tenant the command is scoped to (``--tenant``) and, for an item, the run
+(``--run``). A prefix or key naming several runs or items is refused in one sentence listing them and
+saying how to pick one.
 """
 
 from __future__ import annotations
@@ -16,6 +22,8 @@ from uuid import UUID
 import click
 
 from papayya.budgets import parse_amount
+from papayya.cli.connect import connect
+from papayya.errors import NotFound
 from papayya.tenants import validate_tenant_id
 
 T = TypeVar("T")
@@ -61,8 +69,153 @@ class IdType(Param[UUID]):
             )
 
 
-RUN_ID = IdType("a run id", "list runs with `papayya runs list`")
 ITEM_ID = IdType("an item id", "list items with `papayya items list RUN`")
+
+# A prefix of a UUID as people copy it: at least 4 hex digits, dashes where the UUID has them.
+_PREFIX = re.compile(r"^[0-9a-f]{4,8}(-[0-9a-f]{0,4}){0,3}(-[0-9a-f]{0,12})?$", re.IGNORECASE)
+_SHOWN = 5  # candidates named in an "ambiguous" sentence
+
+
+def uuid_span(text: str) -> tuple[UUID, UUID] | None:
+    """The ids a typed prefix stands for (``fab8a3da`` -> fab8a3da-0000-... to fab8a3da-ffff-...), or
+    None when the text cannot be the start of a UUID."""
+    text = text.strip()
+    if not _PREFIX.match(text):
+        return None
+    digits = text.replace("-", "").lower()
+    return UUID(digits.ljust(32, "0")), UUID(digits.ljust(32, "f"))
+
+
+def _scope(ctx: click.Context | None) -> str | None:
+    """The tenant the command is scoped to, when it has ``--tenant`` (declared eager, so it is known
+    before RUN and ITEM are read)."""
+    tenant = ctx.params.get("tenant") if ctx is not None else None
+    return tenant if isinstance(tenant, str) else None
+
+
+def _more(total: int) -> str:
+    return f" and {total - _SHOWN:,} more" if total > _SHOWN else ""
+
+
+class RunIdType(IdType):
+    """A run: its UUID, or a prefix of it that names one run (of the command's ``--tenant``)."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> UUID:
+        if isinstance(value, UUID):
+            return value
+        text = str(value).strip()
+        try:
+            return UUID(text)
+        except ValueError:
+            pass
+        span = uuid_span(text)
+        if span is None:
+            return super().convert(value, param, ctx)  # the sentence saying what a run id is
+        tenant = _scope(ctx)
+        runs = connect().runs_by_prefix(*span, tenant)
+        if len(runs) == 1:
+            run_id: UUID = runs[0]["run_id"]
+            return run_id
+        whose = f" of tenant {tenant!r}" if tenant else ""
+        if not runs:
+            raise NotFound(
+                f"{short(text)} is not a run id, nor the start of the id of a run{whose}; {self.where}."
+            )
+        listed = ", ".join(
+            f"{r['run_id']} ({r['tenant_id']}, {r['agent_name']}, {r['created_at']:%Y-%m-%d %H:%M}Z)"
+            for r in runs[:_SHOWN]
+        )
+        raise click.ClickException(
+            f"{short(text)} starts the ids of {len(runs):,}{'+' if len(runs) == 20 else ''} runs{whose}: "
+            f"{listed}{_more(len(runs))}; give a longer prefix or the whole id"
+        )
+
+
+RUN_ID = RunIdType("a run id", "list runs with `papayya runs list`")
+
+
+def resolve_item(text: str, *, run_id: UUID | None = None, tenant: str | None = None) -> UUID:
+    """The item ``text`` names: its UUID, its key (the user's id) or a unique prefix of its UUID, in
+    ``run_id`` and ``tenant`` when given.
+
+    A key names one item and its replays (they keep its key): that is one item, and this returns the one
+    whose outcome counts for it, by the counting rule (docs/concepts.md). A key in several runs that are
+    not replays of one another, or a prefix of several ids, is refused naming the candidates.
+
+    Raises:
+        NotFound: nothing matches.
+        click.ClickException: several items match; the sentence says how to pick one.
+    """
+    text = text.strip()
+    try:
+        exact: UUID | None = UUID(text)
+    except ValueError:
+        exact = None
+    span = (exact, exact) if exact is not None else uuid_span(text)
+    rows = connect().items_by_ref(text, span, run_id=run_id, tenant_id=tenant)
+    where = "".join(
+        [f" in run {run_id}" if run_id is not None else "", f" of tenant {tenant!r}" if tenant else ""]
+    )
+    if exact is not None and any(r["item_id"] == exact for r in rows):
+        return exact
+    by_key = [r for r in rows if r["by_key"]]
+    if by_key:
+        lineages = _lineages(by_key)
+        if len(lineages) == 1:
+            return _current(lineages[0])
+        listed = ", ".join(
+            f"run {members[0]['run_id']} (tenant {members[0]['tenant_id']}, {members[0]['status']})"
+            for members in lineages[:_SHOWN]
+        )
+        tenants = {r["tenant_id"] for r in by_key}
+        how = "--run RUN" + (" or --tenant TENANT" if len(tenants) > 1 and tenant is None else "")
+        raise click.ClickException(
+            f"Item id {short(text)} names {len(lineages):,} different items{where}: {listed}"
+            f"{_more(len(lineages))}; say which with {how}"
+        )
+    if exact is not None:
+        raise NotFound(f"No item {exact}{where}; list items with `papayya items list RUN`.")
+    if len(rows) == 1:
+        item_id: UUID = rows[0]["item_id"]
+        return item_id
+    if rows:
+        listed = ", ".join(f"{r['item_id']} ({r['key']} in run {r['run_id']})" for r in rows[:_SHOWN])
+        raise click.ClickException(
+            f"{short(text)} starts the ids of {len(rows):,} items{where}: {listed}{_more(len(rows))}; "
+            "give a longer prefix or the item's key"
+        )
+    raise NotFound(
+        f"{short(text)} is not an item id, nor the key or the start of the id of an item{where}; "
+        "list items with `papayya items list RUN` (or `papayya items list --tenant TENANT`)."
+    )
+
+
+def _lineages(rows: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """Items sharing a key, grouped into lineages (an original and its replays), each oldest first."""
+    by_id = {r["item_id"]: r for r in rows}
+
+    def root(r: dict[str, Any]) -> UUID:
+        while r["replayed_from"] in by_id:
+            r = by_id[r["replayed_from"]]
+        found: UUID = r["item_id"]
+        return found
+
+    groups: dict[UUID, list[dict[str, Any]]] = {}
+    for r in rows:  # rows come oldest first
+        groups.setdefault(root(r), []).append(r)
+    return list(groups.values())
+
+
+_CONCLUDED = ("succeeded", "degraded", "failed")
+
+
+def _current(members: list[dict[str, Any]]) -> UUID:
+    """The member whose outcome counts for the lineage: the newest to conclude succeeded, degraded or
+    failed, else the original (the rule ``tenant_item_counts`` applies in SQL)."""
+    concluded = [m for m in members if m["status"] in _CONCLUDED and m["finished_at"] is not None]
+    chosen = max(concluded, key=lambda m: (m["finished_at"], m["created_at"])) if concluded else members[0]
+    item_id: UUID = chosen["item_id"]
+    return item_id
 
 
 class TenantType(Param[str]):

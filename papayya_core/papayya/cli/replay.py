@@ -16,13 +16,19 @@ from papayya import registry, tenants
 from papayya.cli import render
 from papayya.cli.connect import connect
 from papayya.cli.control import import_from_here
-from papayya.cli.params import ITEM_ID, KEYS, RUN_ID, TENANT
+from papayya.cli.params import KEYS, RUN_ID, TENANT, resolve_item
 from papayya.cli.runs import show_detail
 from papayya.replay import OUTCOMES, replay
 
 
 @click.command("replay")
-@click.option("--item", "item_id", type=ITEM_ID, default=None, metavar="ITEM", help="Replay this one item.")
+@click.option(
+    "--item",
+    "item_ref",
+    default=None,
+    metavar="ITEM",
+    help="Replay this one item: its id (key), papayya's item UUID or the start of it.",
+)
 @click.option("--run", "run_id", type=RUN_ID, default=None, metavar="RUN", help="Replay a slice of this run.")
 @click.option(
     "--outcome", type=click.Choice(OUTCOMES), default=None, help="Only RUN's items with this outcome."
@@ -42,7 +48,13 @@ from papayya.replay import OUTCOMES, replay
     help="Only these items of RUN (their ids, comma-separated).",
 )
 @click.option("--not-succeeded", is_flag=True, help="Only RUN's items that did not succeed.")
-@click.option("--tenant", type=TENANT, default=None, help="Refuse unless the item or run is this tenant's.")
+@click.option(
+    "--tenant",
+    type=TENANT,
+    default=None,
+    is_eager=True,  # read first: ITEM and RUN are looked up within it
+    help="Refuse unless the item or run is this tenant's.",
+)
 @click.option(
     "--from-journal",
     is_flag=True,
@@ -57,7 +69,7 @@ from papayya.replay import OUTCOMES, replay
 )
 @render.json_option
 def replay_command(
-    item_id: UUID | None,
+    item_ref: str | None,
     run_id: UUID | None,
     outcome: str | None,
     cluster: str | None,
@@ -75,14 +87,14 @@ def replay_command(
     The original run is not changed. Shows progress on a terminal, then the new run's summary.
     """
     sliced = outcome is not None or cluster is not None or keys is not None or not_succeeded
-    if item_id is None and run_id is None:
+    if item_ref is None and run_id is None:
         raise click.UsageError(
             "Say what to replay: --item ITEM, or --run RUN (with --outcome, --cluster, --ids or "
             "--not-succeeded)"
         )
-    if item_id is not None and run_id is not None:
+    if item_ref is not None and run_id is not None:
         raise click.UsageError("Give --item or --run, not both")
-    if item_id is not None and sliced:
+    if item_ref is not None and sliced:
         raise click.UsageError(
             "--outcome, --cluster, --ids and --not-succeeded choose items of a run; give them with --run, "
             "not --item"
@@ -90,6 +102,7 @@ def replay_command(
     store = connect()
     if tenant is not None:
         tenants.get(tenant)
+    item_id = resolve_item(item_ref, tenant=tenant) if item_ref is not None else None
     # Import the agent before anything is created, so a missing script leaves no queued run behind.
     if item_id is not None:
         source = store.run_get(store.item_detail(item_id, tenant)["run_id"], tenant)

@@ -572,6 +572,24 @@ class Store:
         item_id: UUID = row["item_id"]
         return item_id
 
+    def runs_by_prefix(self, lo: UUID, hi: UUID, tenant_id: str | None) -> list[Row]:
+        """Runs whose id lies in ``lo..hi`` (a typed prefix, padded), oldest first; at most 20."""
+        return self.fetch_all("runs_by_prefix", {"lo": lo, "hi": hi, "tenant_id": tenant_id})
+
+    def items_by_ref(
+        self,
+        key: str,
+        span: tuple[UUID, UUID] | None,
+        *,
+        run_id: UUID | None = None,
+        tenant_id: str | None = None,
+    ) -> list[Row]:
+        """Items with the user's ``key``, or whose id lies in ``span`` (a typed prefix, padded), in a run
+        and a tenant when given, oldest first; ``by_key`` says which. At most 200."""
+        lo, hi = span if span is not None else (None, None)
+        params = {"key": key, "lo": lo, "hi": hi, "run_id": run_id, "tenant_id": tenant_id}
+        return self.fetch_all("items_by_ref", params)
+
     # -- rate limits ------------------------------------------------------------------------------
 
     def rate_limit_set(

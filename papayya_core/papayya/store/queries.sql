@@ -844,3 +844,27 @@ FROM papayya.runs r
 WHERE r.tenant_id = %(tenant_id)s AND (r.run_id = %(run_id)s OR r.replayed_from = %(run_id)s)
 ORDER BY r.created_at;
 
+
+-- ids as people give them back
+
+-- name: runs_by_prefix
+-- Runs whose id starts with a prefix a person typed (the short ids the dashboard prints): every id
+-- from %(lo)s (the prefix padded with 0s) to %(hi)s (padded with fs).
+SELECT r.run_id, r.tenant_id, r.agent_name, r.created_at
+FROM papayya.runs r
+WHERE r.run_id BETWEEN %(lo)s AND %(hi)s
+  AND (%(tenant_id)s::text IS NULL OR r.tenant_id = %(tenant_id)s)
+ORDER BY r.created_at, r.run_id
+LIMIT 20;
+
+-- name: items_by_ref
+-- Items a person's text may name: the item with that key (the user's own id; in a run, when given),
+-- or whose item id starts with a prefix (%(lo)s..%(hi)s, NULL when the text cannot be one).
+SELECT i.item_id, i.run_id, i.tenant_id, i.key, i.status, i.replayed_from, i.created_at, i.finished_at,
+       i.key = %(key)s AS by_key
+FROM papayya.items i
+WHERE (%(tenant_id)s::text IS NULL OR i.tenant_id = %(tenant_id)s)
+  AND (%(run_id)s::uuid IS NULL OR i.run_id = %(run_id)s)
+  AND (i.key = %(key)s OR i.item_id BETWEEN %(lo)s AND %(hi)s)
+ORDER BY i.created_at, i.item_id
+LIMIT 200;
