@@ -18,6 +18,7 @@ from uuid import UUID
 
 from papayya import registry
 from papayya.errors import AgentNotImportable, NotFound, ReplayError
+from papayya.execute import ItemRef
 from papayya.runtime import get_runtime
 
 if TYPE_CHECKING:
@@ -67,7 +68,10 @@ def replay(
         from_journal: Answer every journaled step from the original items' journal (zero cost).
         agent: The agent to run; by default this process's agent of the original's name, else its module
             imported where that cannot start a batch again (``papayya.registry``).
-        execute: False creates the replay run (items queued) without running it.
+        execute: False creates the replay run and hands its items to the workers of the original's
+            backend without running them here or waiting: ``papayya worker`` processes claim them on the
+            native engine; on a queue backend (Celery, SQS, Temporal) they are published to it, from
+            this process's configuration of that backend.
 
     Raises:
         NotFound: the item, run or tenant scope does not match anything.
@@ -146,8 +150,26 @@ def replay(
             f"The slice ({_describe(slice_)}) of run {source['run_id']} is empty; nothing was created."
         )
     if not execute or agent is None:
+        _hand_over(rt, source, new_run, tenant_id)
         return RunResult.load(new_run, tenant_id)
     pending = store.run_pending_items(new_run, tenant_id)
     workers = concurrency or int((source["options"] or {}).get("concurrency") or 8)
     label = f"replay of {source['run_id']}"
     return agent._execute(rt, new_run, tenant_id, pending, workers, progress, label, source["backend"])
+
+
+def _hand_over(rt: Any, source: dict[str, Any], run_id: UUID, tenant_id: str) -> None:
+    """Give a replay run's queued items to the workers of its backend, by agent name (no import): a
+    queue backend publishes them as its reaper re-drives items, so its workers run them."""
+    if source["backend"] == "native":
+        rt.store.notify_work(source["agent_name"])
+        return
+    runner = rt.backend_named(source["backend"])
+    publish = getattr(runner, "redrive", None)
+    if publish is None:
+        raise ReplayError(
+            f"Run {run_id} was created, but backend {source['backend']} cannot be handed recorded items; "
+            f"run it with `papayya resume {run_id}` where the agent's code is importable."
+        )
+    pending = rt.store.run_pending_items(run_id, tenant_id)
+    publish(rt, [ItemRef(item_id, key, run_id, tenant_id) for item_id, key in pending])

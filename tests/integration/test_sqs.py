@@ -602,6 +602,30 @@ def test_replay_of_items_that_ran_on_sqs_sends_them_again(
         assert attempt["backend"] == "sqs"
 
 
+def test_a_replay_created_without_waiting_is_sent_to_the_queue_and_its_consumers_run_it(
+    rt: Runtime, tenant: str, sqs: Any, queues: Queues, sqs_backend: Any
+) -> None:
+    url, _ = queues.make()
+    broken = {"b1"}
+
+    @agent
+    def check(item: papayya.Item) -> str:
+        if item.id in broken:
+            raise ValueError(f"bad item {item.id}")
+        return "ok"
+
+    sqs_backend(url)
+    with consuming(papayya_sqs.Consumer(url, agent=check, sqs=sqs, wait_seconds=1)):
+        first = check.map([{"id": k} for k in ["a1", "b1"]], tenant=tenant)
+        broken.clear()
+        # Given a replay created without running it here (execute=False: a script, a scheduler)
+        created = papayya.replay(run=first.run_id, outcome="failed", execute=False)
+        assert created.counts.get("succeeded", 0) == 0
+        # Then its item is on the queue: the consumer runs it, nobody in this process waits
+        replayed = papayya.RunHandle(created.run_id, tenant).wait(timeout=60)
+    assert replayed.counts["succeeded"] == 1
+
+
 def test_a_fifo_queue_groups_by_tenant_and_deduplicates_by_item(
     rt: Runtime, tenant: str, sqs: Any, queues: Queues, sqs_backend: Any
 ) -> None:
