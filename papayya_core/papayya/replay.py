@@ -63,6 +63,11 @@ def replay(
     """Replay one item (``item``) or a slice of a run (``run`` with ``outcome``, ``cluster``, ``keys`` or
     ``not_succeeded``; no filter replays the whole run) into a new run, and run it in this process.
 
+    With ``tenant`` and neither ``item`` nor ``run``, the slice is taken across all the tenant's runs by
+    the counting rule (each item it sent once, as the item whose outcome counts now), by ``outcome``,
+    ``cluster`` or ``not_succeeded``, into one run linked item by item (and, at run level, to the newest
+    run the items come from, whose agent and options it uses).
+
     Args:
         tenant: Scope: the item or run must belong to this tenant (a tenant-scoped caller passes it).
         from_journal: Answer every journaled step from the original items' journal (zero cost).
@@ -103,6 +108,18 @@ def replay(
             }.items()
             if v
         }
+    elif tenant is not None and (outcome or cluster or not_succeeded) and not keys:
+        return _replay_across(
+            tenant,
+            outcome=outcome,
+            cluster=cluster,
+            not_succeeded=not_succeeded,
+            from_journal=from_journal,
+            agent=agent,
+            concurrency=concurrency,
+            progress=progress,
+            execute=execute,
+        )
     else:
         raise ReplayError("Say what to replay: an item, or a run (with --outcome, --cluster or ids).")
     if cluster is not None:
@@ -173,3 +190,88 @@ def _hand_over(rt: Any, source: dict[str, Any], run_id: UUID, tenant_id: str) ->
         )
     pending = rt.store.run_pending_items(run_id, tenant_id)
     publish(rt, [ItemRef(item_id, key, run_id, tenant_id) for item_id, key in pending])
+
+
+def _replay_across(
+    tenant: str,
+    *,
+    outcome: str | None,
+    cluster: str | None,
+    not_succeeded: bool,
+    from_journal: bool,
+    agent: Agent | None,
+    concurrency: int | None,
+    progress: bool | None,
+    execute: bool,
+) -> RunResult:
+    """:func:`replay` of a slice of a tenant's items across its runs (see there)."""
+    from papayya.result import RunResult
+
+    rt = get_runtime()
+    store = rt.store
+    if outcome is not None and outcome not in OUTCOMES:
+        raise ReplayError(f"Unknown outcome {outcome!r}; use one of: {', '.join(OUTCOMES)}.")
+    slice_: dict[str, Any] = {
+        k: v
+        for k, v in {
+            "tenant": tenant,
+            "outcome": outcome,
+            "cluster": cluster,
+            "not_succeeded": not_succeeded,
+        }.items()
+        if v
+    }
+    rows = store.replay_slice_across(tenant, status=outcome, fingerprint=cluster, not_succeeded=not_succeeded)
+    if not rows:
+        if cluster is not None:
+            raise NotFound(
+                f"No item of tenant {tenant!r} is in cluster {cluster!r} now; list its clusters with "
+                f"`papayya failures --tenant {tenant}`."
+            )
+        raise ReplayError(f"The slice ({_describe(slice_)}) is empty; nothing was created.")
+    agents = sorted({r["agent_name"] for r in rows})
+    if len(agents) > 1:
+        raise ReplayError(
+            f"The slice ({_describe(slice_)}) holds items of {len(agents)} agents ({', '.join(agents)}); "
+            "a replay runs one agent: replay each run with --run RUN. Nothing was created."
+        )
+    seen: dict[str, UUID] = {}
+    for r in rows:
+        if r["key"] in seen and seen[r["key"]] != r["run_id"]:
+            raise ReplayError(
+                f"Item id {r['key']!r} is in runs {seen[r['key']]} and {r['run_id']} (not replays of one "
+                "another); one run cannot hold both: replay each run with --run RUN. Nothing was created."
+            )
+        seen[r["key"]] = r["run_id"]
+    newest = max(rows, key=lambda r: (r["run_created_at"], str(r["run_id"])))
+    source = store.run_get(newest["run_id"], tenant)
+    slice_["runs"] = len({r["run_id"] for r in rows})
+    cannot_load: AgentNotImportable | None = None
+    if agent is None and execute:
+        try:
+            agent = registry.find(source["agent_name"], source["entrypoint"], verb="replay")
+        except AgentNotImportable as exc:
+            cannot_load = exc
+    chosen = {k: v for k, v in slice_.items() if k in ("outcome", "cluster", "not_succeeded")}
+    new_run = uuid.uuid4()
+    store.replay_create(
+        {
+            "run_id": new_run,
+            "source_run_id": source["run_id"],
+            "tenant_id": tenant,
+            "item_ids": [r["item_id"] for r in rows],
+            "from_journal": from_journal,
+            "name": f"replay of tenant {tenant}'s {_describe(chosen)}",
+            "backend": None,
+            "slice": {**slice_, "from_journal": from_journal},
+        },
+        require_journal=from_journal,
+        refuse=cannot_load,
+        query="replay_create_across",
+    )
+    if not execute or agent is None:
+        return RunResult.load(new_run, tenant)
+    pending = store.run_pending_items(new_run, tenant)
+    workers = concurrency or int((source["options"] or {}).get("concurrency") or 8)
+    label = f"replay of tenant {tenant}"
+    return agent._execute(rt, new_run, tenant, pending, workers, progress, label, source["backend"])

@@ -121,3 +121,98 @@ def test_an_id_naming_several_things_is_refused_with_the_candidates(
     runs = ok_json(cli(cli_env, "runs", "list", "--tenant", tenant, "--json"))
     assert sorted(r["run_id"] for r in runs) == sorted([first, second, str(twins[0])])
     ok_text(cli(cli_env, "runs", "show", second[:12]))
+
+
+def test_cross_run_views_count_each_item_once_and_replay_a_cluster_across_runs(
+    cli_env: dict[str, str], batch: Path, tenant: str
+) -> None:
+    # Given two runs of the batch for one tenant, with different item ids (i00.., j00..)
+    script = batch.with_name("batch.py")
+    script.write_text(
+        BATCH.replace('{"id": f"i{n:02d}"', '{"id": os.environ.get("BATCH_PREFIX", "i") + f"{n:02d}"'),
+        encoding="utf-8",
+    )
+    first = batch_run(cli_env, script, tenant)
+    second = batch_run({**cli_env, "BATCH_PREFIX": "j"}, script, tenant)
+    (missing,) = [
+        c
+        for c in ok_json(cli(cli_env, "failures", "--tenant", tenant, "--json"))
+        if c["label"] == "schema.missing_field: summary"
+    ]
+    assert missing["items"] == 12  # 6 in each run
+
+    # When the user fixes the missing summary and replays that cluster across the tenant's runs
+    replayed = ok_json(
+        cli(cli_env, "replay", "--tenant", tenant, "--cluster", missing["cluster"], "--json", BATCH_FIXED="1")
+    )
+
+    # Then one new run holds the 12 items of both runs, linked to them
+    assert (replayed["total"], replayed["counts"]["succeeded"]) == (12, 12)
+    assert replayed["replay_slice"] == {"tenant": tenant, "cluster": missing["cluster"], "runs": 2}
+    assert replayed["replayed_from"] == second  # the newest run it draws from
+    assert replayed["transitions"] == {"degraded->succeeded": 12}
+
+    degraded, everything, since_then, text, tenants_json, tenants_text, pivot, pivot_text, shown = (
+        papayya_all(
+            cli_env,
+            ["items", "list", "--tenant", tenant, "--outcome", "degraded", "--since", "1h", "--json"],
+            ["items", "list", "--tenant", tenant, "--json"],
+            ["items", "list", "--tenant", tenant, "--outcome", "degraded", "--since", "2999-01-01"],
+            ["items", "list", "--tenant", tenant, "--limit", "5"],
+            ["tenants", "list", "--json"],
+            ["tenants", "list"],
+            ["costs", "--by", "tenant,model", "--tenant", tenant, "--json"],
+            ["costs", "--by", "tenant,model", "--tenant", tenant],
+            ["runs", "show", str(replayed["run_id"])],
+        )
+    )
+    # and cross-run item lists see each item once, as it stands now
+    assert [i["key"] for i in ok_json(degraded)["items"]] == ["i04", "i14", "j04", "j14"]
+    items = ok_json(everything)["items"]
+    assert len(items) == 40
+    assert sum(i["replayed"] for i in items) == 12
+    assert {i["key"]: i["status"] for i in items}["i03"] == "succeeded"
+    assert {i["run_id"] for i in items if i["replayed"]} == {str(replayed["run_id"])}
+    assert ok_text(since_then).startswith(f"Tenant {tenant!r} has no degraded items since 2999-01-01")
+    out = ok_text(text)
+    assert "i00" in out
+    assert f"papayya items list --tenant {tenant} --limit 5 --after i04" in out
+    # and tenants list counts degraded and failed items by tenant, replays beside
+    row = {t["tenant"]: t for t in ok_json(tenants_json)}[tenant]
+    assert (row["items"], row["replayed"]) == ({"succeeded": 28, "degraded": 4, "failed": 8}, 12)
+    line = next(x for x in ok_text(tenants_text).splitlines() if x.startswith(tenant + " "))
+    assert line.split()[1:6] == ["3", "40", "4", "8", "12"]
+    # and costs pivot by tenant and model
+    report = ok_json(pivot)
+    assert report["by"] == "tenant,model"
+    (only,) = report["rows"]
+    assert (only["tenant"], only["model"], only["calls"]) == (tenant, "openai/gpt-4o-mini", 48)
+    assert report["total"]["cost_usd"] == only["cost_usd"]
+    out = ok_text(pivot_text)
+    assert "tenant \\ model" in out
+    assert "openai/gpt-4o-mini" in out
+    assert f"across 2 runs of tenant {tenant}" in ok_text(shown)
+    assert first != second
+
+
+def test_cross_run_views_refuse_what_they_cannot_do(cli_env: dict[str, str], tenant: str) -> None:
+    ok_text(cli(cli_env, "tenants", "add", tenant))
+    results = papayya_all(
+        cli_env,
+        ["items", "list"],
+        ["replay", "--tenant", tenant, "--ids", "i01"],
+        ["replay", "--tenant", tenant, "--cluster", "0123456789abcdef"],
+        ["replay", "--tenant", tenant, "--outcome", "degraded"],
+        ["costs", "--by", "model,model"],
+        ["items", "list", "--tenant", f"{tenant}-nobody"],
+    )
+    expected = [
+        ("Say whose items",),
+        ("--ids chooses items of one run",),
+        ("No item of tenant", "is in cluster '0123456789abcdef'", "papayya failures --tenant"),
+        ("is empty; nothing was created",),
+        ("'model,model' is not one of",),
+        ("does not exist",),
+    ]
+    for result, fragments in zip(results, expected, strict=True):
+        assert_one_sentence(result, *fragments)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from itertools import pairwise
 from typing import Any
 from uuid import UUID
@@ -11,7 +12,7 @@ import click
 from papayya import tenants
 from papayya.cli import render
 from papayya.cli.connect import connect
-from papayya.cli.params import RUN_ID, TENANT, resolve_item
+from papayya.cli.params import RUN_ID, TENANT, TIME, resolve_item
 from papayya.models import ItemStatus
 from papayya.runtime import get_runtime
 from papayya.store import Store
@@ -42,19 +43,51 @@ def items_group() -> None:
 
 
 @items_group.command("list")
-@click.argument("run_id", metavar="RUN", type=RUN_ID)
+@click.argument("run_id", metavar="[RUN]", type=RUN_ID, required=False)
+@click.option(
+    "--tenant",
+    type=TENANT,
+    default=None,
+    is_eager=True,  # read first: a short RUN is looked up within it
+    help="Without RUN: this tenant's items across all its runs, each once, as it stands now (its "
+    "latest outcome across replays).",
+)
 @click.option(
     "--outcome",
     type=click.Choice([s.value for s in ItemStatus]),
     default=None,
     help="Only items with this outcome (or status).",
 )
+@click.option(
+    "--since",
+    type=TIME,
+    default=None,
+    help="With --tenant: only items whose outcome came since then: 7d, 24h or an ISO time.",
+)
 @click.option("--limit", type=click.IntRange(1, 100_000), default=100, show_default=True)
 @click.option("--after", metavar="KEY", default=None, help="Start after this item id (the next page).")
 @render.json_option
-def list_command(run_id: UUID, outcome: str | None, limit: int, after: str | None, as_json: bool) -> None:
-    """List RUN's items in item-id order, with why each fell short."""
+def list_command(
+    run_id: UUID | None,
+    tenant: str | None,
+    outcome: str | None,
+    since: datetime | None,
+    limit: int,
+    after: str | None,
+    as_json: bool,
+) -> None:
+    """List RUN's items (or --tenant's, across its runs) in item-id order, with why each fell short."""
+    if run_id is None:
+        if tenant is None:
+            raise click.UsageError("Say whose items: give a RUN, or --tenant TENANT for all its runs")
+        _list_across(tenant, outcome, since, limit, after, as_json)
+        return
+    if since is not None:
+        raise click.UsageError("--since goes with --tenant (items across runs); a RUN lists all its items")
     store = connect()
+    if tenant is not None:
+        tenants.get(tenant)
+        store.run_get(run_id, tenant)
     run = store.run_get(run_id)
     rows = store.items_page(run_id, tenant_id=run["tenant_id"], status=outcome, after=after, limit=limit)
     next_after = rows[-1]["key"] if len(rows) == limit else None
@@ -98,6 +131,70 @@ def list_command(run_id: UUID, outcome: str | None, limit: int, after: str | Non
         render.out(
             render.note(
                 f"(more: papayya items list {run_id}{flags} --limit {limit} --after {quote(next_after)})"
+            )
+        )
+
+
+def _list_across(
+    tenant: str, outcome: str | None, since: datetime | None, limit: int, after: str | None, as_json: bool
+) -> None:
+    """``items list --tenant T``: the tenant's items across runs by the counting rule."""
+    store = connect()
+    tenants.get(tenant)
+    rows = store.items_across(tenant, status=outcome, since=since, after=after, limit=limit)
+    next_after = rows[-1]["key"] if len(rows) == limit else None
+    if as_json:
+        render.emit_json(
+            {
+                "tenant": tenant,
+                "outcome": outcome,
+                "since": since,
+                "items": [{**item_row(r), "run_id": r["run_id"], "replayed": r["replayed"]} for r in rows],
+                "next_after": next_after,
+            }
+        )
+        return
+    if not rows:
+        which = f"{outcome} items" if outcome else "items"
+        when = f" since {render.when(since, seconds=False)}" if since else ""
+        render.out(f"Tenant {tenant!r} has no {which}{when}" + (f" after {after!r}." if after else "."))
+        return
+    render.out(
+        render.table(
+            ["id", "status", "attempts", "cost", "why", "run", "item"],
+            [
+                (
+                    r["key"] + (" (replayed)" if r["replayed"] else ""),
+                    r["status"],
+                    r["attempts"],
+                    render.cost_text(r["cost_usd"], r["cost_unknown"]),
+                    _why(r["reasons"], r["error_type"]),
+                    r["run_id"],
+                    r["item_id"],
+                )
+                for r in rows
+            ],
+            right=["attempts", "cost"],
+            whole=["run", "item"],
+        )
+    )
+    replayed = sum(r["replayed"] for r in rows)
+    if replayed:
+        render.out(
+            render.note(
+                f"({replayed:,} of these replayed: each shown once, as its latest outcome; see all its "
+                "attempts with `papayya items show ID --tenant TENANT`)"
+            )
+        )
+    if next_after is not None:
+        from shlex import quote
+
+        flags = f" --outcome {outcome}" if outcome else ""
+        flags += f" --since {since.isoformat()}" if since else ""
+        render.out(
+            render.note(
+                f"(more: papayya items list --tenant {quote(tenant)}{flags} --limit {limit} "
+                f"--after {quote(next_after)})"
             )
         )
 

@@ -8,6 +8,7 @@ run is never changed; the new run is linked to it by ``replayed_from``.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
 from uuid import UUID
 
 import click
@@ -19,6 +20,9 @@ from papayya.cli.control import import_from_here
 from papayya.cli.params import KEYS, RUN_ID, TENANT, resolve_item
 from papayya.cli.runs import show_detail
 from papayya.replay import OUTCOMES, replay
+
+if TYPE_CHECKING:
+    from papayya.agent import Agent
 
 
 @click.command("replay")
@@ -53,7 +57,9 @@ from papayya.replay import OUTCOMES, replay
     type=TENANT,
     default=None,
     is_eager=True,  # read first: ITEM and RUN are looked up within it
-    help="Refuse unless the item or run is this tenant's.",
+    help="Refuse unless the item or run is this tenant's. Without --item or --run: replay this tenant's "
+    "items with --outcome, --cluster or --not-succeeded across all its runs (each item once, as it "
+    "stands now) into one run.",
 )
 @click.option(
     "--from-journal",
@@ -87,10 +93,13 @@ def replay_command(
     The original run is not changed. Shows progress on a terminal, then the new run's summary.
     """
     sliced = outcome is not None or cluster is not None or keys is not None or not_succeeded
-    if item_ref is None and run_id is None:
+    across = item_ref is None and run_id is None and tenant is not None and sliced
+    if across and keys is not None:
+        raise click.UsageError("--ids chooses items of one run; give it with --run, not across --tenant")
+    if item_ref is None and run_id is None and not across:
         raise click.UsageError(
-            "Say what to replay: --item ITEM, or --run RUN (with --outcome, --cluster, --ids or "
-            "--not-succeeded)"
+            "Say what to replay: --item ITEM, --run RUN (with --outcome, --cluster, --ids or "
+            "--not-succeeded), or --tenant TENANT with --outcome, --cluster or --not-succeeded"
         )
     if item_ref is not None and run_id is not None:
         raise click.UsageError("Give --item or --run, not both")
@@ -104,13 +113,16 @@ def replay_command(
         tenants.get(tenant)
     item_id = resolve_item(item_ref, tenant=tenant) if item_ref is not None else None
     # Import the agent before anything is created, so a missing script leaves no queued run behind.
-    if item_id is not None:
-        source = store.run_get(store.item_detail(item_id, tenant)["run_id"], tenant)
-    else:
-        assert run_id is not None
-        source = store.run_get(run_id, tenant)
     import_from_here()
-    agent = registry.find(source["agent_name"], source["entrypoint"], verb="replay")
+    agent: Agent | None = None
+    if item_id is not None or run_id is not None:
+        if item_id is not None:
+            source = store.run_get(store.item_detail(item_id, tenant)["run_id"], tenant)
+        else:
+            assert run_id is not None
+            source = store.run_get(run_id, tenant)
+        agent = registry.find(source["agent_name"], source["entrypoint"], verb="replay")
+    # across a tenant's runs, replay() finds the agent of the runs the slice comes from
     result = replay(
         item=item_id,
         run=run_id,

@@ -505,6 +505,9 @@ def slice_text(slice_: dict[str, Any] | None, total: int, *, from_journal: bool)
     if slice_.get("not_succeeded"):
         parts.append("not succeeded")
     parts.append(f"{total:,} item{'s' if total != 1 else ''}" if parts else f"all {total:,} items")
+    if slice_.get("tenant"):  # replay --tenant: across the tenant's runs
+        runs = slice_.get("runs") or 0
+        parts.append(f"across {runs:,} run{'s' if runs != 1 else ''} of tenant {slice_['tenant']}")
     mode = "from the journal" if from_journal else "fresh"
     return f"{', '.join(parts)}; {mode}"
 

@@ -243,7 +243,8 @@ def show_command(tenant: str, as_json: bool) -> None:
 @click.option("--limit", type=click.IntRange(1, 100_000), default=1000, show_default=True)
 @render.json_option
 def list_command(limit: int, as_json: bool) -> None:
-    """List tenants with their run count and spend."""
+    """List tenants with their runs, items (each once, by its latest outcome across replays: degraded,
+    failed, and how many were replayed) and spend."""
     store = connect()
     rows = tenants.list_all(limit)
     ids = [r["tenant_id"] for r in rows]
@@ -254,7 +255,8 @@ def list_command(limit: int, as_json: bool) -> None:
     if not rows:
         render.out("No tenants yet; create one with `papayya tenants add TENANT`.")
         return
-    headers = ["tenant", "runs", "spend", "budget", "spent this period", "created"]
+    headers = ["tenant", "runs", "items", "degraded", "failed", "replayed", "spend", "budget"]
+    headers += ["spent this period", "created"]
     render.out(
         render.table(
             headers,
@@ -262,6 +264,11 @@ def list_command(limit: int, as_json: bool) -> None:
                 (
                     r["tenant_id"],
                     f"{r['runs']:,}",
+                    # the counting rule: each item once, by its latest outcome; replays beside
+                    f"{sum(counts[r['tenant_id']]['items'].values()):,}",
+                    f"{counts[r['tenant_id']]['items'].get('degraded', 0):,}",
+                    f"{counts[r['tenant_id']]['items'].get('failed', 0):,}",
+                    f"{counts[r['tenant_id']]['replayed']:,}",
                     render.cost_text(r["spend_usd"], r["unpriced_calls"] > 0),
                     _budget_cell(budgets[r["tenant_id"]]),
                     _spent_cell(budgets[r["tenant_id"]]),
@@ -269,7 +276,7 @@ def list_command(limit: int, as_json: bool) -> None:
                 )
                 for r in rows
             ],
-            right=["runs", "spend", "budget", "spent this period"],
+            right=["runs", "items", "degraded", "failed", "replayed", "spend", "budget", "spent this period"],
         )
     )
 

@@ -525,9 +525,16 @@ class Store:
         return item
 
     def costs(self, by: str, *, since: datetime, until: datetime, tenant_id: str | None = None) -> list[Row]:
-        if by not in ("tenant", "run", "model", "agent"):
+        """Cost by one of tenant, run, model, agent (rows keyed ``key``), or two, comma-separated
+        (``tenant,model``: rows keyed ``key1`` and ``key2``)."""
+        kinds = ("tenant", "run", "model", "agent")
+        parts = by.split(",")
+        if not 1 <= len(parts) <= 2 or any(p not in kinds for p in parts):
             raise ValueError(f"cannot group costs by {by!r}")
-        return self.fetch_all(f"costs_by_{by}", {"since": since, "until": until, "tenant_id": tenant_id})
+        params: dict[str, Any] = {"since": since, "until": until, "tenant_id": tenant_id}
+        if len(parts) == 2:
+            return self.fetch_all("costs_by_pair", {**params, "first": parts[0], "second": parts[1]})
+        return self.fetch_all(f"costs_by_{by}", params)
 
     # -- CLI reads --------------------------------------------------------------------------------
 
@@ -560,6 +567,20 @@ class Store:
             "before_id": None,
         }
         return self.fetch_all("run_list_detail", params)
+
+    def items_across(
+        self,
+        tenant_id: str,
+        *,
+        status: str | None = None,
+        since: datetime | None = None,
+        after: str | None = None,
+        limit: int = 100,
+    ) -> list[Row]:
+        """A tenant's items across its runs by the counting rule: each item it sent once, as the item
+        whose outcome counts for it now (``replayed`` when it has replays), in key order."""
+        params = {"tenant_id": tenant_id, "status": status, "since": since, "after": after, "limit": limit}
+        return self.fetch_all("items_across", params)
 
     def item_id_by_key(self, run_id: UUID, tenant_id: str, key: str) -> UUID:
         """The id of the item with the user's ``key`` in a run; NotFound when the run has none."""
@@ -731,7 +752,12 @@ class Store:
     # -- replay and clusters ----------------------------------------------------------------------
 
     def replay_create(
-        self, params: dict[str, Any], *, require_journal: bool, refuse: Exception | None = None
+        self,
+        params: dict[str, Any],
+        *,
+        require_journal: bool,
+        refuse: Exception | None = None,
+        query: str = "replay_create",
     ) -> Row:
         """Create a replay run of a slice of a source run; returns counts of runs (0/1) and items.
 
@@ -739,7 +765,7 @@ class Store:
         ReplayError naming it, and nothing is created. ``refuse``, if given, is raised (and nothing
         created) once the slice is known not to be empty."""
         with self._connection() as conn, conn.transaction():
-            row = conn.execute(q("replay_create"), {**params, "slice": Jsonb(params["slice"])}).fetchone()
+            row = conn.execute(q(query), {**params, "slice": Jsonb(params["slice"])}).fetchone()
             assert row is not None
             if refuse is not None and row["runs"]:
                 raise refuse
@@ -754,6 +780,19 @@ class Store:
                         "--from-journal. Nothing was created."
                     )
         return row
+
+    def replay_slice_across(
+        self, tenant_id: str, *, status: str | None, fingerprint: str | None, not_succeeded: bool
+    ) -> list[Row]:
+        """The tenant's current items (one per item it sent) with that outcome and/or in that cluster,
+        each with its run and agent: what ``replay --tenant`` re-drives."""
+        params = {
+            "tenant_id": tenant_id,
+            "status": status,
+            "fingerprint": fingerprint,
+            "not_succeeded": not_succeeded,
+        }
+        return self.fetch_all("replay_slice_across", params)
 
     def clusters(self, **filters: Any) -> list[Row]:
         """Clusters of one run's items (``run_id``), or across runs by the counting rule: each item a

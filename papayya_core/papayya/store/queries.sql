@@ -868,3 +868,115 @@ WHERE (%(tenant_id)s::text IS NULL OR i.tenant_id = %(tenant_id)s)
   AND (i.key = %(key)s OR i.item_id BETWEEN %(lo)s AND %(hi)s)
 ORDER BY i.created_at, i.item_id
 LIMIT 200;
+
+-- cross-run reads and replays, by the counting rule (see tenant_item_counts)
+
+-- name: items_across
+-- A tenant's items across runs, each once as its current item (replays not added), in key order;
+-- `replayed`: it stands for an item that has replays. Since: its outcome came then or later.
+WITH RECURSIVE up AS (
+    SELECT i.item_id, i.tenant_id, i.replayed_from AS origin
+    FROM papayya.items i
+    WHERE (%(tenant_id)s::text IS NULL OR i.tenant_id = %(tenant_id)s) AND i.replayed_from IS NOT NULL
+    UNION ALL
+    SELECT up.item_id, up.tenant_id, p.replayed_from
+    FROM up JOIN papayya.items p ON p.item_id = up.origin AND p.tenant_id = up.tenant_id
+    WHERE p.replayed_from IS NOT NULL
+), member AS (
+    SELECT up.origin AS original, up.item_id, up.tenant_id
+    FROM up JOIN papayya.items o ON o.item_id = up.origin AND o.tenant_id = up.tenant_id
+    WHERE o.replayed_from IS NULL
+), latest AS (
+    SELECT DISTINCT ON (m.original) m.original, m.item_id
+    FROM (SELECT original, item_id, tenant_id FROM member
+          UNION SELECT original, original, tenant_id FROM member) m
+    JOIN papayya.items i ON i.item_id = m.item_id AND i.tenant_id = m.tenant_id
+    ORDER BY m.original, i.status IN ('succeeded', 'degraded', 'failed') DESC,
+             CASE WHEN i.status IN ('succeeded', 'degraded', 'failed') THEN i.finished_at END DESC NULLS LAST,
+             m.item_id = m.original DESC, i.created_at DESC
+)
+SELECT i.item_id, i.run_id, i.tenant_id, i.key, i.status, i.attempts, i.reasons,
+       i.error ->> 'type' AS error_type, i.fingerprint, i.cost_usd, i.cost_unknown, i.updated_at,
+       i.finished_at, i.item_id IN (SELECT item_id FROM latest) AS replayed
+FROM papayya.items i
+WHERE i.tenant_id = %(tenant_id)s
+  AND (i.item_id IN (SELECT item_id FROM latest)
+       OR (i.replayed_from IS NULL AND i.item_id NOT IN (SELECT original FROM latest)))
+  AND (%(status)s::text IS NULL OR i.status = %(status)s)
+  AND (%(since)s::timestamptz IS NULL OR coalesce(i.finished_at, i.updated_at) >= %(since)s)
+  AND (%(after)s::text IS NULL OR i.key > %(after)s)
+ORDER BY i.key, i.created_at
+LIMIT %(limit)s;
+
+-- name: replay_slice_across
+-- What `replay --tenant T` re-drives: the tenant's current items (one per item it sent) with that
+-- outcome and/or in that cluster, with the run and agent each belongs to.
+WITH RECURSIVE up AS (
+    SELECT i.item_id, i.tenant_id, i.replayed_from AS origin
+    FROM papayya.items i
+    WHERE (%(tenant_id)s::text IS NULL OR i.tenant_id = %(tenant_id)s) AND i.replayed_from IS NOT NULL
+    UNION ALL
+    SELECT up.item_id, up.tenant_id, p.replayed_from
+    FROM up JOIN papayya.items p ON p.item_id = up.origin AND p.tenant_id = up.tenant_id
+    WHERE p.replayed_from IS NOT NULL
+), member AS (
+    SELECT up.origin AS original, up.item_id, up.tenant_id
+    FROM up JOIN papayya.items o ON o.item_id = up.origin AND o.tenant_id = up.tenant_id
+    WHERE o.replayed_from IS NULL
+), latest AS (
+    SELECT DISTINCT ON (m.original) m.original, m.item_id
+    FROM (SELECT original, item_id, tenant_id FROM member
+          UNION SELECT original, original, tenant_id FROM member) m
+    JOIN papayya.items i ON i.item_id = m.item_id AND i.tenant_id = m.tenant_id
+    ORDER BY m.original, i.status IN ('succeeded', 'degraded', 'failed') DESC,
+             CASE WHEN i.status IN ('succeeded', 'degraded', 'failed') THEN i.finished_at END DESC NULLS LAST,
+             m.item_id = m.original DESC, i.created_at DESC
+)
+SELECT i.item_id, i.key, i.run_id, r.agent_name, r.created_at AS run_created_at
+FROM papayya.items i JOIN papayya.runs r ON r.run_id = i.run_id AND r.tenant_id = i.tenant_id
+WHERE i.tenant_id = %(tenant_id)s
+  AND (i.item_id IN (SELECT item_id FROM latest)
+       OR (i.replayed_from IS NULL AND i.item_id NOT IN (SELECT original FROM latest)))
+  AND (%(status)s::text IS NULL OR i.status = %(status)s)
+  AND (NOT %(not_succeeded)s OR i.status IN ('degraded', 'failed', 'paused', 'stalled', 'cancelled'))
+  AND (%(fingerprint)s::text IS NULL OR i.fingerprint = %(fingerprint)s)
+ORDER BY i.key;
+
+-- name: replay_create_across
+-- A new run holding exactly the given items of a tenant (from any of its runs), from their recorded
+-- input snapshots, each linked to the item it replays; its options, agent and code are those of
+-- %(source_run_id)s (the newest run they come from). Nothing of the source runs changes.
+WITH source AS (
+    SELECT i.item_id, i.key, i.input, i.max_attempts
+    FROM papayya.items i
+    WHERE i.tenant_id = %(tenant_id)s AND i.item_id = ANY(%(item_ids)s::uuid[])
+), run AS (
+    INSERT INTO papayya.runs (run_id, tenant_id, agent_name, name, backend, total_items, options, replayed_from,
+                              budget_usd, entrypoint, from_journal, replay_slice)
+    SELECT %(run_id)s, r.tenant_id, r.agent_name, %(name)s, coalesce(%(backend)s, r.backend),
+           (SELECT count(*) FROM source), r.options, r.run_id, NULL, r.entrypoint, %(from_journal)s,
+           %(slice)s
+    FROM papayya.runs r
+    WHERE r.run_id = %(source_run_id)s AND r.tenant_id = %(tenant_id)s AND EXISTS (SELECT 1 FROM source)
+    RETURNING run_id
+), created AS (
+    INSERT INTO papayya.items (item_id, run_id, tenant_id, key, input, max_attempts, replayed_from)
+    SELECT gen_random_uuid(), run.run_id, %(tenant_id)s, s.key, s.input, s.max_attempts, s.item_id
+    FROM source s, run
+    RETURNING item_id
+)
+SELECT (SELECT count(*) FROM run) AS runs, (SELECT count(*) FROM created) AS items;
+
+-- name: costs_by_pair
+-- LLM cost by two of tenant, run, model and agent at once (`costs --by tenant,model`).
+SELECT CASE %(first)s WHEN 'tenant' THEN c.tenant_id WHEN 'run' THEN c.run_id::text
+                      WHEN 'model' THEN c.provider || '/' || c.model ELSE r.agent_name END AS key1,
+       CASE %(second)s WHEN 'tenant' THEN c.tenant_id WHEN 'run' THEN c.run_id::text
+                       WHEN 'model' THEN c.provider || '/' || c.model ELSE r.agent_name END AS key2,
+       count(*) AS calls, coalesce(sum(c.cost_usd), 0) AS cost_usd,
+       count(*) FILTER (WHERE c.cost_usd IS NULL) AS unpriced_calls,
+       sum(c.input_tokens) AS input_tokens, sum(c.output_tokens) AS output_tokens
+FROM papayya.llm_calls c JOIN papayya.runs r ON r.run_id = c.run_id
+WHERE c.created_at >= %(since)s AND c.created_at < %(until)s
+  AND (%(tenant_id)s::text IS NULL OR c.tenant_id = %(tenant_id)s)
+GROUP BY 1, 2 ORDER BY key1, cost_usd DESC, key2;
