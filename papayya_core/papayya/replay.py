@@ -270,6 +270,7 @@ def _replay_across(
         query="replay_create_across",
     )
     if not execute or agent is None:
+        _hand_over(rt, source, new_run, tenant)
         return RunResult.load(new_run, tenant)
     pending = store.run_pending_items(new_run, tenant)
     workers = concurrency or int((source["options"] or {}).get("concurrency") or 8)
