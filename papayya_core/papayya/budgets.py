@@ -31,11 +31,12 @@ import threading
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+from decimal import Decimal, InvalidOperation
 from typing import Any
 from uuid import UUID
 
 from papayya.errors import BudgetError, Paused
+from papayya.money import usd
 from papayya.runstate import ControlState
 from papayya.store import Store
 
@@ -84,28 +85,6 @@ class Accounts:
             "run_id": self.run_id,
             "run_key": str(self.run_id),
         }
-
-
-CENT = Decimal("0.01")
-
-
-def usd(value: Any) -> str:
-    """Money for people, one rule everywhere (CLI tables, ``RunResult``, the dashboard): dollars and
-    cents from a dollar up (``$1,234.57``); below a dollar, four significant digits and at least cents
-    (``$0.42``, ``$0.04213``, ``$0.0001502``), so a tiny cost never reads ``$0.0000``. Programs get the
-    exact amount (JSON: a decimal string)."""
-    amount = value if isinstance(value, Decimal) else Decimal(str(value))
-    if not amount.is_finite():
-        return f"${amount}"
-    sign, magnitude = ("-" if amount < 0 else ""), abs(amount)
-    if magnitude >= 1:
-        return f"{sign}${magnitude.quantize(CENT, rounding=ROUND_HALF_UP):,.2f}"
-    if magnitude == 0:
-        return "$0.00"
-    digits = magnitude.adjusted()  # -1 for 0.4, -4 for 0.00015
-    shown = magnitude.quantize(Decimal(1).scaleb(digits - 3), rounding=ROUND_HALF_UP)
-    whole, _, frac = format(shown.normalize(), "f").partition(".")
-    return f"{sign}${whole}.{frac.ljust(2, '0')}"
 
 
 @dataclass

@@ -16,8 +16,9 @@ from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 from papayya import registry
-from papayya.budgets import period_of, usd
+from papayya.budgets import period_of
 from papayya.errors import AgentNotImportable, BudgetError, NotFound
+from papayya.money import usd
 from papayya.runtime import get_runtime
 
 if TYPE_CHECKING:

@@ -7,9 +7,10 @@ from decimal import Decimal
 from typing import Any
 from uuid import UUID
 
-from papayya.budgets import period_of, usd
+from papayya.budgets import period_of
 from papayya.clusters import Cluster, clusters
 from papayya.models import Outcome
+from papayya.money import usd
 from papayya.runtime import get_runtime
 
 

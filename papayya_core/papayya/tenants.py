@@ -159,7 +159,8 @@ def set_budget(tenant_id: str, amount: object | None, period: str | None = None)
     it in the current period, its running runs are paused at once; the returned dict says so
     (``spent_usd``, ``budget_usd``, ``period``, ``paused_runs``).
     """
-    from papayya.budgets import PERIODS, parse_amount, period_of, usd
+    from papayya.budgets import PERIODS, parse_amount, period_of
+    from papayya.money import usd
 
     rt = get_runtime()
     validate_tenant_id(tenant_id)

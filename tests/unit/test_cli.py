@@ -183,3 +183,41 @@ def test_json_values_are_strings_for_decimals_ids_and_times() -> None:
 def test_user_data_in_tables_is_shown_not_interpreted() -> None:
     assert render.cell("[bold]x[/bold]").plain == "[bold]x[/bold]"
     assert render.cell("a\x1b[2Jb").plain == "a\\x1b[2Jb"
+
+
+def test_the_help_table_says_what_each_command_says_of_itself() -> None:
+    from papayya.cli import COMMANDS, cli
+
+    ctx = click.Context(cli)
+    for name, (_, short) in COMMANDS.items():
+        command = cli.get_command(ctx, name)
+        assert command is not None, name
+        assert command.get_short_help_str(limit=1000) == short, name
+
+
+def test_help_and_import_papayya_load_no_store_and_no_command() -> None:
+    # What `papayya --help` and `import papayya` load, read from the interpreter (not timed): neither
+    # the store's driver, pydantic, the HTTP clients nor any command's module
+    import subprocess
+    import sys
+
+    heavy = ("psycopg", "pydantic", "pydantic_settings", "httpx", "starlette", "papayya.store")
+    probe = (
+        "import sys, runpy\n"
+        "sys.argv = ['papayya', '--help']\n"
+        "try:\n"
+        "    runpy.run_module('papayya', run_name='__main__')\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        f"print(sorted(m for m in sys.modules if m.split('.')[0] in {heavy!r} or m in {heavy!r} "
+        "or m.startswith('papayya.cli.') and m != 'papayya.cli.render'), file=sys.stderr)\n"
+    )
+    for code in (
+        probe,
+        "import papayya, sys\n"
+        f"print(sorted(m for m in sys.modules if m.split('.')[0] in {heavy!r}), file=sys.stderr)",
+    ):
+        done = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+        )
+        assert done.stderr.strip().splitlines()[-1] == "[]", done.stderr

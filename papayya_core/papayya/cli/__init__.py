@@ -12,6 +12,7 @@ database), with one sentence on stderr saying why and what to do; 1 a bug in pap
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import re
@@ -23,19 +24,6 @@ from pathlib import Path
 import click
 
 from papayya.cli import render
-from papayya.cli.config import config_group
-from papayya.cli.control import pause_command, resume_command
-from papayya.cli.costs import costs_command
-from papayya.cli.failures import failures_command
-from papayya.cli.items import items_group
-from papayya.cli.limits import limits_group
-from papayya.cli.migrate import migrate_command
-from papayya.cli.replay import replay_command
-from papayya.cli.runs import runs_group
-from papayya.cli.tenants import tenants_group
-from papayya.cli.ui import ui_command
-from papayya.cli.worker import worker_command
-from papayya.config import effective_settings, explicit_overrides
 from papayya.errors import PapayyaError
 
 __all__ = ["cli", "main"]
@@ -46,7 +34,83 @@ EXIT_REFUSED = 2
 EXIT_INTERRUPTED = 130
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+# Each command: where it lives, and the one line `papayya --help` shows for it (the same as the
+# command's own first docstring line: tests/unit/test_cli.py holds them equal). A command's module is
+# imported only when that command runs, so `papayya --help` and each command start without loading
+# every other command's dependencies (the store, pydantic, the dashboard's web server).
+COMMANDS: dict[str, tuple[str, str]] = {
+    "config": (
+        "papayya.cli.config:config_group",
+        "The configuration papayya reads: papayya.configure(...) > PAPAYYA_* variables > [tool.papayya] "
+        "in pyproject.toml (or the file PAPAYYA_CONFIG_FILE names) > defaults.",
+    ),
+    "costs": ("papayya.cli.costs:costs_command", "LLM cost by tenant, run, model or agent over a window."),
+    "failures": (
+        "papayya.cli.failures:failures_command",
+        "List failure clusters (of RUN, or across runs), largest first.",
+    ),
+    "items": ("papayya.cli.items:items_group", "List the items of a run and show one in full."),
+    "limits": (
+        "papayya.cli.limits:limits_group",
+        "Rate limits per provider, model and tenant, shared by every worker (no deploy needed).",
+    ),
+    "migrate": (
+        "papayya.cli.migrate:migrate_command",
+        "Apply pending schema migrations and print the schema version.",
+    ),
+    "pause": (
+        "papayya.cli.control:pause_command",
+        "Pause RUN: no queued item starts, and items in flight stop at their next LLM call.",
+    ),
+    "replay": (
+        "papayya.cli.replay:replay_command",
+        "Replay one ITEM, or a slice of RUN, into a new run, and wait for it.",
+    ),
+    "resume": (
+        "papayya.cli.control:resume_command",
+        "Continue a paused RUN (or every paused run of a tenant) in this process, and wait for it.",
+    ),
+    "runs": ("papayya.cli.runs:runs_group", "List runs and show what one did."),
+    "tenants": (
+        "papayya.cli.tenants:tenants_group",
+        "Create, configure and inspect tenants (no deploy needed).",
+    ),
+    "ui": (
+        "papayya.cli.ui:ui_command",
+        "Serve a dashboard of runs, tenants, failure clusters and items on http://HOST:PORT/.",
+    ),
+    "worker": (
+        "papayya.cli.worker:worker_command",
+        "Serve the native engine's queue: claim queued items of AGENTS and run them.",
+    ),
+}
+
+
+class LazyGroup(click.Group):
+    """A group whose commands are imported when one runs (or its own help is asked for)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        found = COMMANDS.get(cmd_name)
+        if found is None:
+            return None
+        module, _, attr = found[0].partition(":")
+        command: click.Command = getattr(importlib.import_module(module), attr)
+        return command
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """The command list from the table above: `papayya --help` imports no command."""
+        rows = [(name, COMMANDS[name][1]) for name in self.list_commands(ctx)]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+@click.group(
+    cls=LazyGroup,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
 @click.version_option(package_name="papayya", prog_name="papayya")
 @click.option("-v", "--verbose", is_flag=True, help="Log what papayya does, on stderr.")
 def cli(verbose: bool) -> None:
@@ -59,31 +123,42 @@ def cli(verbose: bool) -> None:
     _configure_logging(logging.INFO if verbose else logging.WARNING)
 
 
-cli.add_command(migrate_command)
-cli.add_command(tenants_group)
-cli.add_command(runs_group)
-cli.add_command(items_group)
-cli.add_command(failures_command)
-cli.add_command(replay_command)
-cli.add_command(pause_command)
-cli.add_command(resume_command)
-cli.add_command(costs_command)
-cli.add_command(limits_group)
-cli.add_command(worker_command)
-cli.add_command(ui_command)
-cli.add_command(config_group)
+class _StoreLog(logging.Handler):
+    """Log records to ``papayya.log`` in the store's home, found at the first record (so a command
+    that logs nothing never reads the configuration for it), and written only once that directory
+    exists: a log record never creates a ``.papayya`` that a later command would take for the store."""
 
-
-class _LazyFileHandler(logging.FileHandler):
-    """A file handler that writes only once its directory (the store's home) exists: a log record never
-    creates a ``.papayya`` that a later command would take for the project's store."""
+    def __init__(self) -> None:
+        super().__init__(level=logging.INFO)
+        self._file: logging.FileHandler | None = None
+        self._home: Path | None = None
 
     def emit(self, record: logging.LogRecord) -> None:
-        if self.stream is not None or Path(self.baseFilename).parent.is_dir():
-            super().emit(record)
+        if self._file is None:
+            if self._home is None:
+                self._home = _store_home()
+            if not self._home.is_dir():
+                return
+            self._file = logging.FileHandler(self._home / "papayya.log", encoding="utf-8")
+            self._file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        try:
+            self._file.emit(record)
+        except Exception:  # a log file that cannot be written never breaks a command
+            pass
 
-    def handleError(self, record: logging.LogRecord) -> None:
-        pass  # a log file that cannot be written never breaks a command
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+        super().close()
+
+
+def _store_home() -> Path:
+    from papayya.config import effective_settings, explicit_overrides
+
+    try:
+        return effective_settings(**explicit_overrides()).settings.home
+    except (PapayyaError, OSError):  # a bad setting: the command says so in one sentence soon enough
+        return Path(os.environ.get("PAPAYYA_HOME") or ".papayya")
 
 
 def _log_to_file(debug: bool) -> None:
@@ -92,13 +167,7 @@ def _log_to_file(debug: bool) -> None:
     root = logging.getLogger()
     if root.handlers or debug:
         return
-    try:
-        home = effective_settings(**explicit_overrides()).settings.home
-    except (PapayyaError, OSError):  # a bad setting: the command says so in one sentence soon enough
-        home = Path(os.environ.get("PAPAYYA_HOME") or ".papayya")
-    handler: logging.Handler = _LazyFileHandler(home / "papayya.log", encoding="utf-8", delay=True)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root.addHandler(handler)
+    root.addHandler(_StoreLog())
     root.setLevel(logging.INFO)
 
 

@@ -5,7 +5,7 @@ float. ``cost_usd`` is what the priced calls cost, and ``null`` when the only ca
 known price: an unknown cost is never written as zero. ``unpriced_calls`` (or ``cost_unknown`` on an
 item) says when part of a cost is unknown.
 
-People get the same numbers rounded by one rule (:func:`papayya.budgets.usd`: cents from a dollar up,
+People get the same numbers rounded by one rule (:func:`papayya.money.usd`: cents from a dollar up,
 four significant digits below): ``$0.0001502``, ``$1.20 + unknown`` or ``unknown``.
 """
 
@@ -29,7 +29,7 @@ from rich.console import Console, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from papayya.budgets import usd
+from papayya.money import usd
 
 # Off a terminal (a pipe, a file) tables keep their natural width instead of wrapping at 80 columns,
 # unless COLUMNS says how wide the reader is (``COLUMNS=100 papayya runs list | less``).
@@ -99,7 +99,7 @@ def known_cost(cost: Decimal, unknown: bool) -> Decimal | None:
 
 
 def money(value: Decimal) -> str:
-    """Money for people: ``$1,234.57``, ``$0.42``, ``$0.0001502`` (:func:`papayya.budgets.usd`, the one
+    """Money for people: ``$1,234.57``, ``$0.42``, ``$0.0001502`` (:func:`papayya.money.usd`, the one
     rule); ``--json`` has the exact amount."""
     return usd(value)
 
