@@ -358,6 +358,7 @@ def test_bad_input_and_database_problems_get_one_sentence(cli_env: dict[str, str
     cases: list[tuple[dict[str, str], list[str], tuple[str, ...]]] = [
         ({}, ["runs", "show", missing], (f"No run {missing}", "papayya runs list")),
         ({}, ["items", "show", missing], (f"No item {missing}", "papayya items list")),
+        ({}, ["items", "show", "not-an-id"], ("not-an-id",)),  # a key now: looked up, not found
         ({}, ["runs", "show", "1234"], ("'1234' is not a run id", "papayya runs list")),
         (
             {},

@@ -40,7 +40,6 @@ def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
     [
         (["runs", "list", "--limit", "0"], ["'--limit'", "papayya runs list --help"]),
         (["runs", "show"], ["Missing argument 'RUN'"]),
-        (["items", "show", "not-an-id"], ["'not-an-id' is not an item id", "papayya items list RUN"]),
         (
             ["items", "list", "00000000-0000-0000-0000-000000000000", "--outcome", "meh"],
             ["'meh' is not one of"],
