@@ -6,6 +6,7 @@ tests/acceptance/test_cli.py.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -70,6 +71,20 @@ def test_refusals_are_one_sentence_with_exit_code_2(
     for fragment in fragments:
         assert fragment in err
     assert len(err) < 400
+
+
+def test_with_json_a_refusal_is_one_json_object_on_stderr(capsys: pytest.CaptureFixture[str]) -> None:
+    for args in (
+        ["runs", "list", "--limit", "0", "--json"],
+        ["costs", "--json", "--since", "yesterday"],
+        ["frobnicate", "--json"],
+    ):
+        code, out, err = run(capsys, *args)
+        assert (code, out, err.count("\n")) == (2, "", 1), args
+        answer = json.loads(err)
+        assert answer["exit_code"] == 2
+        assert answer["error"], answer
+        assert not answer["error"].startswith("papayya:"), answer
 
 
 def test_help_and_version_exit_0(capsys: pytest.CaptureFixture[str]) -> None:

@@ -7,12 +7,14 @@ under the project's ``.papayya``, found from any subfolder as git finds ``.git``
 
 Exit codes: 0 done; 2 the command could not do what was asked (bad input, unknown id, unreachable
 database), with one sentence on stderr saying why and what to do; 1 a bug in papayya (one sentence;
-``PAPAYYA_DEBUG=1`` prints the traceback too) or stdout closed early; 130 interrupted.
+``PAPAYYA_DEBUG=1`` prints the traceback too) or stdout closed early; 130 interrupted. With ``--json``
+that sentence is one JSON object on stderr, ``{"error": ..., "exit_code": ...}``.
 """
 
 from __future__ import annotations
 
 import importlib
+import json
 import logging
 import os
 import re
@@ -174,6 +176,8 @@ def _log_to_file(debug: bool) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI and return its exit code. The one place errors become messages."""
     debug = os.environ.get("PAPAYYA_DEBUG", "").strip().lower() not in ("", "0", "false", "no")
+    args = list(sys.argv[1:] if argv is None else argv)
+    _errors_as_json[0] = "--json" in args[: args.index("--")] if "--" in args else "--json" in args
     render.prepare_streams()
     _log_to_file(debug)
     try:
@@ -192,7 +196,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PapayyaError as exc:
         return _refuse(exc.message, None, debug)
     except (click.exceptions.Abort, KeyboardInterrupt):
-        click.echo("papayya: interrupted.", err=True)
+        _say("interrupted.", EXIT_INTERRUPTED)
         return EXIT_INTERRUPTED
     except BrokenPipeError:
         # The reader went away (`papayya items list RUN | head`): say nothing, exit 1 as click does
@@ -204,10 +208,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             traceback.print_exc()
         reason = render.printable(_one_line(str(exc)))[:300]
         detail = f"{type(exc).__name__}: {reason}" if reason else type(exc).__name__
-        click.echo(
-            f"papayya: internal error ({detail}); rerun with PAPAYYA_DEBUG=1 for the traceback "
-            "and report it.",
-            err=True,
+        _say(
+            f"internal error ({detail}); rerun with PAPAYYA_DEBUG=1 for the traceback and report it.",
+            EXIT_BUG,
         )
         return EXIT_BUG
     return result if isinstance(result, int) else EXIT_OK
@@ -219,8 +222,20 @@ def _refuse(message: str, hint: str | None, debug: bool) -> int:
     text = render.printable(_one_line(message))
     if hint:
         text = f"{text.rstrip('.')}; {hint}."
-    click.echo(f"papayya: {text}", err=True)
+    _say(text, EXIT_REFUSED)
     return EXIT_REFUSED
+
+
+_errors_as_json = [False]  # the command line asked for --json: its refusal is JSON too
+
+
+def _say(sentence: str, code: int) -> None:
+    """The one line on stderr: ``papayya: SENTENCE``, or with ``--json`` one JSON object a program can
+    read (``{"error": SENTENCE, "exit_code": CODE}``); stdout stays empty either way."""
+    if _errors_as_json[0]:
+        click.echo(json.dumps({"error": sentence, "exit_code": code}, ensure_ascii=False), err=True)
+    else:
+        click.echo(f"papayya: {sentence}", err=True)
 
 
 def _one_line(text: str) -> str:
