@@ -29,6 +29,9 @@ def runs_group() -> None:
     """List runs and show what one did."""
 
 
+FULL_WIDTH = 160  # columns `runs list` needs to show whole run ids beside the rest
+
+
 @runs_group.command("list")
 @click.option("--tenant", type=TENANT, default=None, help="Only this tenant's runs.")
 @click.option("--limit", type=click.IntRange(1, 100_000), default=20, show_default=True)
@@ -48,12 +51,15 @@ def list_command(tenant: str | None, limit: int, as_json: bool) -> None:
         render.out("No runs yet." if tenant is None else f"No runs for tenant {tenant!r} yet.")
         return
     headers = ["run", "tenant", "agent", "status", "done", *_OUTCOMES, "cost", "created"]
+    # On a terminal narrower than the full table, runs go by their first 8 characters, as git's
+    # commits do: every command takes a unique prefix back (--json always has the full id).
+    short = render.console().width < FULL_WIDTH
     render.out(
         render.table(
             headers,
             [
                 (
-                    r["run_id"],
+                    str(r["run_id"])[:8] if short else r["run_id"],
                     r["tenant"],
                     r["agent"],
                     status_cell(r["status"], r["paused_reason"]),
@@ -66,6 +72,7 @@ def list_command(tenant: str | None, limit: int, as_json: bool) -> None:
             ],
             right=["done", *_OUTCOMES, "cost"],
             whole=["run"],
+            optional=["agent", "created"],
         )
     )
     if len(rows) == limit:
