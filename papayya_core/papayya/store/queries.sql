@@ -324,29 +324,9 @@ WHERE c.tenant_id = %(tenant_id)s;
 -- sent counts once, with its current outcome, which is that of the newest item of its replay lineage
 -- (itself, a replay of it, a replay of that) to conclude succeeded, degraded or failed, or its own status
 -- when none has. Replays are never added: `replayed` counts the items among `n` that have a replay.
--- `latest` (the same block opens every cross-run read below) maps each replayed original to the item
--- whose outcome counts for it; an original not in it counts as itself.
-WITH RECURSIVE up AS (
-    SELECT i.item_id, i.tenant_id, i.replayed_from AS origin
-    FROM papayya.items i
-    WHERE i.tenant_id = ANY(%(tenant_ids)s::text[]) AND i.replayed_from IS NOT NULL
-    UNION ALL
-    SELECT up.item_id, up.tenant_id, p.replayed_from
-    FROM up JOIN papayya.items p ON p.item_id = up.origin AND p.tenant_id = up.tenant_id
-    WHERE p.replayed_from IS NOT NULL
-), member AS (
-    SELECT up.origin AS original, up.item_id, up.tenant_id
-    FROM up JOIN papayya.items o ON o.item_id = up.origin AND o.tenant_id = up.tenant_id
-    WHERE o.replayed_from IS NULL
-), latest AS (
-    SELECT DISTINCT ON (m.original) m.original, m.item_id
-    FROM (SELECT original, item_id, tenant_id FROM member
-          UNION SELECT original, original, tenant_id FROM member) m
-    JOIN papayya.items i ON i.item_id = m.item_id AND i.tenant_id = m.tenant_id
-    ORDER BY m.original, i.status IN ('succeeded', 'degraded', 'failed') DESC,
-             CASE WHEN i.status IN ('succeeded', 'degraded', 'failed') THEN i.finished_at END DESC NULLS LAST,
-             m.item_id = m.original DESC, i.created_at DESC
-)
+-- `latest` (papayya.replay_latest, migration 0008, which every cross-run read below uses) maps each
+-- replayed original to the item whose outcome counts for it; an original not in it counts as itself.
+WITH latest AS MATERIALIZED (SELECT original, item_id FROM papayya.replay_latest(%(tenant_ids)s::text[]))
 SELECT i.tenant_id, i.status, count(*) AS n,
        count(*) FILTER (WHERE i.item_id IN (SELECT item_id FROM latest)) AS replayed
 FROM papayya.items i
@@ -773,27 +753,7 @@ LIMIT %(limit)s;
 -- `clusters` over every run (of a tenant, an agent, a time window), by the counting rule (see
 -- tenant_item_counts): each item a tenant sent is in at most one cluster, that of its current outcome,
 -- so an item degraded in its run and in two replays is one item, not three.
-WITH RECURSIVE up AS (
-    SELECT i.item_id, i.tenant_id, i.replayed_from AS origin
-    FROM papayya.items i
-    WHERE (%(tenant_id)s::text IS NULL OR i.tenant_id = %(tenant_id)s) AND i.replayed_from IS NOT NULL
-    UNION ALL
-    SELECT up.item_id, up.tenant_id, p.replayed_from
-    FROM up JOIN papayya.items p ON p.item_id = up.origin AND p.tenant_id = up.tenant_id
-    WHERE p.replayed_from IS NOT NULL
-), member AS (
-    SELECT up.origin AS original, up.item_id, up.tenant_id
-    FROM up JOIN papayya.items o ON o.item_id = up.origin AND o.tenant_id = up.tenant_id
-    WHERE o.replayed_from IS NULL
-), latest AS (
-    SELECT DISTINCT ON (m.original) m.original, m.item_id
-    FROM (SELECT original, item_id, tenant_id FROM member
-          UNION SELECT original, original, tenant_id FROM member) m
-    JOIN papayya.items i ON i.item_id = m.item_id AND i.tenant_id = m.tenant_id
-    ORDER BY m.original, i.status IN ('succeeded', 'degraded', 'failed') DESC,
-             CASE WHEN i.status IN ('succeeded', 'degraded', 'failed') THEN i.finished_at END DESC NULLS LAST,
-             m.item_id = m.original DESC, i.created_at DESC
-)
+WITH latest AS MATERIALIZED (SELECT original, item_id FROM papayya.replay_latest(CASE WHEN %(tenant_id)s::text IS NULL THEN NULL ELSE ARRAY[%(tenant_id)s::text] END))
 SELECT i.fingerprint AS cluster, i.status AS outcome, min(i.cluster_label) AS label,
        count(*) AS items, count(DISTINCT i.tenant_id) AS tenants,
        min(i.finished_at) AS first_seen, max(i.finished_at) AS last_seen,
@@ -874,27 +834,7 @@ LIMIT 200;
 -- name: items_across
 -- A tenant's items across runs, each once as its current item (replays not added), in key order;
 -- `replayed`: it stands for an item that has replays. Since: its outcome came then or later.
-WITH RECURSIVE up AS (
-    SELECT i.item_id, i.tenant_id, i.replayed_from AS origin
-    FROM papayya.items i
-    WHERE (%(tenant_id)s::text IS NULL OR i.tenant_id = %(tenant_id)s) AND i.replayed_from IS NOT NULL
-    UNION ALL
-    SELECT up.item_id, up.tenant_id, p.replayed_from
-    FROM up JOIN papayya.items p ON p.item_id = up.origin AND p.tenant_id = up.tenant_id
-    WHERE p.replayed_from IS NOT NULL
-), member AS (
-    SELECT up.origin AS original, up.item_id, up.tenant_id
-    FROM up JOIN papayya.items o ON o.item_id = up.origin AND o.tenant_id = up.tenant_id
-    WHERE o.replayed_from IS NULL
-), latest AS (
-    SELECT DISTINCT ON (m.original) m.original, m.item_id
-    FROM (SELECT original, item_id, tenant_id FROM member
-          UNION SELECT original, original, tenant_id FROM member) m
-    JOIN papayya.items i ON i.item_id = m.item_id AND i.tenant_id = m.tenant_id
-    ORDER BY m.original, i.status IN ('succeeded', 'degraded', 'failed') DESC,
-             CASE WHEN i.status IN ('succeeded', 'degraded', 'failed') THEN i.finished_at END DESC NULLS LAST,
-             m.item_id = m.original DESC, i.created_at DESC
-)
+WITH latest AS MATERIALIZED (SELECT original, item_id FROM papayya.replay_latest(CASE WHEN %(tenant_id)s::text IS NULL THEN NULL ELSE ARRAY[%(tenant_id)s::text] END))
 SELECT i.item_id, i.run_id, i.tenant_id, i.key, i.status, i.attempts, i.reasons,
        i.error ->> 'type' AS error_type, i.fingerprint, i.cost_usd, i.cost_unknown, i.updated_at,
        i.finished_at, i.item_id IN (SELECT item_id FROM latest) AS replayed
@@ -911,27 +851,7 @@ LIMIT %(limit)s;
 -- name: replay_slice_across
 -- What `replay --tenant T` re-drives: the tenant's current items (one per item it sent) with that
 -- outcome and/or in that cluster, with the run and agent each belongs to.
-WITH RECURSIVE up AS (
-    SELECT i.item_id, i.tenant_id, i.replayed_from AS origin
-    FROM papayya.items i
-    WHERE (%(tenant_id)s::text IS NULL OR i.tenant_id = %(tenant_id)s) AND i.replayed_from IS NOT NULL
-    UNION ALL
-    SELECT up.item_id, up.tenant_id, p.replayed_from
-    FROM up JOIN papayya.items p ON p.item_id = up.origin AND p.tenant_id = up.tenant_id
-    WHERE p.replayed_from IS NOT NULL
-), member AS (
-    SELECT up.origin AS original, up.item_id, up.tenant_id
-    FROM up JOIN papayya.items o ON o.item_id = up.origin AND o.tenant_id = up.tenant_id
-    WHERE o.replayed_from IS NULL
-), latest AS (
-    SELECT DISTINCT ON (m.original) m.original, m.item_id
-    FROM (SELECT original, item_id, tenant_id FROM member
-          UNION SELECT original, original, tenant_id FROM member) m
-    JOIN papayya.items i ON i.item_id = m.item_id AND i.tenant_id = m.tenant_id
-    ORDER BY m.original, i.status IN ('succeeded', 'degraded', 'failed') DESC,
-             CASE WHEN i.status IN ('succeeded', 'degraded', 'failed') THEN i.finished_at END DESC NULLS LAST,
-             m.item_id = m.original DESC, i.created_at DESC
-)
+WITH latest AS MATERIALIZED (SELECT original, item_id FROM papayya.replay_latest(CASE WHEN %(tenant_id)s::text IS NULL THEN NULL ELSE ARRAY[%(tenant_id)s::text] END))
 SELECT i.item_id, i.key, i.run_id, r.agent_name, r.created_at AS run_created_at
 FROM papayya.items i JOIN papayya.runs r ON r.run_id = i.run_id AND r.tenant_id = i.tenant_id
 WHERE i.tenant_id = %(tenant_id)s
