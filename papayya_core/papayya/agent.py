@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import json
 import logging
 import sys
 import uuid
@@ -17,7 +16,7 @@ from typing import TYPE_CHECKING, Any, overload
 from pydantic import BaseModel
 from pydantic_core import PydanticSerializationError, to_jsonable_python
 
-from papayya import registry
+from papayya import registry, validate
 from papayya.errors import InputError
 from papayya.models import Item
 from papayya.outcomes import Check
@@ -27,7 +26,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("papayya")
 
-MAX_KEY_LENGTH = 512
+MAX_KEY_LENGTH = validate.MAX_KEY_LENGTH
+MAX_CONCURRENCY = 10_000
 
 
 class Agent:
@@ -58,7 +58,7 @@ class Agent:
         if output is not None and not (isinstance(output, type) and issubclass(output, BaseModel)):
             raise TypeError("output= must be a pydantic model class")
         self.fn = fn
-        self.name = name or f"{importable_module_name(fn)}.{fn.__qualname__}"
+        self.name = validate.text(name or f"{importable_module_name(fn)}.{fn.__qualname__}", "agent name")
         self.output = output
         self.checks = tuple(checks)
         self.max_attempts = retries + 1
@@ -129,11 +129,11 @@ class Agent:
         from papayya.budgets import parse_amount
         from papayya.runtime import get_runtime
 
-        if concurrency < 1:
-            raise InputError(f"concurrency={concurrency} must be at least 1.")
-        if not isinstance(priority, int) or isinstance(priority, bool) or abs(priority) > 1_000_000:
-            raise InputError(f"priority={priority!r} must be an integer between -1000000 and 1000000.")
+        validate.count(concurrency, "concurrency", high=MAX_CONCURRENCY)
+        validate.count(priority, "priority", low=-1_000_000, high=1_000_000)
+        validate.optional_text(run_name, "run name")
         budget = None if budget_usd is None else parse_amount(budget_usd, "run budget")
+        validate.tenant_id(tenant)
         tenants.validate_tenant_id(tenant)
         rt = get_runtime()
         prepared = prepare_items(items, max_bytes=rt.settings.max_input_bytes)
@@ -251,56 +251,32 @@ def prepare_items(items: Iterable[Any], *, max_bytes: int) -> list[tuple[str, st
     prepared: list[tuple[str, str]] = []
     seen: dict[str, int] = {}
     for index, raw in enumerate(items):
-        key, data = _item_parts(index, raw)
-        if key is None or (isinstance(key, str) and not key.strip()):
-            raise InputError(
-                f"Item #{index} has no id; give every item a stable 'id' (it names the item in "
-                "results, replays and the CLI).",
-                index=index,
-            )
-        if not isinstance(key, str | int) or isinstance(key, bool):
-            raise InputError(
-                f"Item #{index} has an id of type {type(key).__name__}; use a string or an int.", index=index
-            )
-        key = str(key)
-        if len(key) > MAX_KEY_LENGTH or "\x00" in key:
-            raise InputError(
-                f"Item #{index} has an id of {len(key)} characters or with a NUL byte; use a printable id "
-                f"of at most {MAX_KEY_LENGTH} characters.",
-                item_key=key[:40],
-                index=index,
-            )
+        key_value, data = _item_parts(index, raw)
+        key = validate.item_key(index, key_value)
         if key in seen:
             raise InputError(
-                f"Item id {key!r} appears twice (#{seen[key]} and #{index}); ids must be unique "
-                "within a run.",
+                f"Item id {validate.shown(key)} appears twice (#{seen[key]} and #{index}); ids must be "
+                "unique within a run.",
                 item_key=key,
                 index=index,
             )
         seen[key] = index
         try:
-            text = json.dumps(
-                to_jsonable_python(data), ensure_ascii=False, allow_nan=False, separators=(",", ":")
-            )
-        except (PydanticSerializationError, TypeError, ValueError) as exc:
+            text = validate.input_json(to_jsonable_python(data), key, index)
+        except (PydanticSerializationError, TypeError, ValueError, RecursionError) as exc:
+            reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
             raise InputError(
-                f"Item {key!r}: its input is not JSON-serialisable ({str(exc).splitlines()[0][:160]}); "
-                "convert it to strings, numbers, lists and dicts (NaN and infinity are not JSON).",
+                f"Item {validate.shown(key)}: its input is not JSON-serialisable ({reason}); convert it "
+                "to strings, numbers, lists and dicts (NaN and infinity are not JSON).",
                 item_key=key,
                 index=index,
             ) from None
-        if "\\u0000" in text:
-            raise InputError(
-                f"Item {key!r}: its input contains a NUL character (\\u0000), which PostgreSQL "
-                "cannot store; strip it.",
-                item_key=key,
-                index=index,
-            )
         size = len(text.encode())
         if size > max_bytes:
             raise InputError(
-                f"Item {key!r}: its input is {size:,} bytes, over the {max_bytes:,}-byte limit; store the "
-                "large part elsewhere and pass a reference, or raise PAPAYYA_MAX_INPUT_BYTES.",
+                f"Item {validate.shown(key)}: its input is {size:,} bytes, over the {max_bytes:,}-byte "
+                "limit; store the large part elsewhere and pass a reference, or raise "
+                "PAPAYYA_MAX_INPUT_BYTES.",
                 item_key=key,
                 index=index,
             )

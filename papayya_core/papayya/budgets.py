@@ -57,15 +57,49 @@ def period_of(period: str, now: datetime | None = None) -> tuple[str, datetime |
     raise BudgetError(f"Unknown budget period {period!r}; use one of: {', '.join(PERIODS)}.")
 
 
+MAX_AMOUNT = Decimal(10) ** 12  # a trillion USD
+MAX_DECIMALS = 20  # a float's shortest text (0.30000000000000004) fits; the store keeps it exactly
+
+
 def parse_amount(value: object, what: str = "budget") -> Decimal:
-    """A budget amount in USD: a finite number >= 0, else BudgetError saying so."""
-    try:
-        amount = Decimal(str(value).strip().removeprefix("$"))
-    except (InvalidOperation, ValueError):
-        raise BudgetError(f"The {what} {value!r} is not a number; give USD, e.g. 40 or 12.50.") from None
-    if not amount.is_finite() or amount < 0:
-        raise BudgetError(f"The {what} {value!r} must be a finite amount of USD >= 0.")
+    """A budget amount in USD: a finite number from 0 to 1,000,000,000,000 with at most 20 decimal
+    places, else BudgetError saying so. An int, float, Decimal or
+    text (``"40"``, ``"$12.50"``) is accepted; a bool is not."""
+    from papayya.validate import shown
+
+    nan = "is not a number; give USD, e.g. 40 or 12.50"
+    if isinstance(value, bool):
+        raise BudgetError(f"The {what} {value!r} {nan}.")
+    if isinstance(value, int):
+        amount = Decimal(value)  # no str(): an int past 4,300 digits cannot be printed
+    elif isinstance(value, Decimal):
+        amount = value
+    elif isinstance(value, float | str) and len(raw := str(value).strip().removeprefix("$")) <= 100:
+        try:
+            amount = Decimal(raw)
+        except (InvalidOperation, ValueError):
+            raise BudgetError(f"The {what} {shown(value)} {nan}.") from None
+    else:
+        raise BudgetError(f"The {what} {shown(value)} {nan}.")
+    if not amount.is_finite() or amount < 0 or amount > MAX_AMOUNT:
+        raise BudgetError(
+            f"The {what} {shown(value)} must be a finite amount of USD >= 0 and at most {MAX_AMOUNT:,}."
+        )
+    if amount == 0:
+        return Decimal(0)  # not "-0" or "0E-20000", which the store cannot hold
+    if _decimals(amount) > MAX_DECIMALS:
+        if _decimals(amount.normalize()) > MAX_DECIMALS:
+            raise BudgetError(
+                f"The {what} {shown(value)} has more than {MAX_DECIMALS} decimal places; give USD to at "
+                f"most {MAX_DECIMALS} places, e.g. 12.50."
+            )
+        amount = amount.quantize(Decimal(1).scaleb(-MAX_DECIMALS))  # only trailing zeros go
     return amount
+
+
+def _decimals(amount: Decimal) -> int:
+    exponent = amount.as_tuple().exponent
+    return -exponent if isinstance(exponent, int) else 0
 
 
 @dataclass(frozen=True, slots=True)

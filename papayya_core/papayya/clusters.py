@@ -15,6 +15,8 @@ from decimal import Decimal
 from typing import Any
 from uuid import UUID
 
+from papayya import validate
+from papayya.errors import InputError
 from papayya.runtime import get_runtime
 
 
@@ -46,9 +48,22 @@ def clusters(
     until: datetime | None = None,
     limit: int = 50,
 ) -> list[Cluster]:
-    """Clusters over a run, a tenant, an agent and/or a time window (when items finished), largest first."""
+    """Clusters over a run, a tenant, an agent and/or a time window (when items finished), largest first.
+
+    Raises:
+        NotFound: ``run_id`` is not a run id's shape.
+        TenantError: ``tenant`` is not a usable tenant id.
+        InputError: ``agent``, ``since``, ``until`` or ``limit`` is not usable.
+    """
+    run = validate.optional_uuid(run_id, "a run id")
+    tenant = validate.optional_tenant_id(tenant)
+    agent = validate.optional_text(agent, "agent name")
+    for what, when in (("since", since), ("until", until)):
+        if when is not None and not isinstance(when, datetime):
+            raise InputError(f"{what}={validate.shown(when)} must be a datetime (or None).")
+    validate.count(limit, "limit")
     rows = get_runtime().store.clusters(
-        run_id=UUID(str(run_id)) if run_id is not None else None,
+        run_id=run,
         tenant_id=tenant,
         agent=agent,
         since=since,

@@ -29,7 +29,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import (
     BaseSettings,
     InitSettingsSource,
@@ -37,7 +37,8 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-from papayya.errors import ConfigError
+from papayya.errors import ConfigError, PapayyaError
+from papayya.validate import number_problem, shown, tenant_id, text_problem
 
 CONFIG_FILE_ENV = "PAPAYYA_CONFIG_FILE"
 ENV_PREFIX = "PAPAYYA_"
@@ -70,6 +71,26 @@ class ConfigFile:
 _loading: ContextVar[tuple[ConfigFile | None] | None] = ContextVar("papayya_config_file", default=None)
 
 
+MAX_SETTING_TEXT = 4096
+
+# Numeric settings: (lowest, highest, unit). A float lowest is excluded (a lease of 0 s holds nothing);
+# the highest is what the store can hold (an interval, an integer column, jsonb's 255 MB) or sense.
+RANGES: dict[str, tuple[float | int, float | int, str]] = {
+    "max_input_bytes": (1, 268_435_455, "bytes"),  # jsonb holds at most 255 MB
+    "lease_seconds": (0.0, 86_400, "seconds"),  # a day; make_interval overflows long before inf
+    "max_stalls": (1, 1_000, "times"),
+    "celery_unacked_seconds": (0.0, 604_800, "seconds"),  # a week
+    "pool_size": (2, 1_000, "connections"),
+    "default_max_output_tokens": (1, 2_147_483_647, "tokens"),  # a PostgreSQL integer
+}
+
+
+def _range_text(low: float | int, high: float | int, unit: str) -> str:
+    if isinstance(low, float):
+        return f"it must be a number of {unit} greater than {low:g} and at most {high:,}"
+    return f"it must be a whole number of {unit} from {low:,} to {high:,}"
+
+
 class Settings(BaseSettings):
     """papayya's settings. Field ``x`` is read from ``PAPAYYA_X`` or key ``x`` of ``[tool.papayya]``."""
 
@@ -88,26 +109,22 @@ class Settings(BaseSettings):
         description="Tenant of a queue message (Celery task, SQS message, Temporal agent activity) that "
         "names none: adopted under it, logged as such. Unset: such messages are refused.",
     )
-    max_input_bytes: int = Field(default=1_048_576, gt=0, description="Largest accepted item input (JSON).")
-    lease_seconds: float = Field(
-        default=60.0, gt=0, description="How long a claim holds without a heartbeat."
-    )
+    max_input_bytes: int = Field(default=1_048_576, description="Largest accepted item input (JSON).")
+    lease_seconds: float = Field(default=60.0, description="How long a claim holds without a heartbeat.")
     max_stalls: int = Field(
         default=3,
-        ge=1,
         description="Times an item may lose its worker (lease expired mid-attempt) before it is failed.",
     )
     celery_unacked_seconds: float = Field(
         default=120.0,
-        gt=0,
         description="Celery on Redis: a papayya message a worker took and no live worker has held for this "
         "long goes back to its queue (instead of after Redis's visibility timeout, an hour).",
     )
-    pool_size: int = Field(default=16, ge=2, description="Most connections one process opens.")
+    pool_size: int = Field(default=16, description="Most connections one process opens.")
     progress: bool | None = Field(default=None, description="Progress bar: None = only on a terminal.")
     auto_migrate: bool = Field(default=True, description="Apply pending migrations on first use.")
     default_max_output_tokens: int = Field(
-        default=4096, gt=0, description="Output tokens a budget reserves for a call that sets no max_tokens."
+        default=4096, description="Output tokens a budget reserves for a call that sets no max_tokens."
     )
     otel: bool = Field(
         default=False,
@@ -141,7 +158,9 @@ class Settings(BaseSettings):
         try:
             parts = conninfo_to_dict(value)
         except Exception as exc:
-            raise ValueError(f"it is not a PostgreSQL URL ({_first_line(redact_url(str(exc)))})") from None
+            detail = _first_line(redact_url(str(exc)))
+            detail = detail if len(detail) <= 120 else detail[:120] + "…"
+            raise ValueError(f"it is not a PostgreSQL URL ({detail})") from None
         if value.startswith(("postgresql://", "postgres://")):
             try:
                 urlsplit(value).port  # noqa: B018 - raises ValueError on a bad port
@@ -153,6 +172,43 @@ class Settings(BaseSettings):
         if not all(p.isdigit() and 0 < int(p) < 65536 for p in port.split(",")):
             raise ValueError("its port is not a number between 1 and 65535")
         return value
+
+    @field_validator(*RANGES)
+    @classmethod
+    def _check_range(cls, value: float, info: ValidationInfo) -> float:
+        low, high, unit = RANGES[str(info.field_name)]
+        problem = number_problem(value, low, high, low_open=isinstance(low, float))
+        if problem is not None:
+            raise ValueError(f"{shown(value)} {problem}; {_range_text(low, high, unit)}")
+        return value
+
+    @field_validator("database_url", "backend", "default_tenant", mode="before")
+    @classmethod
+    def _check_text(cls, value: Any, info: ValidationInfo) -> Any:
+        if isinstance(value, str):
+            problem = text_problem(value, MAX_SETTING_TEXT)
+            if problem is not None:
+                raise ValueError(f"the value {problem}")
+        return value
+
+    @field_validator("home", mode="before")
+    @classmethod
+    def _check_home(cls, value: Any) -> Any:
+        if isinstance(value, str | Path):
+            problem = text_problem(str(value), MAX_SETTING_TEXT)
+            if problem is not None:
+                raise ValueError(f"the path {problem}")
+        return value
+
+    @field_validator("default_tenant")
+    @classmethod
+    def _check_default_tenant(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            return tenant_id(value)
+        except PapayyaError as exc:
+            raise ValueError(str(exc).rstrip(".")) from None
 
     @field_validator("backend")
     @classmethod

@@ -13,6 +13,8 @@ from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from papayya import validate
+
 
 class ItemStatus(enum.StrEnum):
     """Where an item is. Mirrored by a CHECK constraint on ``papayya.items.status``."""
@@ -81,8 +83,10 @@ class Item:
 
     __slots__ = ("id", "input")
 
-    def __init__(self, id: str, input: Mapping[str, Any] | None = None, /, **fields: Any) -> None:
-        self.id = str(id)
+    def __init__(self, id: str | int, input: Mapping[str, Any] | None = None, /, **fields: Any) -> None:
+        # A str stays as given; an int is written in decimal. Anything else (None, a float, a bool)
+        # would become text nobody chose ("None"), so it is refused here, naming the fix.
+        self.id = id if type(id) is str else validate.item_id_text(id)
         data: dict[str, Any] = dict(input or {})
         data.update(fields)
         self.input = data

@@ -16,7 +16,7 @@ import uuid
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
-from papayya import registry
+from papayya import registry, validate
 from papayya.errors import AgentNotImportable, NotFound, ReplayError
 from papayya.execute import ItemRef
 from papayya.runtime import get_runtime
@@ -31,18 +31,12 @@ OUTCOMES = ("succeeded", "degraded", "failed", "cancelled", "paused", "stalled",
 def _describe(slice_: dict[str, Any]) -> str:
     """``outcome degraded; keys a, b`` for people, not a Python dict."""
     parts = [f"{k} {', '.join(map(str, v)) if isinstance(v, list) else v}" for k, v in slice_.items()]
-    return "; ".join(parts) or "all items"
+    text = "; ".join(parts) or "all items"
+    return text if len(text) <= 2 * validate.SHOWN_CHARS else text[: 2 * validate.SHOWN_CHARS] + "…"
 
 
 def _uuid(value: UUID | str, what: str) -> UUID:
-    if isinstance(value, UUID):
-        return value
-    try:
-        return UUID(str(value))
-    except ValueError:
-        raise NotFound(
-            f"{value!r} is not {what}; list them with `papayya runs list` or `papayya items list`."
-        ) from None
+    return validate.uuid(value, what)
 
 
 def replay(
@@ -84,6 +78,16 @@ def replay(
     """
     from papayya.result import RunResult
 
+    # Ids, names and keys are checked before any SQL: a refusal is one sentence, never a driver error.
+    item = validate.optional_uuid(item, "an item id")
+    run = validate.optional_uuid(run, "a run id")
+    tenant = validate.optional_tenant_id(tenant)
+    validate.optional_text(outcome, "outcome")
+    validate.optional_text(cluster, "cluster id")
+    if keys is not None:
+        if not isinstance(keys, list | tuple):
+            raise ReplayError(f"keys={validate.shown(keys)} must be a list of item keys.")
+        keys = [validate.text(k, "item key", max_length=validate.MAX_KEY_LENGTH) for k in keys]
     rt = get_runtime()
     store = rt.store
     item_ids: list[UUID] | None = None
@@ -133,7 +137,7 @@ def replay(
         )
         if cluster not in {c["cluster"] for c in known}:
             raise NotFound(
-                f"No cluster {cluster!r} in run {source['run_id']}; list them with "
+                f"No cluster {validate.shown(cluster)} in run {source['run_id']}; list them with "
                 f"`papayya failures {source['run_id']}`."
             )
     cannot_load: AgentNotImportable | None = None
@@ -225,8 +229,8 @@ def _replay_across(
     if not rows:
         if cluster is not None:
             raise NotFound(
-                f"No item of tenant {tenant!r} is in cluster {cluster!r} now; list its clusters with "
-                f"`papayya failures --tenant {tenant}`."
+                f"No item of tenant {tenant!r} is in cluster {validate.shown(cluster)} now; list its "
+                f"clusters with `papayya failures --tenant {tenant}`."
             )
         raise ReplayError(f"The slice ({_describe(slice_)}) is empty; nothing was created.")
     agents = sorted({r["agent_name"] for r in rows})

@@ -7,6 +7,7 @@ from decimal import Decimal
 from typing import Any
 from uuid import UUID
 
+from papayya import validate
 from papayya.budgets import period_of
 from papayya.clusters import Cluster, clusters
 from papayya.models import Outcome
@@ -57,7 +58,16 @@ class RunResult:
     cost_by_model: list[dict[str, Any]] = field(default_factory=list)
 
     @classmethod
-    def load(cls, run_id: UUID, tenant: str, *, top: int = 10) -> RunResult:
+    def load(cls, run_id: UUID | str, tenant: str, *, top: int = 10) -> RunResult:
+        """The result of run ``run_id`` of ``tenant``, as the store has it now.
+
+        Raises:
+            NotFound: ``run_id`` is not a run id, or no such run of this tenant.
+            TenantError: ``tenant`` is not a usable tenant id.
+        """
+        run_id = validate.uuid(run_id, "a run id")
+        tenant = validate.tenant_id(tenant)
+        validate.count(top, "top")
         store = get_runtime().store
         run = store.run_get(run_id, tenant)
         summary = store.run_summary(run_id, tenant, top=top)
@@ -115,6 +125,9 @@ class RunResult:
 
     def items(self, outcome: str | None = None, *, limit: int | None = None) -> list[ItemResult]:
         """Items of this run (optionally only one outcome), ordered by id; all of them by default."""
+        validate.optional_text(outcome, "outcome")
+        if limit is not None:
+            validate.count(limit, "limit", high=2**31 - 1)
         store = get_runtime().store
         out: list[ItemResult] = []
         after: str | None = None
