@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import unicodedata
 from decimal import Decimal
 from typing import Any
@@ -43,6 +44,89 @@ def validate_tenant_id(tenant_id: object) -> str:
     return tenant_id
 
 
+_CONFIG_DEPTH = 64  # how deep a tenant's config may nest (jsonb takes more; no one needs it)
+MAX_PRICE = Decimal(10) ** 6  # USD per million tokens
+_PRICE_DECIMALS = 15
+
+
+def check_config(values: object, unset: object = ()) -> dict[str, Any]:
+    """Return ``values`` if the store can hold it as a tenant's config, else TenantError saying what.
+
+    A config is a dict of text keys to JSON values (text, finite numbers, booleans, null, lists and
+    dicts of those, nested at most 64 deep); text may not hold NUL or unpaired surrogates (undecodable
+    bytes), which PostgreSQL's jsonb refuses.
+    """
+    if not isinstance(values, dict):
+        raise TenantError(f"A tenant's config is a dict of key: value, not {type(values).__name__}.")
+    for key in unset if isinstance(unset, list | tuple) else [unset]:
+        _check_text(key, "config key")
+    _check_json(values, "config", 0)
+    return values
+
+
+def _check_text(text: object, what: str) -> None:
+    if not isinstance(text, str):
+        raise TenantError(f"A tenant {what} must be text, not {type(text).__name__}.")
+    if "\x00" in text or any("\ud800" <= c <= "\udfff" for c in text):
+        raise TenantError(
+            f"The tenant {what} {_shown(text)} holds a NUL or an undecodable character; give UTF-8 text."
+        )
+
+
+def _check_json(value: object, where: str, depth: int) -> None:
+    if depth > _CONFIG_DEPTH:
+        raise TenantError(f"The tenant config {where} is nested over {_CONFIG_DEPTH} deep; flatten it.")
+    if value is None or isinstance(value, bool | int):
+        return
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise TenantError(f"The tenant config {where} is {value!r}; give a finite number (or text).")
+        return
+    if isinstance(value, str):
+        _check_text(value, f"config value at {where}")
+        return
+    if isinstance(value, list | tuple):
+        for n, member in enumerate(value):
+            _check_json(member, f"{where}[{n}]", depth + 1)
+        return
+    if isinstance(value, dict):
+        for key, member in value.items():
+            _check_text(key, f"config key at {where}")
+            _check_json(member, f"{where}.{key}", depth + 1)
+        return
+    raise TenantError(
+        f"The tenant config {where} is a {type(value).__name__}; give JSON values (text, numbers, "
+        "true/false, null, lists and dicts of those)."
+    )
+
+
+def _shown(text: str, limit: int = 40) -> str:
+    return repr(text) if len(text) <= limit else repr(text[:limit]) + "…"
+
+
+def parse_price(field: str, value: object) -> Decimal:
+    """A negotiated price in USD per million tokens: a number from 0 to 1,000,000 with at most 15
+    decimal places, else TenantError saying so."""
+    rule = f"give USD per million tokens from 0 to {MAX_PRICE:,} with at most {_PRICE_DECIMALS} decimals"
+    if isinstance(value, bool):
+        raise TenantError(f"Price {field}={value!r} is not a number; {rule}.")
+    raw = value if isinstance(value, Decimal) else str(value).strip()
+    if isinstance(raw, str) and len(raw) > 100:
+        raise TenantError(f"Price {field}={_shown(raw)} is not a number; {rule}.")
+    try:
+        d = Decimal(raw)
+    except ArithmeticError:
+        raise TenantError(f"Price {field}={_shown(str(value))} is not a number; {rule}.") from None
+    if not d.is_finite() or d < 0 or d > MAX_PRICE:
+        raise TenantError(f"Price {field}={_shown(str(value))} is out of range; {rule}.")
+    if d == 0:
+        return Decimal(0)
+    exponent = d.normalize().as_tuple().exponent
+    if isinstance(exponent, int) and -exponent > _PRICE_DECIMALS:
+        raise TenantError(f"Price {field}={_shown(str(value))} has too many decimal places; {rule}.")
+    return d
+
+
 def ensure(tenant_id: str, *, runtime: Runtime | None = None) -> None:
     """Make sure ``tenant_id`` exists, creating it or refusing per ``unknown_tenants``."""
     rt = runtime or get_runtime()
@@ -66,7 +150,7 @@ def add(tenant_id: str, *, config: dict[str, Any] | None = None, exist_ok: bool 
     """Create a tenant. TenantError if it exists (unless ``exist_ok``)."""
     rt = get_runtime()
     validate_tenant_id(tenant_id)
-    created = rt.store.tenant_create(tenant_id, config or {})
+    created = rt.store.tenant_create(tenant_id, check_config(config or {}))
     if not created and not exist_ok:
         raise TenantError(f"Tenant {tenant_id!r} already exists; change it with `papayya tenants set`.")
     return get(tenant_id)
@@ -95,6 +179,7 @@ def set_max_running(tenant_id: str, max_running: int | None) -> TenantRecord:
 
 def set_config(tenant_id: str, values: dict[str, Any], unset: list[str] | None = None) -> TenantRecord:
     """Merge ``values`` into the tenant's free-form config and drop the ``unset`` keys."""
+    check_config(values, list(unset or []))
     get_runtime().store.tenant_update_config(validate_tenant_id(tenant_id), values, unset or [])
     return get(tenant_id)
 
@@ -117,20 +202,9 @@ def set_price(
         "cache_read_mtok": cache_read_mtok,
         "cache_write_mtok": cache_write_mtok,
     }
-    parsed: dict[str, Decimal | None] = {}
-    for field, value in prices.items():
-        if value is None:
-            parsed[field] = None
-            continue
-        try:
-            d = Decimal(str(value))
-        except ArithmeticError:
-            raise TenantError(
-                f"Price {field}={value!r} is not a number; give USD per million tokens."
-            ) from None
-        if not d.is_finite() or d < 0:
-            raise TenantError(f"Price {field}={value!r} must be a finite number >= 0.")
-        parsed[field] = d
+    _check_text(provider, "price provider")
+    _check_text(model, "price model")
+    parsed = {field: None if value is None else parse_price(field, value) for field, value in prices.items()}
     if all(v is None for v in parsed.values()):
         raise TenantError("Give at least one price (input/output/cache_read/cache_write per million tokens).")
     get_runtime().store.price_override_set(tenant_id, provider, model, parsed)
@@ -150,14 +224,19 @@ def overrides_map(tenant_id: str, runtime: Runtime) -> dict[tuple[str, str], dic
     }
 
 
-def set_budget(tenant_id: str, amount: object | None, period: str | None = None) -> dict[str, Any]:
+def set_budget(
+    tenant_id: str, amount: object | None, period: str | None = None, *, settle: bool = True
+) -> dict[str, Any]:
     """Set (or with ``amount=None`` remove) a tenant's budget per period (total, month, day).
 
     The new budget applies to the next LLM call of every worker: a lowered (or new) budget returns
     once no worker can reserve under the old one any more (``Budgets.CHUNK_SECONDS``, 1 s), so from
     then on new spend is at most what the calls already in flight cost. If the tenant has already spent
     it in the current period, its running runs are paused at once; the returned dict says so
-    (``spent_usd``, ``budget_usd``, ``period``, ``paused_runs``).
+    (``spent_usd``, ``budget_usd``, ``period``, ``paused_runs``, and ``tightened``: the budget is new or
+    lower). With ``settle=False`` it returns at once, for a caller that changes more in one transaction
+    (``Store.transaction``) and calls ``runtime.control.settle_change()`` after the commit when
+    ``tightened``.
     """
     from papayya.budgets import PERIODS, parse_amount, period_of
     from papayya.money import usd
@@ -182,7 +261,8 @@ def set_budget(tenant_id: str, amount: object | None, period: str | None = None)
             f"budget for {key}"
         )
         paused = [r["run_id"] for r in rt.store.runs_pause(tenant_id, None, reason)]
-    if budget is not None and (old is None or budget < old):
+    tightened = budget is not None and (old is None or budget < old)
+    if tightened and settle:
         # Chunks leased under the old budget expire within CHUNK_SECONDS: once this returns, every
         # worker's next call reserves under the new budget (papayya.budgets).
         rt.control.settle_change()
@@ -193,4 +273,5 @@ def set_budget(tenant_id: str, amount: object | None, period: str | None = None)
         "period_key": key,
         "spent_usd": spent,
         "paused_runs": paused,
+        "tightened": tightened,
     }

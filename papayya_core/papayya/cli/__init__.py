@@ -179,6 +179,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     _errors_as_json[0] = "--json" in args[: args.index("--")] if "--" in args else "--json" in args
     render.prepare_streams()
+    unreadable = next((a for a in args if _not_text(a)), None)
+    if unreadable is not None:
+        # Bytes that are not UTF-8 (Python keeps them as lone surrogates) or a NUL: no command could
+        # store or match them, so say which argument rather than fail deep inside a command.
+        shown = render.printable(repr(unreadable[:40]))
+        return _refuse(f"The argument {shown} is not UTF-8 text; give it as UTF-8.", None, False)
     _log_to_file(debug)
     try:
         result = cli.main(args=argv, prog_name="papayya", standalone_mode=False)
@@ -214,6 +220,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return EXIT_BUG
     return result if isinstance(result, int) else EXIT_OK
+
+
+def _not_text(arg: str) -> bool:
+    return "\x00" in arg or any("\ud800" <= c <= "\udfff" for c in arg)
 
 
 def _refuse(message: str, hint: str | None, debug: bool) -> int:

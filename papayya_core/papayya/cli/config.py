@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import click
 
 from papayya.cli import render
-from papayya.config import Effective, effective_settings, explicit_overrides, redact_url, store_location
+from papayya.config import (
+    CONFIG_FILE_ENV,
+    Effective,
+    effective_settings,
+    explicit_overrides,
+    redact_url,
+    store_location,
+)
+from papayya.errors import ConfigError
 
 
 @click.group("config", no_args_is_help=True)
@@ -26,7 +35,7 @@ def show_command(as_json: bool) -> None:
     The first line names the store commands here open. Passwords in database_url are shown as ***.
     Nothing connects to the database.
     """
-    found = effective_settings(**explicit_overrides())
+    found = settings()
     store = store_location(found)
     backends = _installed_backends()
     rows = _rows(found)
@@ -73,6 +82,18 @@ def show_command(as_json: bool) -> None:
                 f"that provides it, e.g. pip install 'papayya[{chosen}]'."
             )
         )
+
+
+def settings() -> Effective:
+    """The settings in effect here; a configuration file that is not text is a ConfigError."""
+    try:
+        return effective_settings(**explicit_overrides())
+    except UnicodeDecodeError:
+        # papayya.config reads the file as TOML, which must be UTF-8; a binary file (a wrong
+        # PAPAYYA_CONFIG_FILE) fails to decode before it fails to parse.
+        named = os.environ.get(CONFIG_FILE_ENV, "").strip()
+        which = f"The file {CONFIG_FILE_ENV} names ({named})" if named else "The pyproject.toml in effect"
+        raise ConfigError(f"{which} is not UTF-8 text, so not TOML; fix the file or the variable.") from None
 
 
 def _rows(found: Effective) -> list[tuple[str, Any, Any]]:

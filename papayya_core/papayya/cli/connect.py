@@ -14,7 +14,8 @@ from pathlib import Path
 import click
 
 from papayya import migrate as _migrate
-from papayya.config import STORE_DIR, StoreLocation, effective_settings, explicit_overrides, store_location
+from papayya.cli.config import settings
+from papayya.config import STORE_DIR, StoreLocation, store_location
 from papayya.errors import MigrationError, StoreUnavailable
 from papayya.runtime import current_runtime, get_runtime
 from papayya.store import Store
@@ -34,7 +35,7 @@ def connect() -> Store:
             sentence here instead of a missing table later).
     """
     if current_runtime() is None:
-        where = store_location(effective_settings(**explicit_overrides()))
+        where = store_location(settings())
         ctx = click.get_current_context(silent=True)
         if not where.exists and (ctx is None or ctx.command.name not in MAY_CREATE):
             raise StoreUnavailable(where.missing())

@@ -12,10 +12,11 @@ saying how to pick one.
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from uuid import UUID
 
@@ -23,8 +24,8 @@ import click
 
 from papayya.budgets import parse_amount
 from papayya.cli.connect import connect
-from papayya.errors import NotFound
-from papayya.tenants import validate_tenant_id
+from papayya.errors import NotFound, TenantError
+from papayya.tenants import MAX_PRICE, check_config, parse_price, validate_tenant_id
 
 T = TypeVar("T")
 
@@ -263,9 +264,34 @@ class ConfigPair(Param[tuple[str, Any]]):
             self.fail(f"{short(str(value))} is not key=value (for example tier=gold or max_items=500)", param)
         try:
             parsed = json.loads(raw)
-        except ValueError:
+        except (ValueError, RecursionError):
             parsed = raw
+        if _non_finite(parsed):
+            self.fail(_no_number(key, raw), param, ctx)
+        try:
+            check_config({key: parsed})
+        except TenantError as exc:
+            self.fail(exc.message.rstrip("."), param, ctx)
         return key, parsed
+
+
+def _non_finite(value: Any) -> bool:
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, list):
+        return any(_non_finite(v) for v in value)
+    if isinstance(value, dict):
+        return any(_non_finite(v) for v in value.values())
+    return False
+
+
+def _no_number(key: str, raw: str) -> str:
+    # NaN, Infinity and 1e999 (too large) read as numbers in Python's JSON, but no JSON store holds
+    # them: refused, rather than kept as text the user may not have meant.
+    return (
+        f"{short(f'{key}={raw}')} holds NaN, Infinity or a number too large for a tenant's config; give "
+        "a finite number, or the value as quoted JSON text"
+    )
 
 
 CONFIG_PAIR = ConfigPair()
@@ -311,13 +337,11 @@ class PriceType(Param[PriceSpec]):
                 amounts.append(None)
                 continue
             try:
-                amount = Decimal(part)
-            except InvalidOperation:
-                amount = Decimal("NaN")
-            if not amount.is_finite() or amount < 0:
+                amount = parse_price("price", part)
+            except TenantError:
                 self.fail(
-                    f"{short(part)} in {short(text)} is not a price; "
-                    f"give a number >= 0, like {_PRICE_EXAMPLE}",
+                    f"{short(part)} in {short(text)} is not a price; give a number from 0 to "
+                    f"{MAX_PRICE:,} with at most 15 decimals, like {_PRICE_EXAMPLE}",
                     param,
                     ctx,
                 )
@@ -325,6 +349,10 @@ class PriceType(Param[PriceSpec]):
         if all(a is None for a in amounts):
             self.fail(f"{short(text)} gives no price; write it like {_PRICE_EXAMPLE}", param, ctx)
         amounts += [None] * (4 - len(amounts))
+        try:
+            check_config({provider.strip(): model.strip()})  # text the store can hold
+        except TenantError:
+            self.fail(f"{short(text)} holds a NUL or an undecodable character; give UTF-8 text", param, ctx)
         return PriceSpec(provider.strip(), model.strip(), *amounts)
 
 
@@ -359,7 +387,21 @@ class BudgetType(Param[Decimal]):
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Decimal:
         if isinstance(value, Decimal):
             return value
-        return parse_amount(value)
+        amount = parse_amount(value)
+        # What PostgreSQL's numeric holds and budget arithmetic keeps exact (parse_amount may check it
+        # itself one day; until then, 1e-100000 is refused here rather than by the store).
+        exponent = amount.normalize().as_tuple().exponent
+        if amount > _MOST_USD or (amount and isinstance(exponent, int) and exponent < -15):
+            self.fail(
+                f"{short(str(value))} is out of range; give USD from 0 to {_MOST_USD:,} with at most "
+                "15 decimal places, e.g. 40 or 12.50",
+                param,
+                ctx,
+            )
+        return amount if amount else Decimal(0)
+
+
+_MOST_USD = Decimal(10) ** 12
 
 
 BUDGET = BudgetType()
@@ -380,7 +422,10 @@ class TimeType(Param[datetime]):
         text = str(value)
         match = _DURATION.match(text)
         if match:
-            return datetime.now(UTC) - timedelta(**{_UNITS[match[2].lower()]: int(match[1])})
+            try:
+                return datetime.now(UTC) - timedelta(**{_UNITS[match[2].lower()]: int(match[1])})
+            except (OverflowError, ValueError):  # 99999999w reaches back past year 1
+                self.fail(f"{short(text)} reaches back before year 1; give a shorter duration", param, ctx)
         try:
             parsed = datetime.fromisoformat(text.strip())
         except ValueError:

@@ -14,6 +14,7 @@ from papayya.cli.connect import connect
 from papayya.cli.params import BUDGET, CONFIG_PAIR, MODEL, PRICE, TENANT, PriceSpec
 from papayya.errors import NotFound
 from papayya.models import PriceOverride
+from papayya.runtime import get_runtime
 
 _PRICE_HELP = (
     "A negotiated price for this tenant, USD per million tokens: provider:model=IN/OUT[/CACHE_READ]"
@@ -70,11 +71,14 @@ def add_command(
     as_json: bool,
 ) -> None:
     """Create TENANT, optionally with config, negotiated prices and a budget."""
-    connect()
-    tenants.add(tenant, config=dict(config))
-    _apply_prices(tenant, prices)
-    if budget is not None or period is not None:
-        tenants.set_budget(tenant, budget, period)
+    store = connect()
+    outcome: dict[str, Any] | None = None
+    with store.transaction():  # all of it, or (something refused) no tenant at all
+        tenants.add(tenant, config=dict(config))
+        _apply_prices(tenant, prices)
+        if budget is not None or period is not None:
+            outcome = tenants.set_budget(tenant, budget, period, settle=False)
+    _settle(outcome)
     if as_json:
         render.emit_json(_detail(tenant))
         return
@@ -143,27 +147,29 @@ def set_command(
     if both:
         raise click.UsageError(f"Config key {both[0]!r} is both set and unset; pick one")
     store = connect()
-    # Check everything before the first write, so a refused change leaves the tenant as it was.
-    record = tenants.get(tenant)
-    existing = {(p.provider, p.model) for p in tenants.prices(tenant)}
-    for provider, model in unset_prices:
-        if (provider, model) not in existing:
-            raise NotFound(
-                f"Tenant {tenant!r} has no negotiated price for {provider}/{model}; see its prices with "
-                f"`papayya tenants show {_shell(tenant)}`."
-            )
-    if config or unset:
-        tenants.set_config(tenant, dict(config), list(unset))
-    _apply_prices(tenant, prices)
-    for provider, model in unset_prices:
-        store.price_override_delete(tenant, provider, model)
     outcome: dict[str, Any] | None = None
-    if budgeting:
-        # --period alone keeps the amount; --no-budget removes it.
-        amount = None if no_budget else budget if budget is not None else record.budget_usd
-        outcome = tenants.set_budget(tenant, amount, period)
-    if capping:
-        tenants.set_max_running(tenant, max_running)
+    # One transaction: a change refused halfway (by a check or by the store) leaves the tenant as it was.
+    with store.transaction():
+        record = tenants.get(tenant)
+        existing = {(p.provider, p.model) for p in tenants.prices(tenant)}
+        for provider, model in unset_prices:
+            if (provider, model) not in existing:
+                raise NotFound(
+                    f"Tenant {tenant!r} has no negotiated price for {provider}/{model}; see its prices "
+                    f"with `papayya tenants show {_shell(tenant)}`."
+                )
+        if config or unset:
+            tenants.set_config(tenant, dict(config), list(unset))
+        _apply_prices(tenant, prices)
+        for provider, model in unset_prices:
+            store.price_override_delete(tenant, provider, model)
+        if budgeting:
+            # --period alone keeps the amount; --no-budget removes it.
+            amount = None if no_budget else budget if budget is not None else record.budget_usd
+            outcome = tenants.set_budget(tenant, amount, period, settle=False)
+        if capping:
+            tenants.set_max_running(tenant, max_running)
+    _settle(outcome)
     if as_json:
         render.emit_json(_detail(tenant))
         return
@@ -176,6 +182,12 @@ def set_command(
     render.out(f"Updated tenant {tenant!r}: {', '.join(changes)}.")
     if outcome is not None:
         _report_spent(tenant, outcome)
+
+
+def _settle(outcome: dict[str, Any] | None) -> None:
+    """After the commit: a new or lower budget returns once no worker can reserve under the old one."""
+    if outcome is not None and outcome["tightened"]:
+        get_runtime().control.settle_change()
 
 
 @tenants_group.command("show")

@@ -19,7 +19,7 @@ from psycopg_pool import ConnectionPool
 
 from papayya import migrate as _migrate
 from papayya.errors import NotFound, ReplayError, StaleLease, StoreUnavailable
-from papayya.store.connection import open_pool, redact, translated
+from papayya.store.connection import PoolHealth, open_pool, redact, translated
 from papayya.store.queries import q
 
 log = logging.getLogger("papayya.store")
@@ -101,6 +101,9 @@ class Store:
         self._fast_pool: ConnectionPool[psycopg.Connection[Row]] = open_pool(
             url, max_size=pool_size, synchronous_commit=False
         )
+        self._health = PoolHealth(self._pool, url)
+        self._fast_health = PoolHealth(self._fast_pool, url, synchronous_commit=False)
+        self._pinned = threading.local()  # .conn: the connection of this thread's open transaction()
         self._closed = False
         self._lock = threading.Lock()
         if auto_migrate:
@@ -111,26 +114,47 @@ class Store:
 
     @contextlib.contextmanager
     def _connection(self, *, fast: bool = False) -> Iterator[psycopg.Connection[Row]]:
-        """A pooled connection, driver errors translated. A lost connection makes the pool check the
-        rest at once, so after a server restart one failed call is enough: the next gets a live one
-        (instead of every dead pooled connection failing one call each)."""
-        pool = self._fast_pool if fast else self._pool
+        """A pooled connection, driver errors translated, or the connection of the transaction this
+        thread has open (:meth:`transaction`).
+
+        A pooled connection the server hung up on (a restart, a failover) is noticed at checkout and
+        swapped for a live one, so the first call after a restart works; while the server is away,
+        calls fail within ``FAIL_FAST`` seconds with StoreUnavailable instead of waiting the pool's
+        timeout (see :mod:`papayya.store.connection`)."""
+        pinned: psycopg.Connection[Row] | None = getattr(self._pinned, "conn", None)
+        if pinned is not None:
+            with translated():
+                yield pinned
+            return
+        health = self._fast_health if fast else self._health
         try:
-            with translated(), pool.connection() as conn:
+            with translated(), health.connection() as conn:
                 yield conn
         except StoreUnavailable as exc:
             if not isinstance(exc.__cause__, psycopg.errors.TransactionRollback):  # not a lost link
                 self.recover()
             raise
 
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Run every store call this thread makes inside the block in one transaction: all of them
+        apply, or (the block raised) none. Nested blocks join the outer one."""
+        if getattr(self._pinned, "conn", None) is not None:
+            yield
+            return
+        with self._connection() as conn, conn.transaction():
+            self._pinned.conn = conn
+            try:
+                yield
+            finally:
+                self._pinned.conn = None
+
     def recover(self) -> None:
         """After a connection error: check the pooled connections, dropping those the server closed
-        (a restart, a failover), so the next calls get live ones."""
-        for pool in (self._pool, self._fast_pool):
-            try:
-                pool.check()
-            except Exception as exc:  # the server is still away; the next call reports it
-                log.debug("pool check failed: %s", exc)
+        (a restart, a failover), so the next calls get live ones; until one does, checkouts check the
+        connection first and wait at most ``FAIL_FAST`` seconds."""
+        for health in (self._health, self._fast_health):
+            health.recover()
 
     def close(self) -> None:
         with self._lock:

@@ -1,9 +1,19 @@
-"""Connections: one psycopg pool per process, and the one place driver errors are translated."""
+"""Connections: one psycopg pool per process, and the one place driver errors are translated.
+
+A server restart (or failover) closes every pooled connection at once. :class:`PoolHealth` hands out
+the pool's connections and notices one the server hung up on at checkout, without a round trip (its
+socket is readable while nothing was asked), so the first call after a restart gets a live connection
+instead of failing, and one failure makes the next checkouts check their connection (one round trip)
+until a call works again. While the server is away, a call fails within ``FAIL_FAST`` seconds with
+StoreUnavailable rather than waiting the pool's ``timeout`` (30 s, which is for a busy pool): a worker's
+claim, the budget gate and an LLM call's record say at once that the store is gone.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import select
 from collections.abc import Iterator
 from typing import Any
 
@@ -91,3 +101,106 @@ def translated() -> Iterator[None]:
             f"Lost the PostgreSQL store ({type(exc).__name__}: {str(exc).strip()[:200]}); "
             "check the server is up, then retry."
         ) from exc
+
+
+FAIL_FAST = 3  # seconds: the longest a call waits for a connection while the server is known to be away
+_SUSPECT_WAIT = 0.5  # seconds a suspect pool gets to hand out a (re)connected connection
+
+
+def _hung_up(conn: psycopg.Connection[Any]) -> bool:
+    """The server closed this idle connection (or sent it something unasked): its socket is readable.
+    No round trip; a connection cut off without a word (a network partition) still looks alive."""
+    if conn.closed or conn.broken:
+        return True
+    try:
+        fd = conn.fileno()
+        if hasattr(select, "poll"):
+            poller = select.poll()
+            poller.register(fd, select.POLLIN)
+            return bool(poller.poll(0))
+        readable, _, _ = select.select([fd], [], [], 0)
+        return bool(readable)
+    except (OSError, ValueError, psycopg.Error):
+        return True
+
+
+class PoolHealth:
+    """Checkouts from one pool that survive a server restart and fail fast while it is away."""
+
+    def __init__(
+        self,
+        pool: ConnectionPool[psycopg.Connection[dict[str, Any]]],
+        url: str,
+        *,
+        synchronous_commit: bool = True,
+    ) -> None:
+        self.pool = pool
+        self.url = url
+        self._configure = _configure if synchronous_commit else _configure_fast
+        self._suspect = False  # a connection failed, and no call has worked since
+
+    def recover(self) -> None:
+        """A connection failed: check the idle ones now (dropping those the server closed) and check
+        each checkout until a call works again."""
+        self._suspect = True
+        try:
+            self.pool.check()
+        except Exception as exc:  # the server is still away; the next call reports it
+            log.debug("pool check failed: %s", exc)
+
+    @contextlib.contextmanager
+    def connection(self) -> Iterator[psycopg.Connection[dict[str, Any]]]:
+        """A live connection: pooled, or (while the pool reconnects after an outage) a direct one.
+
+        Raises:
+            psycopg.OperationalError, PoolTimeout: the server does not answer (translated by the caller).
+        """
+        conn, pooled = self._checkout()
+        try:
+            yield conn
+        except BaseException:
+            self._checkin(conn, pooled)
+            raise
+        self._checkin(conn, pooled)
+        if pooled:
+            self._suspect = False
+
+    def _checkout(self) -> tuple[psycopg.Connection[dict[str, Any]], bool]:
+        if not self._suspect:
+            conn = self.pool.getconn()
+            if not _hung_up(conn) or self._alive(conn):
+                return conn, True
+            self.recover()
+        try:
+            conn = self.pool.getconn(timeout=_SUSPECT_WAIT)
+        except PoolTimeout:
+            # The pool's own reconnection may be backing off (seconds) after an outage; the server may
+            # be back already, and a direct connection says so at once either way.
+            return self._direct(), False
+        if self._alive(conn):
+            return conn, True
+        return self._direct(), False
+
+    def _alive(self, conn: psycopg.Connection[dict[str, Any]]) -> bool:
+        """One round trip; a dead connection goes back to the pool, which drops it and opens another."""
+        try:
+            ConnectionPool.check_connection(conn)
+            return True
+        except psycopg.Error:
+            self.pool.putconn(conn)
+            return False
+
+    def _direct(self) -> psycopg.Connection[dict[str, Any]]:
+        conn = psycopg.connect(self.url, connect_timeout=FAIL_FAST, autocommit=True, row_factory=dict_row)
+        try:
+            self._configure(conn)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _checkin(self, conn: psycopg.Connection[dict[str, Any]], pooled: bool) -> None:
+        if pooled:
+            self.pool.putconn(conn)
+        else:
+            conn.close()

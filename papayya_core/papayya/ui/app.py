@@ -10,17 +10,20 @@ import json
 import logging
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import unquote, unquote_to_bytes, urlencode, urlsplit
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from markupsafe import Markup
 from starlette.applications import Starlette
+from starlette.convertors import Convertor, register_url_convertor
+from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from papayya.cli import render
 from papayya.errors import NotFound, PapayyaError
@@ -159,6 +162,21 @@ async def _not_found(request: Request, exc: Exception) -> Response:
     return _error(request, 404, str(getattr(exc, "message", exc)))
 
 
+async def _no_route(request: Request, exc: Exception) -> Response:
+    """A path no route takes (a run id that is not a UUID, a typo): the same JSON or page as any refusal."""
+    status = exc.status_code if isinstance(exc, HTTPException) else 404
+    if status == 405:
+        return _error(request, 405, f"{request.method} is not allowed on {request.url.path}.")
+    if status != 404:
+        return _error(request, status, str(getattr(exc, "detail", "")) or "The request was refused.")
+    what = "an API route" if request.url.path.startswith("/api") else "a page"
+    return _error(
+        request,
+        404,
+        f"{request.url.path[:200]} is not {what} of this dashboard (a run or item id is a UUID).",
+    )
+
+
 async def _forbidden(request: Request, exc: Exception) -> Response:
     return _error(request, 403, str(exc))
 
@@ -175,9 +193,42 @@ async def _crashed(request: Request, exc: Exception) -> Response:
 
 
 def _error(request: Request, status: int, message: str) -> Response:
-    if request.url.path.startswith("/api/"):
+    if request.url.path == "/api" or request.url.path.startswith("/api/"):
         return JSONResponse({"error": message}, status_code=status)
     return HTMLResponse(pages.error_page(request, status, message), status_code=status)
+
+
+class TenantConvertor(Convertor[str]):
+    """A tenant id in an API path, as :class:`TenantPaths` leaves it: ``/`` and ``%`` still encoded."""
+
+    regex = ".*"
+
+    def convert(self, value: str) -> str:
+        return unquote(value)
+
+    def to_string(self, value: str) -> str:
+        return value.replace("%", "%25").replace("/", "%2F")
+
+
+register_url_convertor("tenant", TenantConvertor())
+
+
+class TenantPaths:
+    """Route ``/api/tenants/...`` on the path as sent, so a tenant id holding ``/`` (sent as ``%2F``)
+    stays one id: Starlette routes on the decoded path, where the tenant ``acme/spend`` would read as
+    the spend of tenant ``acme``. Each segment is decoded except its ``/`` and ``%``, which
+    :class:`TenantConvertor` decodes once the route is chosen."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        raw = scope.get("raw_path") if scope["type"] == "http" else None
+        if isinstance(raw, bytes) and raw.startswith(b"/api/tenants/"):
+            segments = raw.split(b"?", 1)[0].split(b"/")
+            decoded = [unquote_to_bytes(s).decode("utf-8", "replace") for s in segments]
+            scope = {**scope, "path": "/".join(d.replace("%", "%25").replace("/", "%2F") for d in decoded)}
+        await self.app(scope, receive, send)
 
 
 def create_app(tokens: Tokens | None = None, *, host: str = "127.0.0.1") -> Starlette:
@@ -208,17 +259,21 @@ def create_app(tokens: Tokens | None = None, *, host: str = "127.0.0.1") -> Star
         Route("/api/items/{item_id:uuid}", api.item),
         Route("/api/items/{item_id:uuid}/replay", actions.replay_item, methods=["POST"]),
         Route("/api/tenants", api.tenants),
-        Route("/api/tenants/{tenant:path}/spend", api.tenant_spend),
-        Route("/api/tenants/{tenant:path}/budget", actions.tenant_budget, methods=["POST"]),
-        Route("/api/tenants/{tenant:path}/max-running", actions.tenant_max_running, methods=["POST"]),
-        Route("/api/tenants/{tenant:path}", api.tenant),
+        Route("/api/tenants/{tenant:tenant}/spend", api.tenant_spend),
+        Route("/api/tenants/{tenant:tenant}/budget", actions.tenant_budget, methods=["POST"]),
+        Route("/api/tenants/{tenant:tenant}/max-running", actions.tenant_max_running, methods=["POST"]),
+        Route("/api/tenants/{tenant:tenant}", api.tenant),
         Mount("/static", app=StaticFiles(directory=HERE / "static"), name="static"),
     ]
     app = Starlette(
         routes=routes,
-        middleware=[Middleware(Guard, tokens=tokens, loopback=is_loopback(host), bound=host)],
+        middleware=[
+            Middleware(TenantPaths),
+            Middleware(Guard, tokens=tokens, loopback=is_loopback(host), bound=host),
+        ],
         exception_handlers={
             NotFound: _not_found,
+            HTTPException: _no_route,
             Forbidden: _forbidden,
             PapayyaError: _refused,
             Exception: _crashed,

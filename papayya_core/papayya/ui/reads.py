@@ -18,7 +18,7 @@ from papayya.cli import tenants as cli_tenants
 from papayya.cli.connect import connect
 from papayya.cli.failures import _cluster_row
 from papayya.clusters import clusters
-from papayya.errors import NotFound
+from papayya.errors import InputError, NotFound
 from papayya.models import ItemStatus
 from papayya.result import RunResult
 from papayya.ui.auth import Access
@@ -60,6 +60,8 @@ def runs_page(
 
     ``before`` is the cursor a previous page returned (``CREATED_AT~RUN_ID``); ``lineage`` adds each
     run's ``replayed_from`` (for the pages)."""
+    if tenant is not None:
+        tenants.validate_tenant_id(tenant)  # a 400 saying what is wrong, not a 500 from the store
     if access.tenant is not None:
         if tenant is not None:
             access.check(tenant)
@@ -117,6 +119,8 @@ def run_items(
     limit: int = ITEMS_PAGE,
 ) -> dict[str, Any]:
     """``papayya items list RUN --json``: a page of the run's items in item-id order."""
+    if after is not None and "\x00" in after:
+        raise InputError(f"after={after[:40]!r} holds a NUL; give the key of the last item of a page.")
     store = connect()
     run = run_row(access, run_id)
     status = outcome if outcome in ITEM_STATUSES else None
