@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import logging
 import math
-import unicodedata
 from decimal import Decimal
 from typing import Any
 
+from papayya import validate
 from papayya.config import UnknownTenants
 from papayya.errors import BudgetError, InputError, NotFound, TenantError
 from papayya.models import PriceOverride, TenantRecord
@@ -15,33 +15,13 @@ from papayya.runtime import Runtime, get_runtime
 
 log = logging.getLogger("papayya.tenants")
 
-MAX_TENANT_ID = 128
+MAX_TENANT_ID = validate.MAX_TENANT_ID
 
 
 def validate_tenant_id(tenant_id: object) -> str:
-    """Return ``tenant_id`` if usable, else raise TenantError saying what is wrong.
-
-    Any printable text of 1-128 characters is accepted (quotes, semicolons and non-Latin scripts
-    are fine: every query binds it as a parameter). Control characters, surrounding whitespace and
-    longer ids are refused.
-    """
-    if not isinstance(tenant_id, str):
-        raise TenantError(f"A tenant id must be a string, not {type(tenant_id).__name__}; pass tenant='...'.")
-    if not tenant_id or not tenant_id.strip():
-        raise TenantError("The tenant id is empty; give a tenant id of 1 to 128 printable characters.")
-    if len(tenant_id) > MAX_TENANT_ID:
-        raise TenantError(
-            f"Tenant id {tenant_id[:24]!r}... is {len(tenant_id)} characters; use at most {MAX_TENANT_ID}."
-        )
-    if tenant_id != tenant_id.strip():
-        raise TenantError(f"Tenant id {tenant_id!r} has leading or trailing whitespace; strip it.")
-    bad = [c for c in tenant_id if unicodedata.category(c) in ("Cc", "Cf", "Cs", "Co", "Cn")]
-    if bad:
-        raise TenantError(
-            f"Tenant id {tenant_id!r} contains a control or unassigned character ({bad[0]!r}); "
-            "use printable text."
-        )
-    return tenant_id
+    """Return ``tenant_id`` if usable, else raise TenantError saying what is wrong: any printable text
+    of 1-128 characters (:func:`papayya.validate.tenant_id`, the one rule)."""
+    return validate.tenant_id(tenant_id)
 
 
 _CONFIG_DEPTH = 64  # how deep a tenant's config may nest (jsonb takes more; no one needs it)

@@ -93,8 +93,8 @@ def optional_text(value: object, what: str, *, max_length: int = MAX_NAME_LENGTH
 def tenant_id(value: object) -> str:
     """``value`` if it is a usable tenant id (printable text of 1-128 characters), else TenantError.
 
-    The same rule as ``papayya.tenants.validate_tenant_id``; quotes, semicolons and non-Latin scripts
-    are fine (every query binds it as a parameter).
+    The one rule for tenant ids (``papayya.tenants.validate_tenant_id`` is this function); quotes,
+    semicolons and non-Latin scripts are fine (every query binds it as a parameter).
     """
     if not isinstance(value, str):
         raise TenantError(f"A tenant id must be a string, not {type(value).__name__}; pass tenant='...'.")
@@ -104,7 +104,7 @@ def tenant_id(value: object) -> str:
         )
     if len(value) > MAX_TENANT_ID:
         raise TenantError(
-            f"Tenant id {shown(value)} is {len(value):,} characters; use at most {MAX_TENANT_ID}."
+            f"Tenant id {shown(value)} is {len(value)} characters; use at most {MAX_TENANT_ID}."
         )
     if value != value.strip():
         raise TenantError(f"Tenant id {shown(value)} has leading or trailing whitespace; strip it.")
