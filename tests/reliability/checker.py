@@ -1387,6 +1387,9 @@ class CeleryWorkers:
             "CHECKER_CELERY_QUEUE": queue,
             "CHECKER_CELERY_ACK": self.ack,
             "PAPAYYA_CELERY_UNACKED_SECONDS": str(UNACKED_SECONDS),
+            # A prefork child runs one item at a time: two connections per pool are plenty, and
+            # workers x (children + 1) processes must stay well under the server's max_connections.
+            "PAPAYYA_POOL_SIZE": "2" if self.pool == "prefork" else "8",
         }
 
     def argv(self, concurrency: int) -> list[str]:

@@ -62,7 +62,11 @@ def temporal_missing() -> str | None:
 BACKENDS = {
     "native": (lambda: None, SHORT),
     "sqs": (lambda: None, SHORT),
-    "celery": (redis_missing, (*QUICK, "--celery-broker", "redis", "--celery-pool", "prefork")),
+    # prefork: 3 workers x (4 children + the main process), each with its own connections
+    "celery": (
+        redis_missing,
+        (*QUICK, "--celery-broker", "redis", "--celery-pool", "prefork", "--concurrency", "4"),
+    ),
     "temporal": (temporal_missing, QUICK),
 }
 
