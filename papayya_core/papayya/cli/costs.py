@@ -80,16 +80,7 @@ def costs_command(
         return
     rows = [_row(r) for r in found]
     total = _total(rows)
-    if as_json:
-        render.emit_json(
-            {"by": by, "tenant": tenant, "since": since, "until": until, "rows": rows, "total": total}
-        )
-        return
-    window = f"since {render.when(since)}" + (f" until {render.when(until)}" if until else "")
-    scope = f" for tenant {tenant!r}" if tenant else ""
-    render.out(render.note(f"LLM cost by {by}{scope}, {window}"))
-    if not rows:
-        render.out("No LLM calls in this window.")
+    if not _opening(by, by, rows, total, tenant=tenant, since=since, until=until, as_json=as_json):
         return
     headers = [by, "calls", "input tokens", "output tokens", "cost", "unpriced calls"]
     lines = [
@@ -103,8 +94,39 @@ def costs_command(
         )
         for r in [*rows, {"key": "total", **total}]
     ]
-    t = render.table(headers, lines, right=headers[1:], whole=["run"])
-    t.rows[-2].end_section = True  # a rule above the total
+    _closing(render.table(headers, lines, right=headers[1:], whole=["run"]), total)
+
+
+def _opening(
+    by: str,
+    what: str,
+    rows: list[dict[str, Any]],
+    total: dict[str, Any],
+    *,
+    tenant: str | None,
+    since: datetime,
+    until: datetime | None,
+    as_json: bool,
+) -> bool:
+    """Print the JSON (and return False: nothing more to print), or the heading of the table of
+    ``what``; False too when there is no row."""
+    if as_json:
+        render.emit_json(
+            {"by": by, "tenant": tenant, "since": since, "until": until, "rows": rows, "total": total}
+        )
+        return False
+    window = f"since {render.when(since)}" + (f" until {render.when(until)}" if until else "")
+    scope = f" for tenant {tenant!r}" if tenant else ""
+    render.out(render.note(f"LLM cost by {what}{scope}, {window}"))
+    if not rows:
+        render.out("No LLM calls in this window.")
+        return False
+    return True
+
+
+def _closing(t: Any, total: dict[str, Any]) -> None:
+    """The table with a rule above its total row, and what unpriced calls mean."""
+    t.rows[-2].end_section = True
     render.out(t)
     if total["unpriced_calls"]:
         render.out(
@@ -153,16 +175,8 @@ def _pivot(
     for r in rows:
         r.pop("key")
     total = _total(rows)
-    if as_json:
-        render.emit_json(
-            {"by": by, "tenant": tenant, "since": since, "until": until, "rows": rows, "total": total}
-        )
-        return
-    window = f"since {render.when(since)}" + (f" until {render.when(until)}" if until else "")
-    scope = f" for tenant {tenant!r}" if tenant else ""
-    render.out(render.note(f"LLM cost by {first} and {second}{scope}, {window}"))
-    if not rows:
-        render.out("No LLM calls in this window.")
+    what = f"{first} and {second}"
+    if not _opening(by, what, rows, total, tenant=tenant, since=since, until=until, as_json=as_json):
         return
     columns = sorted({r[second] for r in rows}, key=str)
     cells: dict[tuple[Any, Any], dict[str, Any]] = {(r[first], r[second]): r for r in rows}
@@ -185,16 +199,9 @@ def _pivot(
         )
     )
     headers = [f"{first} \\ {second}", *map(str, columns), "total"]
-    t = render.table(headers, lines, right=headers[1:], whole=[headers[0]] if first == "run" else [])
-    t.rows[-2].end_section = True  # a rule above the total
-    render.out(t)
-    if total["unpriced_calls"]:
-        render.out(
-            render.note(
-                f"{total['unpriced_calls']:,} calls have no known price and are not in the cost; "
-                "give their model a price with `papayya tenants set TENANT --price provider:model=IN/OUT`."
-            )
-        )
+    _closing(
+        render.table(headers, lines, right=headers[1:], whole=[headers[0]] if first == "run" else []), total
+    )
 
 
 def _cell(r: dict[str, Any] | None) -> str:
