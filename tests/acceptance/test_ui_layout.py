@@ -214,12 +214,14 @@ def test_a_budget_meter_warns_near_its_budget_and_turns_red_over_it(layout: Layo
             ("/tenants", f'tr[data-tenant="{tenant}"] .meter'),
             (f"/runs/{layout.seeded.done}", "#summary .meter"),  # the tenant budget the run is held to
         ]
-        for budget, level, colour in [
+        for exact, level, colour in [
             (spent / Decimal("0.5"), "ok", "ok"),  # 50 %
             (spent / Decimal("0.85"), "warn", "warn"),  # 85 %
             (spent, "over", "bad"),  # 100 %
             (spent / 2, "over", "bad"),  # 200 %
         ]:
+            # a budget is given to at most 20 decimal places (budgets.parse_amount)
+            budget = exact if exact == spent else exact.quantize(Decimal("1e-15"))
             papayya.tenants.set_budget(tenant, budget, "month")
             for path, selector in where:
                 page.goto(ui.url + path)

@@ -82,7 +82,7 @@ class Checksum:
         )
 
     def __call__(self) -> list[tuple[Any, ...]]:
-        return self.conn.execute(self.query).fetchall()
+        return sorted(self.conn.execute(self.query).fetchall())  # UNION ALL keeps no order
 
     def close(self) -> None:
         self.conn.close()
