@@ -2,10 +2,12 @@
 refusal changes nothing already recorded.
 
 Each case runs ``papayya.cli.main([...])`` in this process (no subprocess: thousands of cases in well
-under two minutes) against the session's test database, seeded with a tenant, a run of every outcome and
-its items, so generated arguments mix real ids, their prefixes and keys with hostile text: NaN and
-1e-100000 amounts, bytes that are not UTF-8 (as Python hands them over in ``sys.argv``), JSON that no
-store holds, long and odd tenant ids, options in the wrong places. Each case must:
+under two minutes) against a database of this module's own on the session's server (the checksum reads
+every papayya table per case, so it must not grow with the rest of the suite), seeded with a tenant, a
+run of every outcome and its items, so generated arguments mix real ids, their prefixes and keys with
+hostile text: NaN and 1e-100000 amounts, bytes that are not UTF-8 (as Python hands them over in
+``sys.argv``), JSON that no store holds, long and odd tenant ids, options in the wrong places. Each
+case must:
 
 - exit 0, or exit 2 with exactly one line on stderr (``papayya: ...`` or, with ``--json``, one JSON
   object); never exit 1 ("internal error") nor print a traceback;
@@ -21,17 +23,20 @@ import json
 import os
 import time
 import uuid
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
+from psycopg import sql
 
 import papayya
 from papayya import Item, agent, run
 from papayya.budgets import Budgets
 from papayya.cli import main
 from papayya.errors import StoreUnavailable
-from papayya.runtime import Runtime
+from papayya.runtime import Runtime, get_runtime
 
 pytest.importorskip("hypothesis", reason="hypothesis is not installed (the dev extra has it)")
 
@@ -307,6 +312,33 @@ def command(state: dict[str, Any]) -> st.SearchStrategy[list[str]]:
     return st.sampled_from(sorted(shapes)).flatmap(build)
 
 
+@pytest.fixture(scope="module")
+def fuzz_url(database_url: str) -> Iterator[str]:
+    """A fresh database on the session's server for this module alone, dropped at its end."""
+    name = f"papayya_fuzz_{SUFFIX}"
+    with psycopg.connect(database_url, autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    info = psycopg.conninfo.conninfo_to_dict(database_url)
+    info["dbname"] = name
+    try:
+        yield psycopg.conninfo.make_conninfo(**{k: str(v) for k, v in info.items() if v is not None})
+    finally:
+        papayya.reset(forget_configuration=True)
+        with psycopg.connect(database_url, autocommit=True) as admin:
+            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.fixture
+def rt(fuzz_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Runtime]:
+    """The session's ``rt``, on this module's own database."""
+    for var in [v for v in os.environ if v.startswith("PAPAYYA_") and v != "PAPAYYA_TEST_DATABASE_URL"]:
+        monkeypatch.delenv(var)
+    papayya.reset(forget_configuration=True)
+    papayya.configure(database_url=fuzz_url, home=tmp_path / ".papayya", progress=False)
+    yield get_runtime()
+    papayya.reset(forget_configuration=True)
+
+
 @pytest.fixture
 def seeded(rt: Runtime, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     # A lowered budget waits out the chunks leased under the old one (1 s); nothing leases here.
@@ -319,10 +351,10 @@ def seeded(rt: Runtime, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
 
 
 def test_the_cli_answers_or_refuses_in_one_sentence(
-    seeded: dict[str, Any], database_url: str, capsys: pytest.CaptureFixture[str]
+    seeded: dict[str, Any], fuzz_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     counts = {"cases": 0, "ok": 0, "refused": 0}
-    checksum = Checksum(database_url)
+    checksum = Checksum(fuzz_url)
     timing = {"cli": 0.0}
     known = {"sum": checksum()}
     began = time.monotonic()
@@ -389,9 +421,9 @@ FOUND = [
 
 @pytest.mark.parametrize("argv", FOUND, ids=[" ".join(a[:3]) + f" #{n}" for n, a in enumerate(FOUND)])
 def test_found_by_fuzzing(
-    seeded: dict[str, Any], database_url: str, argv: list[str], capsys: pytest.CaptureFixture[str]
+    seeded: dict[str, Any], fuzz_url: str, argv: list[str], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    checksum = Checksum(database_url)
+    checksum = Checksum(fuzz_url)
     try:
         before = checksum()
         capsys.readouterr()
@@ -421,7 +453,7 @@ def test_a_config_file_that_is_not_text_is_refused(
 
 def test_tenants_set_applies_all_or_nothing(
     seeded: dict[str, Any],
-    database_url: str,
+    fuzz_url: str,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
@@ -437,7 +469,7 @@ def test_tenants_set_applies_all_or_nothing(
         "3",
     ]
     argv += ["--max-running", "5"]
-    checksum = Checksum(database_url)
+    checksum = Checksum(fuzz_url)
     before = checksum()
 
     # Given a change whose last part fails after the others were written (the store went away, say)
