@@ -285,7 +285,9 @@ def command(state: dict[str, Any]) -> st.SearchStrategy[list[str]]:
             ],
         ),
         ("limits", "set"): (
-            [st.one_of(st.sampled_from(["openai", "openai:gpt-4o-mini", "a:", ":b"]), t)],
+            # never the provider the seeded agent calls: a limit of 1 request a minute set by one case
+            # would make a later `replay` case wait minutes for its calls (a real wait, not a defect)
+            [st.one_of(st.sampled_from(["anthropic", "anthropic:claude-x", "a:", ":b"]), t)],
             [opt("--tenant", tenants(state)), opt("--rpm", numbers()), opt("--tpm", numbers())],
         ),
         ("config", "show"): ([], []),
@@ -344,6 +346,12 @@ def seeded(rt: Runtime, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     # A lowered budget waits out the chunks leased under the old one (1 s); nothing leases here.
     monkeypatch.setattr(Budgets, "CHUNK_SECONDS", 0)
     papayya.tenants.add(TENANT, exist_ok=True)
+    # What earlier cases may have left: a budget, a cap or rate limits that would hold this run back
+    papayya.tenants.set_budget(TENANT, None)
+    papayya.tenants.set_max_running(TENANT, None)
+    with psycopg.connect(rt.store.url, autocommit=True) as conn:
+        conn.execute("DELETE FROM papayya.rate_limits")
+        conn.execute("DELETE FROM papayya.rate_closures")
     papayya.tenants.add(OTHER, exist_ok=True)
     result = work.map([{"id": f"i{n:02d}"} for n in range(8)], tenant=TENANT)
     item = next(iter(result.items()))
