@@ -1,9 +1,9 @@
 """Test doubles shipped with papayya, for its own tests and for yours.
 
 ``FakeProvider`` is a real HTTP server on 127.0.0.1 that answers the OpenAI Chat Completions,
-Responses and Embeddings APIs and the Anthropic Messages API (non-streaming) well enough for the real
-``openai`` and ``anthropic`` clients. It is deterministic (the reply is derived from the prompt, token
-counts from text length), it counts every request it receives, and it can be told to fail::
+Responses and Embeddings APIs and the Anthropic Messages API, streamed or not, well enough for the
+real ``openai`` and ``anthropic`` clients. It is deterministic (the reply is derived from the prompt,
+token counts from text length), it counts every request it receives, and it can be told to fail::
 
     from papayya.testing import FakeProvider
 
@@ -37,17 +37,34 @@ as floats or base64 as the request's ``encoding_format`` asks. ``usage.prompt_to
 input as above and each token-array input by its length. ``fail()`` applies to them like to any request;
 ``stop_with()`` and ``reply`` do not (an embedding has no stop reason and no text).
 
-**The bill.** Every request answered 200 (chat completion, response, message, embeddings) is billed
-once, in ``fake.bill``: its idempotency key, API, the model the response reports, the token counts
-the response reports, and their cost from ``papayya.pricing.price_call`` at public prices, the same
-function papayya's ledger prices calls with, so the two agree to the last digit (``None`` for a model
-the catalog does not price). Token counts are in papayya's spelling (``pricing.Usage``): input tokens
-include cached ones, as the ledger records them, although Anthropic's response reports them apart.
-Errors, told or not, are not billed. An entry is in the bill before its response is sent.
+**The bill.** Every request answered 200 (chat completion, response, message, embeddings; streamed
+or not) is billed once, in ``fake.bill``: its idempotency key, API, the model the response reports,
+the token counts the response reports, and their cost from ``papayya.pricing.price_call`` at public
+prices, the same function papayya's ledger prices calls with, so the two agree to the last digit
+(``None`` for a model the catalog does not price). Token counts are in papayya's spelling
+(``pricing.Usage``): input tokens include cached ones, as the ledger records them, although
+Anthropic's response reports them apart. Errors, told or not, are not billed. An entry is in the bill
+before its response is sent.
 
-Streaming requests (``"stream": true``) are answered 400: the fake does not stream. Each error body
-has the provider's shape, so the SDKs raise their usual exceptions (``RateLimitError``,
-``InternalServerError``, ``OverloadedError``...).
+**Streams.** A request with ``"stream": true`` is answered as Server-Sent Events in the provider's
+shape, with the same reply, stop reason, usage and bill as the same request without it (the rules
+above apply alike; a fault is an HTTP error before any event, as the providers answer one):
+
+- Chat Completions: ``chat.completion.chunk`` chunks (the role, the text in pieces, then
+  ``finish_reason``), and with ``stream_options.include_usage`` a last chunk with empty ``choices``
+  and the ``usage`` (every other chunk then carries ``"usage": null``); then ``data: [DONE]``;
+- Responses: ``response.created``, ``response.in_progress``, the output item and text events
+  (``response.output_text.delta``...), then ``response.completed`` (``response.incomplete`` when cut
+  short) carrying the whole response and its ``usage``;
+- Anthropic Messages: ``message_start`` (input usage), ``content_block_start``, ``ping``,
+  ``content_block_delta`` pieces, ``content_block_stop``, ``message_delta`` (``stop_reason`` and the
+  usage) and ``message_stop``.
+
+The text is sent in pieces of about 8 characters. The whole stream is written at once and billed in
+full when it is answered, as the non-streamed answer is, even if the client stops reading midway.
+
+Each error body has the provider's shape, so the SDKs raise their usual exceptions
+(``RateLimitError``, ``InternalServerError``, ``OverloadedError``...).
 
 The server speaks HTTP/1.0 (one request per connection) with a thread per connection and a listen
 backlog of 1,024, so a load test's burst of hundreds of simultaneous requests is accepted rather than
@@ -461,8 +478,6 @@ class FakeProvider:
         """The answer, and for a 200 the (model, usage) it bills."""
         if not request.model:
             return *_error(request.api, Fault(400, message="model is required")), None
-        if request.body.get("stream"):
-            return *_error(request.api, Fault(400, message="the fake provider does not stream")), None
         if rule is not None and rule.fault is not None:
             return *_error(request.api, rule.fault), None
         if request.api == "openai.embeddings":
@@ -479,7 +494,10 @@ class FakeProvider:
         reply = _limit(reply, request.max_tokens)
         usage = _usage(request, reply)
         model = reply.model or request.model
-        return 200, {}, _BUILDERS[request.api](request, reply, model, usage), (model, usage)
+        body = _BUILDERS[request.api](request, reply, model, usage)
+        if request.body.get("stream") is True:
+            return 200, {}, _Events(_STREAMERS[request.api](request, body)), (model, usage)
+        return 200, {}, body, (model, usage)
 
 
 def _provider(api: Api) -> str:
@@ -676,6 +694,117 @@ _BUILDERS: dict[Api, Callable[[FakeRequest, Reply, str, Usage], dict[str, Any]]]
 }
 
 
+@dataclass(frozen=True)
+class _Events:
+    """A streamed answer: Server-Sent Events as (event name or None, data)."""
+
+    events: list[tuple[str | None, Any]]
+
+    def encode(self) -> bytes:
+        out = []
+        for name, data in self.events:
+            line = data if isinstance(data, str) else json.dumps(data)
+            out.append((f"event: {name}\n" if name else "") + f"data: {line}\n\n")
+        return "".join(out).encode()
+
+
+_PIECE = 8  # characters of text per streamed delta
+
+
+def _pieces(text: str) -> list[str]:
+    return [text[i : i + _PIECE] for i in range(0, len(text), _PIECE)]
+
+
+def _chat_chunks(request: FakeRequest, completion: dict[str, Any]) -> list[tuple[str | None, Any]]:
+    include_usage = bool((request.body.get("stream_options") or {}).get("include_usage"))
+    choice = completion["choices"][0]
+    head = {k: completion[k] for k in ("id", "object", "created", "model", "system_fingerprint")}
+    head["object"] = "chat.completion.chunk"
+
+    def chunk(delta: dict[str, Any], finish: str | None = None) -> tuple[None, dict[str, Any]]:
+        data: dict[str, Any] = {
+            **head,
+            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+        }
+        if include_usage:  # as the API does: "usage": null on every chunk but the last
+            data["usage"] = None
+        return None, data
+
+    chunks = [chunk({"role": "assistant", "content": "", "refusal": None})]
+    chunks += [chunk({"content": piece}) for piece in _pieces(choice["message"]["content"])]
+    chunks.append(chunk({}, choice["finish_reason"]))
+    if include_usage:
+        chunks.append((None, {**head, "choices": [], "usage": completion["usage"]}))
+    return [*chunks, (None, "[DONE]")]
+
+
+def _response_events(request: FakeRequest, response: dict[str, Any]) -> list[tuple[str | None, Any]]:
+    item = response["output"][0]
+    text = item["content"][0]["text"]
+    started = {**response, "status": "in_progress", "incomplete_details": None, "output": [], "usage": None}
+    ids = {"item_id": item["id"], "output_index": 0, "content_index": 0}
+    events: list[dict[str, Any]] = [
+        {"type": "response.created", "response": started},
+        {"type": "response.in_progress", "response": started},
+        {
+            "type": "response.output_item.added",
+            "output_index": 0,
+            "item": {**item, "status": "in_progress", "content": []},
+        },
+        {
+            "type": "response.content_part.added",
+            **ids,
+            "part": {"type": "output_text", "text": "", "annotations": []},
+        },
+    ]
+    events += [
+        {"type": "response.output_text.delta", **ids, "delta": piece, "logprobs": []}
+        for piece in _pieces(text)
+    ]
+    events += [
+        {"type": "response.output_text.done", **ids, "text": text, "logprobs": []},
+        {"type": "response.content_part.done", **ids, "part": item["content"][0]},
+        {"type": "response.output_item.done", "output_index": 0, "item": item},
+        {
+            "type": "response.incomplete" if response["status"] == "incomplete" else "response.completed",
+            "response": response,
+        },
+    ]
+    return [(e["type"], {**e, "sequence_number": n}) for n, e in enumerate(events)]
+
+
+def _message_events(request: FakeRequest, message: dict[str, Any]) -> list[tuple[str | None, Any]]:
+    usage = message["usage"]
+    start_usage = {**usage, "output_tokens": 1}  # as the API does: the input now, the output at the end
+    start = {**message, "content": [], "stop_reason": None, "stop_sequence": None, "usage": start_usage}
+    events: list[dict[str, Any]] = [
+        {"type": "message_start", "message": start},
+        {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+        {"type": "ping"},
+    ]
+    events += [
+        {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": piece}}
+        for piece in _pieces(message["content"][0]["text"])
+    ]
+    events += [
+        {"type": "content_block_stop", "index": 0},
+        {
+            "type": "message_delta",
+            "delta": {"stop_reason": message["stop_reason"], "stop_sequence": None},
+            "usage": usage,
+        },
+        {"type": "message_stop"},
+    ]
+    return [(e["type"], e) for e in events]
+
+
+_STREAMERS: dict[Api, Callable[[FakeRequest, dict[str, Any]], list[tuple[str | None, Any]]]] = {
+    "openai.chat": _chat_chunks,
+    "openai.responses": _response_events,
+    "anthropic.messages": _message_events,
+}
+
+
 def _error(api: Api, fault: Fault) -> tuple[int, dict[str, str], Any]:
     headers = {} if fault.retry_after is None else {"retry-after": f"{fault.retry_after:g}"}
     if api == "anthropic.messages":
@@ -724,9 +853,10 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(*answer)
 
     def _send(self, status: int, headers: dict[str, str], payload: Any) -> None:
-        data = json.dumps(payload).encode()
+        streamed = isinstance(payload, _Events)
+        data = payload.encode() if streamed else json.dumps(payload).encode()
         self.send_response(status)
-        self.send_header("content-type", "application/json")
+        self.send_header("content-type", "text/event-stream" if streamed else "application/json")
         self.send_header("content-length", str(len(data)))
         for name, value in headers.items():
             self.send_header(name, value)

@@ -226,9 +226,47 @@ def test_a_broken_reply_hook_answers_500(fake: FakeProvider, oai: openai.OpenAI)
         oai.chat.completions.create(model="gpt-4o-mini", messages=HELLO)
 
 
-def test_streaming_is_refused(oai: openai.OpenAI) -> None:
-    with pytest.raises(openai.BadRequestError, match="does not stream"):
-        oai.chat.completions.create(model="gpt-4o-mini", messages=HELLO, stream=True)
+def test_a_streamed_answer_is_the_same_answer_in_each_providers_events(
+    fake: FakeProvider, oai: openai.OpenAI, claude: anthropic.Anthropic
+) -> None:
+    fake.stop_with("length", when=lambda r: "cut" in r.prompt, times=None)
+    chat = [{"role": "user", "content": "a longer message, cut"}]
+    plain = oai.chat.completions.create(model="gpt-4o-mini", messages=chat)
+    chunks = list(
+        oai.chat.completions.create(
+            model="gpt-4o-mini", messages=chat, stream=True, stream_options={"include_usage": True}
+        )
+    )
+    *texts, last = chunks
+    assert "".join(c.choices[0].delta.content or "" for c in texts) == plain.choices[0].message.content
+    assert len(texts) > 3
+    assert texts[-1].choices[0].finish_reason == "length"
+    assert (last.choices, last.usage) == ([], plain.usage)
+    assert all(c.usage is None for c in texts)
+    # without include_usage, no usage chunk
+    assert all(
+        c.choices for c in oai.chat.completions.create(model="gpt-4o-mini", messages=chat, stream=True)
+    )
+
+    events = list(oai.responses.create(model="gpt-4o-mini", input="hello", stream=True))
+    assert (events[0].type, events[-1].type) == ("response.created", "response.completed")
+    assert events[-1].response.output_text == "You said: hello"
+    assert events[-1].response.usage == oai.responses.create(model="gpt-4o-mini", input="hello").usage
+
+    claude_model = "claude-3-5-haiku-latest"
+    kinds = [
+        e.type for e in claude.messages.create(model=claude_model, max_tokens=2, messages=HELLO, stream=True)
+    ]
+    assert kinds[0] == "message_start"
+    assert kinds[-2:] == ["message_delta", "message_stop"]
+    with claude.messages.stream(model=claude_model, max_tokens=2, messages=HELLO) as stream:
+        message = stream.get_final_message()
+    assert (message.stop_reason, message.usage.output_tokens) == ("max_tokens", 2)
+    # billed as the same answers without streaming
+    bill = fake.bill
+    assert bill[0].usage == bill[1].usage == bill[2].usage
+    assert bill[3].usage == bill[4].usage
+    assert bill[-1].usage == bill[-2].usage
 
 
 def test_async_clients(fake: FakeProvider) -> None:
@@ -455,7 +493,7 @@ def test_faults_are_not_billed(fake: FakeProvider, oai: openai.OpenAI, claude: a
     with pytest.raises(openai.InternalServerError):
         oai.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "boom"}])
     with pytest.raises(openai.BadRequestError):
-        oai.chat.completions.create(model="gpt-4o-mini", messages=HELLO, stream=True)
+        oai.chat.completions.create(model="", messages=HELLO, stream=True)
     fake.fail(500)
     with pytest.raises(openai.InternalServerError):
         oai.embeddings.create(model="text-embedding-3-small", input="hi")
