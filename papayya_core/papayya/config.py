@@ -4,7 +4,8 @@ Precedence is explicit (``configure``) > environment > file > default. The file 
 ``pyproject.toml`` with a ``[tool.papayya]`` table, from the current directory up to the root, or the
 TOML file ``PAPAYYA_CONFIG_FILE`` names (its ``[tool.papayya]`` table if it has one, else its top
 level). Keys are the setting names (``backend = "celery"``, ``lease_seconds = 30``); a relative
-``home`` in a file is relative to that file's directory.
+``home`` or ``secret_key_file`` in a file is relative to that file's directory. Keys that seal tenants'
+secrets (``secret_key``, ``secret_key_old``) come from ``configure`` or the environment only.
 
 The store is found as git finds ``.git`` (:func:`store_location`): ``database_url`` when set; else a
 ``home`` set explicitly, by ``PAPAYYA_HOME`` or in the file; else the nearest folder, from the current
@@ -18,6 +19,8 @@ it came from (the variable, or the file and key) at start-up, not a traceback mi
 
 from __future__ import annotations
 
+import base64
+import binascii
 import difflib
 import os
 import re
@@ -29,7 +32,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, ValidationError, ValidationInfo, field_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import (
     BaseSettings,
     InitSettingsSource,
@@ -130,6 +133,21 @@ class Settings(BaseSettings):
         default=False,
         description="Export spans and metrics through OpenTelemetry (needs papayya[otel]; see docs/otel.md).",
     )
+    secret_key: SecretStr | None = Field(
+        default=None,
+        description="The key that seals tenants' secrets: base64 of 32 random bytes (`openssl rand -base64 "
+        "32`). Not accepted from a configuration file; see docs/security.md.",
+    )
+    secret_key_file: Path | None = Field(
+        default=None,
+        description="A file holding the secret key (first line) and older keys still to read (next lines), "
+        "instead of secret_key.",
+    )
+    secret_key_old: SecretStr | None = Field(
+        default=None,
+        description="Older secret keys, comma-separated: what they sealed still decrypts until "
+        "`papayya tenants secret rotate` re-seals it under secret_key.",
+    )
 
     @classmethod
     def settings_customise_sources(
@@ -191,7 +209,7 @@ class Settings(BaseSettings):
                 raise ValueError(f"the value {problem}")
         return value
 
-    @field_validator("home", mode="before")
+    @field_validator("home", "secret_key_file", mode="before")
     @classmethod
     def _check_home(cls, value: Any) -> Any:
         if isinstance(value, str | Path):
@@ -210,6 +228,14 @@ class Settings(BaseSettings):
         except PapayyaError as exc:
             raise ValueError(str(exc).rstrip(".")) from None
 
+    @field_validator("secret_key", "secret_key_old")
+    @classmethod
+    def _check_secret_keys(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value().strip():
+            return None
+        secret_keys(value.get_secret_value())  # the value is never echoed: it is a key
+        return value
+
     @field_validator("backend")
     @classmethod
     def _check_backend(cls, value: str) -> str:
@@ -219,6 +245,36 @@ class Settings(BaseSettings):
 
 
 SETTING_NAMES = tuple(Settings.model_fields)
+
+# Settings that hold a key: taken from papayya.configure or the environment only, never from a
+# configuration file (pyproject.toml is committed; a key there is a key in every clone).
+KEY_SETTINGS = ("secret_key", "secret_key_old")
+SECRET_KEY_BYTES = 32
+
+
+def secret_keys(text: str) -> list[bytes]:
+    """The keys in ``text``: base64 of 32 bytes each, separated by commas, spaces or newlines (lines
+    starting with ``#`` are comments). ValueError saying what is wrong, never echoing a key."""
+    lines = [line for line in text.splitlines() if not line.lstrip().startswith("#")]
+    parts = [p for p in re.split(r"[\s,]+", "\n".join(lines)) if p]
+    if not parts:
+        raise ValueError("it holds no key; make one with `openssl rand -base64 32`")
+    keys = []
+    for n, part in enumerate(parts, 1):
+        which = "it" if len(parts) == 1 else f"its key number {n}"
+        try:
+            raw = base64.b64decode(part.replace("-", "+").replace("_", "/"), validate=True)
+        except (binascii.Error, ValueError):
+            raise ValueError(
+                f"{which} is not base64 text; make a key with `openssl rand -base64 32`"
+            ) from None
+        if len(raw) != SECRET_KEY_BYTES:
+            raise ValueError(
+                f"{which} decodes to {len(raw)} bytes, not {SECRET_KEY_BYTES}; make a key with "
+                "`openssl rand -base64 32`"
+            )
+        keys.append(raw)
+    return keys
 
 
 def _first_line(exc: BaseException | str) -> str:
@@ -292,6 +348,11 @@ def _checked(file: ConfigFile) -> ConfigFile:
     for key in file.values:
         if key not in SETTING_NAMES:
             raise _unknown(key, file.where(key))
+        if key in KEY_SETTINGS:
+            raise ConfigError(
+                f"Setting {file.where(key)} holds a key in a file that is often committed; remove it and "
+                f"set {env_name(key)} (or secret_key_file, a file of its own) instead."
+            )
     # Validate the file's own values even where the environment overrides them: a bad line in the
     # file should not wait to surface until the variable is unset.
     token = _loading.set((None,))
@@ -303,9 +364,12 @@ def _checked(file: ConfigFile) -> ConfigFile:
             raise _file_error(mine[0], file) from None
     finally:
         _loading.reset(token)
-    home = file.values.get("home")
-    if isinstance(home, str) and home and not Path(home).expanduser().is_absolute():
-        values = {**file.values, "home": str(file.path.parent / home)}
+    values = dict(file.values)
+    for key in ("home", "secret_key_file"):
+        path = values.get(key)
+        if isinstance(path, str) and path and not Path(path).expanduser().is_absolute():
+            values[key] = str(file.path.parent / path)
+    if values != file.values:
         return ConfigFile(file.path, file.table, values, file.named)
     return file
 

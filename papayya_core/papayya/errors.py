@@ -19,6 +19,7 @@ Hierarchy::
         │   └── JournalMiss          a from-journal replay reached a step with no recorded response
         ├── StaleLease               a worker tried to change an item it no longer holds
         ├── RateLimitError           a rate limit or a 429 closure was given unusable values
+        ├── SecretError              a tenant's secret cannot be stored or read (no key, unknown key, altered)
         └── StreamingNotSupported    an instrumented client was asked to stream inside an attempt
 
     BaseException
@@ -104,6 +105,12 @@ class StaleLease(PapayyaError):
 
 class RateLimitError(PapayyaError):
     """A rate limit (or a closure, or a request's token estimate) was given unusable values."""
+
+
+class SecretError(PapayyaError):
+    """A tenant's secret cannot be stored or read: no key is configured, it was sealed under a key not
+    configured here, or it does not decrypt (altered, or copied from another tenant or name). The
+    message names the tenant and the secret, never its value or a key."""
 
 
 class StreamingNotSupported(PapayyaError):

@@ -7,11 +7,12 @@ import math
 from decimal import Decimal
 from typing import Any
 
-from papayya import validate
+from papayya import secrets, validate
 from papayya.config import UnknownTenants
 from papayya.errors import BudgetError, InputError, NotFound, TenantError
 from papayya.models import PriceOverride, TenantRecord
 from papayya.runtime import Runtime, get_runtime
+from papayya.secrets import SecretInfo
 
 log = logging.getLogger("papayya.tenants")
 
@@ -255,3 +256,44 @@ def set_budget(
         "paused_runs": paused,
         "tightened": tightened,
     }
+
+
+# -- secrets --------------------------------------------------------------------------------------
+
+
+def set_secret(tenant_id: str, name: str, value: str) -> SecretInfo:
+    """Store ``value`` as the tenant's secret ``name`` (e.g. ``openai_api_key``), sealed with the
+    configured key (``PAPAYYA_SECRET_KEY``); replaces a secret of that name. Items of the tenant read
+    it with ``run.secret(name)``.
+
+    Raises:
+        NotFound: the tenant does not exist.
+        InputError: the name is not ``[A-Za-z0-9_.-]{1,64}``, or the value is empty or over 64 KB.
+        SecretError: no secret key is configured.
+    """
+    rt = get_runtime()
+    get(tenant_id)
+    info, _ = secrets.put(rt.store, secrets.keyring(rt.settings), tenant_id, name, value)
+    return info
+
+
+def delete_secret(tenant_id: str, name: str) -> None:
+    """Delete the tenant's secret ``name``; NotFound when the tenant or the secret does not exist."""
+    get(tenant_id)
+    secrets.delete(get_runtime().store, tenant_id, name)
+
+
+def secret_names(tenant_id: str) -> list[SecretInfo]:
+    """The tenant's secrets: names, the id of the key sealing each, created and updated; never values."""
+    get(tenant_id)
+    return secrets.names(get_runtime().store, tenant_id)
+
+
+def rotate_secrets(tenant_id: str | None = None) -> dict[str, Any]:
+    """Re-seal under the current key (``PAPAYYA_SECRET_KEY``) every secret, of one tenant or all,
+    sealed under an older one (``PAPAYYA_SECRET_KEY_OLD``): all or nothing. Returns ``key_id``,
+    ``resealed`` and ``by_key`` (secrets per key id now); see :func:`papayya.secrets.rotate`."""
+    rt = get_runtime()
+    if tenant_id is not None:
+        get(tenant_id)
+    return secrets.rotate(rt.store, secrets.keyring(rt.settings), tenant_id)

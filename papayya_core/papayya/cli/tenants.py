@@ -12,6 +12,7 @@ from papayya.budgets import PERIODS, period_of
 from papayya.cli import render
 from papayya.cli.connect import connect
 from papayya.cli.params import BUDGET, CONFIG_PAIR, MODEL, PRICE, TENANT, PriceSpec
+from papayya.cli.secrets import secret_group
 from papayya.errors import NotFound
 from papayya.models import PriceOverride
 from papayya.runtime import get_runtime
@@ -38,6 +39,9 @@ period_option = click.option("--period", type=click.Choice(PERIODS), default=Non
 @click.group("tenants")
 def tenants_group() -> None:
     """Create, configure and inspect tenants (no deploy needed)."""
+
+
+tenants_group.add_command(secret_group)  # `papayya tenants secret ...`: its own module (papayya.cli.secrets)
 
 
 def _apply_prices(tenant_id: str, prices: tuple[PriceSpec, ...]) -> None:
