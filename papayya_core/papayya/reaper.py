@@ -102,17 +102,23 @@ def sweep(rt: Runtime, *, limit: int = 1000) -> Swept:
 REDRIVE_LEASES = 5
 _SCAN_EVERY = 30.0
 _scanned = [0.0]
+_COMPACT_EVERY = 300.0
+_compacted = [0.0]
 
 
 def _complete(rt: Runtime, run_ids: list[UUID]) -> None:
     """Complete the runs whose last item the reaper just failed and, every ``_SCAN_EVERY`` seconds,
     any running run with nothing left to do (an intake run whose day is over, a finisher that died
-    before its commit)."""
+    before its commit); every ``_COMPACT_EVERY`` seconds, fold the per-run counter shards of gone
+    connections (``papayya.counts_compact()``), so a run's counters stay a handful of rows."""
     now = time.monotonic()
     if now - _scanned[0] >= _SCAN_EVERY:
         _scanned[0] = now
         run_ids = run_ids + [r["run_id"] for r in rt.store.fetch_all("runs_open_finished", {})]
         _unpark(rt)
+    if now - _compacted[0] >= _COMPACT_EVERY:
+        _compacted[0] = now
+        rt.store.fetch_one("counts_compact", {})
     done = rt.store.runs_complete(run_ids)
     if done:
         log.info("reaper: %d run(s) with nothing left to do completed", len(done))

@@ -154,6 +154,19 @@ EXPECTED_TABLES = {
         "updated_at",
     },
     "rate_closures": {"provider", "model", "closed_until", "updated_at"},
+    "run_item_counts": {"run_id", "tenant_id", "shard", "status", "n"},
+    "run_call_counts": {
+        "run_id",
+        "tenant_id",
+        "shard",
+        "provider",
+        "model",
+        "calls",
+        "unpriced_calls",
+        "cost_usd",
+        "input_tokens",
+        "output_tokens",
+    },
 }
 
 

@@ -174,6 +174,7 @@ def facts(calls: list[Call], billed: list[BillEntry]) -> Facts:
         sums={},
         misattributed=0,
         reference={},
+        counters_off=0,
         expected={},
         retries={},
     )

@@ -192,18 +192,20 @@ FROM papayya.runs
 WHERE run_id = %(run_id)s AND (%(tenant_id)s::text IS NULL OR tenant_id = %(tenant_id)s);
 
 -- name: run_status_counts
-SELECT status, count(*) AS n
-FROM papayya.items
+-- From the per-run counters (migration 0009), not a scan of the run's items.
+SELECT status, sum(n)::bigint AS n
+FROM papayya.run_item_counts
 WHERE run_id = %(run_id)s AND tenant_id = %(tenant_id)s
-GROUP BY status;
+GROUP BY status
+HAVING sum(n) <> 0;
 
 -- name: run_cost
 SELECT coalesce(sum(cost_usd), 0) AS cost_usd,
-       count(*) FILTER (WHERE cost_usd IS NULL) AS unpriced_calls,
-       count(*) AS calls,
-       coalesce(sum(input_tokens), 0) AS input_tokens,
-       coalesce(sum(output_tokens), 0) AS output_tokens
-FROM papayya.llm_calls
+       coalesce(sum(unpriced_calls), 0)::bigint AS unpriced_calls,
+       coalesce(sum(calls), 0)::bigint AS calls,
+       coalesce(sum(input_tokens), 0)::bigint AS input_tokens,
+       coalesce(sum(output_tokens), 0)::bigint AS output_tokens
+FROM papayya.run_call_counts
 WHERE run_id = %(run_id)s AND tenant_id = %(tenant_id)s;
 
 -- name: run_top_reasons
@@ -226,12 +228,13 @@ ORDER BY n DESC
 LIMIT %(limit)s;
 
 -- name: run_cost_by_model
-SELECT provider, model, count(*) AS calls, coalesce(sum(cost_usd), 0) AS cost_usd,
-       count(*) FILTER (WHERE cost_usd IS NULL) AS unpriced_calls,
-       sum(input_tokens) AS input_tokens, sum(output_tokens) AS output_tokens
-FROM papayya.llm_calls
+SELECT provider, model, sum(calls)::bigint AS calls, sum(cost_usd) AS cost_usd,
+       sum(unpriced_calls)::bigint AS unpriced_calls,
+       sum(input_tokens)::bigint AS input_tokens, sum(output_tokens)::bigint AS output_tokens
+FROM papayya.run_call_counts
 WHERE run_id = %(run_id)s AND tenant_id = %(tenant_id)s
 GROUP BY provider, model
+HAVING sum(calls) <> 0
 ORDER BY cost_usd DESC;
 
 -- name: items_page
@@ -337,20 +340,21 @@ GROUP BY i.tenant_id, i.status;
 
 -- name: run_list_detail
 -- A page of runs, newest first (optionally of one status, after a (created_at, run_id) cursor), with
--- each run's item counts by status, calls, cost, own budget and paused reason. Item counts come from the (run_id, status) index.
+-- each run's item counts by status, calls, cost, own budget and paused reason. Counts, calls and cost
+-- come from the per-run counters (migration 0009).
 SELECT r.run_id, r.tenant_id, r.agent_name, r.name, r.backend, r.status, r.total_items, r.created_at,
        r.finished_at, r.budget_usd, r.paused_reason, r.replayed_from, i.counts, c.calls, c.cost_usd,
        c.unpriced_calls
 FROM papayya.runs r
 CROSS JOIN LATERAL (
     SELECT coalesce(jsonb_object_agg(s.status, s.n), '{}'::jsonb) AS counts
-    FROM (SELECT status, count(*) AS n FROM papayya.items
-          WHERE run_id = r.run_id AND tenant_id = r.tenant_id GROUP BY status) s
+    FROM (SELECT status, sum(n) AS n FROM papayya.run_item_counts
+          WHERE run_id = r.run_id AND tenant_id = r.tenant_id GROUP BY status HAVING sum(n) <> 0) s
 ) i
 CROSS JOIN LATERAL (
-    SELECT count(*) AS calls, coalesce(sum(cost_usd), 0) AS cost_usd,
-           count(*) FILTER (WHERE cost_usd IS NULL) AS unpriced_calls
-    FROM papayya.llm_calls WHERE run_id = r.run_id AND tenant_id = r.tenant_id
+    SELECT coalesce(sum(calls), 0)::bigint AS calls, coalesce(sum(cost_usd), 0) AS cost_usd,
+           coalesce(sum(unpriced_calls), 0)::bigint AS unpriced_calls
+    FROM papayya.run_call_counts WHERE run_id = r.run_id AND tenant_id = r.tenant_id
 ) c
 WHERE (%(tenant_id)s::text IS NULL OR r.tenant_id = %(tenant_id)s)
   AND (%(status)s::text IS NULL OR r.status = %(status)s)
@@ -900,3 +904,7 @@ FROM papayya.llm_calls c JOIN papayya.runs r ON r.run_id = c.run_id
 WHERE c.created_at >= %(since)s AND c.created_at < %(until)s
   AND (%(tenant_id)s::text IS NULL OR c.tenant_id = %(tenant_id)s)
 GROUP BY 1, 2 ORDER BY key1, cost_usd DESC, key2;
+
+-- name: counts_compact
+-- Fold the per-run counter shards of PostgreSQL backends that are gone into one (migration 0009).
+SELECT papayya.counts_compact() AS folded;
