@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from papayya import ConfigError
-from papayya.config import effective_settings, find_config_file, load_settings, redact_url
+from papayya.config import KEY_SETTINGS, effective_settings, find_config_file, load_settings, redact_url
 
 SOURCES = ("explicit", "env", "file")
 VALUES = {"explicit": 11.0, "env": 22.0, "file": 33.0, "default": 60.0}
@@ -137,10 +137,13 @@ auto_migrate = false
 default_max_output_tokens = 512
 otel = true
 celery_unacked_seconds = 60
+secret_key_file = "/run/secrets/papayya.keys"
 """,
     )
     found = effective_settings()
-    assert {o.source for o in found.origins.values()} == {"file"}
+    # ... every setting but a key itself, refused in a file (tests/integration/test_secrets.py)
+    assert {o.source for n, o in found.origins.items() if n not in KEY_SETTINGS} == {"file"}
+    assert found.settings.secret_key_file == Path("/run/secrets/papayya.keys")
     s = found.settings
     assert (s.database_url, s.home, s.backend) == (
         "postgresql://app@db.internal:5433/papayya",
