@@ -5,6 +5,8 @@ leases. Once an item's lease has expired on the database clock, ``sweep`` keeps 
 ``stalled`` and gives the item back: a native item to the queue, an item of another backend (Celery,
 Temporal, SQS) as ``stalled`` for that backend to re-drive. An item that lost its worker
 ``max_stalls`` times is failed, so a poison item that kills every process it lands on never loops.
+Only an item whose attempt had begun counts as having lost its worker: one that was claimed into the
+worker's buffer and never started crashed nothing, and goes back without a stall.
 
 Every native worker runs a sweep every few seconds; sweeps on many machines do not collide (rows are
 taken with SKIP LOCKED) and the worker that was frozen cannot complete the item later: its writes
@@ -53,7 +55,8 @@ def _lost(max_stalls: int) -> dict[str, Any]:
 class Swept:
     """What one sweep did."""
 
-    requeued: int = 0
+    requeued: int = 0  # back to the queue (native); ``released`` of them never began
+    released: int = 0
     stalled: list[ItemRef] = field(default_factory=list)  # items of other backends, to re-drive
     failed: int = 0
 
@@ -70,14 +73,17 @@ def sweep(rt: Runtime, *, limit: int = 1000) -> Swept:
     for r in rows:
         if r["status"] == "queued":
             swept.requeued += 1
+            swept.released += not r["began"]
         elif r["status"] == "failed":
             swept.failed += 1
             log.error("item %s of run %s lost its worker %d times; failed", r["key"], r["run_id"], max_stalls)
     if rows:
         log.warning(
-            "reaper: %d item(s) whose worker was lost: %d requeued, %d failed, %d stalled for their backend",
+            "reaper: %d item(s) whose worker was lost: %d requeued (%d of them never began), %d failed, "
+            "%d stalled for their backend",
             len(rows),
             swept.requeued,
+            swept.released,
             swept.failed,
             len(rows) - swept.requeued - swept.failed,
         )

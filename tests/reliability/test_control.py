@@ -244,6 +244,7 @@ def test_two_finishers_concluding_a_runs_last_items_at_once_complete_it(rt: Runt
     # A forced interleaving: the run's last two items concluded by two workers at the same instant,
     # fifty times over. Exactly the later of them completes the run, every time, with nobody waiting.
     from papayya import execute
+    from papayya.engine.worker import begin_attempts
     from papayya.execute import ItemRef
 
     def _noop(item: object) -> None:
@@ -256,9 +257,8 @@ def test_two_finishers_concluding_a_runs_last_items_at_once_complete_it(rt: Runt
             agents=[agent.name], run_ids=[handle.run_id], limit=2, worker="test", lease_seconds=30
         )
         assert len(rows) == 2
-        finishes = []
-        for row in rows:
-            ctx = execute.context(
+        ctxs = [
+            execute.context(
                 rt,
                 agent,
                 ItemRef(row["item_id"], row["key"], row["run_id"], row["tenant_id"]),
@@ -272,6 +272,11 @@ def test_two_finishers_concluding_a_runs_last_items_at_once_complete_it(rt: Runt
                 backend="native",
                 price_overrides={},
             )
+            for row in rows
+        ]
+        assert begin_attempts(rt, ctxs) == {c.item_id for c in ctxs}
+        finishes = []
+        for ctx in ctxs:
             judged = execute.judge(ctx, output={"ok": True})
             assert judged is not None
             finishes.append(judged.finish)

@@ -10,7 +10,7 @@ import pytest
 import papayya
 from papayya import InputError, StoreUnavailable, TenantError, agent, execute, reaper
 from papayya.execute import ItemRef
-from papayya.runtime import Runtime
+from papayya.runtime import Runtime, get_runtime
 
 
 @agent
@@ -52,6 +52,60 @@ def test_a_stale_lease_cannot_complete_the_item(rt: Runtime, tenant: str) -> Non
     detail = rt.store.item_detail(item_id)
     assert detail["output"] == {"by": "second"}
     assert [a["status"] for a in detail["attempts_detail"]] == ["stalled", "succeeded"]
+
+
+def test_a_dead_workers_buffered_items_go_back_without_a_stall(rt: Runtime, tenant: str) -> None:
+    # Given a worker that claimed three items and began only the first (a thread for it, two in its
+    # buffer), with one lost worker enough to fail an item
+    from papayya.engine.worker import begin_attempts
+
+    papayya.configure(max_stalls=1)
+    rt = get_runtime()
+    run_id = echo.submit(
+        [{"id": "running"}, {"id": "buffered-1"}, {"id": "buffered-2"}], tenant=tenant
+    ).run_id
+    rows = rt.store.items_claim(agents=[echo.name], run_ids=[run_id], limit=3, worker="w", lease_seconds=30)
+    ctxs = {
+        row["key"]: execute.context(
+            rt,
+            echo,
+            ItemRef(row["item_id"], row["key"], row["run_id"], row["tenant_id"]),
+            attempt_id=row["attempt_id"],
+            number=row["attempts"],
+            token=row["lease_token"],
+            input=row["input"],
+            journal=row["journal"],
+            failures=row["failures"],
+            from_journal=False,
+            backend="native",
+            price_overrides={},
+        )
+        for row in rows
+    }
+    assert begin_attempts(rt, [ctxs["running"]]) == {ctxs["running"].item_id}
+    # When the worker dies and its leases expire
+    with psycopg.connect(rt.store.url, autocommit=True) as conn:
+        conn.execute(
+            "UPDATE papayya.items SET lease_expires_at = now() - interval '1 second' WHERE run_id = %s",
+            (run_id,),
+        )
+    swept = reaper.sweep(rt)
+    assert swept.released >= 2
+    # Then only the item that was running lost its worker (and failed); the buffered ones are queued
+    # again as if never claimed: no stall, no attempt
+    running = rt.store.item_detail(ctxs["running"].item_id, tenant)
+    assert (running["status"], running["error"]["type"]) == ("failed", "WorkerLost")
+    assert [a["status"] for a in running["attempts_detail"]] == ["stalled"]
+    for key in ("buffered-1", "buffered-2"):
+        detail = rt.store.item_detail(ctxs[key].item_id, tenant)
+        assert (detail["status"], detail["attempts"], detail["attempts_detail"]) == ("queued", 0, [])
+    with psycopg.connect(rt.store.url) as conn:
+        stalls = dict(
+            conn.execute("SELECT key, stalls FROM papayya.items WHERE run_id = %s", (run_id,)).fetchall()
+        )
+    assert stalls == {"running": 1, "buffered-1": 0, "buffered-2": 0}
+    # And a late begin of a buffered item by the dead worker's claim is refused: its lease is gone
+    assert begin_attempts(rt, [ctxs["buffered-1"]]) == set()
 
 
 def _count_runs(rt: Runtime) -> int:

@@ -2,6 +2,12 @@
 batches, keeps a small prefetch buffer, runs each item through the one lifecycle and writes results in
 batches, each fenced by its lease token; its monitor's clocks heartbeat the leases, check the runs held
 against the control plane and run the reaper (see the package docstring for the whole engine).
+
+A claim leases items; an item's attempt *begins* (is recorded as running) only when a thread is about
+to run it: the items claimed for free threads begin together right after the claim, an item that
+waited in the buffer begins on its own when a thread takes it. So when the process dies, the reaper
+counts a lost worker against the items whose attempt had begun, never against the buffered ones: with
+``PAPAYYA_MAX_STALLS=1`` a poison item fails alone.
 """
 
 from __future__ import annotations
@@ -44,6 +50,7 @@ class _Held:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._held: dict[UUID, tuple[AttemptContext, str, float | None]] = {}
+        self._begun: set[UUID] = set()  # attempts recorded as begun in the store (attempts_begin)
 
     def __len__(self) -> int:
         with self._lock:
@@ -52,6 +59,15 @@ class _Held:
     def add(self, ctx: AttemptContext) -> None:
         with self._lock:
             self._held[ctx.attempt_id] = (ctx, "buffered", None)
+
+    def began(self, ctx: AttemptContext) -> bool:
+        """Whether the attempt is recorded as begun (a crash from now on counts against the item)."""
+        with self._lock:
+            return ctx.attempt_id in self._begun
+
+    def mark_begun(self, ctxs: Iterable[AttemptContext]) -> None:
+        with self._lock:
+            self._begun.update(c.attempt_id for c in ctxs if c.attempt_id in self._held)
 
     def start(self, ctx: AttemptContext) -> bool:
         """buffered -> running; False when the attempt was given back meanwhile (shutdown)."""
@@ -94,6 +110,7 @@ class _Held:
     def remove(self, ctx: AttemptContext) -> None:
         with self._lock:
             self._held.pop(ctx.attempt_id, None)
+            self._begun.discard(ctx.attempt_id)
 
     def contexts(self) -> list[AttemptContext]:
         with self._lock:
@@ -231,8 +248,12 @@ class Worker:
                 except StoreUnavailable as exc:
                     backoff = self._store_down(exc, backoff)
                     continue
-                for row in rows:
-                    self._dispatch(row, asked)
+                # The first items have a thread now (fewer when results still hold slots): they begin
+                # together; the rest wait in the buffer and begin one by one as threads take them.
+                ctxs = [self._hold(row, asked) for row in rows]
+                self._begin(ctxs[: max(0, free - self.prefetch)])
+                for ctx in ctxs:
+                    self._hand(ctx)
                 if any(row["stalls"] for row in rows):
                     # An item that lost its worker before runs alone: claim nothing until it is done.
                     while self._free() < self.concurrency + self.prefetch and not self._stop.is_set():
@@ -292,7 +313,8 @@ class Worker:
             self._run_tenants[run_id] = row["tenant_id"]
         return self._run_tenants[run_id]
 
-    def _dispatch(self, row: dict[str, Any], asked: float) -> None:
+    def _hold(self, row: dict[str, Any], asked: float) -> AttemptContext:
+        """The context of a claimed item, held (its lease heartbeated) from now on."""
         agent = self.agents[row["agent_name"]]
         # The claim found the run running at this generation: whatever this process saw before is older.
         self.rt.control.observe_run(row["run_id"], "running", row["run_gen"])
@@ -317,11 +339,40 @@ class Worker:
             self._busy += 1
         self.stats.claimed += 1
         self.held.add(ctx)
-        if agent.is_async:
+        return ctx
+
+    def _hand(self, ctx: AttemptContext) -> None:
+        """Give a held item to a thread (or the event loop), in claim order."""
+        if ctx.agent.is_async:
             assert self._loop is not None
             asyncio.run_coroutine_threadsafe(self._attempt_async(ctx), self._loop)
         else:
             self._ready.put(ctx)
+
+    def _begin(self, ctxs: Sequence[AttemptContext]) -> list[AttemptContext] | None:
+        """Record the attempts of ``ctxs`` as begun (one statement), before any of them runs user code:
+        from then on a crash of this process counts against them. Returns those that did not begin
+        (their lease moved on), or None when the store is away; either way their thread begins them or
+        gives them back."""
+        todo = [c for c in ctxs if not self.held.began(c)]
+        if not todo:
+            return []
+        try:
+            begun = begin_attempts(self.rt, todo, backend=self.backend)
+        except StoreUnavailable as exc:
+            log.warning("could not begin %d attempt(s) (%s)", len(todo), exc)
+            return None
+        self.held.mark_begun(c for c in todo if c.item_id in begun)
+        return [c for c in todo if c.item_id not in begun]
+
+    def _begin_one(self, ctx: AttemptContext) -> bool:
+        """Begin a buffered attempt as its thread takes it; False when it may not start (it is given
+        back: to the queue, or to whoever holds its item now)."""
+        left = self._begin([ctx])
+        if left:
+            ctx.abandoned = True
+            log.warning("item %s: lost its lease while it waited in the buffer; not started", ctx.item.id)
+        return left == []
 
     # -- running ----------------------------------------------------------------------------------
 
@@ -332,8 +383,9 @@ class Worker:
                 return
             if not self.held.start(ctx):
                 continue  # given back by a shutdown before it started
-            if not self._may_start(ctx) and self.held.judge(ctx):
-                self._results.put(Judged(ctx, execute.release_finish(ctx)))  # stays queued
+            if not (self._may_start(ctx) and self._begin_one(ctx)):
+                if self.held.judge(ctx):
+                    self._results.put(Judged(ctx, execute.release_finish(ctx)))  # stays queued
                 continue
             try:
                 output, error = execute.invoke(ctx)
@@ -372,8 +424,9 @@ class Worker:
         async with self._async_sem:
             if not self.held.start(ctx):
                 return
-            if not self._may_start(ctx) and self.held.judge(ctx):
-                self._results.put(Judged(ctx, execute.release_finish(ctx)))
+            if not (self._may_start(ctx) and await asyncio.to_thread(self._begin_one, ctx)):
+                if self.held.judge(ctx):
+                    self._results.put(Judged(ctx, execute.release_finish(ctx)))
                 return
             try:
                 output, error = await execute.ainvoke(ctx, ctx.agent.timeout)
@@ -636,6 +689,26 @@ class Worker:
             log.warning(
                 "could not give back unspent budget leases (%s); `papayya resume` reconciles them", exc
             )
+
+
+def begin_attempts(rt: Runtime, ctxs: Sequence[AttemptContext], *, backend: str = BACKEND) -> set[UUID]:
+    """Record the attempts of claimed items as begun, in one statement fenced by their lease tokens;
+    returns the ids of the items that began (the others are not this worker's any more)."""
+    if not ctxs:
+        return set()
+    rows = rt.store.fetch_all(
+        "attempts_begin",
+        {
+            "item_ids": [c.item_id for c in ctxs],
+            "tenant_ids": [c.tenant_id for c in ctxs],
+            "tokens": [c.lease_token for c in ctxs],
+            "attempt_ids": [c.attempt_id for c in ctxs],
+            "numbers": [c.attempt for c in ctxs],
+            "backend": backend,
+            "worker": rt.worker_id,
+        },
+    )
+    return {r["item_id"] for r in rows}
 
 
 def serve(rt: Runtime, agents: Iterable[Agent], **options: Any) -> WorkerStats:

@@ -8,8 +8,10 @@
 -- runs, when given), fairly across tenants: each run offers its oldest items, each tenant's offers are
 -- ranked 1, 2, 3..., and the claim takes rank 1 of every tenant before rank 2 of any (higher run
 -- priority first). A tenant with a concurrency cap gets at most its free slots. Every claimed item
--- gets a new attempt, a fencing token from the sequence and a lease on the database clock; the row
--- carries what the attempt needs (input, journal, failed attempts so far).
+-- gets a fencing token from the sequence and a lease on the database clock; the row carries what its
+-- next attempt needs (number, id, input, journal, failed attempts so far). The attempt itself begins
+-- with attempts_begin, when the worker has a thread for it: an item that waited in a worker's buffer
+-- and never began is not counted as having crashed that worker.
 -- An item that lost its worker before (stalls > 0) may be what crashed it: it is claimed only by a
 -- worker that holds nothing else (%(alone)s), and then alone, so it cannot take innocent items down
 -- with it again.
@@ -52,22 +54,17 @@ WITH active AS MATERIALIZED (
                ELSE %(limit)s END
 ), claimed AS (
     UPDATE papayya.items i
-    SET status = 'running', attempts = i.attempts + 1,
+    SET status = 'running',
         lease_token = nextval('papayya.lease_token_seq'),
         lease_expires_at = now() + make_interval(secs => %(lease_seconds)s),
         updated_at = now()
     FROM chosen c
     WHERE i.item_id = c.item_id
-    RETURNING i.item_id, i.key, i.run_id, i.tenant_id, i.attempts, i.stalls, i.lease_token, i.input,
-              i.replayed_from
-), attempt AS (
-    INSERT INTO papayya.attempts (attempt_id, item_id, run_id, tenant_id, number, backend, worker, lease_token)
-    SELECT gen_random_uuid(), item_id, run_id, tenant_id, attempts, %(backend)s, %(worker)s, lease_token
-    FROM claimed
-    RETURNING attempt_id, item_id
+    RETURNING i.item_id, i.key, i.run_id, i.tenant_id, i.attempts + 1 AS attempts, i.stalls, i.lease_token,
+              i.input, i.replayed_from
 )
 SELECT c.item_id, c.key, c.run_id, c.tenant_id, c.attempts, c.stalls, c.lease_token, c.input, c.replayed_from,
-       t.attempt_id, a.agent_name, a.from_journal, a.gen AS run_gen,
+       gen_random_uuid() AS attempt_id, a.agent_name, a.from_journal, a.gen AS run_gen,
        CASE WHEN c.attempts = 1 AND NOT a.from_journal THEN '{}'::jsonb ELSE
            (SELECT coalesce(jsonb_object_agg(s.step_key,
                                              jsonb_build_object('result', s.result, 'hash', s.request_hash)),
@@ -78,7 +75,36 @@ SELECT c.item_id, c.key, c.run_id, c.tenant_id, c.attempts, c.stalls, c.lease_to
        CASE WHEN c.attempts = 1 THEN 0 ELSE
            (SELECT count(*) FROM papayya.attempts f WHERE f.item_id = c.item_id AND f.status = 'failed')
        END AS failures
-FROM claimed c JOIN attempt t USING (item_id) JOIN active a USING (run_id);
+FROM claimed c JOIN active a USING (run_id);
+
+-- name: attempts_begin
+-- The attempts of claimed items that start now, in one statement: each item's attempt count moves to
+-- its attempt's number and the attempt is recorded as running, fenced by the lease token (an item whose
+-- token moved on, or that the reaper gave back, does not begin: it is not among the rows returned).
+-- Only an attempt that began can be counted as having lost its worker (items_reap).
+WITH u AS MATERIALIZED (
+    SELECT *
+    FROM unnest(%(item_ids)s::uuid[], %(tenant_ids)s::text[], %(tokens)s::bigint[], %(attempt_ids)s::uuid[],
+                %(numbers)s::integer[])
+         AS u(item_id, tenant_id, token, attempt_id, number)
+), locked AS (
+    -- in item id order, as every statement that changes many items does: no deadlocks
+    SELECT i.item_id FROM papayya.items i JOIN u USING (item_id)
+    WHERE i.tenant_id = u.tenant_id AND i.lease_token = u.token AND i.status = 'running'
+    ORDER BY i.item_id
+    FOR UPDATE OF i
+), begun AS (
+    UPDATE papayya.items i
+    SET attempts = u.number, updated_at = now()
+    FROM u JOIN locked USING (item_id)
+    WHERE i.item_id = u.item_id AND i.tenant_id = u.tenant_id
+      AND i.lease_token = u.token AND i.status = 'running'
+    RETURNING i.item_id, i.run_id, i.tenant_id, i.attempts, i.lease_token, u.attempt_id
+)
+INSERT INTO papayya.attempts (attempt_id, item_id, run_id, tenant_id, number, backend, worker, lease_token)
+SELECT attempt_id, item_id, run_id, tenant_id, attempts, %(backend)s, %(worker)s, lease_token
+FROM begun
+RETURNING item_id;
 
 -- name: attempts_finish
 -- Write the results of many attempts in one statement: each item's new status and outcome (its cost is
@@ -130,12 +156,17 @@ WITH u AS MATERIALIZED (
 SELECT item_id FROM item;
 
 -- name: items_reap
--- Items whose lease expired with the attempt still running: the worker died, froze or lost the
--- database. Their attempt is kept as 'stalled' (what it recorded stays in the journal). A native item
--- goes back to the queue; an item of another backend is marked 'stalled' for its adapter to re-drive;
--- an item that lost its worker %(max_stalls)s times is failed, so a poison item never loops.
+-- Items whose lease expired while claimed: the worker died, froze or lost the database. An item whose
+-- attempt began (attempts_begin) lost its worker: the attempt is kept as 'stalled' (what it recorded
+-- stays in the journal) and the item's stalls grow by one; an item that lost its worker %(max_stalls)s
+-- times is failed, so a poison item never loops. An item that only waited in the worker's buffer
+-- never began: it crashed nothing, and goes back without a stall. A native item goes back to the
+-- queue; an item of another backend is marked 'stalled' for its adapter to re-drive.
 WITH expired AS MATERIALIZED (
-    SELECT i.item_id
+    SELECT i.item_id,
+           EXISTS (SELECT 1 FROM papayya.attempts a
+                   WHERE a.item_id = i.item_id AND a.lease_token = i.lease_token AND a.status = 'running')
+               AS began
     FROM papayya.items i
     WHERE i.status = 'running' AND i.lease_expires_at < now()
     ORDER BY i.lease_expires_at
@@ -143,23 +174,25 @@ WITH expired AS MATERIALIZED (
     FOR UPDATE SKIP LOCKED
 ), reaped AS (
     UPDATE papayya.items i
-    SET stalls = i.stalls + 1, lease_token = NULL, lease_expires_at = NULL, updated_at = now(),
+    SET stalls = i.stalls + e.began::integer, lease_token = NULL, lease_expires_at = NULL, updated_at = now(),
         available_at = now(),
-        status = CASE WHEN i.stalls + 1 >= %(max_stalls)s THEN 'failed'
+        status = CASE WHEN e.began AND i.stalls + 1 >= %(max_stalls)s THEN 'failed'
                       WHEN r.backend = 'native' THEN 'queued' ELSE 'stalled' END,
-        error = CASE WHEN i.stalls + 1 >= %(max_stalls)s THEN %(lost_error)s::jsonb ELSE i.error END,
-        fingerprint = CASE WHEN i.stalls + 1 >= %(max_stalls)s THEN %(lost_fingerprint)s ELSE i.fingerprint END,
-        cluster_label = CASE WHEN i.stalls + 1 >= %(max_stalls)s THEN %(lost_label)s ELSE i.cluster_label END,
-        finished_at = CASE WHEN i.stalls + 1 >= %(max_stalls)s THEN now() END
+        error = CASE WHEN e.began AND i.stalls + 1 >= %(max_stalls)s THEN %(lost_error)s::jsonb ELSE i.error END,
+        fingerprint = CASE WHEN e.began AND i.stalls + 1 >= %(max_stalls)s THEN %(lost_fingerprint)s
+                           ELSE i.fingerprint END,
+        cluster_label = CASE WHEN e.began AND i.stalls + 1 >= %(max_stalls)s THEN %(lost_label)s
+                             ELSE i.cluster_label END,
+        finished_at = CASE WHEN e.began AND i.stalls + 1 >= %(max_stalls)s THEN now() END
     FROM expired e, papayya.runs r
     WHERE i.item_id = e.item_id AND r.run_id = i.run_id
-    RETURNING i.item_id, i.key, i.run_id, i.tenant_id, i.status, r.backend, r.agent_name
+    RETURNING i.item_id, i.key, i.run_id, i.tenant_id, i.status, r.backend, r.agent_name, e.began
 ), stalled AS (
     UPDATE papayya.attempts a SET status = 'stalled', finished_at = now()
     FROM reaped r WHERE a.item_id = r.item_id AND a.status = 'running'
     RETURNING a.item_id
 )
-SELECT r.item_id, r.key, r.run_id, r.tenant_id, r.status, r.backend, r.agent_name,
+SELECT r.item_id, r.key, r.run_id, r.tenant_id, r.status, r.backend, r.agent_name, r.began,
        (SELECT count(*) FROM stalled s WHERE s.item_id = r.item_id) AS attempts_stalled
 FROM reaped r;
 
