@@ -23,13 +23,20 @@ Outside an attempt the client behaves exactly as before. ``instrument`` works on
 ``anthropic.Anthropic`` and ``anthropic.AsyncAnthropic`` (pass ``provider=`` for another host, e.g.
 ``"aws-bedrock"``), instruments the copies ``with_options()`` makes, and ``uninstrument`` undoes it.
 
+``client.messages.create(stream=True)`` is recorded too: the budget gate reserves before the stream
+opens; the ledger row is written once, when the stream ends or is closed, from the usage of
+``message_start`` and ``message_delta``; a retry gets the journaled events back through the SDK's
+own ``Stream``, and a ``max_tokens`` stop in ``message_delta`` degrades the item. A stream stopped
+short is settled on the usage ``message_start`` reported (its input) with stop reason
+``abandoned:reported_usage``, or on its reservation if it never came, and is not journaled. See
+``papayya.instrument`` for the rules.
+
 Not recorded, and so not replayed or priced:
 
-- ``stream=True`` is refused inside an attempt with ``StreamingNotSupported``: papayya cannot yet
-  journal a stream. Outside an attempt streams work as before.
-- ``client.messages.stream(...)``, ``client.beta.messages``, and ``with_raw_response`` /
-  ``with_streaming_response`` calls run as before, unrecorded (a warning is logged once per process
-  for the raw-response wrappers).
+- ``client.messages.stream(...)``: the SDK sends it without ``messages.create``, so papayya does not
+  see it. Inside an agent, iterate ``client.messages.create(..., stream=True)`` instead.
+- ``client.beta.messages``, and ``with_raw_response`` / ``with_streaming_response`` calls run as
+  before (a warning is logged once per process for the raw-response wrappers).
 """
 
 from __future__ import annotations
@@ -39,14 +46,15 @@ from typing import TypeVar
 
 try:
     import anthropic
-    from anthropic.types import Message
+    import httpx2
+    from anthropic.types import Message, RawMessageStreamEvent
 except ImportError as exc:
     raise ImportError(
         "papayya_anthropic needs the anthropic package; install it with pip install 'papayya[anthropic]'."
     ) from exc
 
 from papayya.errors import StreamingNotSupported
-from papayya.instrument import Target, instrument_client, uninstrument_client
+from papayya.instrument import Streams, Target, instrument_client, uninstrument_client
 
 __all__ = ["StreamingNotSupported", "instrument", "uninstrument"]
 
@@ -54,7 +62,15 @@ log = logging.getLogger("papayya.anthropic")
 
 Client = TypeVar("Client", bound=anthropic.Anthropic | anthropic.AsyncAnthropic)
 
-_TARGETS = (Target("messages", step="anthropic.messages", decode=lambda data: Message.construct(**data)),)
+_TARGETS = (
+    Target(
+        "messages",
+        step="anthropic.messages",
+        decode=lambda data: Message.construct(**data),
+        events=RawMessageStreamEvent,
+    ),
+)
+_STREAMS = Streams(anthropic.Stream, anthropic.AsyncStream, httpx2.Response, httpx2.Request)
 
 
 def instrument(client: Client, *, provider: str = "anthropic") -> Client:
@@ -74,7 +90,9 @@ def instrument(client: Client, *, provider: str = "anthropic") -> Client:
             f"client, not {type(client).__name__}; for OpenAI use papayya_openai.instrument()."
         )
     is_async = isinstance(client, anthropic.AsyncAnthropic)
-    return instrument_client(client, _TARGETS, provider=provider, is_async=is_async, log=log)
+    return instrument_client(
+        client, _TARGETS, provider=provider, is_async=is_async, log=log, streams=_STREAMS
+    )
 
 
 def uninstrument(client: Client) -> Client:

@@ -27,12 +27,19 @@ Outside an attempt the client behaves exactly as before. ``instrument`` works on
 and ``openai.AsyncOpenAI`` (and their subclasses such as ``AzureOpenAI``; pass ``provider=`` to price
 them right), instruments the copies ``with_options()`` makes, and ``uninstrument`` undoes it.
 
-Not recorded, and so not replayed or priced:
+Streams are recorded too: ``create(stream=True)`` on chat completions and responses, and the
+``client.chat.completions.stream(...)`` and ``client.responses.stream(...)`` helpers, which call it.
+The budget gate reserves before the stream opens; the ledger row is written once, when the stream
+ends or is closed, from the usage in its last event. For chat completions papayya asks for that usage
+(``stream_options={"include_usage": True}``) when the caller did not, and keeps the extra usage-only
+chunk (empty ``choices``) from the caller; a caller who asked gets it. A retry gets the journaled
+chunks or events back through the SDK's own ``Stream``. A stream stopped short is settled on its
+reservation (OpenAI reports usage only at the end) with stop reason ``abandoned:reservation``, and is
+not journaled. See ``papayya.instrument`` for the rules.
 
-- ``stream=True`` is refused inside an attempt with ``StreamingNotSupported``: papayya cannot yet
-  journal a stream or be sure to see its usage. Outside an attempt streams work as before.
-- ``with_raw_response`` / ``with_streaming_response`` calls and the ``parse`` / ``stream`` helpers
-  run as before, unrecorded (a warning is logged once per process for the raw-response wrappers).
+Not recorded, and so not replayed or priced: ``with_raw_response`` / ``with_streaming_response``
+calls and the ``parse`` helpers run as before (a warning is logged once per process for the
+raw-response wrappers); ``responses.stream(response_id=...)`` resumes a stored response, unrecorded.
 """
 
 from __future__ import annotations
@@ -41,17 +48,18 @@ import logging
 from typing import TypeVar
 
 try:
+    import httpx2
     import openai
     from openai.types import CreateEmbeddingResponse
-    from openai.types.chat import ChatCompletion
-    from openai.types.responses import Response
+    from openai.types.chat import ChatCompletion, ChatCompletionChunk
+    from openai.types.responses import Response, ResponseStreamEvent
 except ImportError as exc:
     raise ImportError(
         "papayya_openai needs the openai package; install it with pip install 'papayya[openai]'."
     ) from exc
 
 from papayya.errors import StreamingNotSupported
-from papayya.instrument import Target, instrument_client, uninstrument_client
+from papayya.instrument import Streams, Target, instrument_client, uninstrument_client
 
 __all__ = ["StreamingNotSupported", "instrument", "uninstrument"]
 
@@ -60,8 +68,20 @@ log = logging.getLogger("papayya.openai")
 Client = TypeVar("Client", bound=openai.OpenAI | openai.AsyncOpenAI)
 
 _TARGETS = (
-    Target("chat.completions", step="openai.chat", decode=lambda data: ChatCompletion.construct(**data)),
-    Target("responses", step="openai.responses", decode=lambda data: Response.construct(**data)),
+    Target(
+        "chat.completions",
+        step="openai.chat",
+        decode=lambda data: ChatCompletion.construct(**data),
+        events=ChatCompletionChunk,
+        usage_option=True,
+        done=True,
+    ),
+    Target(
+        "responses",
+        step="openai.responses",
+        decode=lambda data: Response.construct(**data),
+        events=ResponseStreamEvent,
+    ),
     Target(
         "embeddings",
         step="openai.embeddings",
@@ -69,6 +89,8 @@ _TARGETS = (
         max_output_tokens=0,
     ),
 )
+
+_STREAMS = Streams(openai.Stream, openai.AsyncStream, httpx2.Response, httpx2.Request)
 
 
 def instrument(client: Client, *, provider: str = "openai") -> Client:
@@ -88,7 +110,9 @@ def instrument(client: Client, *, provider: str = "openai") -> Client:
             f"not {type(client).__name__}; for Anthropic use papayya_anthropic.instrument()."
         )
     is_async = isinstance(client, openai.AsyncOpenAI)
-    return instrument_client(client, _TARGETS, provider=provider, is_async=is_async, log=log)
+    return instrument_client(
+        client, _TARGETS, provider=provider, is_async=is_async, log=log, streams=_STREAMS
+    )
 
 
 def uninstrument(client: Client) -> Client:

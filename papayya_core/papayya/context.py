@@ -294,6 +294,7 @@ class Run:
         max_tokens: int | None = None,
         max_input_tokens: int | None = None,
         estimate_usd: Decimal | float | str | None = None,
+        stream: Callable[[Any, Callable[[Any], None]], Any] | None = None,
     ) -> Callable[..., Any]:
         """``run.llm("summary", provider="openai")(client.chat.completions.create, model=..., ...)``.
 
@@ -311,6 +312,14 @@ class Run:
         than papayya can see, e.g. files, or a tokenizer denser than the estimate. ``estimate_usd``
         replaces the whole worst-case cost. A budget is overshot only by what calls cost beyond what
         they reserved.
+
+        ``stream`` makes it a streamed call: ``stream(opened, settle)`` gets what the provider call
+        returned once the stream opened (after the reservation, as for any call) and returns what the
+        caller gets; it calls ``settle({ledger.STREAM_EVENTS: [event, ...]})`` once, when the stream
+        ends, is closed or is dropped, with the events the provider sent. A stream whose events reach
+        their end (a stop reason and usage) is recorded and journaled like a response, and its events
+        are what a retry gets back (through ``decode``); one that stopped short is recorded, not
+        journaled, on the usage reported so far or else on its reservation (``ledger.abandoned_usage``).
 
         Raises:
             BudgetError: ``max_input_tokens`` or ``estimate_usd`` is not a finite number >= 0 (raised
@@ -371,9 +380,11 @@ class Run:
                 if retry_after is not None:  # the provider said 429: close the key for every worker
                     limits.close(provider, asked_model, retry_after)
 
-            def finish(response: Any, started: float, reserved: Decimal) -> Any:
+            def finish(response: Any, started: float, reserved: Decimal, *, whole: bool = True) -> Any:
                 latency = (time.perf_counter() - started) * 1000
                 got_model, usage, stop = ledger.extract_usage(provider, response)
+                if not whole:  # a stream that stopped short: nothing to journal, usage as far as known
+                    usage, stop = ledger.abandoned_usage(provider, response, worst)
                 limits.settle(
                     provider, asked_model, ctx.tenant_id, tokens, usage.input_tokens + usage.output_tokens
                 )
@@ -386,12 +397,21 @@ class Run:
                     latency_ms=latency,
                     step_key=key,
                     idempotency_key=idem,
-                    journal_result=to_jsonable_python(response, fallback=repr),
-                    journal=True,
+                    journal_result=to_jsonable_python(response, fallback=repr) if whole else None,
+                    journal=whole,
                     request_hash=digest,
                     reserved=reserved,
                 )
                 return response
+
+            def opened(response: Any, started: float, reserved: Decimal) -> Any:
+                assert stream is not None
+
+                def settle(recorded: Any) -> None:
+                    whole = ledger.stream_complete(provider, recorded)
+                    finish(recorded, started, reserved, whole=whole)
+
+                return stream(response, settle)
 
             if is_async:
 
@@ -408,6 +428,8 @@ class Run:
                     except BaseException as exc:
                         await asyncio.to_thread(failed, exc, reserved)
                         raise
+                    if stream is not None:
+                        return opened(response, started, reserved)
                     return await asyncio.to_thread(finish, response, started, reserved)
 
                 return run_async()
@@ -418,6 +440,8 @@ class Run:
             except BaseException as exc:
                 failed(exc, reserved)
                 raise
+            if stream is not None:
+                return opened(response, started, reserved)
             return finish(response, started, reserved)
 
         return call

@@ -39,6 +39,16 @@ DEGENERATE_STOP_REASONS = frozenset(
 )
 
 
+# A streamed answer, as the journal holds it: ``{STREAM_EVENTS: [event, ...]}``, each event the JSON the
+# provider sent. ``extract_usage`` reads it as the response its events add up to.
+STREAM_EVENTS = "stream_events"
+# The stop reason of a ledger row for a stream that ended before its last event (the caller stopped
+# reading or closed it, or the connection failed): settled on the usage the provider had reported so
+# far, or, when it had reported none, on the worst-case usage its reservation assumed.
+ABANDONED_REPORTED = "abandoned:reported_usage"
+ABANDONED_RESERVED = "abandoned:reservation"
+
+
 def record(
     ctx: AttemptContext,
     *,
@@ -121,6 +131,8 @@ def signal_stop(ctx: AttemptContext, provider: str, model: str | None, stop_reas
 def extract_usage(provider: str, response: Any) -> tuple[str | None, Usage, str | None]:
     """(model, usage, stop reason) from an OpenAI- or Anthropic-shaped response (object or dict)."""
     data = to_jsonable_python(response, fallback=lambda o: None)
+    if isinstance(data, dict) and isinstance(data.get(STREAM_EVENTS), list):
+        data = fold_stream(data[STREAM_EVENTS])
     if not isinstance(data, dict):
         return None, Usage(), None
     usage = data.get("usage") or {}
@@ -149,6 +161,62 @@ def extract_usage(provider: str, response: Any) -> tuple[str | None, Usage, str 
     if stop is None and data.get("object") == "response":  # OpenAI Responses API: why it is incomplete
         stop = (data.get("incomplete_details") or {}).get("reason") or data.get("status")
     return data.get("model"), u, stop
+
+
+def fold_stream(events: list[Any]) -> dict[str, Any]:
+    """What a stream's events add up to, as ``extract_usage`` reads a response: its model, its usage
+    (from the last event that reports it) and its stop reason (None until the provider sent one).
+
+    OpenAI chat chunks (usage in the last chunk, under ``stream_options.include_usage``), OpenAI
+    Responses events (the whole response in ``response.completed``/``incomplete``/``failed``) and
+    Anthropic message events (usage in ``message_start``, updated by ``message_delta``).
+    """
+    folded: dict[str, Any] = {"model": None, "usage": None, "stop_reason": None}
+    for event in events:
+        if not isinstance(event, dict):
+            continue
+        kind = event.get("type")
+        if event.get("object") == "chat.completion.chunk":
+            folded["model"] = folded["model"] or event.get("model")
+            for choice in event.get("choices") or []:
+                if isinstance(choice, dict) and choice.get("finish_reason"):
+                    folded["stop_reason"] = choice["finish_reason"]
+            if event.get("usage"):
+                folded["usage"] = event["usage"]
+        elif kind == "message_start" and isinstance(event.get("message"), dict):
+            folded["model"] = event["message"].get("model")
+            folded["usage"] = dict(event["message"].get("usage") or {})
+        elif kind == "message_delta":
+            delta_usage = {k: v for k, v in (event.get("usage") or {}).items() if v is not None}
+            folded["usage"] = {**(folded["usage"] or {}), **delta_usage}
+            folded["stop_reason"] = (event.get("delta") or {}).get("stop_reason") or folded["stop_reason"]
+        elif (
+            isinstance(kind, str) and kind.startswith("response.") and isinstance(event.get("response"), dict)
+        ):
+            response = event["response"]
+            folded["model"] = response.get("model") or folded["model"]
+            folded["usage"] = response.get("usage") or folded["usage"]
+            if response.get("status") in ("completed", "incomplete", "failed"):
+                folded["stop_reason"] = (response.get("incomplete_details") or {}).get("reason") or response[
+                    "status"
+                ]
+    return folded
+
+
+def stream_complete(provider: str, recorded: Any) -> bool:
+    """True when a recorded stream reached its end: its events carry a stop reason and usage."""
+    _, usage, stop = extract_usage(provider, recorded)
+    return stop is not None and usage.input_tokens + usage.output_tokens > 0
+
+
+def abandoned_usage(provider: str, recorded: Any, reserved: Usage) -> tuple[Usage, str]:
+    """The usage a stream that did not reach its end is settled on, and the stop reason that says so:
+    what the provider reported before it stopped (``ABANDONED_REPORTED``), else the worst case the
+    reservation assumed (``ABANDONED_RESERVED``)."""
+    _, usage, _ = extract_usage(provider, recorded)
+    if usage.input_tokens + usage.output_tokens > 0:
+        return usage, ABANDONED_REPORTED
+    return reserved, ABANDONED_RESERVED
 
 
 _PROMPT_FIELDS = ("messages", "input", "prompt", "system", "instructions", "tools", "tool_choice")

@@ -210,24 +210,6 @@ def test_a_provider_error_past_the_retries_fails_the_item(
     assert result.llm_calls == 0
 
 
-def test_streaming_inside_an_agent_is_refused_before_any_request(
-    rt: Runtime, tenant: str, fake: FakeProvider, client: anthropic.Anthropic
-) -> None:
-    @agent
-    def stream(item):
-        for _event in client.messages.create(
-            model=MODEL, max_tokens=10, messages=[{"role": "user", "content": "hi"}], stream=True
-        ):
-            pass
-        return {"done": True}
-
-    result = stream.map([{"id": "a"}], tenant=tenant)
-
-    (item,) = result.items()
-    assert (item.status, item.error_type) == ("failed", "StreamingNotSupported")
-    assert fake.count == 0
-
-
 def test_async_agent_with_async_client(rt: Runtime, tenant: str, fake: FakeProvider) -> None:
     aclient = papayya_anthropic.instrument(
         anthropic.AsyncAnthropic(base_url=fake.anthropic_url, api_key="test", max_retries=0)

@@ -1,7 +1,7 @@
 """What papayya.instrument does the same for every instrumented SDK: the same tests over OpenAI and Anthropic.
 
-The provider-specific behaviour (ledger, replay as the SDK's type, streams refused) is in
-test_openai.py and test_anthropic.py; these are the cases those files do not show.
+The provider-specific behaviour (ledger, replay as the SDK's type) is in test_openai.py and
+test_anthropic.py, streams in test_streaming.py; these are the cases those files do not show.
 """
 
 from __future__ import annotations

@@ -215,23 +215,6 @@ def test_a_bad_request_is_not_retried(
     assert fake.count == 1
 
 
-def test_streaming_inside_an_agent_is_refused_before_any_request(
-    rt: Runtime, tenant: str, fake: FakeProvider, client: openai.OpenAI
-) -> None:
-    @agent
-    def stream(item):
-        for _chunk in ask(client, "hello", stream=True):
-            pass
-        return {}
-
-    result = stream.map([{"id": "a"}], tenant=tenant)
-
-    assert result.counts["failed"] == 1
-    (item,) = result.items()
-    assert item.error_type == "StreamingNotSupported"
-    assert fake.count == 0
-
-
 def test_responses_api_calls_are_recorded_and_replayed(
     rt: Runtime, tenant: str, fake: FakeProvider, client: openai.OpenAI
 ) -> None:
