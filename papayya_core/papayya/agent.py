@@ -263,6 +263,8 @@ def prepare_items(items: Iterable[Any], *, max_bytes: int) -> list[tuple[str, st
         seen[key] = index
         try:
             text = validate.input_json(to_jsonable_python(data), key, index)
+        except InputError:
+            raise  # validate's own refusal (a ValueError too) already names the field and the fix
         except (PydanticSerializationError, TypeError, ValueError, RecursionError) as exc:
             reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
             raise InputError(

@@ -1,24 +1,30 @@
 """Everything papayya raises, in one place.
 
 Each error says what happened and what to do. Driver errors (psycopg) are translated once, at the
-store boundary, into these.
+store boundary, into these. A caller never sees a driver's exception, and each error is also the
+builtin a Python caller would expect: a refused value is a ``ValueError`` (``InvalidInput``), a lookup
+of something that does not exist a ``LookupError`` (``NotFound``). So ``except ValueError`` around a
+call catches papayya's refusals too, and ``except papayya.PapayyaError`` catches everything papayya
+raises on purpose.
 
 Hierarchy::
 
     Exception
     └── PapayyaError                 anything papayya raises on purpose
-        ├── ConfigError              malformed configuration (URL, setting, unknown option)
+        ├── InvalidInput             a value given to papayya was refused (also a ValueError)
+        │   ├── ConfigError          malformed configuration (URL, setting, unknown option)
+        │   ├── InputError           bad input given to map()/submit(); names the item and the fix
+        │   ├── TenantError          unknown tenant (strict mode) or an invalid tenant id
+        │   ├── BudgetError          a budget setting is invalid, or a run cannot be paused or resumed
+        │   └── RateLimitError       a rate limit or a 429 closure was given unusable values
+        ├── NotFound                 a run, item or tenant asked for by id does not exist (also a
+        │                            LookupError)
         ├── StoreUnavailable         the database cannot be reached or refused the connection
         ├── MigrationError           the schema could not be brought up to date
-        ├── InputError               bad input given to map()/submit(); names the item and the fix
-        ├── TenantError              unknown tenant (strict mode) or an invalid tenant id
-        ├── NotFound                 a run, item or tenant asked for by id does not exist
-        ├── BudgetError              a budget setting is invalid, or a run cannot be resumed
         ├── AgentNotImportable       resume/replay cannot import the agent a run was started with
         ├── ReplayError              a replay's slice is empty or cannot be replayed as asked
         │   └── JournalMiss          a from-journal replay reached a step with no recorded response
         ├── StaleLease               a worker tried to change an item it no longer holds
-        ├── RateLimitError           a rate limit or a 429 closure was given unusable values
         ├── SecretError              a tenant's secret cannot be stored or read (no key, unknown key, altered)
         └── StreamingNotSupported    an instrumented client was asked to stream inside an attempt
 
@@ -47,7 +53,12 @@ class PapayyaError(Exception):
         return (type(self), (self.message,))
 
 
-class ConfigError(PapayyaError):
+class InvalidInput(PapayyaError, ValueError):
+    """A value given to papayya (an item, an id, an amount, a setting) was refused, in one sentence
+    naming it and the rule; nothing was recorded. Also a ``ValueError``."""
+
+
+class ConfigError(InvalidInput):
     """Configuration is malformed or names something that does not exist."""
 
 
@@ -59,7 +70,7 @@ class MigrationError(PapayyaError):
     """A migration failed; the schema was left at the last version that applied cleanly."""
 
 
-class InputError(PapayyaError):
+class InputError(InvalidInput):
     """Items given to ``map()`` or ``submit()`` are not usable. Nothing was recorded."""
 
     def __init__(self, message: str, *, item_key: str | None = None, index: int | None = None) -> None:
@@ -75,12 +86,13 @@ def _rebuild_input_error(message: str, item_key: str | None, index: int | None) 
     return InputError(message, item_key=item_key, index=index)
 
 
-class TenantError(PapayyaError):
+class TenantError(InvalidInput):
     """A tenant id is invalid, or unknown while unknown tenants are refused."""
 
 
-class BudgetError(PapayyaError):
-    """A budget is invalid (negative, not a number, unknown period) or a resume is not possible."""
+class BudgetError(InvalidInput):
+    """A budget is invalid (negative, not a number, unknown period), or a run cannot be paused or
+    resumed as asked (it is not running, or not paused)."""
 
 
 class AgentNotImportable(PapayyaError):
@@ -95,15 +107,15 @@ class JournalMiss(ReplayError):
     """A from-journal replay reached an LLM step the original never recorded; it pays for nothing."""
 
 
-class NotFound(PapayyaError):
-    """A run, item or tenant looked up by id does not exist."""
+class NotFound(PapayyaError, LookupError):
+    """A run, item or tenant looked up by id does not exist. Also a ``LookupError``."""
 
 
 class StaleLease(PapayyaError):
     """A state change carried a fencing token older than the item's; it was rejected."""
 
 
-class RateLimitError(PapayyaError):
+class RateLimitError(InvalidInput):
     """A rate limit (or a closure, or a request's token estimate) was given unusable values."""
 
 

@@ -10,9 +10,11 @@ through here first. What the store cannot hold is refused, never passed on for t
 - numbers: finite and within a range the column (or the interval, or Python's ``Decimal`` context)
   can hold.
 
-A refusal is a :class:`papayya.errors.PapayyaError` subclass with a one-line message; a value it
-echoes is shown through :func:`shown` (at most 60 characters, then ``…``), so a 100,000-character id
-never comes back whole. This module imports only ``errors`` (it sits beside ``models`` and ``config``
+A refusal is a :class:`papayya.errors.InvalidInput` (a ``PapayyaError`` and a ``ValueError``:
+``InputError``, ``TenantError``, ``BudgetError``...) with a one-line message, or, for an id that
+cannot name anything, :class:`papayya.errors.NotFound` (a ``LookupError``). A value it echoes is shown
+through :func:`shown` (at most 60 characters, then ``…``), so a 100,000-character id never comes back
+whole. This module imports only ``errors`` (it sits beside ``models`` and ``config``
 in the lower layer), so every layer above may use it.
 """
 
@@ -26,7 +28,7 @@ from decimal import Decimal
 from typing import Any
 from uuid import UUID
 
-from papayya.errors import InputError, NotFound, PapayyaError, TenantError
+from papayya.errors import InputError, InvalidInput, NotFound, TenantError
 
 SHOWN_CHARS = 60
 MAX_TENANT_ID = 128
@@ -75,7 +77,7 @@ def _encodable(value: str) -> bool:
 
 
 def text(
-    value: object, what: str, *, max_length: int = MAX_NAME_LENGTH, error: type[PapayyaError] = InputError
+    value: object, what: str, *, max_length: int = MAX_NAME_LENGTH, error: type[InvalidInput] = InputError
 ) -> str:
     """``value`` if it is storable text, else ``error`` naming ``what``."""
     if not isinstance(value, str):
