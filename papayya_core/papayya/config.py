@@ -22,23 +22,17 @@ from __future__ import annotations
 import base64
 import binascii
 import difflib
+import math
 import os
 import re
 import threading
 import tomllib
-from contextvars import ContextVar
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, fields, replace
+from decimal import Decimal
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
-
-from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
-from pydantic_settings import (
-    BaseSettings,
-    InitSettingsSource,
-    PydanticBaseSettingsSource,
-    SettingsConfigDict,
-)
+from typing import Any, ClassVar
 
 from papayya.errors import ConfigError, PapayyaError
 from papayya.validate import number_problem, shown, tenant_id, text_problem
@@ -70,10 +64,6 @@ class ConfigFile:
         return f"{key!r} in {inside}{self.path}"
 
 
-# The file the settings being built read from; set by load_settings so a file is read once per load.
-_loading: ContextVar[tuple[ConfigFile | None] | None] = ContextVar("papayya_config_file", default=None)
-
-
 MAX_SETTING_TEXT = 4096
 
 # Numeric settings: (lowest, highest, unit). A float lowest is excluded (a lease of 0 s holds nothing);
@@ -94,157 +84,283 @@ def _range_text(low: float | int, high: float | int, unit: str) -> str:
     return f"it must be a whole number of {unit} from {low:,} to {high:,}"
 
 
-class Settings(BaseSettings):
-    """papayya's settings. Field ``x`` is read from ``PAPAYYA_X`` or key ``x`` of ``[tool.papayya]``."""
+class SecretValue:
+    """A setting that holds a key: shown as ``**********``, read with :meth:`get_secret_value`."""
 
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", validate_default=True)
+    __slots__ = ("_value",)
 
-    database_url: str | None = Field(
-        default=None, description="PostgreSQL URL. Unset: an embedded server under `home`."
-    )
-    home: Path = Field(
-        default=Path(".papayya"), description="Where the embedded server and local state live."
-    )
-    backend: str = Field(default="native", description="Which backend runs items.")
-    unknown_tenants: UnknownTenants = Field(default=UnknownTenants.CREATE)
-    default_tenant: str | None = Field(
-        default=None,
-        description="Tenant of a queue message (Celery task, SQS message, Temporal agent activity) that "
-        "names none: adopted under it, logged as such. Unset: such messages are refused.",
-    )
-    max_input_bytes: int = Field(default=1_048_576, description="Largest accepted item input (JSON).")
-    lease_seconds: float = Field(default=60.0, description="How long a claim holds without a heartbeat.")
-    max_stalls: int = Field(
-        default=3,
-        description="Times an item may lose its worker (lease expired mid-attempt) before it is failed.",
-    )
-    celery_unacked_seconds: float = Field(
-        default=120.0,
-        description="Celery on Redis: a papayya message a worker took and no live worker has held for this "
-        "long goes back to its queue (instead of after Redis's visibility timeout, an hour).",
-    )
-    pool_size: int = Field(default=16, description="Most connections one process opens.")
-    progress: bool | None = Field(default=None, description="Progress bar: None = only on a terminal.")
-    auto_migrate: bool = Field(default=True, description="Apply pending migrations on first use.")
-    default_max_output_tokens: int = Field(
-        default=4096, description="Output tokens a budget reserves for a call that sets no max_tokens."
-    )
-    otel: bool = Field(
-        default=False,
-        description="Export spans and metrics through OpenTelemetry (needs papayya[otel]; see docs/otel.md).",
-    )
-    secret_key: SecretStr | None = Field(
-        default=None,
-        description="The key that seals tenants' secrets: base64 of 32 random bytes (`openssl rand -base64 "
-        "32`). Not accepted from a configuration file; see docs/security.md.",
-    )
-    secret_key_file: Path | None = Field(
-        default=None,
-        description="A file holding the secret key (first line) and older keys still to read (next lines), "
-        "instead of secret_key.",
-    )
-    secret_key_old: SecretStr | None = Field(
-        default=None,
-        description="Older secret keys, comma-separated: what they sealed still decrypts until "
-        "`papayya tenants secret rotate` re-seals it under secret_key.",
-    )
+    def __init__(self, value: str) -> None:
+        self._value = value
 
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        """explicit > environment > file > default (no .env or secrets directory)."""
-        loading = _loading.get()
-        file = loading[0] if loading is not None else find_config_file()
-        values = file.values if file is not None else {}
-        return init_settings, env_settings, InitSettingsSource(settings_cls, init_kwargs=values)
+    def get_secret_value(self) -> str:
+        return self._value
 
-    @field_validator("database_url")
-    @classmethod
-    def _check_url(cls, value: str | None) -> str | None:
-        if value is None or value == "":
-            return None
-        from urllib.parse import urlsplit
+    def __str__(self) -> str:
+        return "**********" if self._value else ""
 
-        from psycopg.conninfo import conninfo_to_dict
+    def __repr__(self) -> str:
+        return f"SecretValue({str(self)!r})"
 
-        try:
-            parts = conninfo_to_dict(value)
-        except Exception as exc:
-            detail = _first_line(redact_url(str(exc)))
-            detail = detail if len(detail) <= 120 else detail[:120] + "…"
-            raise ValueError(f"it is not a PostgreSQL URL ({detail})") from None
-        if value.startswith(("postgresql://", "postgres://")):
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, SecretValue) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+# -- reading one value ------------------------------------------------------------------------------
+# Each reader takes a value as it comes (text from a variable, a TOML value, a Python value given to
+# papayya.configure) and returns it typed, or raises ValueError with the reason, which the loader puts
+# in one sentence naming where the value came from. Text is read as people write it in a shell:
+# "30", " 4 ", "1e3", "true", "off".
+
+_TRUE = frozenset({"1", "on", "t", "true", "y", "yes"})
+_FALSE = frozenset({"0", "off", "f", "false", "n", "no"})
+_INTEGRAL_TEXT = re.compile(r"[+-]?\d[\d_]*(\.0*)?")
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError("Input should be a valid string")
+    problem = text_problem(value, MAX_SETTING_TEXT)
+    if problem is not None:
+        raise ValueError(f"the value {problem}")
+    return str(value)
+
+
+def _boolean(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        word = value.lower()
+        if word in _TRUE or word in _FALSE:
+            return word in _TRUE
+        raise ValueError("Input should be a valid boolean, unable to interpret input")
+    if isinstance(value, int | float | Decimal):
+        if value in (0, 1):
+            return bool(value)
+        if isinstance(value, int):
+            raise ValueError("Input should be a valid boolean, unable to interpret input")
+    raise ValueError("Input should be a valid boolean")
+
+
+def _integer(value: Any) -> int:
+    if isinstance(value, int):  # a bool too: True is 1
+        return int(value)
+    if isinstance(value, float | Decimal):
+        if not value.is_finite() if isinstance(value, Decimal) else not math.isfinite(value):
+            raise ValueError("Input should be a finite number")
+        if value != int(value):
+            raise ValueError("Input should be a valid integer, got a number with a fractional part")
+        return int(value)
+    if isinstance(value, str):
+        text = value.strip()
+        if _INTEGRAL_TEXT.fullmatch(text) and "__" not in text and not text.endswith("_"):
             try:
-                urlsplit(value).port  # noqa: B018 - raises ValueError on a bad port
-            except ValueError:
-                raise ValueError("its port is not a number between 1 and 65535") from None
-        elif "://" in value or "=" not in value:
-            raise ValueError("it must look like postgresql://user@host:5432/dbname")
-        port = str(parts.get("port") or "5432")
-        if not all(p.isdigit() and 0 < int(p) < 65536 for p in port.split(",")):
-            raise ValueError("its port is not a number between 1 and 65535")
-        return value
+                return int(text.split(".")[0])
+            except ValueError:  # past the digits int() reads
+                pass
+        raise ValueError("Input should be a valid integer, unable to parse string as an integer")
+    raise ValueError("Input should be a valid integer")
 
-    @field_validator(*RANGES)
-    @classmethod
-    def _check_range(cls, value: float, info: ValidationInfo) -> float:
-        low, high, unit = RANGES[str(info.field_name)]
-        problem = number_problem(value, low, high, low_open=isinstance(low, float))
-        if problem is not None:
-            raise ValueError(f"{shown(value)} {problem}; {_range_text(low, high, unit)}")
-        return value
 
-    @field_validator("database_url", "backend", "default_tenant", mode="before")
-    @classmethod
-    def _check_text(cls, value: Any, info: ValidationInfo) -> Any:
-        if isinstance(value, str):
-            problem = text_problem(value, MAX_SETTING_TEXT)
-            if problem is not None:
-                raise ValueError(f"the value {problem}")
-        return value
-
-    @field_validator("home", "secret_key_file", mode="before")
-    @classmethod
-    def _check_home(cls, value: Any) -> Any:
-        if isinstance(value, str | Path):
-            problem = text_problem(str(value), MAX_SETTING_TEXT)
-            if problem is not None:
-                raise ValueError(f"the path {problem}")
-        return value
-
-    @field_validator("default_tenant")
-    @classmethod
-    def _check_default_tenant(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
+def _number(value: Any) -> float:
+    if isinstance(value, int | float | Decimal):  # a bool too
         try:
-            return tenant_id(value)
-        except PapayyaError as exc:
-            raise ValueError(str(exc).rstrip(".")) from None
-
-    @field_validator("secret_key", "secret_key_old")
-    @classmethod
-    def _check_secret_keys(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is None or not value.get_secret_value().strip():
-            return None
-        secret_keys(value.get_secret_value())  # the value is never echoed: it is a key
-        return value
-
-    @field_validator("backend")
-    @classmethod
-    def _check_backend(cls, value: str) -> str:
-        if not value.replace("_", "").replace("-", "").isalnum():
-            raise ValueError(f"backend {value!r} is not a backend name (e.g. native)")
-        return value
+            return float(value)
+        except OverflowError:  # an int past a float's range
+            return math.inf if value > 0 else -math.inf
+    if isinstance(value, str):
+        try:
+            return float(value.strip())
+        except ValueError:
+            raise ValueError("Input should be a valid number, unable to parse string as a number") from None
+    raise ValueError("Input should be a valid number")
 
 
-SETTING_NAMES = tuple(Settings.model_fields)
+def _ranged(name: str, read: Callable[[Any], float | int]) -> Callable[[Any], Any]:
+    low, high, unit = RANGES[name]
+
+    def check(value: Any) -> float | int:
+        number = read(value)
+        problem = number_problem(number, low, high, low_open=isinstance(low, float))
+        if problem is not None:
+            raise ValueError(f"{shown(number)} {problem}; {_range_text(low, high, unit)}")
+        return number
+
+    return check
+
+
+def _path(value: Any) -> Path:
+    if not isinstance(value, str | Path):
+        raise ValueError("Input is not a valid path")
+    problem = text_problem(str(value), MAX_SETTING_TEXT)
+    if problem is not None:
+        raise ValueError(f"the path {problem}")
+    return Path(value)
+
+
+def _optional(read: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    return lambda value: None if value is None else read(value)
+
+
+def _database_url(given: Any) -> str | None:
+    if given is None or given == "":
+        return None
+    value = _text(given)
+    from urllib.parse import urlsplit
+
+    from psycopg.conninfo import conninfo_to_dict  # only when a URL is set: psycopg is heavy to import
+
+    try:
+        parts = conninfo_to_dict(value)
+    except Exception as exc:
+        detail = _first_line(redact_url(str(exc)))
+        detail = detail if len(detail) <= 120 else detail[:120] + "…"
+        raise ValueError(f"it is not a PostgreSQL URL ({detail})") from None
+    if value.startswith(("postgresql://", "postgres://")):
+        try:
+            urlsplit(value).port  # noqa: B018 - raises ValueError on a bad port
+        except ValueError:
+            raise ValueError("its port is not a number between 1 and 65535") from None
+    elif "://" in value or "=" not in value:
+        raise ValueError("it must look like postgresql://user@host:5432/dbname")
+    port = str(parts.get("port") or "5432")
+    if not all(p.isdigit() and 0 < int(p) < 65536 for p in port.split(",")):
+        raise ValueError("its port is not a number between 1 and 65535")
+    return value
+
+
+def _backend(given: Any) -> str:
+    value = _text(given)
+    if not value.replace("_", "").replace("-", "").isalnum():
+        raise ValueError(f"backend {value!r} is not a backend name (e.g. native)")
+    return value
+
+
+def _tenant(value: Any) -> str | None:
+    if value is None:
+        return None
+    try:
+        return tenant_id(_text(value))
+    except PapayyaError as exc:
+        raise ValueError(str(exc).rstrip(".")) from None
+
+
+def _unknown_tenants(value: Any) -> UnknownTenants:
+    if isinstance(value, str) and value in UnknownTenants._value2member_map_:
+        return UnknownTenants(value)
+    raise ValueError("Input should be 'create' or 'refuse'")
+
+
+def _secret(value: Any) -> SecretValue | None:
+    if isinstance(value, SecretValue):
+        value = value.get_secret_value()
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ValueError("Input should be a valid string")
+    if not value.strip():
+        return None
+    secret_keys(value)  # the value is never echoed: it is a key
+    return SecretValue(value)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Settings:
+    """papayya's settings. Field ``x`` is read from ``PAPAYYA_X`` or key ``x`` of ``[tool.papayya]``.
+
+    Build them with :func:`load_settings` (explicit values > environment > file > default); every value
+    given here is read and checked as the loader reads it (``Settings(lease_seconds="30")`` holds 30.0),
+    and a bad one is a ConfigError.
+    """
+
+    database_url: str | None = None
+    home: Path = Path(".papayya")
+    backend: str = "native"
+    unknown_tenants: UnknownTenants = UnknownTenants.CREATE
+    default_tenant: str | None = None
+    tenant: str | None = None
+    max_input_bytes: int = 1_048_576
+    lease_seconds: float = 60.0
+    max_stalls: int = 3
+    celery_unacked_seconds: float = 120.0
+    pool_size: int = 16
+    progress: bool | None = None
+    auto_migrate: bool = True
+    default_max_output_tokens: int = 4096
+    otel: bool = False
+    secret_key: SecretValue | None = None
+    secret_key_file: Path | None = None
+    secret_key_old: SecretValue | None = None
+
+    # What each setting means (`papayya config show` and the docs say the same).
+    DESCRIPTIONS: ClassVar[dict[str, str]] = {
+        "database_url": "PostgreSQL URL. Unset: an embedded server under `home`.",
+        "home": "Where the embedded server and local state live.",
+        "backend": "Which backend runs items.",
+        "unknown_tenants": "What map() does for a tenant that does not exist yet: create or refuse.",
+        "default_tenant": "Tenant of a queue message (Celery task, SQS message, Temporal agent activity) "
+        "that names none: adopted under it, logged as such. Unset: such messages are refused.",
+        "tenant": "Scope every read and write of this process to one tenant.",
+        "max_input_bytes": "Largest accepted item input (JSON).",
+        "lease_seconds": "How long a claim holds without a heartbeat.",
+        "max_stalls": "Times an item may lose its worker (lease expired mid-attempt) before it is failed.",
+        "celery_unacked_seconds": "Celery on Redis: a papayya message a worker took and no live worker has "
+        "held for this long goes back to its queue (instead of after Redis's visibility timeout, an hour).",
+        "pool_size": "Most connections one process opens.",
+        "progress": "Progress bar: None = only on a terminal.",
+        "auto_migrate": "Apply pending migrations on first use.",
+        "default_max_output_tokens": "Output tokens a budget reserves for a call that sets no max_tokens.",
+        "otel": "Export spans and metrics through OpenTelemetry (needs papayya[otel]; see docs/otel.md).",
+        "secret_key": "The key that seals tenants' secrets: base64 of 32 random bytes (`openssl rand "
+        "-base64 32`). Not accepted from a configuration file; see docs/security.md.",
+        "secret_key_file": "A file holding the secret key (first line) and older keys still to read (next "
+        "lines), instead of secret_key.",
+        "secret_key_old": "Older secret keys, comma-separated: what they sealed still decrypts until "
+        "`papayya tenants secret rotate` re-seals it under secret_key.",
+    }
+
+    def __post_init__(self) -> None:
+        for name, read in READERS.items():
+            try:
+                value = read(getattr(self, name))
+            except ValueError as exc:
+                raise ConfigError(
+                    f"Setting {name} ({env_name(name)}) is invalid: {_reason(exc)}. Fix it and try again."
+                ) from None
+            object.__setattr__(self, name, value)
+
+
+# How each setting is read, in the order of Settings' fields (the order errors are reported in).
+READERS: dict[str, Callable[[Any], Any]] = {
+    "database_url": _database_url,
+    "home": _path,
+    "backend": _backend,
+    "unknown_tenants": _unknown_tenants,
+    "default_tenant": _tenant,
+    "tenant": _tenant,
+    "max_input_bytes": _ranged("max_input_bytes", _integer),
+    "lease_seconds": _ranged("lease_seconds", _number),
+    "max_stalls": _ranged("max_stalls", _integer),
+    "celery_unacked_seconds": _ranged("celery_unacked_seconds", _number),
+    "pool_size": _ranged("pool_size", _integer),
+    "progress": _optional(_boolean),
+    "auto_migrate": _boolean,
+    "default_max_output_tokens": _ranged("default_max_output_tokens", _integer),
+    "otel": _boolean,
+    "secret_key": _secret,
+    "secret_key_file": _optional(_path),
+    "secret_key_old": _secret,
+}
+
+SETTING_NAMES = tuple(f.name for f in fields(Settings))
+assert tuple(READERS) == SETTING_NAMES, "every setting has a reader, in the order of the fields"
+
+
+def _reason(exc: ValueError) -> str:
+    return str(exc).rstrip(".")
+
 
 # Settings that hold a key: taken from papayya.configure or the environment only, never from a
 # configuration file (pyproject.toml is committed; a key there is a key in every clone).
@@ -355,15 +471,12 @@ def _checked(file: ConfigFile) -> ConfigFile:
             )
     # Validate the file's own values even where the environment overrides them: a bad line in the
     # file should not wait to surface until the variable is unset.
-    token = _loading.set((None,))
-    try:
-        Settings(**file.values)
-    except ValidationError as exc:
-        mine = [e for e in exc.errors() if e["loc"] and e["loc"][0] in file.values]
-        if mine:
-            raise _file_error(mine[0], file) from None
-    finally:
-        _loading.reset(token)
+    for name, read in READERS.items():
+        if name in file.values:
+            try:
+                read(file.values[name])
+            except ValueError as exc:
+                raise _file_error(name, exc, file) from None
     values = dict(file.values)
     for key in ("home", "secret_key_file"):
         path = values.get(key)
@@ -436,17 +549,31 @@ def effective_settings(**overrides: Any) -> Effective:
         if key not in SETTING_NAMES:
             raise _unknown(key, repr(key))
     file = find_config_file()
-    token = _loading.set((file,))
-    try:
-        settings = Settings(**overrides)
-    except ValidationError as exc:
-        raise _config_error(exc, overrides, file) from None
-    finally:
-        _loading.reset(token)
-    origins = {name: _origin(name, overrides, file) for name in SETTING_NAMES}
+    values: dict[str, Any] = {}
+    origins: dict[str, Origin] = {}
+    for name, read in READERS.items():
+        origin = origins[name] = _origin(name, overrides, file)
+        if origin.source == "default":
+            continue
+        if origin.source == "explicit":
+            raw = overrides[name]
+        elif origin.source == "env":
+            raw = os.environ[str(origin.where)]
+        else:
+            raw = file.values[name] if file is not None else None
+        try:
+            values[name] = read(raw)
+        except ValueError as exc:
+            if origin.source == "file" and file is not None:
+                raise _file_error(name, exc, file) from None
+            var = origin.where if origin.source == "env" else env_name(name)
+            raise ConfigError(
+                f"Setting {name} ({var}) is invalid: {_reason(exc)}. Fix it and try again."
+            ) from None
+    settings = Settings(**values)
     if origins["home"].source == "default":
         home, origins["home"] = _discover_home(Path.cwd().resolve(), file)
-        settings = settings.model_copy(update={"home": home})
+        settings = replace(settings, home=home)
     return Effective(settings, origins, file)
 
 
@@ -455,31 +582,14 @@ def load_settings(**overrides: Any) -> Settings:
     return effective_settings(**overrides).settings
 
 
-def _config_error(exc: ValidationError, explicit: dict[str, Any], file: ConfigFile | None) -> ConfigError:
-    err = exc.errors()[0]
-    field = ".".join(str(p) for p in err["loc"]) or "setting"
-    if err["type"] == "extra_forbidden":
-        return _unknown(field, repr(field))
-    origin = _origin(field, explicit, file)
-    if origin.source == "file" and file is not None:
-        return _file_error(err, file)
-    var = origin.where if origin.source == "env" else env_name(field)
-    return ConfigError(f"Setting {field} ({var}) is invalid: {_message(err)}. Fix it and try again.")
-
-
 def _unknown(key: str, where: str) -> ConfigError:
     near = difflib.get_close_matches(key, SETTING_NAMES, n=1)
     hint = f"did you mean {near[0]!r}?" if near else f"the settings are {', '.join(SETTING_NAMES)}."
     return ConfigError(f"Unknown setting {where}: {hint}")
 
 
-def _file_error(err: Any, file: ConfigFile) -> ConfigError:
-    field = str(err["loc"][0])
-    return ConfigError(f"Setting {file.where(field)} is invalid: {_message(err)}; fix the file.")
-
-
-def _message(err: Any) -> str:
-    return str(err["msg"]).removeprefix("Value error, ").rstrip(".")
+def _file_error(name: str, exc: ValueError, file: ConfigFile) -> ConfigError:
+    return ConfigError(f"Setting {file.where(name)} is invalid: {_reason(exc)}; fix the file.")
 
 
 # -- the store --------------------------------------------------------------------------------------

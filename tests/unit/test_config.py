@@ -5,7 +5,7 @@ import pickle
 import pytest
 
 from papayya import ConfigError, InputError, StoreUnavailable
-from papayya.config import load_settings
+from papayya.config import Settings, load_settings
 from papayya.store.queries import parse, queries
 
 
@@ -36,6 +36,45 @@ def test_environment_is_read(monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings.database_url == "postgresql://u@db.internal:5433/papayya"
     assert settings.unknown_tenants == "refuse"
     assert load_settings(unknown_tenants="create").unknown_tenants == "create"  # explicit beats env
+
+
+def test_tenant_scopes_the_process_and_is_a_checked_tenant_id(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PAPAYYA_TENANT", raising=False)
+    assert load_settings().tenant is None
+    monkeypatch.setenv("PAPAYYA_TENANT", "acme")
+    assert load_settings().tenant == "acme"
+    assert load_settings(tenant="t47").tenant == "t47"  # explicit beats env
+    monkeypatch.setenv("PAPAYYA_TENANT", " acme ")
+    with pytest.raises(ConfigError, match=r"^Setting tenant \(PAPAYYA_TENANT\) is invalid: Tenant id ' acme"):
+        load_settings()
+    assert "one tenant" in Settings.DESCRIPTIONS["tenant"]
+
+
+def test_values_are_read_as_people_write_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, text, value in [
+        ("PAPAYYA_MAX_STALLS", " 4 ", 4),
+        ("PAPAYYA_MAX_STALLS", "4.0", 4),
+        ("PAPAYYA_LEASE_SECONDS", "1e3", 1000.0),
+        ("PAPAYYA_OTEL", "yes", True),
+        ("PAPAYYA_AUTO_MIGRATE", "off", False),
+        ("PAPAYYA_PROGRESS", "0", False),
+    ]:
+        monkeypatch.setenv(name, text)
+        assert getattr(load_settings(), name.removeprefix("PAPAYYA_").lower()) == value, (name, text)
+        monkeypatch.delenv(name)
+    with pytest.raises(ConfigError, match="got a number with a fractional part"):
+        load_settings(max_stalls=2.5)
+    with pytest.raises(ConfigError, match="Input should be a valid string"):
+        load_settings(backend=5)
+
+
+def test_settings_built_directly_are_checked_too() -> None:
+    assert Settings(lease_seconds="30").lease_seconds == 30.0  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match=r"Setting pool_size \(PAPAYYA_POOL_SIZE\) is invalid"):
+        Settings(pool_size=1)
+    key = Settings(secret_key="A" * 43 + "=")  # type: ignore[arg-type]
+    assert key.secret_key is not None
+    assert "AAAA" not in f"{key.secret_key} {key.secret_key!r} {key!r}"
 
 
 def test_malformed_env_url_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:

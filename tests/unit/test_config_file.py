@@ -128,6 +128,7 @@ home = "/srv/papayya"
 backend = "temporal"
 unknown_tenants = "refuse"
 default_tenant = "internal"
+tenant = "acme"
 max_input_bytes = 2048
 lease_seconds = 30
 max_stalls = 2
@@ -151,7 +152,7 @@ secret_key_file = "/run/secrets/papayya.keys"
         "temporal",
     )
     assert (s.unknown_tenants, s.max_input_bytes, s.lease_seconds, s.max_stalls) == ("refuse", 2048, 30.0, 2)
-    assert (s.default_tenant, s.celery_unacked_seconds) == ("internal", 60)
+    assert (s.default_tenant, s.tenant, s.celery_unacked_seconds) == ("internal", "acme", 60)
     assert (s.pool_size, s.progress, s.auto_migrate, s.default_max_output_tokens, s.otel) == (
         4,
         False,
