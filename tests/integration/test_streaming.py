@@ -7,6 +7,7 @@ provider's shape); its request count and bill prove what was (and was not) paid 
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import Callable, Iterator
 from decimal import Decimal
 from typing import Any
@@ -410,3 +411,26 @@ def test_async_streams_are_recorded_replayed_and_settled_when_closed(
     ]
     assert [r["cost_usd"] for r in rows[:2]] == [e.cost_usd for e in fake.bill[:2]]
     assert item.cost_usd == sum((r["cost_usd"] for r in rows), Decimal(0))
+
+
+def test_a_stream_never_read_is_settled_on_its_reservation_when_python_frees_it(
+    rt: Runtime,
+    tenant: str,
+    fake: FakeProvider,
+    api: tuple[Any, Callable[..., Any], Callable[[Any], str], str],
+) -> None:
+    client, start, _read, _cut = api
+
+    @agent
+    def forget(item):
+        stream = start(client, LONG, max_tokens=40)
+        del stream
+        gc.collect()  # an OpenAI stream holds itself in a cycle; an Anthropic one is freed at once
+        return "done"
+
+    result = forget.map([{"id": "a"}], tenant=tenant)
+
+    (row,) = calls_of(rt, result)
+    assert (row["stop_reason"], row["output_tokens"]) == ("abandoned:reservation", 40)
+    assert result.items()[0].cost_usd == row["cost_usd"] > 0
+    assert result.counts["succeeded"] == 1
