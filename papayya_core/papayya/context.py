@@ -25,7 +25,7 @@ from uuid import UUID
 
 from pydantic_core import to_jsonable_python
 
-from papayya import ledger
+from papayya import ledger, secrets
 from papayya.errors import AttemptAbandoned, JournalMiss
 from papayya.models import Item, LLMCall, Reason
 from papayya.pricing import Usage
@@ -474,6 +474,20 @@ class Run:
     def degrade(self, reason: str, *, path: str | None = None, message: str = "") -> None:
         """Mark the item degraded for ``reason`` (a short stable code) even if it returns normally."""
         _ctx().signal(Reason(code=reason, path=path, message=message or reason))
+
+    def secret(self, name: str) -> secrets.Secret:
+        """The item's tenant's secret ``name`` (``papayya tenants secret set TENANT NAME``), decrypted,
+        e.g. ``openai.OpenAI(api_key=run.secret("openai_api_key"))``. Another tenant's secrets are out
+        of reach: the tenant is the item's own. Read each time, never journaled or logged; the value is
+        a ``str`` whose ``repr`` is masked (:class:`papayya.secrets.Secret`).
+
+        Raises:
+            NotFound: the tenant has no secret of that name.
+            SecretError: no key is configured, or the secret does not open under the keys configured.
+        """
+        ctx = _ctx()
+        ring = secrets.keyring(ctx.runtime.settings)
+        return secrets.read(ctx.runtime.store, ring, ctx.tenant_id, name)
 
     def idempotency_key(self, name: str = "llm") -> str:
         """A key for the next ``run.llm(name)`` call, stable across retries and resumes of that step."""
