@@ -26,7 +26,7 @@ Hierarchy::
         │   └── JournalMiss          a from-journal replay reached a step with no recorded response
         ├── StaleLease               a worker tried to change an item it no longer holds
         ├── SecretError              a tenant's secret cannot be stored or read (no key, unknown key, altered)
-        └── StreamingNotSupported    an instrumented client was asked to stream inside an attempt
+        └── StreamingNotSupported    stream=True inside an attempt on a method papayya cannot record so
 
     BaseException
     └── ControlFlow                  stops a user's function; a bare ``except Exception`` does not swallow it
@@ -126,7 +126,9 @@ class SecretError(PapayyaError):
 
 
 class StreamingNotSupported(PapayyaError):
-    """A streaming call was made inside a papayya attempt, where it cannot be journaled and priced."""
+    """``stream=True`` inside a papayya attempt on an instrumented method whose streams papayya cannot
+    journal and price (one that does not stream, such as embeddings); the streams of chat completions,
+    responses and Anthropic messages are recorded."""
 
 
 class ControlFlow(BaseException):
