@@ -67,7 +67,9 @@ class Runtime:
             from papayya.store.embedded import embedded_url
 
             url = embedded_url(settings.home)
-        self.store = Store(url, pool_size=settings.pool_size, auto_migrate=settings.auto_migrate)
+        self.store = Store(
+            url, pool_size=settings.pool_size, auto_migrate=settings.auto_migrate, tenant=settings.tenant
+        )
         self.control = ControlState(self.store)
         self.budgets = Budgets(self.store, self.control)
         self.ratelimits = RateLimiter(self.store)

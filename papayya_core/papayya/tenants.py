@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from decimal import Decimal
 from typing import Any
 
@@ -297,3 +298,38 @@ def rotate_secrets(tenant_id: str | None = None) -> dict[str, Any]:
     if tenant_id is not None:
         get(tenant_id)
     return secrets.rotate(rt.store, secrets.keyring(rt.settings), tenant_id)
+
+
+# -- tenant-bound roles (docs/security.md) --------------------------------------------------------
+
+_ROLE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
+
+
+def _role(role: object) -> str:
+    if not isinstance(role, str) or not _ROLE.fullmatch(role):
+        raise InputError(
+            f"Role name {validate.shown(role)} is not usable: use 1 to 63 letters, digits and underscores, "
+            "starting with a letter or underscore."
+        )
+    return role
+
+
+def grant_role(tenant_id: str, role: str) -> bool:
+    """Bind the PostgreSQL login role ``role`` to the tenant, creating it (without a password) when it
+    does not exist: a session of that role sees and writes only this tenant's rows, whatever it sets
+    (row-level security, migration 0011). For running a tenant's workers or its own dashboard with a
+    database URL of its own. Returns True when the role was created. Needs the schema owner's store.
+
+    Raises:
+        NotFound: the tenant does not exist.
+        TenantError: the role is bound to another tenant, or is a superuser, a BYPASSRLS role or the
+            schema's owner (row-level security would not hold it).
+        InputError: ``role`` is not a plain role name.
+    """
+    return get_runtime().store.tenant_grant(validate_tenant_id(tenant_id), _role(role))
+
+
+def revoke_role(role: str) -> str | None:
+    """Take back what :func:`grant_role` granted ``role`` (the role itself stays, with nothing in the
+    papayya schema); the tenant it served, or None when it served none."""
+    return get_runtime().store.tenant_revoke(_role(role))

@@ -156,6 +156,7 @@ EXPECTED_TABLES = {
     "rate_closures": {"provider", "model", "closed_until", "updated_at"},
     "tenant_secrets": {"tenant_id", "name", "key_id", "nonce", "ciphertext", "created_at", "updated_at"},
     "run_item_counts": {"run_id", "tenant_id", "shard", "status", "n"},
+    "tenant_roles": {"role_name", "tenant_id", "created_at"},
     "run_call_counts": {
         "run_id",
         "tenant_id",

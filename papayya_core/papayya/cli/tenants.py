@@ -12,6 +12,7 @@ from papayya.budgets import PERIODS, period_of
 from papayya.cli import render
 from papayya.cli.connect import connect
 from papayya.cli.params import BUDGET, CONFIG_PAIR, MODEL, PRICE, TENANT, PriceSpec
+from papayya.cli.roles import grant_command, revoke_command
 from papayya.cli.secrets import secret_group
 from papayya.errors import NotFound
 from papayya.models import PriceOverride
@@ -42,6 +43,8 @@ def tenants_group() -> None:
 
 
 tenants_group.add_command(secret_group)  # `papayya tenants secret ...`: its own module (papayya.cli.secrets)
+tenants_group.add_command(grant_command)  # `papayya tenants grant|revoke`: papayya.cli.roles
+tenants_group.add_command(revoke_command)
 
 
 def _apply_prices(tenant_id: str, prices: tuple[PriceSpec, ...]) -> None:

@@ -14,11 +14,12 @@ from typing import Any
 from uuid import UUID
 
 import psycopg
+from psycopg import sql
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
 from papayya import migrate as _migrate
-from papayya.errors import NotFound, ReplayError, StaleLease, StoreUnavailable
+from papayya.errors import NotFound, ReplayError, StaleLease, StoreUnavailable, TenantError
 from papayya.store.connection import PoolHealth, open_pool, redact, translated
 from papayya.store.queries import q
 
@@ -92,17 +93,25 @@ class Finish:
 class Store:
     """Typed access to the papayya schema. Thread-safe: each call borrows a pooled connection."""
 
-    def __init__(self, url: str, *, pool_size: int = 16, auto_migrate: bool = True) -> None:
+    def __init__(
+        self, url: str, *, pool_size: int = 16, auto_migrate: bool = True, tenant: str | None = None
+    ) -> None:
+        """``tenant``: scope every session of this store to one tenant (``papayya.tenant``; held by
+        row-level security for roles other than the schema's owner, see docs/security.md)."""
         self.url = url
-        self._pool: ConnectionPool[psycopg.Connection[Row]] = open_pool(url, max_size=pool_size)
+        self.tenant = tenant
+        self._pool: ConnectionPool[psycopg.Connection[Row]] = open_pool(
+            url, max_size=pool_size, tenant=tenant
+        )
         # Budget reservations and settlements commit without waiting for the WAL flush: they are
         # rewritten from the ledger (which is durable) by reconcile, and holding a hot account row for
         # an fsync per LLM call would serialise every worker on it.
         self._fast_pool: ConnectionPool[psycopg.Connection[Row]] = open_pool(
-            url, max_size=pool_size, synchronous_commit=False
+            url, max_size=pool_size, synchronous_commit=False, tenant=tenant
         )
-        self._health = PoolHealth(self._pool, url)
-        self._fast_health = PoolHealth(self._fast_pool, url, synchronous_commit=False)
+        self._health = PoolHealth(self._pool, url, tenant=tenant)
+        self._fast_health = PoolHealth(self._fast_pool, url, synchronous_commit=False, tenant=tenant)
+        self._scoped: bool | None = None  # whether row-level security applies to this store's role
         self._pinned = threading.local()  # .conn: the connection of this thread's open transaction()
         self._closed = False
         self._lock = threading.Lock()
@@ -111,6 +120,14 @@ class Store:
 
     def __repr__(self) -> str:
         return f"Store({redact(self.url)})"
+
+    def _row_security(self, conn: psycopg.Connection[Row]) -> bool:
+        """Whether row-level security applies to this store's role (any role but the schema's owner,
+        superusers and BYPASSRLS roles); asked once, a role does not change."""
+        if self._scoped is None:
+            row = conn.execute("SELECT row_security_active('papayya.items') AS active").fetchone()
+            self._scoped = bool(row and row["active"])
+        return self._scoped
 
     @contextlib.contextmanager
     def _connection(self, *, fast: bool = False) -> Iterator[psycopg.Connection[Row]]:
@@ -231,6 +248,93 @@ class Store:
     def price_overrides(self, tenant_id: str) -> list[Row]:
         return self.fetch_all("price_overrides_for_tenant", {"tenant_id": tenant_id})
 
+    # -- tenant-bound roles (migration 0011, docs/security.md) -------------------------------------
+
+    # What a tenant-bound role may do, table by table; row-level security narrows each to its tenant.
+    _READ_ONLY = ("price_overrides", "tenant_secrets", "schema_version")
+    _READ_WRITE = (
+        "runs", "items", "attempts", "steps", "llm_calls", "budget_accounts", "run_item_counts",
+        "run_call_counts", "rate_limits", "rate_closures",
+    )  # fmt: skip
+
+    def tenant_grant(self, tenant_id: str, role: str) -> bool:
+        """Bind the login role ``role`` to ``tenant_id`` (creating it, without a password, when it does
+        not exist) and grant it what a tenant's workers and dashboard need. True when created.
+
+        Raises:
+            NotFound: no such tenant.
+            TenantError: the role is bound to another tenant, or would bypass row-level security (a
+                superuser, a BYPASSRLS role, the schema's owner).
+        """
+        ident = sql.Identifier(role)
+        with self._connection() as conn, conn.transaction():
+            if conn.execute(q("tenant_get"), {"tenant_id": tenant_id}).fetchone() is None:
+                raise NotFound(f"No tenant {tenant_id!r}; add it with `papayya tenants add {tenant_id}`.")
+            bound = conn.execute(
+                "SELECT tenant_id FROM papayya.tenant_roles WHERE role_name = %s", (role,)
+            ).fetchone()
+            if bound is not None and bound["tenant_id"] != tenant_id:
+                raise TenantError(
+                    f"Role {role!r} is bound to tenant {bound['tenant_id']!r}; a role serves one tenant, "
+                    "so create another role for this one."
+                )
+            found = conn.execute(
+                "SELECT r.rolsuper, r.rolbypassrls, r.oid = n.nspowner AS owner FROM pg_roles r, "
+                "pg_namespace n WHERE r.rolname = %s AND n.nspname = 'papayya'",
+                (role,),
+            ).fetchone()
+            if found is not None and (found["rolsuper"] or found["rolbypassrls"] or found["owner"]):
+                raise TenantError(
+                    f"Role {role!r} is a superuser, has BYPASSRLS or owns the papayya schema, so row-level "
+                    "security would not hold it to one tenant; grant a role of its own instead."
+                )
+            if found is None:
+                conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(ident))
+            conn.execute(sql.SQL("GRANT USAGE ON SCHEMA papayya TO {}").format(ident))
+            conn.execute(sql.SQL("GRANT SELECT, INSERT ON papayya.tenants TO {}").format(ident))
+            for table in self._READ_ONLY:
+                conn.execute(
+                    sql.SQL("GRANT SELECT ON {} TO {}").format(sql.Identifier("papayya", table), ident)
+                )
+            for table in self._READ_WRITE:
+                conn.execute(
+                    sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE ON {} TO {}").format(
+                        sql.Identifier("papayya", table), ident
+                    )
+                )
+            conn.execute(
+                sql.SQL("GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA papayya TO {}").format(ident)
+            )
+            conn.execute(
+                "INSERT INTO papayya.tenant_roles (role_name, tenant_id) VALUES (%s, %s) "
+                "ON CONFLICT DO NOTHING",
+                (role, tenant_id),
+            )
+        return found is None
+
+    def tenant_revoke(self, role: str) -> str | None:
+        """Take back what :meth:`tenant_grant` gave ``role`` (the role itself stays); the tenant it was
+        bound to, or None when it was not bound."""
+        ident = sql.Identifier(role)
+        with self._connection() as conn, conn.transaction():
+            row = conn.execute(
+                "DELETE FROM papayya.tenant_roles WHERE role_name = %s RETURNING tenant_id", (role,)
+            ).fetchone()
+            if row is None:
+                return None
+            conn.execute(sql.SQL("REVOKE ALL ON ALL TABLES IN SCHEMA papayya FROM {}").format(ident))
+            conn.execute(sql.SQL("REVOKE ALL ON ALL SEQUENCES IN SCHEMA papayya FROM {}").format(ident))
+            conn.execute(sql.SQL("REVOKE USAGE ON SCHEMA papayya FROM {}").format(ident))
+        return str(row["tenant_id"])
+
+    def tenant_roles(self, tenant_id: str | None = None) -> list[Row]:
+        with self._connection() as conn:
+            return conn.execute(
+                "SELECT role_name, tenant_id, created_at FROM papayya.tenant_roles "
+                "WHERE %(t)s::text IS NULL OR tenant_id = %(t)s ORDER BY tenant_id, role_name",
+                {"t": tenant_id},
+            ).fetchall()
+
     # -- runs and items ---------------------------------------------------------------------------
 
     def run_create(
@@ -269,12 +373,26 @@ class Store:
                 },
             )
             conn.execute(q("work_notify"), {"agent": agent_name})
-            # COPY: the fastest way into PostgreSQL (a million items in seconds, not minutes).
+            # COPY: the fastest way into PostgreSQL (a million items in seconds, not minutes). A role
+            # under row-level security may not COPY into a table that has it (a tenant-bound role): its
+            # items are copied into a temporary table and inserted from there, policies checked.
+            scoped = self._row_security(conn)
+            target = "pg_temp.papayya_intake" if scoped else "papayya.items"
+            if scoped:
+                conn.execute(
+                    "CREATE TEMPORARY TABLE IF NOT EXISTS papayya_intake (item_id uuid, run_id uuid, "
+                    "tenant_id text, key text, input jsonb, max_attempts integer) ON COMMIT DELETE ROWS"
+                )
             with conn.cursor().copy(
-                "COPY papayya.items (item_id, run_id, tenant_id, key, input, max_attempts) FROM STDIN"
+                f"COPY {target} (item_id, run_id, tenant_id, key, input, max_attempts) FROM STDIN"
             ) as copy:
                 for item_id, key, text in items:
                     copy.write_row((item_id, run_id, tenant_id, key, text, max_attempts))
+            if scoped:
+                conn.execute(
+                    "INSERT INTO papayya.items (item_id, run_id, tenant_id, key, input, max_attempts) "
+                    "SELECT item_id, run_id, tenant_id, key, input, max_attempts FROM pg_temp.papayya_intake"
+                )
 
     def attempt_begin(
         self,

@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import select
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import psycopg
@@ -44,18 +44,24 @@ def redact(url: str) -> str:
 # after 5 s idle in a transaction.
 
 
-def _configure(conn: psycopg.Connection[Any]) -> None:
-    conn.execute("SET application_name = 'papayya'")
-    conn.execute("SET idle_in_transaction_session_timeout = '5s'")
+def _configurer(*, synchronous_commit: bool, tenant: str | None) -> Callable[[psycopg.Connection[Any]], None]:
+    """What each new pooled connection sets for its whole session. ``tenant``: the session is scoped to
+    that tenant (``papayya.tenant``), which row-level security holds for any role but the schema's
+    owner and superusers (migration 0011; docs/security.md)."""
 
+    def configure(conn: psycopg.Connection[Any]) -> None:
+        conn.execute("SET application_name = 'papayya'")
+        conn.execute("SET idle_in_transaction_session_timeout = '5s'")
+        if not synchronous_commit:
+            conn.execute("SET synchronous_commit = off")
+        if tenant is not None:
+            conn.execute("SELECT set_config('papayya.tenant', %s, false)", (tenant,))
 
-def _configure_fast(conn: psycopg.Connection[Any]) -> None:
-    _configure(conn)
-    conn.execute("SET synchronous_commit = off")
+    return configure
 
 
 def open_pool(
-    url: str, *, max_size: int, synchronous_commit: bool = True
+    url: str, *, max_size: int, synchronous_commit: bool = True, tenant: str | None = None
 ) -> ConnectionPool[psycopg.Connection[dict[str, Any]]]:
     """Open a pool and check the server answers, or raise StoreUnavailable with the reason."""
     try:
@@ -78,7 +84,7 @@ def open_pool(
         # Autocommit: most writes are one statement, and a COMMIT round trip per write would double
         # their cost. Multi-statement writes use ``conn.transaction()``.
         kwargs={"row_factory": dict_row, "autocommit": True},
-        configure=_configure if synchronous_commit else _configure_fast,
+        configure=_configurer(synchronous_commit=synchronous_commit, tenant=tenant),
         open=True,
         name="papayya",
         timeout=30,
@@ -133,10 +139,11 @@ class PoolHealth:
         url: str,
         *,
         synchronous_commit: bool = True,
+        tenant: str | None = None,
     ) -> None:
         self.pool = pool
         self.url = url
-        self._configure = _configure if synchronous_commit else _configure_fast
+        self._configure = _configurer(synchronous_commit=synchronous_commit, tenant=tenant)
         self._suspect = False  # a connection failed, and no call has worked since
 
     def recover(self) -> None:
