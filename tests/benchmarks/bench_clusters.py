@@ -37,6 +37,7 @@ from psycopg.rows import dict_row
 import papayya
 from papayya.result import RunResult
 from papayya.runtime import get_runtime
+from papayya.store import Store
 from papayya.store.queries import q
 
 N_ITEMS = int(os.environ.get("BENCH_ITEMS", "1000000"))
@@ -253,6 +254,34 @@ def main() -> None:
                 f"{bbest:>13.1f} {bmed:>8.1f} {bbest / best:>7.1f}x{mark}"
             )
         print(f"   target: clusters over {N_ITEMS:,} items in <= {TARGET_MS:.0f} ms (ok/MISS on best)")
+
+        # The same reads as a login role bound to the tenant (row-level security, migration 0011):
+        # the store's run_get + run_summary, which is what RunResult.load asks, as the owner and as it.
+        role = f"papayya_bench_{tag}"
+        get_runtime().store.tenant_grant(tenant, role)
+        info = psycopg.conninfo.conninfo_to_dict(url)
+        info.update(user=role, password=None)
+        role_store = Store(
+            psycopg.conninfo.make_conninfo(**{k: v for k, v in info.items() if v}), pool_size=2
+        )
+        try:
+            for label, store in (
+                ("owner (unscoped)", get_runtime().store),
+                ("tenant-bound role", role_store),
+            ):
+                best, med, out = timed(
+                    lambda store=store: (
+                        store.run_get(run_id, tenant),
+                        store.run_summary(run_id, tenant, top=10),
+                    )
+                )
+                counted = sum(out[1]["counts"].values())
+                print(f"   runs show reads as the {label:<20} {counted:>9,} items {best:>8.1f} {med:>8.1f}")
+        finally:
+            role_store.close()
+            get_runtime().store.tenant_revoke(role)
+            with psycopg.connect(url, autocommit=True) as conn:
+                conn.execute(f'DROP ROLE IF EXISTS "{role}"')  # type: ignore[arg-type]
 
         with psycopg.connect(url, autocommit=True, row_factory=dict_row) as conn:
             parts = []
