@@ -1,4 +1,5 @@
-"""The nouns of papayya as data: statuses, outcomes, reasons, items and the records read back."""
+"""The nouns of papayya as data: statuses, outcomes, items, LLM calls; reasons and the records read back
+(pydantic models, in :mod:`papayya.records`) are loaded from here on first use."""
 
 from __future__ import annotations
 
@@ -6,14 +7,28 @@ import enum
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field
-
 from papayya import validate
+
+if TYPE_CHECKING:
+    from papayya.records import ErrorInfo, PriceOverride, Reason, TenantRecord
+
+# The pydantic models (papayya.records) load on first use, so what only needs the statuses (the CLI's
+# reads, the store) does not import pydantic: ``from papayya.models import Reason`` works as before.
+_RECORDS = frozenset({"ErrorInfo", "PriceOverride", "Reason", "TenantRecord"})
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _RECORDS:
+        raise AttributeError(f"module 'papayya.models' has no attribute {name!r}")
+    from papayya import records
+
+    value = getattr(records, name)
+    globals()[name] = value
+    return value
 
 
 class ItemStatus(enum.StrEnum):
@@ -58,23 +73,6 @@ class ErrorCategory(enum.StrEnum):
     PAPAYYA = "papayya"
 
 
-class Reason(BaseModel):
-    """Why an item is degraded: a stable code, an optional field path, and a human message.
-
-    ``code`` and ``path`` form the degradation fingerprint; ``message`` may carry item data and is
-    never used to group items across tenants.
-    """
-
-    model_config = ConfigDict(frozen=True)
-
-    code: str
-    path: str | None = None
-    message: str = ""
-
-    def label(self) -> str:
-        return f"{self.code}: {self.path}" if self.path else self.code
-
-
 class Item:
     """One unit of work: a stable ``id`` and a JSON input.
 
@@ -113,38 +111,6 @@ class Item:
         return hash(self.id)
 
 
-class ErrorInfo(BaseModel):
-    """A failure as recorded: enough to cluster it and to read it a week later."""
-
-    type: str
-    message: str
-    pattern: str = ""  # the message with item data normalised away; what clusters show
-    category: ErrorCategory
-    frame: str | None = None
-    traceback: str = ""
-    retryable: bool = False
-
-
-class TenantRecord(BaseModel):
-    tenant_id: str
-    config: dict[str, Any] = Field(default_factory=dict)
-    budget_usd: Decimal | None = None
-    budget_period: str = "month"
-    max_running: int | None = None  # items of this tenant running at once across all workers
-    created_at: datetime
-    updated_at: datetime
-
-
-class PriceOverride(BaseModel):
-    tenant_id: str
-    provider: str
-    model: str
-    input_mtok: Decimal | None = None
-    output_mtok: Decimal | None = None
-    cache_read_mtok: Decimal | None = None
-    cache_write_mtok: Decimal | None = None
-
-
 @dataclass(frozen=True, slots=True)
 class LLMCall:
     """One LLM call as recorded in the ledger (a plain dataclass: it is built on the hot path)."""
@@ -171,3 +137,17 @@ class LLMCall:
 
 
 _LLM_CALL_FIELDS = tuple(LLMCall.__dataclass_fields__)
+
+__all__ = [
+    "TERMINAL",
+    "ErrorCategory",
+    "ErrorInfo",
+    "Item",
+    "ItemStatus",
+    "LLMCall",
+    "Outcome",
+    "PriceOverride",
+    "Reason",
+    "RunStatus",
+    "TenantRecord",
+]

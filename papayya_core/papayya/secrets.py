@@ -33,14 +33,15 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
 from papayya.config import Settings, secret_keys
 from papayya.errors import ConfigError, InputError, NotFound, SecretError
 from papayya.validate import shown
 
 if TYPE_CHECKING:
+    # cryptography is imported where a keyring is built or a value opened, not by every importer of
+    # papayya.tenants (the CLI's reads never touch a secret).
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
     from papayya.store import Store
 
 __all__ = [
@@ -165,6 +166,8 @@ class Keyring:
                 "not configured here; set PAPAYYA_SECRET_KEY (or add to PAPAYYA_SECRET_KEY_OLD) the key it "
                 "was stored with."
             )
+        from cryptography.exceptions import InvalidTag
+
         try:
             plain = aead.decrypt(bytes(row["nonce"]), bytes(row["ciphertext"]), _aad(tenant_id, name))
         except InvalidTag:
@@ -229,6 +232,8 @@ def _load(key: str | None, file: tuple[str, int, int] | None, old: str | None) -
     current = key_id(ordered[0]) if ordered else None
     if old is not None:
         ordered += secret_keys(old)
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
     keys: dict[str, AESGCM] = {}
     for raw in ordered:
         keys.setdefault(key_id(raw), AESGCM(raw))

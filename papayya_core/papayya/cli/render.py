@@ -20,14 +20,17 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from enum import Enum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 import click
-from rich import box
-from rich.console import Console, RenderableType
-from rich.table import Table
-from rich.text import Text
+
+if TYPE_CHECKING:
+    # rich is imported by the functions that draw text for a person (a table, a note), so a command
+    # that prints JSON, or nothing, does not load it.
+    from rich.console import Console, RenderableType
+    from rich.table import Table
+    from rich.text import Text
 
 from papayya.money import usd
 
@@ -57,6 +60,8 @@ def console() -> Console:
     """The stdout console (colour only on a terminal; honours NO_COLOR)."""
     global _console
     if _console is None:
+        from rich.console import Console
+
         tty = sys.stdout.isatty()
         columns = os.environ.get("COLUMNS", "")
         width = int(columns) if columns.isdigit() and int(columns) >= 40 else None if tty else _PIPE_WIDTH
@@ -157,6 +162,8 @@ def _diffable(value: Any) -> list[str]:
 
 def diff_lines(diff: str) -> Text:
     """A unified diff for the terminal: removed lines red, added lines green, never read as markup."""
+    from rich.text import Text
+
     text = Text()
     for line in diff.splitlines():
         style = ""
@@ -207,6 +214,8 @@ def emit_json(value: Any) -> None:
 
 def cell(value: Any) -> Text:
     """A table cell. Always a Text, so user data such as ``[bold]`` is shown, not interpreted."""
+    from rich.text import Text
+
     if isinstance(value, Text):
         return value
     if value is None:
@@ -264,6 +273,9 @@ def table(
         [keep[n] for n in shown],
     )
     hidden = [headers[n] for n in range(len(headers)) if n not in shown]
+    from rich import box
+    from rich.table import Table
+
     t = Table(
         box=box.SIMPLE_HEAD,
         show_edge=False,
@@ -307,6 +319,8 @@ def _share(room: int, want: list[int], need: list[int], keep: list[bool]) -> lis
 
 def fields(pairs: Iterable[tuple[str, Any]]) -> Table:
     """Label / value lines, labels aligned: the top of every ``show`` command."""
+    from rich.table import Table
+
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold")
     grid.add_column(overflow="fold")
@@ -316,10 +330,14 @@ def fields(pairs: Iterable[tuple[str, Any]]) -> Table:
 
 
 def heading(text: str) -> Text:
+    from rich.text import Text
+
     return Text(f"\n{text}", style="bold underline")
 
 
 def note(text: str) -> Text:
+    from rich.text import Text
+
     return Text(text, style="dim")
 
 

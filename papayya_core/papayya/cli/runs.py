@@ -6,13 +6,11 @@ import time
 from datetime import UTC, datetime
 from decimal import Decimal
 from shlex import quote
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 import click
-from rich.text import Text
 
-from papayya import tenants
 from papayya.cli import render
 from papayya.cli.connect import connect
 from papayya.cli.params import BUDGET, RUN_ID, TENANT
@@ -20,6 +18,9 @@ from papayya.errors import BudgetError
 from papayya.models import TERMINAL, Outcome
 from papayya.result import RunResult
 from papayya.runtime import get_runtime
+
+if TYPE_CHECKING:
+    from rich.text import Text
 
 _OUTCOMES = (Outcome.SUCCEEDED.value, Outcome.DEGRADED.value, Outcome.FAILED.value)
 
@@ -40,6 +41,8 @@ def list_command(tenant: str | None, limit: int, as_json: bool) -> None:
     """List runs, newest first."""
     store = connect()
     if tenant is not None:
+        from papayya import tenants  # the tenant records load pydantic: only when --tenant asks for one
+
         tenants.get(tenant)
     found = store.run_list_detail(tenant, limit)
     budgets = store.run_budgets([r["run_id"] for r in found])
@@ -316,6 +319,8 @@ def status_cell(status: str, reason: str | None) -> Text | str:
     if status != "paused":
         return status
     kind, _ = _reason_parts(reason)
+    from rich.text import Text
+
     return Text(f"paused ({kind})" if kind else "paused", style="bold magenta")
 
 
