@@ -8,6 +8,7 @@ like the embedded server's default user, bypasses row-level security).
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -210,3 +211,33 @@ def test_granting_refuses_what_would_not_hold_and_names_the_problem(two_tenants:
     with pytest.raises(TenantError, match=r"superuser|owns the papayya schema"):
         store.tenant_grant(two_tenants["a"], me[0])
     assert store.tenant_revoke("papayya_never_granted") is None
+
+
+def test_papayya_tenant_scopes_even_a_role_that_bypasses_row_level_security(
+    two_tenants: dict[str, Any], database_url: str, tmp_path: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from papayya.cli import main as cli_main
+
+    a, b = two_tenants["a"], two_tenants["b"]
+    a_run = two_tenants["runs"][a]
+    # Given the session's own role (a superuser here: row-level security does not hold it) and
+    # PAPAYYA_TENANT=B
+    papayya.reset(forget_configuration=True)
+    papayya.configure(database_url=database_url, home=tmp_path / ".papayya", progress=False, tenant=b)
+
+    # Then every read shows B alone, and A's run and items are not found
+    capsys.readouterr()
+    assert cli_main(["runs", "list", "--json", "--limit", "1000"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert listed
+    assert {r["tenant"] for r in listed} == {b}
+    assert cli_main(["runs", "show", str(a_run.run_id), "--json"]) != 0
+    assert "No run" in capsys.readouterr().err
+    with pytest.raises(NotFound):
+        RunResult.load(a_run.run_id, a)
+    # and it still runs B's batches
+    assert enrich.map([{"id": f"{b}-scoped"}], tenant=b).counts["succeeded"] == 1
+    # but not A's
+    with pytest.raises(Exception, match=r"row-level security|permission denied"):
+        enrich.map([{"id": "x"}], tenant=a)
+    papayya.reset(forget_configuration=True)

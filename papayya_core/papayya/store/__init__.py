@@ -90,6 +90,63 @@ class Finish:
     run_id: UUID | None = None  # the item's run: completed in the same transaction if this was its last
 
 
+# What a tenant-bound role may do, table by table; row-level security narrows each to its tenant.
+_READ_ONLY = ("price_overrides", "tenant_secrets", "schema_version")
+_READ_WRITE = (
+    "runs", "items", "attempts", "steps", "llm_calls", "budget_accounts", "run_item_counts",
+    "run_call_counts", "rate_limits", "rate_closures",
+)  # fmt: skip
+# The role a scoped store whose own role bypasses row-level security (the schema's owner, a superuser,
+# as the embedded server's default user is) drops to, so PAPAYYA_TENANT holds for it too.
+SCOPED_ROLE = "papayya_scoped"
+
+
+def _grant_tenant_rights(conn: psycopg.Connection[Any], role: str) -> None:
+    """Grant ``role`` what a tenant's workers and dashboard need; row-level security does the rest."""
+    ident = sql.Identifier(role)
+    conn.execute(sql.SQL("GRANT USAGE ON SCHEMA papayya TO {}").format(ident))
+    conn.execute(sql.SQL("GRANT SELECT, INSERT ON papayya.tenants TO {}").format(ident))
+    for table in _READ_ONLY:
+        conn.execute(sql.SQL("GRANT SELECT ON {} TO {}").format(sql.Identifier("papayya", table), ident))
+    for table in _READ_WRITE:
+        conn.execute(
+            sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE ON {} TO {}").format(
+                sql.Identifier("papayya", table), ident
+            )
+        )
+    conn.execute(sql.SQL("GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA papayya TO {}").format(ident))
+
+
+def _scoping_role(url: str, tenant: str) -> str | None:
+    """The role a store scoped to ``tenant`` sets in its sessions: None when row-level security
+    already holds the URL's role, else :data:`SCOPED_ROLE` (created, granted the tenant rights and
+    granted to the URL's role on first use).
+
+    Raises:
+        TenantError: the role bypasses row-level security and may not create or grant that role.
+    """
+    with psycopg.connect(url, autocommit=True) as conn:
+        row = conn.execute("SELECT row_security_active('papayya.items')").fetchone()
+        if row is None or row[0]:
+            return None
+        try:
+            with conn.transaction():
+                found = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (SCOPED_ROLE,)).fetchone()
+                if found is None:
+                    conn.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(sql.Identifier(SCOPED_ROLE)))
+                _grant_tenant_rights(conn, SCOPED_ROLE)
+                conn.execute(sql.SQL("GRANT {} TO CURRENT_USER").format(sql.Identifier(SCOPED_ROLE)))
+        except (psycopg.errors.DuplicateObject, psycopg.errors.UniqueViolation):
+            return _scoping_role(url, tenant)  # another process created it at the same moment
+        except psycopg.errors.InsufficientPrivilege:
+            raise TenantError(
+                f"Cannot scope this process to tenant {tenant!r}: its database role bypasses row-level "
+                f"security and may not create the role {SCOPED_ROLE} to drop to; connect with a role bound "
+                "to the tenant (`papayya tenants grant`) or create that role once as a superuser."
+            ) from None
+    return SCOPED_ROLE
+
+
 class Store:
     """Typed access to the papayya schema. Thread-safe: each call borrows a pooled connection."""
 
@@ -100,22 +157,32 @@ class Store:
         row-level security for roles other than the schema's owner, see docs/security.md)."""
         self.url = url
         self.tenant = tenant
+        role = None
+        if tenant is not None:
+            # A scoped store's sessions may not be able to migrate (they drop to a role that row-level
+            # security holds): migrate first, as the role in the URL.
+            if auto_migrate:
+                with psycopg.connect(url, autocommit=True) as conn:
+                    _migrate.migrate(conn)
+            role = _scoping_role(url, tenant)
         self._pool: ConnectionPool[psycopg.Connection[Row]] = open_pool(
-            url, max_size=pool_size, tenant=tenant
+            url, max_size=pool_size, tenant=tenant, role=role
         )
         # Budget reservations and settlements commit without waiting for the WAL flush: they are
         # rewritten from the ledger (which is durable) by reconcile, and holding a hot account row for
         # an fsync per LLM call would serialise every worker on it.
         self._fast_pool: ConnectionPool[psycopg.Connection[Row]] = open_pool(
-            url, max_size=pool_size, synchronous_commit=False, tenant=tenant
+            url, max_size=pool_size, synchronous_commit=False, tenant=tenant, role=role
         )
-        self._health = PoolHealth(self._pool, url, tenant=tenant)
-        self._fast_health = PoolHealth(self._fast_pool, url, synchronous_commit=False, tenant=tenant)
+        self._health = PoolHealth(self._pool, url, tenant=tenant, role=role)
+        self._fast_health = PoolHealth(
+            self._fast_pool, url, synchronous_commit=False, tenant=tenant, role=role
+        )
         self._scoped: bool | None = None  # whether row-level security applies to this store's role
         self._pinned = threading.local()  # .conn: the connection of this thread's open transaction()
         self._closed = False
         self._lock = threading.Lock()
-        if auto_migrate:
+        if auto_migrate and tenant is None:
             self.migrate()
 
     def __repr__(self) -> str:
@@ -250,13 +317,6 @@ class Store:
 
     # -- tenant-bound roles (migration 0011, docs/security.md) -------------------------------------
 
-    # What a tenant-bound role may do, table by table; row-level security narrows each to its tenant.
-    _READ_ONLY = ("price_overrides", "tenant_secrets", "schema_version")
-    _READ_WRITE = (
-        "runs", "items", "attempts", "steps", "llm_calls", "budget_accounts", "run_item_counts",
-        "run_call_counts", "rate_limits", "rate_closures",
-    )  # fmt: skip
-
     def tenant_grant(self, tenant_id: str, role: str) -> bool:
         """Bind the login role ``role`` to ``tenant_id`` (creating it, without a password, when it does
         not exist) and grant it what a tenant's workers and dashboard need. True when created.
@@ -290,21 +350,7 @@ class Store:
                 )
             if found is None:
                 conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(ident))
-            conn.execute(sql.SQL("GRANT USAGE ON SCHEMA papayya TO {}").format(ident))
-            conn.execute(sql.SQL("GRANT SELECT, INSERT ON papayya.tenants TO {}").format(ident))
-            for table in self._READ_ONLY:
-                conn.execute(
-                    sql.SQL("GRANT SELECT ON {} TO {}").format(sql.Identifier("papayya", table), ident)
-                )
-            for table in self._READ_WRITE:
-                conn.execute(
-                    sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE ON {} TO {}").format(
-                        sql.Identifier("papayya", table), ident
-                    )
-                )
-            conn.execute(
-                sql.SQL("GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA papayya TO {}").format(ident)
-            )
+            _grant_tenant_rights(conn, role)
             conn.execute(
                 "INSERT INTO papayya.tenant_roles (role_name, tenant_id) VALUES (%s, %s) "
                 "ON CONFLICT DO NOTHING",

@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import psycopg
+from psycopg import sql
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool, PoolTimeout
 
@@ -44,10 +45,13 @@ def redact(url: str) -> str:
 # after 5 s idle in a transaction.
 
 
-def _configurer(*, synchronous_commit: bool, tenant: str | None) -> Callable[[psycopg.Connection[Any]], None]:
+def _configurer(
+    *, synchronous_commit: bool, tenant: str | None, role: str | None = None
+) -> Callable[[psycopg.Connection[Any]], None]:
     """What each new pooled connection sets for its whole session. ``tenant``: the session is scoped to
     that tenant (``papayya.tenant``), which row-level security holds for any role but the schema's
-    owner and superusers (migration 0011; docs/security.md)."""
+    owner and superusers (migration 0011; docs/security.md); ``role``: the role the session drops to
+    when its own bypasses row-level security, so that it holds."""
 
     def configure(conn: psycopg.Connection[Any]) -> None:
         conn.execute("SET application_name = 'papayya'")
@@ -56,12 +60,19 @@ def _configurer(*, synchronous_commit: bool, tenant: str | None) -> Callable[[ps
             conn.execute("SET synchronous_commit = off")
         if tenant is not None:
             conn.execute("SELECT set_config('papayya.tenant', %s, false)", (tenant,))
+        if role is not None:
+            conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(role)))
 
     return configure
 
 
 def open_pool(
-    url: str, *, max_size: int, synchronous_commit: bool = True, tenant: str | None = None
+    url: str,
+    *,
+    max_size: int,
+    synchronous_commit: bool = True,
+    tenant: str | None = None,
+    role: str | None = None,
 ) -> ConnectionPool[psycopg.Connection[dict[str, Any]]]:
     """Open a pool and check the server answers, or raise StoreUnavailable with the reason."""
     try:
@@ -84,7 +95,7 @@ def open_pool(
         # Autocommit: most writes are one statement, and a COMMIT round trip per write would double
         # their cost. Multi-statement writes use ``conn.transaction()``.
         kwargs={"row_factory": dict_row, "autocommit": True},
-        configure=_configurer(synchronous_commit=synchronous_commit, tenant=tenant),
+        configure=_configurer(synchronous_commit=synchronous_commit, tenant=tenant, role=role),
         open=True,
         name="papayya",
         timeout=30,
@@ -140,10 +151,11 @@ class PoolHealth:
         *,
         synchronous_commit: bool = True,
         tenant: str | None = None,
+        role: str | None = None,
     ) -> None:
         self.pool = pool
         self.url = url
-        self._configure = _configurer(synchronous_commit=synchronous_commit, tenant=tenant)
+        self._configure = _configurer(synchronous_commit=synchronous_commit, tenant=tenant, role=role)
         self._suspect = False  # a connection failed, and no call has worked since
 
     def recover(self) -> None:
