@@ -26,7 +26,6 @@ import math
 import os
 import re
 import threading
-import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
 from decimal import Decimal
@@ -424,7 +423,7 @@ def find_config_file(start: Path | None = None) -> ConfigFile | None:
     here = (start or Path.cwd()).resolve()
     for folder in (here, *here.parents):
         candidate = folder / "pyproject.toml"
-        if not candidate.is_file():
+        if not candidate.is_file() or not _names_papayya(candidate):
             continue
         try:
             data = _read_toml(candidate)
@@ -439,7 +438,18 @@ def find_config_file(start: Path | None = None) -> ConfigFile | None:
     return None
 
 
+def _names_papayya(path: Path) -> bool:
+    """Whether the file could hold papayya's table (parsing a project's pyproject.toml that never says
+    "papayya" is time a command spends for nothing)."""
+    try:
+        return b"papayya" in path.read_bytes()
+    except OSError:
+        return True  # _read_toml says why it cannot be read
+
+
 def _read_toml(path: Path) -> dict[str, Any]:
+    import tomllib  # here, not at the top: its parser compiles a dozen regular expressions at import
+
     try:
         with path.open("rb") as f:
             return tomllib.load(f)
