@@ -241,3 +241,34 @@ def test_papayya_tenant_scopes_even_a_role_that_bypasses_row_level_security(
     with pytest.raises(Exception, match=r"row-level security|permission denied"):
         enrich.map([{"id": "x"}], tenant=a)
     papayya.reset(forget_configuration=True)
+
+
+def test_a_dashboard_tenant_token_is_held_by_the_database_even_when_its_python_check_fails(
+    two_tenants: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("starlette", reason="the ui extra is not installed: pip install 'papayya[ui]'")
+    from starlette.testclient import TestClient
+
+    from papayya.ui.app import create_app
+    from papayya.ui.auth import Access, load_tokens
+
+    a, b = two_tenants["a"], two_tenants["b"]
+    b_run = two_tenants["runs"][b].run_id
+    app = TestClient(
+        create_app(load_tokens("admin", tenant_tokens=f"{a}:a-token")), base_url="http://127.0.0.1:8177"
+    )
+    mine = {"authorization": "Bearer a-token"}
+    assert app.get(f"/api/runs/{b_run}", headers=mine).status_code == 404  # not found: no existence leak
+
+    # When the dashboard's own check is broken (a bug lets every tenant through)
+    monkeypatch.setattr(Access, "allows", lambda self, tenant_id: True)
+    monkeypatch.setattr(Access, "check", lambda self, tenant_id: None)
+
+    # Then the database still holds the token to its tenant: B's run is not found, lists hold A only
+    assert app.get(f"/api/runs/{b_run}", headers=mine).status_code == 404
+    assert {r["tenant"] for r in app.get(f"/api/runs?tenant={b}", headers=mine).json()} <= {a}
+    assert {r["tenant"] for r in app.get("/api/runs", headers=mine).json()} == {a}
+    # and the main token still sees every tenant, on the same connections
+    assert {b} <= {
+        r["tenant"] for r in app.get("/api/runs", headers={"authorization": "Bearer admin"}).json()
+    }

@@ -7,6 +7,7 @@ import json
 import logging
 import threading
 from collections.abc import Iterator, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -99,6 +100,10 @@ _READ_WRITE = (
 # The role a scoped store whose own role bypasses row-level security (the schema's owner, a superuser,
 # as the embedded server's default user is) drops to, so PAPAYYA_TENANT holds for it too.
 SCOPED_ROLE = "papayya_scoped"
+# The tenant the current request acts for (the dashboard sets it for a tenant token): every connection
+# a store lends in this context is scoped to it, whatever the store's own scope, so row-level security
+# holds a request even if the code serving it asks for another tenant's rows.
+REQUEST_TENANT: ContextVar[str | None] = ContextVar("papayya_request_tenant", default=None)
 
 
 def _grant_tenant_rights(conn: psycopg.Connection[Any], role: str) -> None:
@@ -179,6 +184,7 @@ class Store:
             self._fast_pool, url, synchronous_commit=False, tenant=tenant, role=role
         )
         self._scoped: bool | None = None  # whether row-level security applies to this store's role
+        self._request_role: str | None = None  # the role a REQUEST_TENANT checkout drops to ("": none)
         self._pinned = threading.local()  # .conn: the connection of this thread's open transaction()
         self._closed = False
         self._lock = threading.Lock()
@@ -211,13 +217,40 @@ class Store:
                 yield pinned
             return
         health = self._fast_health if fast else self._health
+        scope = REQUEST_TENANT.get()
         try:
             with translated(), health.connection() as conn:
-                yield conn
+                if scope is None or scope == self.tenant:
+                    yield conn
+                else:
+                    with self._scoped_to(conn, scope):
+                        yield conn
         except StoreUnavailable as exc:
             if not isinstance(exc.__cause__, psycopg.errors.TransactionRollback):  # not a lost link
                 self.recover()
             raise
+
+    @contextlib.contextmanager
+    def _scoped_to(self, conn: psycopg.Connection[Row], tenant: str) -> Iterator[None]:
+        """Hold ``conn`` to ``tenant`` while it is lent (:data:`REQUEST_TENANT`): the tenant setting
+        and, when this store's role bypasses row-level security, the role it drops to; both put back
+        when it returns. Should putting them back fail, the connection is closed, not pooled."""
+        if self._request_role is None:
+            self._request_role = _scoping_role(self.url, tenant) or ""
+        conn.execute(
+            "SELECT set_config('papayya.tenant', %s, false), set_config('role', %s, false)",
+            (tenant, self._request_role or "none"),
+        )
+        try:
+            yield
+        finally:
+            try:
+                conn.execute(
+                    "SELECT set_config('papayya.tenant', %s, false), set_config('role', 'none', false)",
+                    (self.tenant or "",),
+                )
+            except psycopg.Error:
+                conn.close()  # the pool drops a closed connection
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:

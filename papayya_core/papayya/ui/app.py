@@ -27,6 +27,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from papayya.cli import render
 from papayya.errors import NotFound, PapayyaError
+from papayya.store import REQUEST_TENANT
 from papayya.ui import actions, api, pages
 from papayya.ui.auth import (
     COOKIE,
@@ -117,7 +118,15 @@ class Guard(BaseHTTPMiddleware):
                 return JSONResponse({"error": "A token is needed: send Authorization: Bearer TOKEN."}, 401)
             return HTMLResponse(pages.login_page(request, failed=bool(given)), status_code=401)
         request.state.access = access
-        return await call_next(request)
+        if access.tenant is None:
+            return await call_next(request)
+        # A tenant token: every connection serving this request is scoped to its tenant in the
+        # database too (row-level security), so a bug here cannot show another tenant's rows.
+        scope = REQUEST_TENANT.set(access.tenant)
+        try:
+            return await call_next(request)
+        finally:
+            REQUEST_TENANT.reset(scope)
 
     def _access(self, request: Request) -> Access | None:
         if not self.tokens.required:
