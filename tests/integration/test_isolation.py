@@ -272,3 +272,46 @@ def test_a_dashboard_tenant_token_is_held_by_the_database_even_when_its_python_c
     assert {b} <= {
         r["tenant"] for r in app.get("/api/runs", headers={"authorization": "Bearer admin"}).json()
     }
+
+
+def test_every_cli_read_as_a_tenant_bound_role_shows_nothing_of_another_tenant(
+    two_tenants: dict[str, Any], tmp_path: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from papayya.cli import main as cli_main
+
+    a, b = two_tenants["a"], two_tenants["b"]
+    a_run, b_run = two_tenants["runs"][a].run_id, two_tenants["runs"][b].run_id
+    owner = get_runtime().store
+    b_item = owner.items_page(b_run, tenant_id=b, limit=1)[0]["item_id"]
+    a_item = owner.items_page(a_run, tenant_id=a, limit=1)[0]["item_id"]
+    papayya.reset(forget_configuration=True)
+    papayya.configure(database_url=two_tenants["url"], home=tmp_path / ".papayya", progress=False)
+    reads = [
+        ["runs", "list"],
+        ["runs", "show", str(a_run)],
+        ["items", "list", str(a_run)],
+        ["items", "show", str(a_item)],
+        ["tenants", "list"],
+        ["tenants", "show", a],
+        ["costs", "--by", "tenant"],
+        ["costs", "--by", "tenant,model"],
+        ["costs", "--by", "run"],
+        ["failures"],
+        ["limits", "list"],
+        # another tenant's ids, guessed: not found, nothing shown
+        ["runs", "show", str(b_run)],
+        ["items", "show", str(b_item)],
+        ["items", "list", str(b_run)],
+        ["tenants", "show", b],
+    ]
+    answered = 0
+    for argv in reads:
+        capsys.readouterr()
+        code = cli_main([*argv, "--json"])
+        out, err = capsys.readouterr()
+        answered += code == 0
+        for secret in (b, str(b_run), str(b_item)):
+            assert secret not in out, (argv, out)
+            assert secret not in err or argv[-1] == secret or secret in argv, (argv, err)
+    assert answered >= 11  # every read of the role's own tenant answered
+    papayya.reset(forget_configuration=True)
