@@ -315,3 +315,47 @@ def test_every_cli_read_as_a_tenant_bound_role_shows_nothing_of_another_tenant(
             assert secret not in err or argv[-1] == secret or secret in argv, (argv, err)
     assert answered >= 11  # every read of the role's own tenant answered
     papayya.reset(forget_configuration=True)
+
+
+def test_a_role_that_may_not_migrate_checks_the_version_and_says_who_can(
+    two_tenants: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from papayya import migrate
+    from papayya.errors import MigrationError
+
+    # A store at this papayya's version: the bound role opens it (it only reads the version)
+    Store(two_tenants["url"], pool_size=1).close()
+    # A store behind it (a newer papayya ships a migration): one sentence, nothing changed
+    shipped = migrate.available()
+    future = migrate.Migration(shipped[-1].version + 1, "future", "CREATE TABLE papayya.future (x int);")
+    monkeypatch.setattr(migrate, "available", lambda: [*shipped, future])
+    with pytest.raises(
+        MigrationError, match=r"this role cannot migrate it .*run `papayya migrate` as the role"
+    ):
+        Store(two_tenants["url"], pool_size=1)
+    with psycopg.connect(two_tenants["url"]) as conn:
+        assert conn.execute("SELECT to_regclass('papayya.future')").fetchone() == (None,)
+
+
+def test_cli_grant_and_revoke_say_what_they_did_and_refuse_bad_names(
+    two_tenants: dict[str, Any], database_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from papayya.cli import main as cli_main
+
+    b = two_tenants["b"]
+    role = f"papayya_cli_{uuid.uuid4().hex[:8]}"
+    capsys.readouterr()
+    assert cli_main(["tenants", "grant", b, "--role", role]) == 0
+    assert f"Created login role {role} is bound to tenant {b}" in capsys.readouterr().out
+    assert cli_main(["tenants", "grant", b, "--role", role, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"tenant": b, "role": role, "created": False}
+    assert cli_main(["tenants", "grant", b, "--role", 'x"; DROP TABLE papayya.items; --']) == 2
+    err = capsys.readouterr().err
+    assert "is not usable: use 1 to 63 letters" in err
+    assert "Traceback" not in err
+    assert cli_main(["tenants", "grant", "no-such-tenant", "--role", role]) != 0
+    assert "No tenant 'no-such-tenant'" in capsys.readouterr().err
+    assert cli_main(["tenants", "revoke", "--role", role]) == 0
+    assert f"Role {role} no longer reaches tenant {b}" in capsys.readouterr().out
+    with psycopg.connect(database_url, autocommit=True) as admin:
+        admin.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
