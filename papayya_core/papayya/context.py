@@ -236,6 +236,130 @@ def _retrieval_check(ctx: AttemptContext, name: str, result: Any) -> None:
         ctx.signal(Reason(code="retrieval_empty", path=name, message=f"retriever {name!r} found nothing"))
 
 
+def replayed(ctx: AttemptContext, key: str, provider: str, model: str | None, stop: str | None) -> None:
+    """A call answered from the journal: it degrades the item as the paid one did, and plugins hear of it."""
+    ledger.signal_stop(ctx, provider, model, stop)
+    ctx.runtime.hooks.llm_call_replayed(ctx, key, provider, model, stop)
+
+
+@dataclass(eq=False)
+class PaidCall:
+    """One LLM call that goes to the provider, from its budget reservation to its ledger row.
+
+    ``run.llm`` pays through it, and so do the integrations that see a call as events rather than as
+    a function to wrap (``papayya_langchain``'s callback handler): ``plan`` (from-journal replays never
+    get here), ``reserve`` before the request leaves, then ``finish`` with what the provider reported,
+    or ``failed``.
+    """
+
+    ctx: AttemptContext
+    provider: str
+    model: str  # as asked; the ledger records the one the response reports, when it does
+    key: str
+    digest: str
+    worst: Usage
+    estimate: Decimal | None
+    reserved: Decimal = Decimal(0)
+    started: float = 0.0
+
+    @classmethod
+    def plan(
+        cls,
+        ctx: AttemptContext,
+        *,
+        provider: str,
+        model: str,
+        key: str,
+        digest: str,
+        request: dict[str, Any],
+        max_tokens: int | None = None,
+        max_input_tokens: object = None,
+        estimate_usd: object = None,
+    ) -> PaidCall:
+        """The call's worst case (see ``ledger.estimate_usage``), priced; nothing reserved yet.
+
+        Raises:
+            JournalMiss: a from-journal replay reached a call its journal does not hold.
+            BudgetError: ``max_input_tokens`` or ``estimate_usd`` is not a finite number >= 0.
+        """
+        if ctx.from_journal:
+            raise JournalMiss(
+                f"Step {key} of item {ctx.item.id} has no recorded response, and a from-journal replay "
+                "never calls a provider; replay without --from-journal to call it."
+            )
+        worst = ledger.estimate_usage(
+            ctx, request, max_tokens, model=model, max_input_tokens=max_input_tokens
+        )
+        cost = ledger.estimate(ctx, provider, model, worst, estimate_usd=estimate_usd)
+        return cls(ctx, provider, model, key, digest, worst, cost)
+
+    @property
+    def tokens(self) -> int:
+        return self.worst.input_tokens + self.worst.output_tokens
+
+    def reserve(self) -> None:
+        """Wait for the rate limit, then reserve the worst case on the budgets (Paused: no room)."""
+        # Rate limit first: a call waiting for its turn should not hold budget others could use.
+        self.ctx.runtime.ratelimits.acquire(self.provider, self.model, self.ctx.tenant_id, self.tokens)
+        self._reserve()
+
+    async def reserve_async(self) -> None:
+        await self.ctx.runtime.ratelimits.acquire_async(
+            self.provider, self.model, self.ctx.tenant_id, self.tokens
+        )
+        await asyncio.to_thread(self._reserve)
+
+    def _reserve(self) -> None:
+        ctx = self.ctx
+        ctx.check_lease()
+        self.reserved = ctx.runtime.budgets.reserve(
+            ctx.accounts, self.estimate, what=f"{self.provider}/{self.model}"
+        )
+        # Last look just before the request leaves: reserving may have waited on the store, and a
+        # worker frozen meanwhile must not wake up and pay for an item that is no longer its own.
+        try:
+            ctx.check_lease()
+        except BaseException:
+            ctx.runtime.budgets.release(ctx.accounts, self.reserved)
+            raise
+        self.started = time.perf_counter()
+
+    def failed(self, exc: BaseException) -> None:
+        """The request failed: its reservation goes back; a 429 closes the rate-limit key for everyone."""
+        ctx = self.ctx
+        ctx.runtime.budgets.release(ctx.accounts, self.reserved)
+        limits = ctx.runtime.ratelimits
+        limits.settle(self.provider, self.model, ctx.tenant_id, self.tokens, 0)
+        retry_after = retry_after_of(exc)
+        if retry_after is not None:  # the provider said 429: close the key for every worker
+            limits.close(self.provider, self.model, retry_after)
+
+    def finish(
+        self, *, model: str | None, usage: Usage, stop_reason: str | None, journal_result: Any = None
+    ) -> LLMCall:
+        """Write the ledger row (and the journal step, when ``journal_result`` is not None) in one write,
+        settling the reservation on the call's cost."""
+        ctx = self.ctx
+        latency = (time.perf_counter() - self.started) * 1000
+        ctx.runtime.ratelimits.settle(
+            self.provider, self.model, ctx.tenant_id, self.tokens, usage.input_tokens + usage.output_tokens
+        )
+        return ledger.record(
+            ctx,
+            provider=self.provider,
+            model=model or self.model,
+            usage=usage,
+            stop_reason=stop_reason,
+            latency_ms=latency,
+            step_key=self.key,
+            idempotency_key=f"papayya-{ctx.item_id}-{self.key}",
+            journal_result=journal_result,
+            journal=journal_result is not None,
+            request_hash=self.digest,
+            reserved=self.reserved,
+        )
+
+
 class Run:
     """The ``run`` object. Import it (``from papayya import run``) and use it inside an agent."""
 
@@ -337,112 +461,64 @@ class Run:
             if found:
                 # What the response says is re-derived from the recorded response, as when it was paid.
                 got_model, _, stop = ledger.extract_usage(provider, recorded)
-                ledger.signal_stop(ctx, provider, model or got_model, stop)
-                ctx.runtime.hooks.llm_call_replayed(ctx, key, provider, model or got_model, stop)
+                replayed(ctx, key, provider, model or got_model, stop)
                 result = decode(recorded) if decode is not None else recorded
                 return _ready(result) if is_async else result
-            if ctx.from_journal:
-                raise JournalMiss(
-                    f"Step {key} of item {ctx.item.id} has no recorded response, and a from-journal replay "
-                    "never calls a provider; replay without --from-journal to call it."
-                )
-            idem = f"papayya-{ctx.item_id}-{key}"
-            asked_model = str(model or kwargs.get("model") or "unknown")
-            worst = ledger.estimate_usage(
-                ctx, kwargs, max_tokens, model=asked_model, max_input_tokens=max_input_tokens
+            paid = PaidCall.plan(
+                ctx,
+                provider=provider,
+                model=str(model or kwargs.get("model") or "unknown"),
+                key=key,
+                digest=digest,
+                request=kwargs,
+                max_tokens=max_tokens,
+                max_input_tokens=max_input_tokens,
+                estimate_usd=estimate_usd,
             )
-            tokens = worst.input_tokens + worst.output_tokens
-            estimate = ledger.estimate(ctx, provider, asked_model, worst, estimate_usd=estimate_usd)
-            limits = ctx.runtime.ratelimits
 
-            def reserve() -> Decimal:
-                # Rate limit first: a call waiting for its turn should not hold budget others could use.
-                limits.acquire(provider, asked_model, ctx.tenant_id, tokens)
-                ctx.check_lease()
-                what = f"{provider}/{asked_model}"
-                reserved = ctx.runtime.budgets.reserve(ctx.accounts, estimate, what=what)
-                lease_held(reserved)
-                return reserved
-
-            def lease_held(reserved: Decimal) -> None:
-                # Last look just before the request leaves: reserving may have waited on the store, and a
-                # worker frozen meanwhile must not wake up and pay for an item that is no longer its own.
-                try:
-                    ctx.check_lease()
-                except BaseException:
-                    ctx.runtime.budgets.release(ctx.accounts, reserved)
-                    raise
-
-            def failed(exc: BaseException, reserved: Decimal) -> None:
-                ctx.runtime.budgets.release(ctx.accounts, reserved)
-                limits.settle(provider, asked_model, ctx.tenant_id, tokens, 0)
-                retry_after = retry_after_of(exc)
-                if retry_after is not None:  # the provider said 429: close the key for every worker
-                    limits.close(provider, asked_model, retry_after)
-
-            def finish(response: Any, started: float, reserved: Decimal, *, whole: bool = True) -> Any:
-                latency = (time.perf_counter() - started) * 1000
+            def finish(response: Any, *, whole: bool = True) -> Any:
                 got_model, usage, stop = ledger.extract_usage(provider, response)
                 if not whole:  # a stream that stopped short: nothing to journal, usage as far as known
-                    usage, stop = ledger.abandoned_usage(provider, response, worst)
-                limits.settle(
-                    provider, asked_model, ctx.tenant_id, tokens, usage.input_tokens + usage.output_tokens
-                )
-                ledger.record(
-                    ctx,
-                    provider=provider,
-                    model=model or got_model or asked_model,
+                    usage, stop = ledger.abandoned_usage(provider, response, paid.worst)
+                paid.finish(
+                    model=model or got_model,
                     usage=usage,
                     stop_reason=stop,
-                    latency_ms=latency,
-                    step_key=key,
-                    idempotency_key=idem,
                     journal_result=to_jsonable_python(response, fallback=repr) if whole else None,
-                    journal=whole,
-                    request_hash=digest,
-                    reserved=reserved,
                 )
                 return response
 
-            def opened(response: Any, started: float, reserved: Decimal) -> Any:
+            def opened(response: Any) -> Any:
                 assert stream is not None
 
                 def settle(recorded: Any) -> None:
-                    whole = ledger.stream_complete(provider, recorded)
-                    finish(recorded, started, reserved, whole=whole)
+                    finish(recorded, whole=ledger.stream_complete(provider, recorded))
 
                 return stream(response, settle)
 
             if is_async:
 
                 async def run_async() -> Any:
-                    await limits.acquire_async(provider, asked_model, ctx.tenant_id, tokens)
-                    ctx.check_lease()
-                    reserved = await asyncio.to_thread(
-                        ctx.runtime.budgets.reserve, ctx.accounts, estimate, what=f"{provider}/{asked_model}"
-                    )
-                    lease_held(reserved)
-                    started = time.perf_counter()
+                    await paid.reserve_async()
                     try:
                         response = await fn(*args, **kwargs)
                     except BaseException as exc:
-                        await asyncio.to_thread(failed, exc, reserved)
+                        await asyncio.to_thread(paid.failed, exc)
                         raise
                     if stream is not None:
-                        return opened(response, started, reserved)
-                    return await asyncio.to_thread(finish, response, started, reserved)
+                        return opened(response)
+                    return await asyncio.to_thread(finish, response)
 
                 return run_async()
-            reserved = reserve()
-            started = time.perf_counter()
+            paid.reserve()
             try:
                 response = fn(*args, **kwargs)
             except BaseException as exc:
-                failed(exc, reserved)
+                paid.failed(exc)
                 raise
             if stream is not None:
-                return opened(response, started, reserved)
-            return finish(response, started, reserved)
+                return opened(response)
+            return finish(response)
 
         return call
 
