@@ -1,36 +1,55 @@
 """The native engine beside the PostgreSQL queues it is measured against, run on demand:
 
-    .venv/bin/python tests/benchmarks/bench_engine.py [--items N] [--quick] [--big] [--json PATH]
+    .venv/bin/python tests/benchmarks/bench_engine.py [--seconds S] [--repeat R] [--quick] [--big]
+                                                      [--items N] [--smoke] [--json PATH]
 
-Every measurement gets a fresh database on one PostgreSQL server (``--server``, default
-postgresql://postgres@127.0.0.1:5432/postgres; its role must be allowed to create databases), with the
-server's durability as configured (``synchronous_commit`` on: a commit waits for its WAL flush). Every
-worker is a separate process. In one run:
+Every drain gets a fresh database on one PostgreSQL server (``--server``, default ``BENCH_SERVER_URL`` or
+postgresql://postgres@127.0.0.1:5432/postgres; its role must be allowed to create databases and, for the
+WAL figures to start alike, to run CHECKPOINT), with the server's durability as configured
+(``synchronous_commit`` on: a commit waits for its WAL flush). In one run:
 
-1. Draining N no-op items with 1, 2 and 4 worker processes, and how fast each system takes them in:
+1. Draining items with 1, 2 and 4 worker processes. Every system gets the same items (a 1 kB JSON
+   input each) and its handler makes the same 200 B JSON result (``engine_agents``):
 
-   - raw SQL roofline: a minimal jobs table (loaded with COPY, then ANALYZE) drained with the
-     claim/complete pattern of a good PostgreSQL queue: claim 32 in one ``UPDATE ... WHERE id IN
-     (SELECT ... FOR UPDATE SKIP LOCKED) RETURNING``, complete the 32 in one ``UPDATE`` over
-     ``unnest`` of their ids, each statement its own durable commit;
-   - PGQueuer: its ``QueueManager`` in drain mode (batch 32) with a no-op async entrypoint, over
-     asyncpg (its usual driver) when installed, else psycopg (``--pgqueuer-driver``); jobs enqueued
-     in one batch ``enqueue``, schema from ``Queries.install``;
-   - procrastinate: its worker with ``wait=False`` (concurrency 16) and a no-op async task, jobs
-     deferred with ``batch_defer_async``, schema from ``apply_schema_async``;
-   - papayya: ``noop.submit(items)``, then ``papayya worker ... --concurrency 16 --burst`` processes.
+   - raw SQL roofline: one jobs table (input, status, lease, result; loaded with COPY, then ANALYZE)
+     drained the way a good PostgreSQL queue drains: claim 32 in one ``UPDATE ... WHERE id IN (SELECT
+     ... FOR UPDATE SKIP LOCKED) RETURNING``, complete the 32 (status and result) in one ``UPDATE``
+     over ``unnest``, each statement its own durable commit;
+   - lean queue: the same data kept the least a queue that keeps it can write: the 1 kB input written
+     once at enqueue in a table of its own, a narrow state row (id, status, lease) claimed 32 at a time
+     and completed in one update, with the 200 B result inserted beside it in the same statement;
+   - PGQueuer: its ``QueueManager`` in drain mode at batch 32, 128 and 256 (each its own row; the
+     ratios use its best batch for each number of workers), a no-op async entrypoint that makes the
+     result, over asyncpg (its usual driver) when installed, else psycopg (``--pgqueuer-driver``);
+   - procrastinate: its worker with ``wait=False`` (concurrency 16) and a task that makes the result;
+   - papayya: ``noop.submit(items)``, then ``engine.Worker(..., concurrency=16, burst=True)`` (what
+     ``papayya worker --burst`` runs) in each worker process; the result is the item's output.
 
-   A drain rate runs from the first claim to the last completion, so process start-up and the wait
-   for an empty queue before exiting are left out: the roofline's workers connect, start together and
-   time themselves; the others' spans are read from their own rows on the database clock (PGQueuer's
-   log, procrastinate's events, papayya's attempts). Beside it, in brackets, the rate from process
-   start to the last worker gone. Systems take turns, so a passing load on the machine hits them all.
+   PGQueuer and procrastinate keep no task result, so theirs is made and dropped: they write less
+   than the others, which favours them.
+
+   Every worker process starts, connects and waits idle at a gate; the benchmark releases them all
+   at once. A drain runs from the release to the last durable completion, read from each system's
+   own rows on the database clock (PGQueuer's log, procrastinate's events, papayya's attempts; the
+   SQL workers time their last commit; the server is on this machine, so the clocks are one). In
+   brackets: from the release to the last worker done. Without ``--items``, each cell is sized from
+   a probe drain (not counted) so that it lasts ``--seconds`` (default 5); rounds (``--repeat``,
+   default 3) take turns between systems, so a passing load hits them all; each cell reports the
+   median and the min-max of its rounds.
+
+   WAL bytes per item: ``pg_current_wal_insert_lsn()`` just before the release and after the last
+   worker is done, divided by the items. A CHECKPOINT runs before each enqueue, so every system
+   starts its drain with its pages already dirty since the last checkpoint. The counter is the whole
+   server's: another database busy on the same server adds to it (run on a quiet server), and a
+   checkpoint during a drain adds full-page images (such cells are marked ``*``).
 
 2. papayya alone: ``submit()`` throughput, idle enqueue-to-start latency (an idle worker, one item at
-   a time, both ends on the database clock) and a worker's peak RSS over runs of growing size.
+   a time, both ends on the database clock) and a ``papayya worker --burst`` process's peak RSS over runs
+   of growing size.
 
-The papayya part is skipped, saying why, while the engine's API (``Agent.submit``, ``papayya worker
---burst``) is not in this tree; the baselines still run.
+``--smoke`` runs everything once at a tiny size (seconds; figures meaningless): it only shows that each
+part still runs, as CI does. The papayya part is skipped, saying why, while the engine's API
+(``Agent.submit``, ``papayya worker --burst``) is not in this tree; the baselines still run.
 """
 
 from __future__ import annotations
@@ -42,6 +61,7 @@ import importlib.metadata
 import importlib.util
 import json
 import logging
+import math
 import multiprocessing as mp
 import os
 import queue
@@ -60,21 +80,28 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:  # worker processes import the workload and the agent from here
+    sys.path.insert(0, str(ROOT))
+
+from tests.benchmarks.engine_agents import INPUT_BYTES, RESULT_BYTES, item_input, item_result  # noqa: E402
+
 AGENT = "tests.benchmarks.engine_agents:noop"
-BATCH = 32  # items per claim, for the roofline and PGQueuer
+BATCH = 32  # items per claim, for the roofline and the lean queue
+PGQUEUER_BATCHES = (32, 128, 256)
 CONCURRENCY = 16  # items in flight per worker process, for procrastinate and papayya
 STARTUP_TIMEOUT = 120.0
 RUN_TIMEOUT = 900.0
 EXIT_GRACE = 30.0  # seconds a --burst worker gets to exit once its run is done
 TENANT = "bench"
 
-# The roofline: the least a durable PostgreSQL queue can do per batch.
+# The roofline: the least a durable PostgreSQL queue can do per batch, on one table.
 ROOF_SCHEMA = """
 CREATE TABLE jobs (
     id      bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     status  text NOT NULL DEFAULT 'queued',
     payload jsonb NOT NULL,
-    lease   timestamptz
+    lease   timestamptz,
+    result  jsonb
 );
 CREATE INDEX jobs_queued_idx ON jobs (id) WHERE status = 'queued';
 """
@@ -85,9 +112,35 @@ UPDATE jobs SET status = 'running', lease = now() + interval '60 seconds'
 RETURNING id, payload
 """
 ROOF_COMPLETE = """
-UPDATE jobs SET status = 'done', lease = NULL
-  FROM unnest(%(ids)s::bigint[]) AS done(id)
+UPDATE jobs SET status = 'done', lease = NULL, result = done.result
+  FROM unnest(%(ids)s::bigint[], %(results)s::jsonb[]) AS done(id, result)
  WHERE jobs.id = done.id
+"""
+
+# The lean queue: the same data, the input apart from a narrow state row, the result beside it.
+LEAN_SCHEMA = """
+CREATE TABLE lean_input (id bigint PRIMARY KEY, input jsonb NOT NULL);
+CREATE TABLE lean_state (id bigint PRIMARY KEY, status smallint NOT NULL DEFAULT 0, lease timestamptz);
+CREATE INDEX lean_state_queued_idx ON lean_state (id) WHERE status = 0;
+CREATE TABLE lean_result (id bigint PRIMARY KEY, result jsonb NOT NULL);
+"""
+LEAN_CLAIM = """
+WITH claimed AS (
+    UPDATE lean_state SET status = 1, lease = now() + interval '60 seconds'
+     WHERE id IN (SELECT id FROM lean_state WHERE status = 0 ORDER BY id LIMIT %(batch)s
+                  FOR UPDATE SKIP LOCKED)
+    RETURNING id)
+SELECT claimed.id, lean_input.input FROM claimed JOIN lean_input USING (id)
+"""
+LEAN_COMPLETE = """
+WITH done AS (
+    UPDATE lean_state SET status = 2, lease = NULL
+      FROM unnest(%(ids)s::bigint[]) AS d(id)
+     WHERE lean_state.id = d.id AND lean_state.status = 1
+    RETURNING lean_state.id)
+INSERT INTO lean_result (id, result)
+SELECT d.id, d.result FROM unnest(%(ids)s::bigint[], %(results)s::jsonb[]) AS d(id, result)
+  JOIN done USING (id)
 """
 
 
@@ -95,7 +148,10 @@ UPDATE jobs SET status = 'done', lease = NULL
 class Plan:
     """How big each measurement is."""
 
-    items: int
+    items: int | None  # items per drain; None: sized from a probe drain to last ``seconds``
+    seconds: float
+    probe_items: int
+    max_items: int
     workers: tuple[int, ...]
     submit_items: int
     rss_items: tuple[int, ...]
@@ -105,17 +161,21 @@ class Plan:
     server: str
     only: tuple[str, ...]
     pgqueuer_driver: str
+    pgqueuer_batches: tuple[int, ...]
+    smoke: bool
 
 
 @dataclass
 class Drain:
-    """One drain: ``items`` items by ``workers`` worker processes."""
+    """One drain: ``items`` items by ``workers`` worker processes released together."""
 
     workers: int
     items: int
-    drain_s: float  # first claim to last completion
-    total_s: float  # process start to the last worker done
+    drain_s: float  # release to the last durable completion
+    done_s: float  # release to the last worker done
     enqueue_s: float  # taking the items in
+    wal_bytes: int  # WAL written by the whole server from the release to the last worker done
+    checkpoints: int  # checkpoints the server made meanwhile (each adds full-page images)
     peak_rss_kib: list[int] = field(default_factory=list)
 
     @property
@@ -123,43 +183,50 @@ class Drain:
         return self.items / self.drain_s
 
     @property
-    def rate_total(self) -> float:
-        return self.items / self.total_s
+    def rate_done(self) -> float:
+        return self.items / self.done_s
 
     @property
     def enqueue_rate(self) -> float:
         return self.items / self.enqueue_s
 
+    @property
+    def wal_per_item(self) -> float:
+        return self.wal_bytes / self.items
+
 
 @dataclass
 class System:
-    """A system's drains, best of the repeats for each number of workers."""
+    """A system's drains: every round for each number of workers."""
 
     key: str
     label: str
-    drains: dict[int, Drain] = field(default_factory=dict)
+    rounds: dict[int, list[Drain]] = field(default_factory=dict)
     skipped: str | None = None
     failed: str | None = None
 
-    def keep(self, d: Drain) -> None:
-        best = self.drains.get(d.workers)
-        if best is None or d.rate > best.rate:
-            self.drains[d.workers] = d
+    def add(self, d: Drain) -> None:
+        self.rounds.setdefault(d.workers, []).append(d)
+
+    def rate(self, workers: int) -> float | None:
+        """The median rate of the rounds with ``workers`` workers."""
+        got = self.rounds.get(workers)
+        return statistics.median(d.rate for d in got) if got else None
+
+    def wal(self, workers: int) -> float | None:
+        got = self.rounds.get(workers)
+        return statistics.median(d.wal_per_item for d in got) if got else None
 
     @property
     def enqueue_rate(self) -> float:
-        return max((d.enqueue_rate for d in self.drains.values()), default=0.0)
+        return statistics.median(d.enqueue_rate for ds in self.rounds.values() for d in ds)
 
 
-def payloads(n: int, prefix: str = "item") -> list[dict[str, str]]:
-    return [{"id": f"{prefix}-{i}"} for i in range(n)]
+def payloads(n: int, prefix: str = "item") -> list[dict[str, Any]]:
+    return [item_input(i, prefix) for i in range(n)]
 
 
-def _noop(payload: Any) -> None:
-    """The roofline's unit of work: nothing."""
-
-
-# --- worker processes for the baselines (spawned; each connects, then waits for the others) ---
+# --- worker processes (spawned; each connects, then waits at the gate for the others) ---
 
 
 @dataclass
@@ -167,21 +234,45 @@ class Workers:
     """What a set of worker processes did, with times on this machine's clock."""
 
     done: int  # items they processed
-    spawned: float
-    released: float  # all connected, let go together
-    last_done: float  # the last one's last completion
-    exited: float
+    released: float  # all connected and idle, let go together
+    last_done: float  # the last one's last completion, by its own clock
+    finished: float  # the last one reported done
+    wal_bytes: int
+    checkpoints: int
 
 
-def _run_workers(target: Callable[..., None], args: tuple[Any, ...], n: int) -> Workers:
-    """Start ``n`` processes running ``target(gate, out, *args)``; release them together; wait for all.
+def _wal_mark(conn: psycopg.Connection[Any]) -> tuple[str, int]:
+    """The server's WAL insert position and how many checkpoints it has made."""
+    row = conn.execute(
+        "SELECT pg_current_wal_insert_lsn()::text, current_setting('server_version_num')::int"
+    ).fetchone()
+    assert row is not None
+    view = (
+        "SELECT num_timed + num_requested FROM pg_stat_checkpointer"
+        if row[1] >= 170000
+        else "SELECT checkpoints_timed + checkpoints_req FROM pg_stat_bgwriter"
+    )
+    count = conn.execute(view).fetchone()
+    assert count is not None
+    return row[0], int(count[0])
 
-    Each process connects, then calls ``_through(gate)``, then drains and puts (items, last time) in ``out``.
-    """
+
+def _checkpoint(url: str) -> None:
+    """Start from a checkpoint, so no system's drain runs into one its enqueue made due; a role that
+    may not run CHECKPOINT skips it (the WAL figures are then noisier)."""
+    with (
+        psycopg.connect(url, autocommit=True) as conn,
+        contextlib.suppress(psycopg.errors.InsufficientPrivilege),
+    ):
+        conn.execute("CHECKPOINT")
+
+
+def _run_workers(target: Callable[..., None], args: tuple[Any, ...], n: int, url: str) -> Workers:
+    """Start ``n`` processes running ``target(gate, out, *args)``; release them together once all wait
+    idle at the gate; wait for all. Each puts (items, time of its last completion) in ``out``."""
     ctx = mp.get_context("spawn")
     gate = (ctx.Queue(), ctx.Event())
     out: Any = ctx.Queue()
-    spawned = time.time()
     procs = [ctx.Process(target=target, args=(gate, out, *args), daemon=True) for _ in range(n)]
     for p in procs:
         p.start()
@@ -201,17 +292,32 @@ def _run_workers(target: Callable[..., None], args: tuple[Any, ...], n: int) -> 
         return got
 
     try:
-        collect(gate[0], STARTUP_TIMEOUT)
-        gate[1].set()
-        released = time.time()
-        results = collect(out, RUN_TIMEOUT)
+        with psycopg.connect(url, autocommit=True) as clock:
+            collect(gate[0], STARTUP_TIMEOUT)
+            lsn0, checkpoints0 = _wal_mark(clock)
+            released = time.time()
+            gate[1].set()
+            results = collect(out, RUN_TIMEOUT)
+            finished = time.time()
+            lsn1, checkpoints1 = _wal_mark(clock)
+            row = clock.execute(
+                "SELECT pg_wal_lsn_diff(%s::pg_lsn, %s::pg_lsn)::bigint", (lsn1, lsn0)
+            ).fetchone()
+            assert row is not None
         for p in procs:
             p.join(timeout=30)
     finally:
         for p in procs:
             if p.is_alive():
                 p.kill()
-    return Workers(sum(r[0] for r in results), spawned, released, max(r[1] for r in results), time.time())
+    return Workers(
+        sum(r[0] for r in results),
+        released,
+        max(r[1] for r in results),
+        finished,
+        int(row[0]),
+        checkpoints1 - checkpoints0,
+    )
 
 
 def _through(gate: tuple[Any, Any]) -> None:
@@ -221,18 +327,19 @@ def _through(gate: tuple[Any, Any]) -> None:
         raise TimeoutError("the benchmark never released its workers")
 
 
-def _roofline_worker(gate: Any, out: Any, url: str) -> None:
+def _sql_worker(gate: Any, out: Any, url: str, claim: str, complete: str) -> None:
+    """The roofline's and the lean queue's worker: claim a batch, make each result, complete the batch."""
     done = 0
+    last = 0.0
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("SELECT 1")
         _through(gate)
         while True:
-            rows = conn.execute(ROOF_CLAIM, {"batch": BATCH}, prepare=True).fetchall()
+            rows = conn.execute(claim, {"batch": BATCH}, prepare=True).fetchall()
             if not rows:
                 break
-            for _, payload in rows:
-                _noop(payload)
-            conn.execute(ROOF_COMPLETE, {"ids": [r[0] for r in rows]}, prepare=True)
+            results = [Jsonb(item_result(payload["id"])) for _, payload in rows]
+            conn.execute(complete, {"ids": [r[0] for r in rows], "results": results}, prepare=True)
             done += len(rows)
             last = time.time()
     out.put((done, last))
@@ -251,11 +358,11 @@ async def _pgqueuer_queries(url: str, driver: str) -> tuple[Any, Callable[[], Aw
     return Queries.from_psycopg_connection(aconn), aconn.close
 
 
-def _pgqueuer_worker(gate: Any, out: Any, url: str, driver: str) -> None:
-    out.put(asyncio.run(_pgqueuer_drain(gate, url, driver)))
+def _pgqueuer_worker(gate: Any, out: Any, url: str, driver: str, batch: int) -> None:
+    out.put(asyncio.run(_pgqueuer_drain(gate, url, driver, batch)))
 
 
-async def _pgqueuer_drain(gate: Any, url: str, driver: str) -> tuple[int, float]:
+async def _pgqueuer_drain(gate: Any, url: str, driver: str, batch: int) -> tuple[int, float]:
     from pgqueuer import QueueManager
     from pgqueuer.models import Job
     from pgqueuer.types import QueueExecutionMode
@@ -269,11 +376,13 @@ async def _pgqueuer_drain(gate: Any, url: str, driver: str) -> tuple[int, float]
         @qm.entrypoint("noop")
         async def noop(job: Job) -> None:
             nonlocal done, last
+            assert job.payload is not None
+            item_result(json.loads(job.payload)["id"])  # made and dropped: PGQueuer keeps no result
             done += 1
             last = time.time()
 
         await asyncio.to_thread(_through, gate)
-        await qm.run(batch_size=BATCH, mode=QueueExecutionMode.drain)
+        await qm.run(batch_size=batch, mode=QueueExecutionMode.drain)
     finally:
         await close()
     return done, last
@@ -294,7 +403,8 @@ def _procrastinate_app(url: str, pool_size: int) -> tuple[Any, list[float]]:
     done = [0.0, 0.0]  # items, the time of the last one
 
     @app.task(name="noop")
-    async def noop(item_id: str) -> None:
+    async def noop(item: dict[str, Any]) -> None:
+        item_result(item["id"])  # made and dropped: procrastinate keeps no result
         done[0] += 1
         done[1] = time.time()
 
@@ -314,7 +424,25 @@ async def _procrastinate_drain(gate: Any, url: str) -> tuple[int, float]:
     return int(done[0]), done[1]
 
 
-# --- the baselines: set up a fresh database, enqueue, drain, check every job finished ---
+def _papayya_worker(gate: Any, out: Any, url: str, home: str) -> None:
+    """What ``papayya worker AGENT --burst --concurrency 16`` runs, warmed up before the gate."""
+    os.environ.update(PAPAYYA_DATABASE_URL=url, PAPAYYA_PROGRESS="0", PAPAYYA_HOME=home)
+    import papayya
+    from papayya import engine
+    from papayya.runtime import get_runtime
+    from tests.benchmarks.engine_agents import noop
+
+    papayya.configure(database_url=url, progress=False, home=Path(home))
+    rt = get_runtime()
+    rt.store.schema_version()  # connected and migrated
+    rt.store.work_ready([noop.name])
+    worker = engine.Worker(rt, [noop], concurrency=CONCURRENCY, burst=True)
+    _through(gate)
+    stats = worker.run()
+    out.put((stats.concluded, time.time()))
+
+
+# --- each system on a fresh database: enqueue, drain, check every item finished ---
 
 
 def _check(what: str, expected: int, got: int) -> None:
@@ -329,38 +457,68 @@ def _one(url: str, query: str, params: Any = None) -> Any:
     return row[0]
 
 
+def _drain(w: Workers, n: int, workers: int, enqueue_s: float, last: float | None = None) -> Drain:
+    """The drain ``w`` did; ``last`` is the last durable completion (epoch), else the workers' own."""
+    end = w.last_done if last is None else last
+    return Drain(workers, n, end - w.released, w.finished - w.released, enqueue_s, w.wal_bytes, w.checkpoints)
+
+
 def drain_roofline(url: str, n: int, workers: int) -> Drain:
-    items = payloads(n)
     with psycopg.connect(url) as conn:
         conn.execute(ROOF_SCHEMA)
         conn.commit()
+        _checkpoint(url)
         t = time.perf_counter()
         with conn.cursor() as cur, cur.copy("COPY jobs (payload) FROM STDIN") as copy:
-            for item in items:
-                copy.write_row((Jsonb(item),))
+            for i in range(n):
+                copy.write_row((Jsonb(item_input(i)),))
         conn.commit()
         enqueue_s = time.perf_counter() - t
         conn.execute("ANALYZE jobs")
         conn.commit()
-    w = _run_workers(_roofline_worker, (url,), workers)
+    w = _run_workers(_sql_worker, (url, ROOF_CLAIM, ROOF_COMPLETE), workers, url)
     _check("roofline jobs processed", n, w.done)
-    _check("roofline jobs done", n, _one(url, "SELECT count(*) FROM jobs WHERE status = 'done'"))
-    return Drain(workers, n, w.last_done - w.released, w.exited - w.spawned, enqueue_s)
+    done = _one(url, "SELECT count(*) FROM jobs WHERE status = 'done' AND result IS NOT NULL")
+    _check("roofline jobs done with a result", n, done)
+    return _drain(w, n, workers, enqueue_s)
 
 
-PGQUEUER_SPAN = """
-SELECT extract(epoch FROM max(created) FILTER (WHERE status = 'successful')
-                        - min(created) FILTER (WHERE status = 'picked'))::float8
-  FROM pgqueuer_log
+def drain_lean(url: str, n: int, workers: int) -> Drain:
+    with psycopg.connect(url) as conn:
+        conn.execute(LEAN_SCHEMA)
+        conn.commit()
+        _checkpoint(url)
+        t = time.perf_counter()
+        with conn.cursor() as cur:
+            with cur.copy("COPY lean_input (id, input) FROM STDIN") as copy:
+                for i in range(n):
+                    copy.write_row((i + 1, Jsonb(item_input(i))))
+            with cur.copy("COPY lean_state (id) FROM STDIN") as copy:
+                for i in range(n):
+                    copy.write_row((i + 1,))
+        conn.commit()
+        enqueue_s = time.perf_counter() - t
+        conn.execute("ANALYZE")
+        conn.commit()
+    w = _run_workers(_sql_worker, (url, LEAN_CLAIM, LEAN_COMPLETE), workers, url)
+    _check("lean queue items processed", n, w.done)
+    _check("lean queue items done", n, _one(url, "SELECT count(*) FROM lean_state WHERE status = 2"))
+    _check("lean queue results", n, _one(url, "SELECT count(*) FROM lean_result"))
+    return _drain(w, n, workers, enqueue_s)
+
+
+PGQUEUER_END = """
+SELECT extract(epoch FROM max(created) FILTER (WHERE status = 'successful'))::float8 FROM pgqueuer_log
 """
 
 
-def drain_pgqueuer(url: str, n: int, workers: int, driver: str) -> Drain:
+def drain_pgqueuer(url: str, n: int, workers: int, driver: str, batch: int) -> Drain:
     async def setup() -> float:
         queries, close = await _pgqueuer_queries(url, driver)
         try:
             await queries.install()
             bodies = [json.dumps(p).encode() for p in payloads(n)]
+            _checkpoint(url)
             t = time.perf_counter()
             await queries.enqueue(["noop"] * n, list(bodies), [0] * n)
             return time.perf_counter() - t
@@ -368,18 +526,16 @@ def drain_pgqueuer(url: str, n: int, workers: int, driver: str) -> Drain:
             await close()
 
     enqueue_s = asyncio.run(setup())
-    w = _run_workers(_pgqueuer_worker, (url, driver), workers)
+    w = _run_workers(_pgqueuer_worker, (url, driver, batch), workers, url)
     _check("PGQueuer jobs processed", n, w.done)
     _check("PGQueuer jobs left in the queue", 0, _one(url, "SELECT count(*) FROM pgqueuer"))
     ok = _one(url, "SELECT count(*) FROM pgqueuer_log WHERE status = 'successful'")
     _check("PGQueuer jobs logged successful", n, ok)
-    return Drain(workers, n, _one(url, PGQUEUER_SPAN), w.exited - w.spawned, enqueue_s)
+    return _drain(w, n, workers, enqueue_s, _one(url, PGQUEUER_END))
 
 
-PROCRASTINATE_SPAN = """
-SELECT extract(epoch FROM max(at) FILTER (WHERE type = 'succeeded')
-                        - min(at) FILTER (WHERE type = 'started'))::float8
-  FROM procrastinate_events
+PROCRASTINATE_END = """
+SELECT extract(epoch FROM max(at) FILTER (WHERE type = 'succeeded'))::float8 FROM procrastinate_events
 """
 
 
@@ -388,17 +544,18 @@ def drain_procrastinate(url: str, n: int, workers: int) -> Drain:
         app, _ = _procrastinate_app(url, 2)
         async with app.open_async():
             await app.schema_manager.apply_schema_async()
-            kwargs = [{"item_id": p["id"]} for p in payloads(n)]
+            kwargs = [{"item": p} for p in payloads(n)]
+            _checkpoint(url)
             t = time.perf_counter()
             await app.tasks["noop"].batch_defer_async(*kwargs)
             return time.perf_counter() - t
 
     enqueue_s = asyncio.run(setup())
-    w = _run_workers(_procrastinate_worker, (url,), workers)
+    w = _run_workers(_procrastinate_worker, (url,), workers, url)
     _check("procrastinate jobs processed", n, w.done)
     ok = _one(url, "SELECT count(*) FROM procrastinate_jobs WHERE status = 'succeeded'")
     _check("procrastinate jobs succeeded", n, ok)
-    return Drain(workers, n, _one(url, PROCRASTINATE_SPAN), w.exited - w.spawned, enqueue_s)
+    return _drain(w, n, workers, enqueue_s, _one(url, PROCRASTINATE_END))
 
 
 # --- papayya's native engine ---
@@ -406,8 +563,6 @@ def drain_procrastinate(url: str, n: int, workers: int) -> Drain:
 
 def papayya_missing() -> str | None:
     """Why the native engine cannot be measured in this tree, or None when it can."""
-    if str(ROOT) not in sys.path:
-        sys.path.insert(0, str(ROOT))
     from tests.benchmarks.engine_agents import noop
 
     if not hasattr(noop, "submit"):
@@ -529,7 +684,8 @@ def _papayya_counts(url: str, run_id: Any) -> dict[str, int]:
     return dict(rows)
 
 
-def drain_papayya(server: str, n: int, workers: int) -> Drain:
+def burst_papayya(server: str, n: int, workers: int) -> Drain:
+    """``papayya worker --burst`` processes started on a full queue: their peak RSS (and a rate)."""
     from tests.benchmarks.engine_agents import noop
 
     with papayya_store(server) as (url, env), tempfile.TemporaryFile() as log:
@@ -551,7 +707,28 @@ def drain_papayya(server: str, n: int, workers: int) -> Drain:
                 (run.run_id,),
             ).fetchone()
         assert span is not None
-        return Drain(workers, n, span[0], end - spawned, enqueue_s, peak)
+        return Drain(workers, n, span[0], end - spawned, enqueue_s, 0, 0, peak)
+
+
+PAPAYYA_END = """
+SELECT extract(epoch FROM max(finished_at))::float8 FROM papayya.attempts WHERE run_id = %s
+"""
+
+
+def drain_papayya(server: str, n: int, workers: int) -> Drain:
+    from tests.benchmarks.engine_agents import noop
+
+    with papayya_store(server) as (url, env):
+        items = payloads(n)
+        _checkpoint(url)
+        t = time.perf_counter()
+        run = noop.submit(items, tenant=TENANT)
+        enqueue_s = time.perf_counter() - t
+        w = _run_workers(_papayya_worker, (url, env["PAPAYYA_HOME"]), workers, url)
+        counts = _papayya_counts(url, run.run_id)
+        _check(f"papayya items succeeded ({counts})", n, counts.get("succeeded", 0))
+        _check("papayya attempts concluded by the workers", n, w.done)
+        return _drain(w, n, workers, enqueue_s, _one(url, PAPAYYA_END, (run.run_id,)))
 
 
 def papayya_submit(server: str, n: int) -> dict[str, float]:
@@ -643,7 +820,10 @@ def _version(package: str) -> str:
         return "?"
 
 
-def _on_fresh_database(drain: Callable[..., Drain], **options: Any) -> Callable[[str, int, int], Drain]:
+DrainFn = Callable[[str, int, int], Drain]
+
+
+def _on_fresh_database(drain: Callable[..., Drain], **options: Any) -> DrainFn:
     """A baseline's drain, given the server: each call on a database of its own."""
 
     def run(server: str, n: int, workers: int) -> Drain:
@@ -655,21 +835,43 @@ def _on_fresh_database(drain: Callable[..., Drain], **options: Any) -> Callable[
     return run
 
 
-def measurable(plan: Plan, systems: dict[str, System]) -> dict[str, Callable[[str, int, int], Drain]]:
+def make_systems(plan: Plan) -> dict[str, System]:
+    driver = f"{plan.pgqueuer_driver} {_version(plan.pgqueuer_driver)}"
+    systems = [
+        System("roofline", f"raw SQL roofline (SKIP LOCKED, batch {BATCH})"),
+        System("lean", f"lean queue (input apart, narrow state, batch {BATCH})"),
+        *(
+            System(f"pgqueuer-{b}", f"PGQueuer {_version('pgqueuer')} ({driver}, drain, batch {b})")
+            for b in plan.pgqueuer_batches
+        ),
+        System(
+            "procrastinate", f"procrastinate {_version('procrastinate')} (wait=False, conc. {CONCURRENCY})"
+        ),
+        System("papayya", f"papayya native engine (burst, conc. {CONCURRENCY})"),
+    ]
+    return {s.key: s for s in systems}
+
+
+def measurable(plan: Plan, systems: dict[str, System]) -> dict[str, DrainFn]:
     """The drains to run; the other systems are marked skipped, with the reason."""
-    drains: dict[str, Callable[[str, int, int], Drain]] = {
+    drains: dict[str, DrainFn] = {
         "roofline": _on_fresh_database(drain_roofline),
-        "pgqueuer": _on_fresh_database(drain_pgqueuer, driver=plan.pgqueuer_driver),
+        "lean": _on_fresh_database(drain_lean),
+        **{
+            f"pgqueuer-{b}": _on_fresh_database(drain_pgqueuer, driver=plan.pgqueuer_driver, batch=b)
+            for b in plan.pgqueuer_batches
+        },
         "procrastinate": _on_fresh_database(drain_procrastinate),
         "papayya": drain_papayya,
     }
     needs = {"pgqueuer": ("pgqueuer", plan.pgqueuer_driver), "procrastinate": ("procrastinate",)}
     for key in list(drains):
-        absent = [m for m in needs.get(key, ()) if importlib.util.find_spec(m) is None]
-        if key not in plan.only:
+        family = key.split("-")[0]
+        absent = [m for m in needs.get(family, ()) if importlib.util.find_spec(m) is None]
+        if family not in plan.only and key not in plan.only:
             systems[key].skipped = "not asked for (--only)"
         elif absent:
-            systems[key].skipped = f"{' and '.join(absent)} not installed (pip install {' '.join(absent)})"
+            systems[key].skipped = f"{' and '.join(absent)} not installed (pip install -e '.[bench]')"
         elif key == "papayya":
             systems[key].skipped = papayya_missing()
         if systems[key].skipped:
@@ -677,24 +879,40 @@ def measurable(plan: Plan, systems: dict[str, System]) -> dict[str, Callable[[st
     return drains
 
 
+def _size(plan: Plan, drain: DrainFn, label: str, workers: int) -> int:
+    """Items for a drain of about ``plan.seconds``: from a probe drain at ``plan.probe_items``."""
+    if plan.items:
+        return plan.items
+    probe = drain(plan.server, plan.probe_items, workers)
+    n = math.ceil(probe.rate * plan.seconds * 1.2)
+    n = min(max(n, plan.probe_items), plan.max_items)
+    print(f"   ... {label}, {workers} worker(s): probe {probe.rate:,.0f} items/s -> {n:,} items", flush=True)
+    return n
+
+
 def run_drains(plan: Plan, systems: dict[str, System]) -> None:
     """Every system's drains, taking turns (a load that comes and goes hits them all alike)."""
     drains = measurable(plan, systems)
-    for _ in range(plan.repeat):
+    sizes: dict[tuple[str, int], int] = {}
+    for r in range(plan.repeat):
         for workers in plan.workers:
             for key, drain in list(drains.items()):
+                s = systems[key]
                 try:
-                    d = drain(plan.server, plan.items, workers)
+                    if (key, workers) not in sizes:
+                        sizes[key, workers] = _size(plan, drain, s.label, workers)
+                    d = drain(plan.server, sizes[key, workers], workers)
                 except Exception as exc:  # one system failing leaves the others' figures standing
                     traceback.print_exc()
-                    systems[key].failed = str(exc).splitlines()[0]
-                    systems[key].skipped = systems[key].failed
+                    s.failed = s.skipped = str(exc).splitlines()[0]
                     del drains[key]
                     continue
-                systems[key].keep(d)
+                s.add(d)
+                short = " (shorter than --seconds)" if not plan.items and d.drain_s < plan.seconds else ""
                 print(
-                    f"   ... {systems[key].label}, {workers} worker(s): {d.rate:,.0f} items/s "
-                    f"({d.rate_total:,.0f} from process start)",
+                    f"   ... round {r + 1}, {s.label}, {workers} worker(s): {d.items:,} items in "
+                    f"{d.drain_s:.2f} s{short}: {d.rate:,.0f} items/s, {d.wal_per_item:,.0f} WAL B/item"
+                    f"{' (checkpoint during the drain)' if d.checkpoints else ''}",
                     flush=True,
                 )
 
@@ -709,36 +927,103 @@ def run_papayya(plan: Plan, systems: dict[str, System]) -> dict[str, Any]:
     print(f"   ... latency p50 {latency['p50_ms']:.1f} ms", flush=True)
     rss = []
     for n in plan.rss_items:
-        d = drain_papayya(plan.server, n, 1)
+        d = burst_papayya(plan.server, n, 1)
         rss.append({"items": n, "peak_rss_mib": d.peak_rss_kib[0] / 1024, "items_per_s": d.rate})
         print(f"   ... peak RSS over {n:,} items: {d.peak_rss_kib[0] / 1024:.1f} MiB", flush=True)
     return {"submit": submit, "latency": latency, "rss": rss}
 
 
-def _cell(d: Drain | None) -> str:
-    return "-" if d is None else f"{d.rate:,.0f} ({d.rate_total:,.0f})"
+def best_pgqueuer(systems: dict[str, System], workers: int) -> System | None:
+    """PGQueuer at its best batch for ``workers`` workers (the highest median rate)."""
+    measured = [s for k, s in systems.items() if k.startswith("pgqueuer-") and s.rate(workers)]
+    return max(measured, key=lambda s: s.rate(workers) or 0.0, default=None)
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a and b else None
+
+
+def ratios(systems: dict[str, System], workers: tuple[int, ...]) -> dict[str, list[float | None]]:
+    ours, roof, lean = systems["papayya"], systems["roofline"], systems["lean"]
+    out: dict[str, list[float | None]] = {
+        "papayya / PGQueuer at its best batch": [],
+        "papayya / procrastinate": [],
+        "papayya / raw SQL roofline": [],
+        "PGQueuer at its best batch / raw SQL roofline": [],
+        "papayya WAL per item / lean queue's": [],
+    }
+    for w in workers:
+        pgq = best_pgqueuer(systems, w)
+        pgq_rate = pgq.rate(w) if pgq else None
+        ratios_w = (
+            _ratio(ours.rate(w), pgq_rate),
+            _ratio(ours.rate(w), systems["procrastinate"].rate(w)),
+            _ratio(ours.rate(w), roof.rate(w)),
+            _ratio(pgq_rate, roof.rate(w)),
+            _ratio(ours.wal(w), lean.wal(w)),
+        )
+        for name, value in zip(out, ratios_w, strict=True):
+            out[name].append(value)
+    return out
+
+
+def _rate_cell(ds: list[Drain] | None) -> str:
+    if not ds:
+        return "-"
+    rates = [d.rate for d in ds]
+    return f"{statistics.median(rates):,.0f} [{min(rates):,.0f}-{max(rates):,.0f}]"
+
+
+def _wal_cell(ds: list[Drain] | None) -> str:
+    if not ds:
+        return "-"
+    mark = "*" if any(d.checkpoints for d in ds) else ""
+    return f"{statistics.median(d.wal_per_item for d in ds):,.0f}{mark}"
+
+
+def _size_cell(ds: list[Drain] | None) -> str:
+    if not ds:
+        return "-"
+    return f"{ds[0].items:,} in {min(d.drain_s for d in ds):.1f}-{max(d.drain_s for d in ds):.1f} s"
 
 
 def report(plan: Plan, systems: dict[str, System], engine: dict[str, Any], header: list[str]) -> None:
     print("\n" + "\n".join(header))
+    rounds = f"median [min-max] of {plan.repeat} round{'s' if plan.repeat > 1 else ''}"
     print(
-        f"\n1. Draining {plan.items:,} no-op items, each system on a fresh database: items/s from the first "
-        "claim to the last\n   completion (in brackets: from process start to the last worker done), "
-        f"best of {plan.repeat}"
+        f"\n1. Draining items ({INPUT_BYTES:,} B input, {RESULT_BYTES} B result each), workers released "
+        f"together,\n   each drain on a fresh database: items/s from the release to the last durable "
+        f"completion, {rounds}"
     )
-    cols = "".join(f"{f'{w} worker' + ('s' if w > 1 else ''):>22}" for w in plan.workers)
-    print(f"   {'':52} {'enqueue/s':>10}{cols}")
-    for s in systems.values():
-        if s.skipped:
-            print(f"   {s.label:52} {'FAILED' if s.failed else 'skipped'}: {s.skipped}")
-            continue
-        cells = "".join(f"{_cell(s.drains.get(w)):>22}" for w in plan.workers)
-        print(f"   {s.label:52} {s.enqueue_rate:>10,.0f}{cells}")
-    ours = systems["papayya"]
-    if not ours.skipped:
-        for name, against in _ratios(systems, plan.workers).items():
-            cells = "".join(f"{(f'{r:.2f}x' if r else '-'):>22}" for r in against)
-            print(f"   {name:52} {'':>10}{cells}")
+    cols = [f"{w} worker{'s' if w > 1 else ''}" for w in plan.workers]
+    width = 30
+
+    def table(title: str, cell: Callable[[list[Drain] | None], str], enqueue: bool = False) -> None:
+        print(
+            f"\n   {title:58}" + ("  enqueue/s" if enqueue else "") + "".join(f"{c:>{width}}" for c in cols)
+        )
+        for s in systems.values():
+            if s.skipped:
+                print(f"   {s.label:58}  {'FAILED' if s.failed else 'skipped'}: {s.skipped}")
+                continue
+            cells = "".join(f"{cell(s.rounds.get(w)):>{width}}" for w in plan.workers)
+            print(f"   {s.label:58}" + (f"{s.enqueue_rate:>11,.0f}" if enqueue else "") + cells)
+
+    table("items/s", _rate_cell, enqueue=True)
+    table("WAL bytes per item while draining (median; * a checkpoint)", _wal_cell)
+    table("items per drain, and the drains' seconds", _size_cell)
+    print()
+    for name, values in ratios(systems, plan.workers).items():
+        cells = "".join(f"{(f'{v:.2f}x' if v else '-'):>{width}}" for v in values)
+        print(f"   {name:58}{cells}")
+    best = [best_pgqueuer(systems, w) for w in plan.workers]
+    print(
+        "   PGQueuer's best batch: "
+        + ", ".join(
+            f"{w} worker(s): {s.key.split('-')[1] if s else '-'}"
+            for w, s in zip(plan.workers, best, strict=True)
+        )
+    )
     if "skipped" in engine:
         why = "FAILED" if systems["papayya"].failed else "skipped"
         print(f"\n2. papayya native engine: {why}: {engine['skipped']}")
@@ -754,42 +1039,68 @@ def report(plan: Plan, systems: dict[str, System], engine: dict[str, Any], heade
         f"p99 {lat['p99_ms']:.1f} ms, max {lat['max_ms']:.1f} ms (goals <= 10 / <= 100 ms); "
         f"submit() call p50 {lat['submit_call_p50_ms']:.1f} ms"
     )
-    print("   peak RSS of one worker (--burst) by run size:")
+    print("   peak RSS of one `papayya worker --burst` process by run size:")
     for r in engine["rss"]:
         print(
             f"     {r['items']:>10,} items: {r['peak_rss_mib']:7.1f} MiB  ({r['items_per_s']:,.0f} items/s)"
         )
 
 
-def _ratios(systems: dict[str, System], workers: tuple[int, ...]) -> dict[str, list[float | None]]:
-    ours = systems["papayya"].drains
-    faster: list[float | None] = []
-    roof: list[float | None] = []
-    for w in workers:
-        rivals = [systems[k].drains[w].rate for k in ("pgqueuer", "procrastinate") if w in systems[k].drains]
-        faster.append(ours[w].rate / max(rivals) if w in ours and rivals else None)
-        roof.append(
-            ours[w].rate / systems["roofline"].drains[w].rate
-            if w in systems["roofline"].drains and w in ours
-            else None
-        )
-    return {"papayya / faster of PGQueuer, procrastinate": faster, "papayya / raw SQL roofline": roof}
+def document(
+    plan: Plan, systems: dict[str, System], engine: dict[str, Any], header: list[str]
+) -> dict[str, Any]:
+    """The figures as JSON: every round of every cell."""
+    return {
+        "header": header,
+        "plan": asdict(plan),
+        "drain": {
+            s.key: {"skipped": s.skipped}
+            if s.skipped
+            else {
+                "label": s.label,
+                "enqueue_items_per_s": s.enqueue_rate,
+                "workers": {
+                    w: {
+                        "median_items_per_s": s.rate(w),
+                        "median_wal_bytes_per_item": s.wal(w),
+                        "rounds": [
+                            {**asdict(d), "items_per_s": d.rate, "wal_bytes_per_item": d.wal_per_item}
+                            for d in ds
+                        ],
+                    }
+                    for w, ds in s.rounds.items()
+                },
+            }
+            for s in systems.values()
+        },
+        "ratios": ratios(systems, plan.workers),
+        "papayya": engine,
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(
         description="The native engine beside PostgreSQL queues (see the module docstring)."
     )
-    parser.add_argument("--items", type=int, help="items per drain (default 20,000; 5,000 with --quick)")
-    parser.add_argument("--quick", action="store_true", help="small runs: a first look in about a minute")
-    parser.add_argument("--big", action="store_true", help="submit() and worker RSS over 1,000,000 items too")
-    parser.add_argument("--repeat", type=int, default=1, help="best of this many drains per cell")
+    parser.add_argument("--items", type=int, help="items per drain (default: sized to last --seconds)")
+    parser.add_argument("--seconds", type=float, default=5.0, help="how long each drain lasts (default 5)")
+    parser.add_argument("--probe-items", type=int, default=2_000, help="items of the probe that sizes a cell")
+    parser.add_argument("--max-items", type=int, default=500_000, help="at most this many items per drain")
+    parser.add_argument("--repeat", type=int, default=3, help="rounds; each cell reports median, min and max")
     parser.add_argument("--workers", default=None, help="worker process counts (default 1,2,4)")
     parser.add_argument(
-        "--only",
-        default="roofline,pgqueuer,procrastinate,papayya",
-        help="which systems to measure (comma-separated)",
+        "--quick", action="store_true", help="a first look: 2-second drains, 1 round, 1 and 4 workers"
     )
+    parser.add_argument("--big", action="store_true", help="submit() and worker RSS over 1,000,000 items too")
+    parser.add_argument(
+        "--smoke", action="store_true", help="every part once at a tiny size (CI): figures meaningless"
+    )
+    parser.add_argument(
+        "--only",
+        default="roofline,lean,pgqueuer,procrastinate,papayya",
+        help="which systems to measure (comma-separated; pgqueuer-128 names one batch)",
+    )
+    parser.add_argument("--pgqueuer-batches", default=",".join(map(str, PGQUEUER_BATCHES)))
     parser.add_argument("--server", default=os.environ.get("BENCH_SERVER_URL"), help="PostgreSQL server URL")
     parser.add_argument(
         "--pgqueuer-driver",
@@ -803,36 +1114,42 @@ def main() -> None:
     from machine import SERVER_URL, machine_line, server_line
 
     server = args.server or SERVER_URL
+    quick, smoke = args.quick, args.smoke
     plan = Plan(
-        items=args.items or (5_000 if args.quick else 20_000),
-        workers=tuple(int(w) for w in (args.workers or ("1,4" if args.quick else "1,2,4")).split(",")),
-        submit_items=1_000_000 if args.big else (20_000 if args.quick else 100_000),
-        rss_items=(2_000, 10_000) if args.quick else (10_000, 100_000, *((1_000_000,) if args.big else ())),
-        latency_samples=50 if args.quick else 200,
+        items=200 if smoke and not args.items else args.items,
+        seconds=2.0 if quick else args.seconds,
+        probe_items=args.probe_items,
+        max_items=args.max_items,
+        workers=tuple(
+            int(w) for w in (args.workers or ("1" if smoke else "1,4" if quick else "1,2,4")).split(",")
+        ),
+        submit_items=1_000_000 if args.big else (500 if smoke else 20_000 if quick else 100_000),
+        rss_items=(
+            (300,)
+            if smoke
+            else (2_000, 10_000)
+            if quick
+            else (10_000, 100_000, *((1_000_000,) if args.big else ()))
+        ),
+        latency_samples=3 if smoke else 50 if quick else 200,
         latency_gap=0.02,
-        repeat=args.repeat,
+        repeat=1 if smoke or quick else args.repeat,
         server=server,
         only=tuple(args.only.split(",")),
         pgqueuer_driver=args.pgqueuer_driver,
+        pgqueuer_batches=(32,) if smoke else tuple(int(b) for b in args.pgqueuer_batches.split(",")),
+        smoke=smoke,
     )
     load = " ".join(f"{x:.2f}" for x in os.getloadavg())
     header = [
         machine_line(server_line(server)),
         f"papayya {_version('papayya')}, pgqueuer {_version('pgqueuer')} (driver {plan.pgqueuer_driver} "
         f"{_version(plan.pgqueuer_driver)}), procrastinate {_version('procrastinate')}, psycopg "
-        f"{_version('psycopg')}; {time.strftime('%Y-%m-%d %H:%M')}, load average at start {load}",
+        f"{_version('psycopg')}; {time.strftime('%Y-%m-%d %H:%M')}, load average at start {load}"
+        + ("; SMOKE RUN: tiny sizes, the figures mean nothing" if smoke else ""),
     ]
     print(header[0])
-    systems = {
-        "roofline": System("roofline", f"raw SQL roofline (SKIP LOCKED, batch {BATCH})"),
-        "pgqueuer": System(
-            "pgqueuer", f"PGQueuer {_version('pgqueuer')} ({plan.pgqueuer_driver}, drain, batch {BATCH})"
-        ),
-        "procrastinate": System(
-            "procrastinate", f"procrastinate {_version('procrastinate')} (wait=False, conc. {CONCURRENCY})"
-        ),
-        "papayya": System("papayya", f"papayya native engine (--burst, conc. {CONCURRENCY})"),
-    }
+    systems = make_systems(plan)
     run_drains(plan, systems)
     try:
         engine = run_papayya(plan, systems)
@@ -842,26 +1159,9 @@ def main() -> None:
         engine = {"skipped": systems["papayya"].failed}
     report(plan, systems, engine, header)
     if args.json:
-        document = {
-            "header": header,
-            "plan": asdict(plan),
-            "drain": {
-                s.key: {"skipped": s.skipped}
-                if s.skipped
-                else {
-                    "label": s.label,
-                    "enqueue_items_per_s": s.enqueue_rate,
-                    "workers": {
-                        w: {**asdict(d), "items_per_s": d.rate, "items_per_s_from_start": d.rate_total}
-                        for w, d in s.drains.items()
-                    },
-                }
-                for s in systems.values()
-            },
-            "ratios": _ratios(systems, plan.workers) if not systems["papayya"].skipped else None,
-            "papayya": engine,
-        }
-        Path(args.json).write_text(json.dumps(document, indent=2, default=str) + "\n")
+        Path(args.json).write_text(
+            json.dumps(document(plan, systems, engine, header), indent=2, default=str) + "\n"
+        )
     if any(s.failed for s in systems.values()):
         raise SystemExit(1)
 

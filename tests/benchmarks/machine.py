@@ -32,7 +32,8 @@ def machine_line(store: str) -> str:
     )
 
 
-SERVER_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+# The server the benchmarks that need one (bench_engine, bench_cli) make their throwaway databases on.
+SERVER_URL = os.environ.get("BENCH_SERVER_URL") or "postgresql://postgres@127.0.0.1:5432/postgres"
 
 
 @contextmanager
