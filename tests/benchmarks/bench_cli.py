@@ -1,11 +1,17 @@
 """How long the ``papayya`` command takes to its first output, run on demand (not in the test suite):
 
     python tests/benchmarks/bench_cli.py        # against a throwaway database on the local server
+    BENCH_CLI_BEFORE=/tmp/old/papayya_core python tests/benchmarks/bench_cli.py   # and an older tree
 
 Each line is the median and best of REPEAT fresh processes (wall time from spawn to exit), beside the
 floors a command cannot go under: the interpreter starting (``python -c pass``) and, for reads, the same
 interpreter importing psycopg, connecting and running one query (what any read must do). The database
-holds one tenant with one small run, so the time is the command's own, not its query's.
+holds one tenant with one small run, so the time is the command's own, not its query's. The cases take
+turns (one process of each per round), so a machine busy with other work slows every line alike.
+
+``BENCH_CLI_BEFORE`` names the ``papayya_core`` folder of another checkout (e.g. ``git archive OLD
+papayya_core | tar -x -C /tmp/old``): its commands are timed too, as "before" lines, on the same
+database in the same rounds.
 """
 
 from __future__ import annotations
@@ -28,14 +34,11 @@ FLOOR_READ = (
 )
 
 
-def timed(argv: list[str], env: dict[str, str]) -> tuple[float, float]:
-    """(median, best) wall milliseconds of REPEAT runs of ``argv``; each must exit 0."""
-    took = []
-    for _ in range(REPEAT):
-        started = time.perf_counter()
-        subprocess.run(argv, env=env, cwd=ROOT, check=True, capture_output=True, timeout=60)
-        took.append((time.perf_counter() - started) * 1000)
-    return statistics.median(took), min(took)
+def once(argv: list[str], env: dict[str, str]) -> float:
+    """Wall milliseconds of one run of ``argv``, which must exit 0."""
+    started = time.perf_counter()
+    subprocess.run(argv, env=env, cwd=ROOT, check=True, capture_output=True, timeout=60)
+    return (time.perf_counter() - started) * 1000
 
 
 def main() -> None:
@@ -51,18 +54,28 @@ def main() -> None:
         )
         subprocess.run([sys.executable, "-c", seed], env=env, cwd=ROOT, check=True, timeout=120)
         papayya = [sys.executable, "-m", "papayya"]
-        cases = [
-            ("python -c pass (interpreter start)", [sys.executable, "-c", "pass"]),
-            ("papayya --help", [*papayya, "--help"]),
-            ("psycopg connect + one query (the floor of a read)", [sys.executable, "-c", FLOOR_READ]),
-            ("papayya runs list --limit 1 --json", [*papayya, "runs", "list", "--limit", "1", "--json"]),
-            ("papayya runs list --limit 5", [*papayya, "runs", "list", "--limit", "5"]),
-            ("papayya tenants show bench-cli", [*papayya, "tenants", "show", "bench-cli"]),
+        commands = [
+            ("papayya --help", ["--help"]),
+            ("papayya runs list --limit 1 --json", ["runs", "list", "--limit", "1", "--json"]),
+            ("papayya runs list --limit 5", ["runs", "list", "--limit", "5"]),
+            ("papayya tenants show bench-cli", ["tenants", "show", "bench-cli"]),
         ]
+        cases: list[tuple[str, list[str], dict[str, str]]] = [
+            ("python -c pass (interpreter start)", [sys.executable, "-c", "pass"], env),
+            ("psycopg connect + one query (the floor of a read)", [sys.executable, "-c", FLOOR_READ], env),
+            *((label, [*papayya, *args], env) for label, args in commands),
+        ]
+        before = os.environ.get("BENCH_CLI_BEFORE")
+        if before:
+            old = {**env, "PYTHONPATH": before}  # ahead of the editable install's finder
+            cases += [(f"before: {label}", [*papayya, *args], old) for label, args in commands]
+        took: dict[str, list[float]] = {label: [] for label, _, _ in cases}
+        for _ in range(REPEAT):
+            for label, argv, case_env in cases:
+                took[label].append(once(argv, case_env))
         print(f"{'command':<55} {'median ms':>10} {'best ms':>10}")
-        for label, argv in cases:
-            median, best = timed(argv, env)
-            print(f"{label:<55} {median:>10.1f} {best:>10.1f}", flush=True)
+        for label, times in took.items():
+            print(f"{label:<55} {statistics.median(times):>10.1f} {min(times):>10.1f}", flush=True)
 
 
 if __name__ == "__main__":
