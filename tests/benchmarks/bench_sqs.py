@@ -1,13 +1,14 @@
 """What ``papayya_sqs.Consumer`` costs per message, run on demand (not part of the test suite):
 
-    python tests/benchmarks/bench_sqs.py            # embedded PostgreSQL under a temp dir
+    python tests/benchmarks/bench_sqs.py [--smoke]    # embedded PostgreSQL under a temp dir
     PAPAYYA_DATABASE_URL=postgresql://... python tests/benchmarks/bench_sqs.py
 
 A moto SQS server in its own process (so it does not share the consumers' interpreter), the real
 boto3 client, and one consumer at a time on a pre-filled queue, taking turns in the same run:
 
-- the baseline: a bare boto3 loop (receive 10, call the function on each parsed body, delete the
-  batch with ``delete_message_batch``), one thread;
+- the baseline: bare boto3 loops (receive 10, call the function on each parsed body, delete the
+  batch with ``delete_message_batch``) in as many threads as papayya's consumer has (``BENCH_CONCURRENCY``,
+  default 10), each until its receive finds the queue empty;
 - ``papayya_sqs.Consumer`` (batch receive of 10, 10 threads): each message is an attempt of an item of
   a recorded run (its ids in attributes: validate the batch, claim, call, judge and write the attempt,
   delete in batches).
@@ -16,17 +17,19 @@ The function is a no-op. Rounds are small (``BENCH_MESSAGES``, default 500) beca
 per call grows with the queue's depth; both consumers pay it alike. Throughput is messages per second
 from the first receive to the first empty receive after the queue is drained (short polls, so neither
 waits out a long poll at the end); the added time per message is the difference of the two wall times
-per message.
+per message. ``--smoke`` runs one tiny round (CI: it still runs; the figures mean nothing).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import socket
 import statistics
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from typing import Any
@@ -109,23 +112,38 @@ def fill_papayya(sqs: Any, url: str) -> None:
 
 
 def bare_loop(sqs: Any, url: str) -> float:
-    """The baseline consumer; its wall time in seconds."""
-    done = 0
+    """The baseline consumer: CONCURRENCY threads of the bare loop; its wall time in seconds."""
+    seen: set[str] = set()  # SQS delivers at least once (moto too, to concurrent receives)
+    errors: list[BaseException] = []
+
+    def loop() -> None:
+        try:
+            while True:
+                msgs = sqs.receive_message(
+                    QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=0, MessageAttributeNames=["All"]
+                ).get("Messages", [])
+                if not msgs:
+                    break
+                for m in msgs:
+                    noop.fn(json.loads(m["Body"]))
+                sqs.delete_message_batch(
+                    QueueUrl=url,
+                    Entries=[{"Id": str(n), "ReceiptHandle": m["ReceiptHandle"]} for n, m in enumerate(msgs)],
+                )
+                seen.update(m["MessageId"] for m in msgs)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=loop, daemon=True) for _ in range(CONCURRENCY)]
     start = time.perf_counter()
-    while True:
-        msgs = sqs.receive_message(
-            QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=0, MessageAttributeNames=["All"]
-        ).get("Messages", [])
-        if not msgs:
-            break
-        for m in msgs:
-            noop.fn(json.loads(m["Body"]))
-        sqs.delete_message_batch(
-            QueueUrl=url,
-            Entries=[{"Id": str(n), "ReceiptHandle": m["ReceiptHandle"]} for n, m in enumerate(msgs)],
-        )
-        done += len(msgs)
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
     elapsed = time.perf_counter() - start
+    if errors:
+        raise errors[0]
+    done = len(seen)
     if done != N:
         raise RuntimeError(f"the bare loop handled {done} of {N} messages")
     return elapsed
@@ -144,7 +162,14 @@ def papayya_consumer(sqs: Any, url: str) -> float:
 
 
 def main() -> None:
+    global N, REPEAT
     import boto3
+
+    parser = argparse.ArgumentParser(description="What papayya_sqs.Consumer costs per message.")
+    parser.add_argument("--smoke", action="store_true", help="one tiny round (CI): figures meaningless")
+    smoke = parser.parse_args().smoke
+    if smoke:
+        N, REPEAT = 20, 1
 
     os.environ.setdefault("AWS_ACCESS_KEY_ID", "bench")
     os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "bench")
@@ -155,17 +180,19 @@ def main() -> None:
         sqs = boto3.client("sqs", endpoint_url=endpoint, region_name="us-east-1")
         print(
             f"SQS: moto server (own process); {N} no-op messages per round, batch receive of 10; "
-            f"papayya consumer: {CONCURRENCY} threads; {REPEAT} rounds each, taking turns; median of rounds\n"
+            f"both consumers: {CONCURRENCY} threads; {REPEAT} rounds each, taking turns; median of rounds"
+            + ("; SMOKE RUN: tiny sizes, the figures mean nothing" if smoke else "")
+            + "\n"
         )
-        times: dict[str, list[float]] = {"bare boto3 loop": [], "papayya_sqs.Consumer": []}
+        times: dict[str, list[float]] = {"bare boto3 loops": [], "papayya_sqs.Consumer": []}
         for _ in range(REPEAT):
             url = fresh_queue(sqs)
             fill_plain(sqs, url)
-            times["bare boto3 loop"].append(bare_loop(sqs, url))
+            times["bare boto3 loops"].append(bare_loop(sqs, url))
             url = fresh_queue(sqs)
             fill_papayya(sqs, url)
             times["papayya_sqs.Consumer"].append(papayya_consumer(sqs, url))
-        base = statistics.median(times["bare boto3 loop"])
+        base = statistics.median(times["bare boto3 loops"])
         print(f"{'consumer':<24}{'msgs/s':>10}{'ratio':>8}{'per msg':>11}{'added/msg':>12}")
         for label, rounds in times.items():
             wall = statistics.median(rounds)
