@@ -6,14 +6,18 @@ import logging
 import math
 import re
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from papayya import secrets, validate
+from papayya import models, secrets, validate
 from papayya.config import UnknownTenants
 from papayya.errors import BudgetError, InputError, NotFound, TenantError
-from papayya.models import PriceOverride, TenantRecord
 from papayya.runtime import Runtime, get_runtime
 from papayya.secrets import SecretInfo
+
+if TYPE_CHECKING:
+    # pydantic models: read through papayya.models when a record is built, so importing this module
+    # (every CLI command that takes --tenant does) does not load pydantic.
+    from papayya.models import PriceOverride, TenantRecord
 
 log = logging.getLogger("papayya.tenants")
 
@@ -142,7 +146,7 @@ def get(tenant_id: str) -> TenantRecord:
     row = get_runtime().store.tenant_get(validate_tenant_id(tenant_id))
     if row is None:
         raise NotFound(f"Tenant {tenant_id!r} does not exist; list tenants with `papayya tenants list`.")
-    return TenantRecord.model_validate(row)
+    return models.TenantRecord.model_validate(row)
 
 
 def list_all(limit: int = 1000) -> list[dict[str, Any]]:
@@ -193,7 +197,7 @@ def set_price(
 
 
 def prices(tenant_id: str) -> list[PriceOverride]:
-    return [PriceOverride.model_validate(r) for r in get_runtime().store.price_overrides(tenant_id)]
+    return [models.PriceOverride.model_validate(r) for r in get_runtime().store.price_overrides(tenant_id)]
 
 
 def overrides_map(tenant_id: str, runtime: Runtime) -> dict[tuple[str, str], dict[str, Decimal | None]]:

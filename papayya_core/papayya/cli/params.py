@@ -25,7 +25,7 @@ import click
 from papayya.budgets import parse_amount
 from papayya.cli.connect import connect
 from papayya.errors import NotFound, TenantError
-from papayya.validate import tenant_id as validate_tenant_id
+from papayya.tenants import MAX_PRICE, check_config, parse_price, validate_tenant_id
 
 T = TypeVar("T")
 
@@ -268,8 +268,6 @@ class ConfigPair(Param[tuple[str, Any]]):
             parsed = raw
         if _non_finite(parsed):
             self.fail(_no_number(key, raw), param, ctx)
-        from papayya.tenants import check_config  # not at the top: it loads the tenant records (pydantic)
-
         try:
             check_config({key: parsed})
         except TenantError as exc:
@@ -332,8 +330,6 @@ class PriceType(Param[PriceSpec]):
         parts = prices.split("/")
         if not eq or not colon or not provider.strip() or not model.strip() or not 2 <= len(parts) <= 4:
             self.fail(f"{short(text)} is not a price; write it like {_PRICE_EXAMPLE}", param, ctx)
-        from papayya.tenants import MAX_PRICE, check_config, parse_price  # as above: only where a price is
-
         amounts: list[Decimal | None] = []
         for raw in parts:
             part = raw.strip()

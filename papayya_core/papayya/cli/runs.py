@@ -11,6 +11,7 @@ from uuid import UUID
 
 import click
 
+from papayya import tenants
 from papayya.cli import render
 from papayya.cli.connect import connect
 from papayya.cli.params import BUDGET, RUN_ID, TENANT
@@ -41,8 +42,6 @@ def list_command(tenant: str | None, limit: int, as_json: bool) -> None:
     """List runs, newest first."""
     store = connect()
     if tenant is not None:
-        from papayya import tenants  # the tenant records load pydantic: only when --tenant asks for one
-
         tenants.get(tenant)
     found = store.run_list_detail(tenant, limit)
     budgets = store.run_budgets([r["run_id"] for r in found])

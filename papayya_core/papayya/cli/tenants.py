@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -15,8 +15,10 @@ from papayya.cli.params import BUDGET, CONFIG_PAIR, MODEL, PRICE, TENANT, PriceS
 from papayya.cli.roles import grant_command, revoke_command
 from papayya.cli.secrets import secret_group
 from papayya.errors import NotFound
-from papayya.models import PriceOverride
 from papayya.runtime import get_runtime
+
+if TYPE_CHECKING:
+    from papayya.models import PriceOverride
 
 _PRICE_HELP = (
     "A negotiated price for this tenant, USD per million tokens: provider:model=IN/OUT[/CACHE_READ]"
