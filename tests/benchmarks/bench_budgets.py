@@ -1,6 +1,6 @@
 """Budget reservations per second on one hot tenant, run on demand:
 
-    python tests/benchmarks/bench_budgets.py                       # embedded PostgreSQL
+    python tests/benchmarks/bench_budgets.py [--smoke]             # embedded PostgreSQL
     PAPAYYA_DATABASE_URL=postgresql://... python tests/benchmarks/bench_budgets.py
 
 Each worker is a separate process (as workers are in production) reserving on the same tenant's and
@@ -10,10 +10,13 @@ run's accounts in a loop for a few seconds. Three ways, in one run:
   atomic all-or-nothing statement and reserves calls against them in memory;
 - every call on the row: that atomic statement for every call (committed asynchronously, as papayya does);
 - the same committed synchronously: the baseline a straightforward implementation ships.
+
+``--smoke`` runs one worker for half a second per way (CI: it still runs; the figures mean nothing).
 """
 
 from __future__ import annotations
 
+import argparse
 import multiprocessing as mp
 import os
 import time
@@ -22,9 +25,12 @@ from decimal import Decimal
 
 SECONDS = float(os.environ.get("BENCH_SECONDS", "3"))
 WORKERS = (1, 4, 16)
+START = 3.0  # seconds every worker process gets to connect before the cell starts
 
 
-def _worker(url: str, tenant: str, run_id: str, mode: str, start: float, out: mp.Queue) -> None:  # type: ignore[type-arg]
+def _worker(
+    url: str, tenant: str, run_id: str, mode: str, start: float, seconds: float, out: mp.Queue
+) -> None:  # type: ignore[type-arg]
     import papayya
     from papayya.budgets import period_of
     from papayya.runtime import get_runtime
@@ -47,7 +53,7 @@ def _worker(url: str, tenant: str, run_id: str, mode: str, start: float, out: mp
     while time.time() < start:
         time.sleep(0.001)
     n = 0
-    end = time.perf_counter() + SECONDS
+    end = time.perf_counter() + seconds
     if mode == "papayya":  # a whole call cycle: reserve, then settle with the actual cost
         while time.perf_counter() < end:
             budgets.reserve(accounts, amount, what="bench")
@@ -71,6 +77,14 @@ def main() -> None:
     import papayya
     from papayya.runtime import get_runtime
 
+    global SECONDS, WORKERS, START
+    parser = argparse.ArgumentParser(description="Budget reservations per second on one hot tenant.")
+    parser.add_argument(
+        "--smoke", action="store_true", help="one worker, half a second (CI): figures meaningless"
+    )
+    smoke = parser.parse_args().smoke
+    if smoke:
+        SECONDS, WORKERS, START = 0.5, (1,), 1.5
     store_kind = configure_store()
     rt = get_runtime()
     url = rt.store.url
@@ -92,7 +106,11 @@ def main() -> None:
     )
     rt.budgets.accounts(tenant, run_id, "month")  # both accounts exist
     print(machine_line(store_kind))
-    print(f"one hot tenant + run budget, each worker a process, {SECONDS:g} s per cell\n")
+    print(
+        f"one hot tenant + run budget, each worker a process, {SECONDS:g} s per cell"
+        + ("; SMOKE RUN: tiny sizes, the figures mean nothing" if smoke else "")
+        + "\n"
+    )
     modes = ("papayya", "row", "sync")
     print("   reservations per second (all workers together)")
     print(
@@ -104,9 +122,9 @@ def main() -> None:
         rates = []
         for mode in modes:
             out: mp.Queue = ctx.Queue()  # type: ignore[type-arg]
-            start = time.time() + 3.0  # let every process connect first
+            start = time.time() + START  # let every process connect first
             procs = [
-                ctx.Process(target=_worker, args=(url, tenant, str(run_id), mode, start, out))
+                ctx.Process(target=_worker, args=(url, tenant, str(run_id), mode, start, SECONDS, out))
                 for _ in range(n)
             ]
             for p in procs:

@@ -1,6 +1,6 @@
 """How long the ``papayya`` command takes to its first output, run on demand (not in the test suite):
 
-    python tests/benchmarks/bench_cli.py        # against a throwaway database on the local server
+    python tests/benchmarks/bench_cli.py [--smoke]  # a throwaway database on BENCH_SERVER_URL or 127.0.0.1
     BENCH_CLI_BEFORE=/tmp/old/papayya_core python tests/benchmarks/bench_cli.py   # and an older tree
 
 Each line is the median and best of REPEAT fresh processes (wall time from spawn to exit), beside the
@@ -11,11 +11,12 @@ turns (one process of each per round), so a machine busy with other work slows e
 
 ``BENCH_CLI_BEFORE`` names the ``papayya_core`` folder of another checkout (e.g. ``git archive OLD
 papayya_core | tar -x -C /tmp/old``): its commands are timed too, as "before" lines, on the same
-database in the same rounds.
+database in the same rounds. ``--smoke`` runs each case once (CI: it still runs; the figures mean nothing).
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import statistics
 import subprocess
@@ -23,10 +24,13 @@ import sys
 import time
 from pathlib import Path
 
-from tests.benchmarks.machine import machine_line, throwaway_database
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:  # run as a script: the tests package is under ROOT
+    sys.path.insert(0, str(ROOT))
+
+from tests.benchmarks.machine import machine_line, throwaway_database  # noqa: E402
 
 REPEAT = int(os.environ.get("BENCH_REPEAT", "15"))
-ROOT = Path(__file__).resolve().parents[2]
 FLOOR_READ = (
     "import psycopg, os\n"
     "with psycopg.connect(os.environ['PAPAYYA_DATABASE_URL']) as c:\n"
@@ -42,7 +46,13 @@ def once(argv: list[str], env: dict[str, str]) -> float:
 
 
 def main() -> None:
-    print(machine_line("PostgreSQL server"))
+    global REPEAT
+    parser = argparse.ArgumentParser(description="How long the papayya command takes to its first output.")
+    parser.add_argument("--smoke", action="store_true", help="each case once (CI): figures meaningless")
+    smoke = parser.parse_args().smoke
+    if smoke:
+        REPEAT = 1
+    print(machine_line("PostgreSQL server") + ("; SMOKE RUN: the figures mean nothing" if smoke else ""))
     with throwaway_database() as url:
         env = {k: v for k, v in os.environ.items() if not k.startswith("PAPAYYA_")}
         env.update(PAPAYYA_DATABASE_URL=url, PAPAYYA_PROGRESS="0")

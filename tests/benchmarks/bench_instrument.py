@@ -1,6 +1,6 @@
 """What an instrumented OpenAI client costs per call, run on demand (not part of the test suite):
 
-    python tests/benchmarks/bench_instrument.py            # embedded PostgreSQL under a temp dir
+    python tests/benchmarks/bench_instrument.py [--smoke]    # embedded PostgreSQL under a temp dir
     PAPAYYA_DATABASE_URL=postgresql://... python tests/benchmarks/bench_instrument.py
 
 The real ``openai`` client calls papayya's FakeProvider on 127.0.0.1 (in this process, one connection
@@ -15,10 +15,12 @@ per request), from inside an agent, one call after another. Measured in the same
 The difference between the instrumented rows and the baseline is what papayya adds to each call; the
 fake answers in about a millisecond, far faster than a real provider, so this is the worst case for
 the ratio. CPU is this process's, the fake's server thread included (alike in every row).
+``--smoke`` runs one tiny round (CI: it still runs; the figures mean nothing).
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import time
 import uuid
@@ -93,9 +95,19 @@ def bench(fake: FakeProvider) -> dict[str, Timing]:
 
 
 def main() -> None:
+    global N_CALLS, REPEAT
+    parser = argparse.ArgumentParser(description="What an instrumented OpenAI client costs per call.")
+    parser.add_argument("--smoke", action="store_true", help="one tiny round (CI): figures meaningless")
+    smoke = parser.parse_args().smoke
+    if smoke:
+        N_CALLS, REPEAT = 5, 1
     store_kind = configure_store()
     print(machine_line(store_kind) + f"; openai {openai.__version__}")
-    print(f"best of {REPEAT} runs; load average {os.getloadavg()[0]:.1f} at the start\n")
+    print(
+        f"best of {REPEAT} runs; load average {os.getloadavg()[0]:.1f} at the start"
+        + ("; SMOKE RUN: tiny sizes, the figures mean nothing" if smoke else "")
+        + "\n"
+    )
 
     with FakeProvider() as fake:
         t = bench(fake)
