@@ -68,3 +68,15 @@ def test_runs_list_loads_no_pydantic_no_engine_and_no_cryptography(
         assert code == 0, out
         assert "tests.cli_imports" in out, out
         assert heavy == [], f"papayya {' '.join(args)} loaded {heavy}"
+
+
+def test_other_reads_that_build_no_tenant_record_load_no_pydantic_either(
+    rt: Runtime, tenant: str, database_url: str, tmp_path: Path
+) -> None:
+    noop.map([{"id": "a"}], tenant=tenant)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PAPAYYA_")}
+    env.update(PAPAYYA_DATABASE_URL=database_url, PAPAYYA_PROGRESS="0")
+    for args in (["tenants", "list", "--json"], ["failures", "--json"], ["costs", "--json"]):
+        code, out, heavy = loaded_by(args, env, tmp_path)
+        assert code == 0, out
+        assert heavy == [], f"papayya {' '.join(args)} loaded {heavy}"
