@@ -20,6 +20,7 @@ log = logging.getLogger("papayya.langchain")
 
 STEP_METADATA = "papayya_step"  # config={"metadata": {"papayya_step": "summary"}} names a call's step
 _warned_unserved = False
+_warned_usage = False
 
 
 class PapayyaCallbackHandler(BaseCallbackHandler):
@@ -97,6 +98,8 @@ class PapayyaCallbackHandler(BaseCallbackHandler):
             )
             return
         paid = call.paid or _unreserved(call)
+        if usage.input_tokens + usage.output_tokens == 0 and paid.worst.input_tokens:
+            usage = _unreported(call, paid)
         journal = calls.encode(response, model, stop) if call.paid is not None else None
         paid.finish(model=model, usage=usage, stop_reason=stop, journal_result=journal)
 
@@ -186,3 +189,19 @@ def _unreserved(call: calls.Call) -> PaidCall:
     return PaidCall(
         call.ctx, call.provider, call.model, call.key, call.digest, Usage(), None, started=call.started
     )
+
+
+def _unreported(call: calls.Call, paid: PaidCall) -> Usage:
+    """The provider reported no usage (e.g. ChatOpenAI streaming without ``stream_usage=True``): the
+    call is settled on the worst case its reservation assumed, never as free."""
+    global _warned_usage
+    if not _warned_usage:
+        _warned_usage = True
+        log.warning(
+            "step %s: %s/%s reported no token usage, so papayya records the worst case it reserved; "
+            "for a streamed ChatOpenAI call, set stream_usage=True.",
+            call.key,
+            call.provider,
+            call.model,
+        )
+    return paid.worst

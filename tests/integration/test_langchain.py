@@ -297,3 +297,30 @@ def test_a_call_is_recorded_once_whoever_else_sees_it(
     assert row["cost_usd"] == fake.bill[0].cost_usd
     assert fake.count == 1
     assert installed is papayya_langchain.install()
+
+
+def test_a_streamed_call_is_recorded_once_with_its_usage(
+    rt: Runtime, tenant: str, fake: FakeProvider
+) -> None:
+    # Given a model that streams, asking for the usage in the stream, and one that does not ask
+    model, silent = gpt(fake, stream_usage=True), gpt(fake)
+
+    @agent
+    def ask(item):
+        text = "".join(str(chunk.content) for chunk in model.stream("stream me a story"))
+        silent_text = "".join(str(chunk.content) for chunk in silent.stream("stream me a story"))
+        return {"text": text, "same": text == silent_text}
+
+    result = ask.map([{"id": "a"}], tenant=tenant)
+
+    assert result.counts["succeeded"] == 1
+    reported, unreported = calls_of(rt, result)
+    billed = fake.bill[0]
+    assert (reported["input_tokens"], reported["output_tokens"]) == (
+        billed.input_tokens,
+        billed.output_tokens,
+    )
+    assert reported["cost_usd"] == billed.cost_usd
+    # the stream that reported no usage is settled on its reservation: more than billed, never free
+    assert unreported["cost_usd"] > fake.bill[1].cost_usd
+    assert fake.count == result.llm_calls == 2
