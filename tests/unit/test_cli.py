@@ -211,11 +211,20 @@ def test_the_help_table_says_what_each_command_says_of_itself() -> None:
 
 def test_help_and_import_papayya_load_no_store_and_no_command() -> None:
     # What `papayya --help` and `import papayya` load, read from the interpreter (not timed): neither
-    # the store's driver, pydantic, the HTTP clients nor any command's module
+    # the store's driver, pydantic, the HTTP clients, rich, cryptography nor any command's module
     import subprocess
     import sys
 
-    heavy = ("psycopg", "pydantic", "pydantic_settings", "httpx", "starlette", "papayya.store")
+    heavy = (
+        "psycopg",
+        "pydantic",
+        "pydantic_settings",
+        "httpx",
+        "starlette",
+        "papayya.store",
+        "rich",
+        "cryptography",
+    )
     probe = (
         "import sys, runpy\n"
         "sys.argv = ['papayya', '--help']\n"
