@@ -881,7 +881,7 @@ def measurable(plan: Plan, systems: dict[str, System]) -> dict[str, DrainFn]:
 
 def _resized(plan: Plan, d: Drain) -> int:
     """Items for a drain of ``plan.seconds`` at the rate ``d`` ran."""
-    return min(max(math.ceil(d.rate * plan.seconds * 1.2), plan.probe_items), plan.max_items)
+    return min(max(math.ceil(d.rate * plan.seconds * 1.2), 100), plan.max_items)
 
 
 def _size(plan: Plan, drain: DrainFn, label: str, workers: int) -> int:
