@@ -12,6 +12,7 @@ from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.messages import BaseMessage
 from langchain_core.outputs import LLMResult
 
+from papayya import ledger
 from papayya.context import PaidCall, current, replayed
 from papayya.pricing import Usage
 from papayya_langchain import calls
@@ -38,7 +39,9 @@ class PapayyaCallbackHandler(BaseCallbackHandler):
       ``llm_output``), model, provider and stop reason go to the ledger, priced like the raw clients'
       calls (cost unknown, not 0, for a model without a price), and its generations to the journal,
       in one write; a ``length``/``max_tokens`` stop degrades the item, also when the journal answers;
-    - when it fails, its reservation is released (a 429 closes the provider's rate-limit key).
+    - when it fails, its reservation is released (a 429 closes the provider's rate-limit key); a
+      stream that fails or is left after its first chunks is settled, not journaled, on the usage it
+      reported, else on its reservation (``abandoned:reported_usage`` / ``abandoned:reservation``).
 
     ``raise_error`` is True so LangChain lets papayya's refusals through; ``Paused`` is a
     ``BaseException`` and would pass anyway. The handler keeps no state of its own: any number of
@@ -113,8 +116,20 @@ class PapayyaCallbackHandler(BaseCallbackHandler):
         **kwargs: Any,
     ) -> None:
         call = calls.close(run_id)
-        if call is not None and call.paid is not None:
+        if call is None or call.paid is None:
+            return
+        response = kwargs.get("response")
+        # A stream that failed or was left after its first chunks: LangChain passes what came first.
+        streamed = isinstance(response, LLMResult) and len(response.generations) == 2
+        if not streamed:
             call.paid.failed(error)
+            return
+        assert isinstance(response, LLMResult)
+        model, usage, _ = calls.outcome(call.provider, LLMResult(generations=response.generations[:1]))
+        stop = ledger.ABANDONED_REPORTED
+        if usage.input_tokens + usage.output_tokens == 0:
+            usage, stop = call.paid.worst, ledger.ABANDONED_RESERVED
+        call.paid.finish(model=model, usage=usage, stop_reason=stop)
 
     def _start(
         self,

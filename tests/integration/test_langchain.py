@@ -324,3 +324,30 @@ def test_a_streamed_call_is_recorded_once_with_its_usage(
     # the stream that reported no usage is settled on its reservation: more than billed, never free
     assert unreported["cost_usd"] > fake.bill[1].cost_usd
     assert fake.count == result.llm_calls == 2
+
+
+def test_a_stream_left_midway_is_settled_on_its_reservation(
+    rt: Runtime, tenant: str, fake: FakeProvider
+) -> None:
+    model = gpt(fake, stream_usage=True, max_tokens=50)
+
+    @agent
+    def peek(item):
+        for chunk in model.stream("stream me a long story about the quarter"):
+            if chunk.content:
+                return {"first": chunk.content}
+        return {"first": None}
+
+    result = peek.map([{"id": "a"}], tenant=tenant)
+
+    (item,) = result.items()
+    assert (item.status, item.reasons, rt.store.item_detail(item.item_id).get("error")) == (
+        "succeeded",
+        [],
+        None,
+    )
+    (row,) = calls_of(rt, result)
+    assert row["stop_reason"] == "abandoned:reservation"
+    assert row["output_tokens"] == 50
+    assert row["cost_usd"] > fake.bill[0].cost_usd
+    assert fake.count == 1
