@@ -216,7 +216,16 @@ def test_a_worker_frozen_past_its_lease_pays_for_nothing_it_no_longer_owns(
     time.sleep(0.5)  # a request already sent reaches the provider (and is billed) meanwhile
     in_flight = unrecorded(database_url, run_id, fake)  # billed, not recorded: what it may still record
     start_worker(agents, "twice", "-c", "8", WORKLOAD_SLEEP="0.05")
-    time.sleep(4)
+    wait_for(
+        "every attempt of the frozen worker was reaped",
+        lambda: (
+            not query(
+                database_url,
+                "SELECT 1 FROM papayya.attempts WHERE run_id = %s AND status = 'running' AND worker LIKE %s",
+                (run_id, f"%:{frozen.pid}"),
+            )
+        ),
+    )
     # and then it wakes up (SIGCONT)
     frozen.send_signal(signal.SIGCONT)
     wait_for("every item done", terminal(database_url, run_id, total), timeout=120)
