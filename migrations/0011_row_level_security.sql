@@ -75,31 +75,36 @@ CREATE POLICY own_limits_delete ON papayya.rate_limits AS RESTRICTIVE FOR DELETE
 
 -- Foreign keys are checked without row-level security: a tenant-bound role could otherwise attach its
 -- rows to another tenant's run, item or attempt (and count into that run's counters). Each reference
--- now carries the tenant, so a row can only point at a row of its own tenant.
+-- now carries the tenant, so a row can only point at a row of its own tenant. NOT VALID: every new or
+-- changed row is checked, and the rows already there (each written by papayya with its own tenant)
+-- are not scanned, so a large store is not held behind this migration for a scan of every row; run
+-- `ALTER TABLE ... VALIDATE CONSTRAINT` later to have them checked too (it does not block writes).
+-- The three unique indexes the references need are built here, which blocks writes to runs, items
+-- and attempts while they build (seconds per million items).
 ALTER TABLE papayya.runs ADD CONSTRAINT runs_run_tenant_key UNIQUE (run_id, tenant_id);
 ALTER TABLE papayya.items ADD CONSTRAINT items_item_tenant_key UNIQUE (item_id, tenant_id);
 ALTER TABLE papayya.attempts ADD CONSTRAINT attempts_attempt_tenant_key UNIQUE (attempt_id, tenant_id);
 ALTER TABLE papayya.items
-    ADD CONSTRAINT items_run_tenant_fkey FOREIGN KEY (run_id, tenant_id) REFERENCES papayya.runs (run_id, tenant_id),
+    ADD CONSTRAINT items_run_tenant_fkey FOREIGN KEY (run_id, tenant_id) REFERENCES papayya.runs (run_id, tenant_id) NOT VALID,
     ADD CONSTRAINT items_replayed_tenant_fkey FOREIGN KEY (replayed_from, tenant_id)
-        REFERENCES papayya.items (item_id, tenant_id);
+        REFERENCES papayya.items (item_id, tenant_id) NOT VALID;
 ALTER TABLE papayya.runs
     ADD CONSTRAINT runs_replayed_tenant_fkey FOREIGN KEY (replayed_from, tenant_id)
-        REFERENCES papayya.runs (run_id, tenant_id);
+        REFERENCES papayya.runs (run_id, tenant_id) NOT VALID;
 ALTER TABLE papayya.attempts
     ADD CONSTRAINT attempts_item_tenant_fkey FOREIGN KEY (item_id, tenant_id)
-        REFERENCES papayya.items (item_id, tenant_id),
-    ADD CONSTRAINT attempts_run_tenant_fkey FOREIGN KEY (run_id, tenant_id) REFERENCES papayya.runs (run_id, tenant_id);
+        REFERENCES papayya.items (item_id, tenant_id) NOT VALID,
+    ADD CONSTRAINT attempts_run_tenant_fkey FOREIGN KEY (run_id, tenant_id) REFERENCES papayya.runs (run_id, tenant_id) NOT VALID;
 ALTER TABLE papayya.steps
-    ADD CONSTRAINT steps_item_tenant_fkey FOREIGN KEY (item_id, tenant_id) REFERENCES papayya.items (item_id, tenant_id),
+    ADD CONSTRAINT steps_item_tenant_fkey FOREIGN KEY (item_id, tenant_id) REFERENCES papayya.items (item_id, tenant_id) NOT VALID,
     ADD CONSTRAINT steps_attempt_tenant_fkey FOREIGN KEY (attempt_id, tenant_id)
-        REFERENCES papayya.attempts (attempt_id, tenant_id);
+        REFERENCES papayya.attempts (attempt_id, tenant_id) NOT VALID;
 ALTER TABLE papayya.llm_calls
-    ADD CONSTRAINT llm_calls_run_tenant_fkey FOREIGN KEY (run_id, tenant_id) REFERENCES papayya.runs (run_id, tenant_id),
+    ADD CONSTRAINT llm_calls_run_tenant_fkey FOREIGN KEY (run_id, tenant_id) REFERENCES papayya.runs (run_id, tenant_id) NOT VALID,
     ADD CONSTRAINT llm_calls_item_tenant_fkey FOREIGN KEY (item_id, tenant_id)
-        REFERENCES papayya.items (item_id, tenant_id),
+        REFERENCES papayya.items (item_id, tenant_id) NOT VALID,
     ADD CONSTRAINT llm_calls_attempt_tenant_fkey FOREIGN KEY (attempt_id, tenant_id)
-        REFERENCES papayya.attempts (attempt_id, tenant_id);
+        REFERENCES papayya.attempts (attempt_id, tenant_id) NOT VALID;
 -- The single-column references these replace (each composite one checks the same row and its tenant).
 ALTER TABLE papayya.runs DROP CONSTRAINT runs_replayed_from_fkey;
 ALTER TABLE papayya.items DROP CONSTRAINT items_replayed_from_fkey, DROP CONSTRAINT items_run_id_fkey;

@@ -61,7 +61,7 @@ def _worker(
             n += 1
         budgets.give_back()
     else:
-        pool = store._pool if mode == "sync" else store._fast_pool
+        pool = store._pool if mode == "sync" else store._fast().pool
         with pool.connection() as conn:
             while time.perf_counter() < end:
                 row = conn.execute(q("budget_reserve"), keys).fetchone()

@@ -173,23 +173,24 @@ class Store:
         self._pool: ConnectionPool[psycopg.Connection[Row]] = open_pool(
             url, max_size=pool_size, tenant=tenant, role=role
         )
+        self._health = PoolHealth(self._pool, url, tenant=tenant, role=role)
         # Budget reservations and settlements commit without waiting for the WAL flush: they are
         # rewritten from the ledger (which is durable) by reconcile, and holding a hot account row for
-        # an fsync per LLM call would serialise every worker on it.
-        self._fast_pool: ConnectionPool[psycopg.Connection[Row]] = open_pool(
-            url, max_size=pool_size, synchronous_commit=False, tenant=tenant, role=role
-        )
-        self._health = PoolHealth(self._pool, url, tenant=tenant, role=role)
-        self._fast_health = PoolHealth(
-            self._fast_pool, url, synchronous_commit=False, tenant=tenant, role=role
-        )
+        # an fsync per LLM call would serialise every worker on it. Opened at the first such write,
+        # so a CLI read opens one pool, not two.
+        self._fast_args = (pool_size, tenant, role)
+        self._fast_health: PoolHealth | None = None
         self._scoped: bool | None = None  # whether row-level security applies to this store's role
         self._request_role: str | None = None  # the role a REQUEST_TENANT checkout drops to ("": none)
         self._pinned = threading.local()  # .conn: the connection of this thread's open transaction()
         self._closed = False
         self._lock = threading.Lock()
         if auto_migrate and tenant is None:
-            self.migrate()
+            try:
+                self.migrate()
+            except BaseException:
+                self.close()  # a store that cannot be used leaves no pool behind
+                raise
 
     def __repr__(self) -> str:
         return f"Store({redact(self.url)})"
@@ -216,7 +217,7 @@ class Store:
             with translated():
                 yield pinned
             return
-        health = self._fast_health if fast else self._health
+        health = self._fast() if fast else self._health
         scope = REQUEST_TENANT.get()
         try:
             with translated(), health.connection() as conn:
@@ -271,14 +272,41 @@ class Store:
         (a restart, a failover), so the next calls get live ones; until one does, checkouts check the
         connection first and wait at most ``FAIL_FAST`` seconds."""
         for health in (self._health, self._fast_health):
-            health.recover()
+            if health is not None:
+                health.recover()
+
+    def _fast(self) -> PoolHealth:
+        """The pool of writes that commit without waiting for the WAL flush, opened on first use."""
+        health = self._fast_health
+        if health is None:
+            with self._lock:
+                if self._closed:
+                    raise StoreUnavailable("This papayya store is closed; papayya.reset() builds a new one.")
+                if self._fast_health is None:
+                    size, tenant, role = self._fast_args
+                    pool = open_pool(
+                        self.url,
+                        max_size=size,
+                        synchronous_commit=False,
+                        tenant=tenant,
+                        role=role,
+                        probe=False,
+                    )
+                    fast = PoolHealth(pool, self.url, synchronous_commit=False, tenant=tenant, role=role)
+                    # Its first checkouts wait briefly, then connect directly: opened during an outage,
+                    # it fails fast like the main pool instead of waiting out the pool's timeout.
+                    fast.recover()
+                    self._fast_health = fast
+                health = self._fast_health
+        return health
 
     def close(self) -> None:
         with self._lock:
             if not self._closed:
                 self._closed = True
                 self._pool.close()
-                self._fast_pool.close()
+                if self._fast_health is not None:
+                    self._fast_health.pool.close()
 
     # -- plumbing: named queries from any ``.sql`` file of papayya.store (adapters add their own file) --
 

@@ -66,18 +66,11 @@ def _configurer(
     return configure
 
 
-def open_pool(
-    url: str,
-    *,
-    max_size: int,
-    synchronous_commit: bool = True,
-    tenant: str | None = None,
-    role: str | None = None,
-) -> ConnectionPool[psycopg.Connection[dict[str, Any]]]:
-    """Open a pool and check the server answers, or raise StoreUnavailable with the reason."""
+def check_reachable(url: str) -> None:
+    """Connect once and run a query, or raise StoreUnavailable saying why and what to fix."""
     try:
-        with psycopg.connect(url, connect_timeout=10) as probe:
-            probe.execute("SELECT 1")
+        with psycopg.connect(url, connect_timeout=10) as conn:
+            conn.execute("SELECT 1")
     except psycopg.OperationalError as exc:
         lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
         reason = lines[-1] if lines else type(exc).__name__
@@ -88,6 +81,20 @@ def open_pool(
         else:
             fix = "start the server or fix PAPAYYA_DATABASE_URL (unset it to use the embedded one)"
         raise StoreUnavailable(f"Cannot reach PostgreSQL at {redact(url)} ({reason}); {fix}.") from None
+
+
+def open_pool(
+    url: str,
+    *,
+    max_size: int,
+    synchronous_commit: bool = True,
+    tenant: str | None = None,
+    role: str | None = None,
+    probe: bool = True,
+) -> ConnectionPool[psycopg.Connection[dict[str, Any]]]:
+    """Open a pool and (``probe``) check the server answers, or raise StoreUnavailable with the reason."""
+    if probe:
+        check_reachable(url)
     pool: ConnectionPool[psycopg.Connection[dict[str, Any]]] = ConnectionPool(
         url,
         min_size=1,
@@ -157,6 +164,11 @@ class PoolHealth:
         self.url = url
         self._configure = _configurer(synchronous_commit=synchronous_commit, tenant=tenant, role=role)
         self._suspect = False  # a connection failed, and no call has worked since
+
+    @property
+    def suspect(self) -> bool:
+        """A connection failed and no call has worked since."""
+        return self._suspect
 
     def recover(self) -> None:
         """A connection failed: check the idle ones now (dropping those the server closed) and check
