@@ -17,6 +17,8 @@ The package, one duty per module:
 
 - ``worker``: the ``Worker`` (claiming, running, writing) with its monitor's separate clocks for the
   lease heartbeat, the run check and the reaper;
+- ``held``: what a worker holds, each item's attempt buffered, running or judged, and begun or not
+  (only a begun attempt counts against its item when the worker dies);
 - ``waiting``: following a run from the process that started it (``wait_for_run``, the progress line);
 - ``backends``: the ``Backend`` protocol, the native backend and the base of publishing backends.
 """
