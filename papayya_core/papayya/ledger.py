@@ -137,11 +137,13 @@ def extract_usage(provider: str, response: Any) -> tuple[str | None, Usage, str 
         return None, Usage(), None
     usage = data.get("usage") or {}
     details = usage.get("prompt_tokens_details") or {}
-    if "prompt_tokens" in usage:  # OpenAI chat completions
+    if "prompt_tokens" in usage:  # OpenAI chat completions, and LiteLLM's responses for any provider
         u = Usage(
             input_tokens=int(usage.get("prompt_tokens") or 0),
             output_tokens=int(usage.get("completion_tokens") or 0),
             cache_read_tokens=int(details.get("cached_tokens") or 0),
+            # LiteLLM reports Anthropic's cache writes here (within prompt_tokens); OpenAI sends none.
+            cache_write_tokens=int(details.get("cache_creation_tokens") or 0),
         )
     else:  # Anthropic messages, OpenAI responses
         cache_read = int(usage.get("cache_read_input_tokens") or 0)
