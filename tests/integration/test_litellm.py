@@ -355,6 +355,27 @@ def test_a_truncated_stream_degrades_the_item(rt: Runtime, tenant: str, fake: Fa
     assert ledger_of([row]) == bill_of(fake)
 
 
+def test_a_stream_closed_midway_is_settled_on_its_reservation(
+    rt: Runtime, tenant: str, fake: FakeProvider
+) -> None:
+    @agent
+    def peek(item):
+        with ask(fake, LONG, max_tokens=50, stream=True) as stream:
+            for chunk in stream:
+                if chunk.choices[0].delta.content:
+                    return chunk.choices[0].delta.content
+        return None
+
+    result = peek.map([{"id": "a"}], tenant=tenant)
+
+    # Then its one ledger row says it was left midway and is priced on what it reserved, never free
+    assert result.counts["succeeded"] == 1
+    (row,) = rows_of(rt, result)
+    assert row["stop_reason"] == "abandoned:reservation"
+    assert (row["output_tokens"], row["price_source"]) == (50, "catalog")
+    assert row["cost_usd"] > 0
+
+
 def test_an_async_stream_is_recorded(rt: Runtime, tenant: str, fake: FakeProvider) -> None:
     @agent
     async def enrich(item):
