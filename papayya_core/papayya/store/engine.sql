@@ -60,8 +60,12 @@ WITH active AS MATERIALIZED (
         updated_at = now()
     FROM chosen c
     WHERE i.item_id = c.item_id
-    RETURNING i.item_id, i.key, i.run_id, i.tenant_id, i.attempts + 1 AS attempts, i.stalls, i.lease_token,
-              i.input, i.replayed_from
+    -- the next attempt's number: after every attempt recorded so far (items.attempts catches up when
+    -- an attempt ends: attempts_begin does not rewrite the item's row)
+    RETURNING i.item_id, i.key, i.run_id, i.tenant_id,
+              greatest(i.attempts, (SELECT max(p.number) FROM papayya.attempts p WHERE p.item_id = i.item_id))
+                  + 1 AS attempts,
+              i.stalls, i.lease_token, i.input, i.replayed_from
 )
 SELECT c.item_id, c.key, c.run_id, c.tenant_id, c.attempts, c.stalls, c.lease_token, c.input, c.replayed_from,
        gen_random_uuid() AS attempt_id, a.agent_name, a.from_journal, a.gen AS run_gen,
@@ -78,10 +82,12 @@ SELECT c.item_id, c.key, c.run_id, c.tenant_id, c.attempts, c.stalls, c.lease_to
 FROM claimed c JOIN active a USING (run_id);
 
 -- name: attempts_begin
--- The attempts of claimed items that start now, in one statement: each item's attempt count moves to
--- its attempt's number and the attempt is recorded as running, fenced by the lease token (an item whose
--- token moved on, or that the reaper gave back, does not begin: it is not among the rows returned).
--- Only an attempt that began can be counted as having lost its worker (items_reap).
+-- The attempts of claimed items that start now, in one statement, recorded as running and fenced by the
+-- lease token (an item whose token moved on, or that the reaper gave back, does not begin: it is not
+-- among the rows returned). Only an attempt that began can be counted as having lost its worker
+-- (items_reap). The item's row is locked, not rewritten (a rewrite of the item with its input and
+-- every index entry, per item, doubled what draining writes): its attempt count catches up when the
+-- attempt ends (attempts_finish, items_reap, run_resume), and claims number attempts from both.
 WITH u AS MATERIALIZED (
     SELECT *
     FROM unnest(%(item_ids)s::uuid[], %(tenant_ids)s::text[], %(tokens)s::bigint[], %(attempt_ids)s::uuid[],
@@ -89,21 +95,14 @@ WITH u AS MATERIALIZED (
          AS u(item_id, tenant_id, token, attempt_id, number)
 ), locked AS (
     -- in item id order, as every statement that changes many items does: no deadlocks
-    SELECT i.item_id FROM papayya.items i JOIN u USING (item_id)
+    SELECT i.item_id, i.run_id, i.tenant_id, i.lease_token FROM papayya.items i JOIN u USING (item_id)
     WHERE i.tenant_id = u.tenant_id AND i.lease_token = u.token AND i.status = 'running'
     ORDER BY i.item_id
     FOR UPDATE OF i
-), begun AS (
-    UPDATE papayya.items i
-    SET attempts = u.number, updated_at = now()
-    FROM u JOIN locked USING (item_id)
-    WHERE i.item_id = u.item_id AND i.tenant_id = u.tenant_id
-      AND i.lease_token = u.token AND i.status = 'running'
-    RETURNING i.item_id, i.run_id, i.tenant_id, i.attempts, i.lease_token, u.attempt_id
 )
 INSERT INTO papayya.attempts (attempt_id, item_id, run_id, tenant_id, number, backend, worker, lease_token)
-SELECT attempt_id, item_id, run_id, tenant_id, attempts, %(backend)s, %(worker)s, lease_token
-FROM begun
+SELECT u.attempt_id, l.item_id, l.run_id, l.tenant_id, u.number, %(backend)s, %(worker)s, l.lease_token
+FROM locked l JOIN u USING (item_id)
 RETURNING item_id;
 
 -- name: attempts_finish
@@ -139,8 +138,9 @@ WITH u AS MATERIALIZED (
         fingerprint = u.fingerprint, cluster_label = u.label,
         lease_token = NULL, lease_expires_at = NULL, updated_at = now(),
         available_at = now() + make_interval(secs => coalesce(u.delay, 0)),
-        finished_at = CASE WHEN u.terminal THEN now() END
-    FROM u JOIN locked USING (item_id)
+        finished_at = CASE WHEN u.terminal THEN now() END,
+        attempts = greatest(i.attempts, coalesce(b.number, 0))
+    FROM u JOIN locked USING (item_id) LEFT JOIN papayya.attempts b ON b.attempt_id = u.attempt_id
     WHERE i.item_id = u.item_id AND i.tenant_id = u.tenant_id
       AND i.lease_token = u.token AND i.status = 'running'
     RETURNING i.item_id
@@ -163,18 +163,20 @@ SELECT item_id FROM item;
 -- never began: it crashed nothing, and goes back without a stall. A native item goes back to the
 -- queue; an item of another backend is marked 'stalled' for its adapter to re-drive.
 WITH expired AS MATERIALIZED (
-    SELECT i.item_id,
-           EXISTS (SELECT 1 FROM papayya.attempts a
-                   WHERE a.item_id = i.item_id AND a.lease_token = i.lease_token AND a.status = 'running')
-               AS began
+    SELECT i.item_id, b.number IS NOT NULL AS began, b.number
     FROM papayya.items i
+    LEFT JOIN LATERAL (
+        SELECT max(a.number) AS number FROM papayya.attempts a
+        WHERE a.item_id = i.item_id AND a.lease_token = i.lease_token AND a.status = 'running'
+    ) b ON true
     WHERE i.status = 'running' AND i.lease_expires_at < now()
     ORDER BY i.lease_expires_at
     LIMIT %(limit)s
-    FOR UPDATE SKIP LOCKED
+    FOR UPDATE OF i SKIP LOCKED
 ), reaped AS (
     UPDATE papayya.items i
     SET stalls = i.stalls + e.began::integer, lease_token = NULL, lease_expires_at = NULL, updated_at = now(),
+        attempts = greatest(i.attempts, coalesce(e.number, 0)),
         available_at = now(),
         status = CASE WHEN e.began AND i.stalls + 1 >= %(max_stalls)s THEN 'failed'
                       WHEN r.backend = 'native' THEN 'queued' ELSE 'stalled' END,

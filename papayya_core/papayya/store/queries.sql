@@ -517,7 +517,10 @@ WITH run AS (
 ), note AS (
     SELECT pg_notify('papayya_control', 'run ' || run.gen || ' running ' || run.run_id) FROM run
 ), requeued AS (
-    UPDATE papayya.items i SET status = 'queued', lease_token = NULL, lease_expires_at = NULL, updated_at = now()
+    UPDATE papayya.items i
+    SET status = 'queued', lease_token = NULL, lease_expires_at = NULL, updated_at = now(),
+        attempts = greatest(i.attempts, coalesce((SELECT max(a.number) FROM papayya.attempts a
+                                                  WHERE a.item_id = i.item_id), 0))
     FROM run WHERE i.run_id = run.run_id AND i.tenant_id = %(tenant_id)s
       AND (i.status = 'paused' OR (i.status = 'running' AND i.lease_expires_at < now()))
     RETURNING i.item_id
