@@ -79,6 +79,9 @@ class AttemptContext:
     counters: Counter[str] = field(default_factory=Counter)
     capturing: bool = False
     abandoned: bool = False
+    # Whether the attempt began (hooks saw it start): a native worker's buffered item begins when a
+    # thread takes it, and one given back before that never began.
+    begun: bool = True
     cost_usd: Decimal = Decimal(0)
     cost_unknown: bool = False
     started: float = field(default_factory=time.monotonic)

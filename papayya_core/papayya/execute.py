@@ -148,8 +148,11 @@ def context(
     backend: str,
     price_overrides: dict[tuple[str, str], dict[str, Decimal | None]],
     budget_period: str = "month",
+    started: bool = True,
 ) -> AttemptContext:
-    """The context of an attempt just claimed (by ``begin``, or by a worker's batched claim)."""
+    """The context of an attempt just claimed (by ``begin``, or by a worker's batched claim).
+    ``started``: the attempt begins now (the started hook fires); a native worker's claim passes
+    False and calls :func:`started` when the attempt is recorded as begun."""
     ctx = AttemptContext(
         runtime=rt,
         agent=agent,
@@ -167,8 +170,16 @@ def context(
         price_overrides=price_overrides,
         accounts=rt.budgets.accounts(ref.tenant_id, ref.run_id, budget_period),
     )
-    rt.hooks.attempt_started(ctx)
+    ctx.begun = False
+    if started:
+        mark_started(ctx)
     return ctx
+
+
+def mark_started(ctx: AttemptContext) -> None:
+    """The attempt began: from now on hooks see it (started, then finished)."""
+    ctx.begun = True
+    ctx.runtime.hooks.attempt_started(ctx)
 
 
 def backoff(policy_base: float, policy_max: float, attempt: int) -> float:
@@ -343,7 +354,8 @@ def settle(judged: Sequence[Judged]) -> list[Concluded]:
             rt.control.paused(paused)
             if paused:
                 log.warning("paused %d run(s) of tenant %r: %s", len(paused), ctx.tenant_id, j.pause.reason)
-        rt.hooks.attempt_finished(ctx, f.attempt_status, list(j.reasons))
+        if ctx.begun:  # (an item given back from a worker's buffer never began)
+            rt.hooks.attempt_finished(ctx, f.attempt_status, list(j.reasons))
         if f.terminal:
             rt.hooks.outcome_recorded(ctx, f.item_status, list(j.reasons))
         results.append(

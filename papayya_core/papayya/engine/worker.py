@@ -253,6 +253,7 @@ class Worker:
             backend=self.backend,
             price_overrides=overrides,
             budget_period=period,
+            started=False,  # it starts when its attempt begins (_begin)
         )
         ctx.lease_until = asked + self.rt.settings.lease_seconds
         with self._busy_lock:
@@ -283,6 +284,9 @@ class Worker:
             log.warning("could not begin %d attempt(s) (%s)", len(todo), exc)
             return None
         self.held.mark_begun(c for c in todo if c.item_id in begun)
+        for c in todo:
+            if c.item_id in begun:
+                execute.mark_started(c)
         return [c for c in todo if c.item_id not in begun]
 
     def _begin_one(self, ctx: AttemptContext) -> bool:

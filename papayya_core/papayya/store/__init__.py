@@ -655,8 +655,9 @@ class Store:
         alone: bool = True,
     ) -> list[Row]:
         """Claim up to ``limit`` queued items fairly across tenants (see engine.sql): each row has the
-        item (id, key, run, tenant, input), its new attempt (id, number, lease token), journal and
-        failures so far."""
+        item (id, key, run, tenant, input), its lease token, the id and number its next attempt will
+        have, its journal and failures so far. The attempt itself is recorded when a thread takes the
+        item (``attempts_begin``)."""
         return self.fetch_all(
             "items_claim",
             {
