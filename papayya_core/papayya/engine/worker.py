@@ -631,6 +631,11 @@ def begin_attempts(rt: Runtime, ctxs: Sequence[AttemptContext], *, backend: str 
             "backend": backend,
             "worker": rt.worker_id,
         },
+        # What a begin is for, counting a crash of this process against the item, needs the row in
+        # the server, not on its disk: a dead worker's commits stay. Only a crash of PostgreSQL itself
+        # within a fraction of a second (before the WAL writer or any later flushed commit) can lose
+        # it, and the item then goes back without a stall.
+        flushed=False,
     )
     return {r["item_id"] for r in rows}
 

@@ -310,9 +310,11 @@ class Store:
 
     # -- plumbing: named queries from any ``.sql`` file of papayya.store (adapters add their own file) --
 
-    def fetch_all(self, name: str, params: dict[str, Any]) -> list[Row]:
-        """Every row of the named query."""
-        with self._connection() as conn:
+    def fetch_all(self, name: str, params: dict[str, Any], *, flushed: bool = True) -> list[Row]:
+        """Every row of the named query. ``flushed=False``: a write that commits without waiting for
+        the WAL flush (the server keeps it if this process dies; a server crash within a fraction of a
+        second may lose it)."""
+        with self._connection(fast=not flushed) as conn:
             return conn.execute(q(name), params).fetchall()
 
     def fetch_one(self, name: str, params: dict[str, Any]) -> Row | None:
