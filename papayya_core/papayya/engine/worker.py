@@ -24,6 +24,7 @@ from uuid import UUID
 
 from papayya import execute
 from papayya.context import AttemptContext
+from papayya.engine.begins import GroupBegins
 from papayya.engine.held import Held
 from papayya.errors import StoreUnavailable
 from papayya.execute import Concluded, ItemRef, Judged
@@ -290,13 +291,16 @@ class Worker:
         return [c for c in todo if c.item_id not in begun]
 
     def _begin_one(self, ctx: AttemptContext) -> bool:
-        """Begin a buffered attempt as its thread takes it; False when it may not start (it is given
-        back: to the queue, or to whoever holds its item now)."""
-        left = self._begin([ctx])
-        if left:
+        """Begin a buffered attempt as its thread takes it (with the others taken up at that moment, in
+        one statement: GroupBegins); False when it may not start (it is given back: to the queue, or to
+        whoever holds its item now)."""
+        if self.held.began(ctx):
+            return True
+        began = self._begins.begin(ctx)
+        if began is False:
             ctx.abandoned = True
             log.warning("item %s: lost its lease while it waited in the buffer; not started", ctx.item.id)
-        return left == []
+        return began is True
 
     # -- running ----------------------------------------------------------------------------------
 
@@ -580,6 +584,7 @@ class Worker:
             for _ in range(self.concurrency):
                 self._spawn(self._thread, "papayya-worker")
         self._writer_thread = self._spawn(self._writer, "papayya-writer")
+        self._begins = GroupBegins(self._begin)
         self._spawn(self._monitor, "papayya-monitor")
         if not self.until_done:
             self._spawn(self._listen, "papayya-listen")
@@ -604,6 +609,7 @@ class Worker:
             self._ready.put(None)
         self._results.put(None)
         self._writer_thread.join(timeout=30)
+        self._begins.close()
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self._loop.stop)
         try:
