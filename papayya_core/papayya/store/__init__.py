@@ -140,14 +140,19 @@ def _scoping_role(url: str, tenant: str) -> str | None:
                 if found is None:
                     conn.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(sql.Identifier(SCOPED_ROLE)))
                 _grant_tenant_rights(conn, SCOPED_ROLE)
-                conn.execute(sql.SQL("GRANT {} TO CURRENT_USER").format(sql.Identifier(SCOPED_ROLE)))
+                member = conn.execute(
+                    "SELECT pg_has_role(current_user, %s, 'MEMBER')", (SCOPED_ROLE,)
+                ).fetchone()
+                if not (member and member[0]):
+                    conn.execute(sql.SQL("GRANT {} TO CURRENT_USER").format(sql.Identifier(SCOPED_ROLE)))
         except (psycopg.errors.DuplicateObject, psycopg.errors.UniqueViolation):
             return _scoping_role(url, tenant)  # another process created it at the same moment
         except psycopg.errors.InsufficientPrivilege:
             raise TenantError(
                 f"Cannot scope this process to tenant {tenant!r}: its database role bypasses row-level "
-                f"security and may not create the role {SCOPED_ROLE} to drop to; connect with a role bound "
-                "to the tenant (`papayya tenants grant`) or create that role once as a superuser."
+                f"security and may not create or join the role {SCOPED_ROLE} it drops to; connect with a "
+                "role bound to the tenant (`papayya tenants grant`), or once, as a superuser, run "
+                f"CREATE ROLE {SCOPED_ROLE} NOLOGIN and GRANT {SCOPED_ROLE} TO this role."
             ) from None
     return SCOPED_ROLE
 
