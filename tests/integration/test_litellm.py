@@ -395,7 +395,11 @@ def close_litellms_main_thread_loop() -> None:
     """LiteLLM's sync path, called on the main thread, sets an event loop there for its service logger
     (``asyncio.get_event_loop()``) and never closes it; ``asyncio.run`` would then drop it unclosed."""
     policy = asyncio.get_event_loop_policy()
-    policy.get_event_loop().close()
+    try:
+        loop = policy.get_event_loop()
+    except RuntimeError:  # none was set (an earlier asyncio.run cleared it and LiteLLM made none)
+        return
+    loop.close()
     policy.set_event_loop(None)
 
 
