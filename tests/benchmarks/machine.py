@@ -9,7 +9,6 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 from psycopg import sql
@@ -47,7 +46,10 @@ def throwaway_database(server_url: str = SERVER_URL) -> Iterator[str]:
     with psycopg.connect(server_url, autocommit=True) as conn:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     try:
-        yield urlunsplit(urlsplit(server_url)._replace(path=f"/{name}"))
+        # (a URL or a key=value connection string: the test suite's server databases are the latter)
+        info = psycopg.conninfo.conninfo_to_dict(server_url)
+        info["dbname"] = name
+        yield psycopg.conninfo.make_conninfo(**{k: v for k, v in info.items() if v is not None})
     finally:
         with psycopg.connect(server_url, autocommit=True) as conn:
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
@@ -62,8 +64,8 @@ def server_line(server_url: str = SERVER_URL) -> str:
         ).fetchone()
     assert row is not None
     version, sync, fsync = row
-    where = urlsplit(server_url)
+    where = psycopg.conninfo.conninfo_to_dict(server_url)
+    host, port = where.get("host") or "localhost", where.get("port") or 5432
     return (
-        f"PostgreSQL {version.split()[0]} server on {where.hostname}:{where.port or 5432} "
-        f"(synchronous_commit={sync}, fsync={fsync})"
+        f"PostgreSQL {version.split()[0]} server on {host}:{port} (synchronous_commit={sync}, fsync={fsync})"
     )
