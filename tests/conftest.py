@@ -11,6 +11,10 @@ with the reason, and fail when ``CI`` is set, so CI cannot go green by skipping.
 from __future__ import annotations
 
 import os
+import sys
+import threading
+import time
+import traceback
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -99,3 +103,45 @@ def fake() -> Iterator[FakeProvider]:
 def tenant(rt: Runtime) -> str:
     """A fresh tenant id, so tests sharing the session database never see each other's items."""
     return f"t-{uuid.uuid4().hex[:8]}"
+
+
+def _lingering() -> list[threading.Thread]:
+    """Threads that would keep the interpreter from exiting: alive, not daemonic, not the main one.
+    The executor threads asyncio.to_thread leaves idle are joined at exit and do not count."""
+    return [
+        t
+        for t in threading.enumerate()
+        if t.is_alive()
+        and not t.daemon
+        and t is not threading.main_thread()
+        and not t.name.startswith(("asyncio_", "ThreadPoolExecutor-"))
+    ]
+
+
+@pytest.fixture(autouse=True)
+def _no_thread_outlives_its_test() -> Iterator[None]:
+    """A test that leaves a non-daemon thread running fails, naming it: such a thread (a worker whose
+    test failed before stopping it) keeps the whole session from exiting, and CI from finishing."""
+    before = set(_lingering())
+    yield
+    deadline = time.monotonic() + 10
+    while (left := [t for t in _lingering() if t not in before]) and time.monotonic() < deadline:
+        left[0].join(0.1)
+    if left:
+        pytest.fail(f"this test left thread(s) running: {', '.join(t.name for t in left)}")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Last resort: if a thread still runs when the session is over, print where it is and exit with
+    a failure instead of hanging until CI's timeout."""
+    left = _lingering()
+    if not left:
+        return
+    frames = sys._current_frames()
+    for t in left:
+        print(f"\nthread {t.name} still running at exit:", file=sys.__stderr__)
+        frame = frames.get(t.ident or 0)
+        if frame is not None:
+            print("".join(traceback.format_stack(frame)), file=sys.__stderr__)
+    sys.__stderr__.flush()
+    os._exit(1)

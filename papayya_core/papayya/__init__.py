@@ -42,6 +42,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time each name is i
         Paused,
         ReplayError,
         StaleLease,
+        StoreClosed,
         StoreUnavailable,
         TenantError,
     )
@@ -94,6 +95,7 @@ _LAZY: dict[str, str] = {
     "Paused": "papayya.errors",
     "ReplayError": "papayya.errors",
     "StaleLease": "papayya.errors",
+    "StoreClosed": "papayya.errors",
     "StoreUnavailable": "papayya.errors",
     "TenantError": "papayya.errors",
 }
@@ -156,6 +158,7 @@ __all__ = [
     "RunStatus",
     "Settings",
     "StaleLease",
+    "StoreClosed",
     "StoreUnavailable",
     "TenantError",
     "UnknownTenants",

@@ -20,6 +20,7 @@ Hierarchy::
         ├── NotFound                 a run, item or tenant asked for by id does not exist (also a
         │                            LookupError)
         ├── StoreUnavailable         the database cannot be reached or refused the connection
+        ├── StoreClosed              papayya's pool was closed while code still used it (not retried)
         ├── MigrationError           the schema could not be brought up to date
         ├── AgentNotImportable       resume/replay cannot import the agent a run was started with
         ├── ReplayError              a replay's slice is empty or cannot be replayed as asked
@@ -64,6 +65,11 @@ class ConfigError(InvalidInput):
 
 class StoreUnavailable(PapayyaError):
     """The PostgreSQL store cannot be reached."""
+
+
+class StoreClosed(PapayyaError):
+    """papayya's connection pool was closed (``papayya.reset()``, the runtime shut down) while code
+    still used it. Unlike ``StoreUnavailable`` this is not retried: nothing will reopen that pool."""
 
 
 class MigrationError(PapayyaError):

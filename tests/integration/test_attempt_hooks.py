@@ -45,11 +45,13 @@ def test_a_buffered_item_given_back_at_shutdown_never_started_for_hooks(
     STARTED.clear()
     handle = slow.submit([{"id": f"h{n}"} for n in range(6)], tenant=tenant)
     worker = engine.Worker(rt, [slow], concurrency=1, prefetch=4, run_ids=[handle.run_id], poll=0.1)
-    runner = threading.Thread(target=worker.run, kwargs={"grace": 5.0})
+    runner = threading.Thread(target=worker.run, kwargs={"grace": 5.0}, daemon=True)
     runner.start()
-    assert STARTED.wait(30)
-    worker.stop()
-    runner.join(30)
+    try:
+        assert STARTED.wait(30)
+    finally:
+        worker.stop()
+        runner.join(30)
     assert not runner.is_alive()
 
     # Then hooks saw exactly the attempts that began: each start has its finish and its attempt row,
@@ -69,3 +71,33 @@ def test_a_buffered_item_given_back_at_shutdown_never_started_for_hooks(
     assert queued[0] >= 1  # some items were only buffered
     assert set(seen["started"]) == set(seen["finished"]) == attempts
     assert len(seen["started"]) == len(attempts) < 6
+
+
+def test_a_worker_whose_runtime_is_closed_stops_instead_of_retrying_forever(rt: Runtime, tenant: str) -> None:
+    # Given a long-lived in-process worker on a run
+    STARTED.clear()
+    handle = slow.submit([{"id": "only"}], tenant=tenant)
+    worker = engine.Worker(rt, [slow], concurrency=1, run_ids=[handle.run_id], poll=0.1)
+    failure: list[BaseException] = []
+
+    def serve() -> None:
+        try:
+            worker.run(grace=1.0)
+        except BaseException as exc:  # the thread reports how it ended
+            failure.append(exc)
+
+    runner = threading.Thread(target=serve, daemon=True)
+    runner.start()
+    try:
+        assert STARTED.wait(30)
+        # When the runtime it uses is closed under it (a closed pool never reopens)
+        papayya.reset()
+        runner.join(30)
+        # Then it ends with one sentence, instead of logging "retried next second" until killed
+        assert not runner.is_alive()
+    finally:
+        worker.stop()
+        runner.join(5)
+    assert len(failure) == 1
+    assert isinstance(failure[0], papayya.StoreClosed)
+    assert "stop workers before closing papayya" in str(failure[0])

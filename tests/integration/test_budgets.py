@@ -204,7 +204,8 @@ def test_a_person_pauses_a_running_run(rt: Runtime, tenant: str) -> None:
     worker = threading.Thread(
         target=lambda: results.append(
             slow.map([{"id": f"i{n}"} for n in range(6)], tenant=tenant, concurrency=2)
-        )
+        ),
+        daemon=True,
     )
     worker.start()
     both_started.wait(10)

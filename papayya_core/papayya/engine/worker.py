@@ -26,7 +26,7 @@ from papayya import execute
 from papayya.context import AttemptContext
 from papayya.engine.begins import GroupBegins
 from papayya.engine.held import Held
-from papayya.errors import StoreUnavailable
+from papayya.errors import StoreClosed, StoreUnavailable
 from papayya.execute import Concluded, ItemRef, Judged
 from papayya.models import ItemStatus
 from papayya.progress import Progress
@@ -615,7 +615,7 @@ class Worker:
         try:
             self._complete_runs()
             self.rt.budgets.give_back()
-        except StoreUnavailable as exc:
+        except (StoreUnavailable, StoreClosed) as exc:
             log.warning(
                 "could not give back unspent budget leases (%s); `papayya resume` reconciles them", exc
             )

@@ -20,9 +20,9 @@ from typing import Any
 import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
-from psycopg_pool import ConnectionPool, PoolTimeout
+from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
 
-from papayya.errors import MigrationError, StoreUnavailable
+from papayya.errors import MigrationError, StoreClosed, StoreUnavailable
 
 log = logging.getLogger("papayya.store")
 
@@ -119,6 +119,11 @@ def translated() -> Iterator[None]:
         raise MigrationError(
             "The papayya schema is missing or behind this papayya version; run `papayya migrate` "
             "(or enable PAPAYYA_AUTO_MIGRATE)."
+        ) from exc
+    except PoolClosed as exc:
+        raise StoreClosed(
+            "papayya's connection pool was closed while this code still used it (the runtime was shut "
+            "down); stop workers before closing papayya, or configure it again."
         ) from exc
     except (psycopg.OperationalError, PoolTimeout) as exc:
         raise StoreUnavailable(
