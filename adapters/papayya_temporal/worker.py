@@ -40,7 +40,7 @@ async def serve(
     from papayya.reaper import Reaper
     from papayya.runtime import get_runtime
     from papayya_temporal.activity import run_any_item
-    from papayya_temporal.backend import connect
+    from papayya_temporal.backend import TemporalBackend, connect
     from papayya_temporal.interceptor import Interceptor
     from papayya_temporal.workflow import MapItems
 
@@ -51,6 +51,10 @@ async def serve(
     )
     loop.set_default_executor(pool)
     rt = await asyncio.to_thread(get_runtime)  # the store answers before any task is polled
+    if not isinstance(rt.backend, TemporalBackend):
+        # This worker's reaper re-drives stalled Temporal items (whatever PAPAYYA_BACKEND says here):
+        # without it, an item stalled after a kill or a pause waits for a process that never comes.
+        rt.backend = TemporalBackend(settings)
     client = await connect(settings, interceptors=[Interceptor()])
     if stop is None:
         stop = asyncio.Event()

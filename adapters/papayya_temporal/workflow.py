@@ -11,6 +11,14 @@ instead of failing. ``papayya resume RUN`` sends it, with the items the store sa
 recorded LLM call is paid again (the journal answers them). A long run continues as new before its
 history grows large.
 
+The store, not the workflow, knows whether the run is paused, so the gate is only a cache of it, kept
+current by an epoch: each ``resume`` or ``redrive`` opens the gate and starts a new epoch, and a
+``paused`` answer from an activity that started in an older epoch (it saw the pause the signal has
+since lifted) does not close it; its item is run again. ``redrive`` opens the gate too because papayya
+re-drives items only of runs that are running: a closed gate then is stale (a resume whose signal was
+lost, a worker that saw the pause late), and keeping it closed would leave the run's items queued with
+nothing to run them.
+
 Sandbox-safe: this module imports only temporalio and ``papayya_temporal.headers`` (passed through, so
 the stamp ContextVar is the one the interceptor reads); papayya's core never enters the sandbox.
 """
@@ -59,6 +67,7 @@ class MapItems:
         self._inflight: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._paused = False
+        self._epoch = 0  # a resume or redrive starts a new one; see the module docstring
         self._counts: dict[str, int] = {}
         self._error: str | None = None
         self._finished_here = 0
@@ -68,13 +77,18 @@ class MapItems:
     @workflow.signal
     def resume(self, items: list[list[str]]) -> None:
         """Open the pause gate; ``items`` are the run's pending items (from the store)."""
-        self._add(items)
-        self._paused = False
+        self._open(items)
 
     @workflow.signal
     def redrive(self, items: list[list[str]]) -> None:
-        """Run these items again (papayya's reaper found them stalled); the gate stays as it is."""
+        """Run these items again (papayya's reaper found them stalled in a running run): the gate
+        opens, since the store says the run is running."""
+        self._open(items)
+
+    def _open(self, items: list[list[str]]) -> None:
         self._add(items)
+        self._paused = False
+        self._epoch += 1
 
     @workflow.query
     def state(self) -> dict[str, Any]:
@@ -147,6 +161,7 @@ class MapItems:
 
     async def _one(self, job: MapJob, item: list[str]) -> None:
         item_id, key = item
+        epoch = self._epoch
         current_stamp.set(
             Stamp(tenant_id=job.tenant_id, run_id=job.run_id, item_id=item_id, key=key, mode="map")
         )
@@ -195,7 +210,12 @@ class MapItems:
             self._known.discard(item_id)
             self._finished_here += 1
         if status == "paused":
-            self._paused = True
+            if epoch == self._epoch:
+                self._paused = True
+            else:
+                # It saw a pause that a resume lifted while it ran: run it again, keep the gate open.
+                self._add([item])
+                status = None
         if status is not None:
             self._counts[status] = self._counts.get(status, 0) + 1
 

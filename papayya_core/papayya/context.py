@@ -88,6 +88,28 @@ class AttemptContext:
     # Monotonic time until which this attempt's lease is known to hold: set from the moment a claim or
     # heartbeat that (re)granted it was *sent*, so it never outlives the lease on the database clock.
     lease_until: float | None = None
+    # Paid calls sent and not yet recorded: an attempt given back while one is on the wire waits for
+    # its record (``settle_paying``), so the next attempt finds it in the journal instead of paying again.
+    paying: int = 0
+    _paying_cv: threading.Condition = field(default_factory=threading.Condition, repr=False)
+
+    # -- paid calls in flight ---------------------------------------------------------------------
+
+    def paying_begins(self) -> None:
+        with self._paying_cv:
+            self.paying += 1
+
+    def paying_ends(self) -> None:
+        with self._paying_cv:
+            self.paying -= 1
+            self._paying_cv.notify_all()
+
+    def settle_paying(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds until no paid call of this attempt is on the wire (each is
+        recorded, or failed); False when one still is. Call it after ``abandoned`` is set, so no new
+        call starts meanwhile."""
+        with self._paying_cv:
+            return self._paying_cv.wait_for(lambda: self.paying == 0, timeout=max(0.0, timeout))
 
     # -- journal ----------------------------------------------------------------------------------
 
@@ -325,17 +347,21 @@ class PaidCall:
         except BaseException:
             ctx.runtime.budgets.release(ctx.accounts, self.reserved)
             raise
+        ctx.paying_begins()  # ends in failed() or finish()
         self.started = time.perf_counter()
 
     def failed(self, exc: BaseException) -> None:
         """The request failed: its reservation goes back; a 429 closes the rate-limit key for everyone."""
         ctx = self.ctx
-        ctx.runtime.budgets.release(ctx.accounts, self.reserved)
-        limits = ctx.runtime.ratelimits
-        limits.settle(self.provider, self.model, ctx.tenant_id, self.tokens, 0)
-        retry_after = retry_after_of(exc)
-        if retry_after is not None:  # the provider said 429: close the key for every worker
-            limits.close(self.provider, self.model, retry_after)
+        try:
+            ctx.runtime.budgets.release(ctx.accounts, self.reserved)
+            limits = ctx.runtime.ratelimits
+            limits.settle(self.provider, self.model, ctx.tenant_id, self.tokens, 0)
+            retry_after = retry_after_of(exc)
+            if retry_after is not None:  # the provider said 429: close the key for every worker
+                limits.close(self.provider, self.model, retry_after)
+        finally:
+            ctx.paying_ends()
 
     def finish(
         self, *, model: str | None, usage: Usage, stop_reason: str | None, journal_result: Any = None
@@ -344,6 +370,21 @@ class PaidCall:
         settling the reservation on the call's cost."""
         ctx = self.ctx
         latency = (time.perf_counter() - self.started) * 1000
+        try:
+            return self._record(
+                model=model,
+                usage=usage,
+                stop_reason=stop_reason,
+                journal_result=journal_result,
+                latency=latency,
+            )
+        finally:
+            ctx.paying_ends()
+
+    def _record(
+        self, *, model: str | None, usage: Usage, stop_reason: str | None, journal_result: Any, latency: float
+    ) -> LLMCall:
+        ctx = self.ctx
         ctx.runtime.ratelimits.settle(
             self.provider, self.model, ctx.tenant_id, self.tokens, usage.input_tokens + usage.output_tokens
         )

@@ -242,8 +242,8 @@ def refusal(rt: Runtime, ref: ItemRef) -> str:
     status, run_status = row["status"], row["run_status"]
     if status in ("succeeded", "degraded", "failed", "cancelled"):
         return "done"
-    if status == "paused" or run_status == "paused":
-        return "paused"
+    if run_status == "paused":
+        return "paused"  # (an item left paused in a running run is claimable: "running" below)
     if run_status != "running":
         return "stopped"
     if status == "running" and not row["lease_live"]:
@@ -377,8 +377,22 @@ def pause(ctx: AttemptContext, signal: Paused) -> Concluded:
 
 
 def release(ctx: AttemptContext) -> Concluded:
-    """Give the item back (``queued``) without an outcome: the process is stopping mid-attempt."""
+    """Give the item back (``queued``) without an outcome: the process is stopping mid-attempt, or
+    its queue cancelled the attempt. Its function may still run (a thread cannot be stopped): it stops
+    before its next paid call, and a call already on the wire is waited for (while the lease holds)
+    so that its record is in the journal the next attempt reads, instead of being paid again."""
+    ctx.abandoned = True
+    if ctx.paying:
+        left = (ctx.lease_until - time.monotonic()) if ctx.lease_until is not None else RELEASE_WAIT
+        if not ctx.settle_paying(min(left, RELEASE_WAIT)):
+            log.warning(
+                "item %s: given back with a paid call unrecorded; the next attempt may pay for it again",
+                ctx.item.id,
+            )
     return settle([Judged(ctx, release_finish(ctx))])[0]
+
+
+RELEASE_WAIT = 60.0  # seconds at most a release waits for a paid call on the wire to be recorded
 
 
 def release_finish(ctx: AttemptContext) -> Finish:

@@ -116,7 +116,9 @@ def test_concurrent_writers_on_many_connections_and_rollbacks_leave_the_counters
 
     def writer(seed: int) -> None:
         rng = random.Random(seed)
-        with psycopg.connect(database_url) as conn:
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            # Victims are wanted, waiting a second for each is not (the test runs as a superuser)
+            conn.execute("SET deadlock_timeout = '20ms'")
             for _ in range(60):
                 try:
                     with conn.transaction(force_rollback=rng.random() < 0.33):

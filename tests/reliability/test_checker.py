@@ -71,15 +71,6 @@ BACKENDS = {
 }
 
 
-# A known bug, quarantined (it still runs, and passes some runs): on Temporal, after kills, pauses and a
-# tenant budget pause, a few items of a resumed run can stay queued in the store while nothing runs
-# them (I1 and I7 fail; "settled in 60s"). Seen on 2026-12-07 at this change and at the commit
-# before it (91043a1, which passed its own CI), so not from this change; open in the issues.
-TEMPORAL_STUCK = pytest.mark.xfail(
-    reason="known bug: a resumed Temporal run can leave items queued after kills and pauses", strict=False
-)
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 @pytest.mark.parametrize(
@@ -88,7 +79,7 @@ TEMPORAL_STUCK = pytest.mark.xfail(
         *(("native", seed) for seed in SEEDS),
         ("sqs", 1),
         ("celery", 1),
-        pytest.param("temporal", 1, marks=TEMPORAL_STUCK),
+        ("temporal", 1),
     ],
 )
 def test_a_disturbed_run_keeps_every_invariant(database_url: str, backend: str, seed: int) -> None:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import threading
 import uuid
+from typing import Any
 
 import psycopg
 import pytest
 
 import papayya
-from papayya import InputError, StoreUnavailable, TenantError, agent, execute, reaper
+from papayya import InputError, StoreUnavailable, TenantError, agent, execute, reaper, run
 from papayya.execute import ItemRef
 from papayya.runtime import Runtime, get_runtime
 
@@ -224,3 +226,105 @@ def test_a_backend_whose_extra_is_missing_is_one_sentence(
         papayya.ConfigError, match=r"'celery' backend cannot start here: .*'papayya\[celery\]'"
     ):
         echo.map([{"id": "a"}], tenant="t")
+
+
+def test_an_attempt_given_back_mid_call_waits_for_that_call_so_the_next_attempt_pays_nothing(
+    rt: Runtime, tenant: str
+) -> None:
+    # Given an attempt whose function is inside a paid call (the provider holds its answer), as when
+    # a queue cancels an activity whose sync function cannot be stopped
+    sent, answer = threading.Event(), threading.Event()
+    billed: list[str] = []
+
+    def provider(*, prompt: str) -> dict[str, Any]:
+        billed.append(prompt)
+        sent.set()
+        answer.wait(30)
+        return {
+            "model": "gpt-4o-mini",
+            "choices": [{"finish_reason": "stop", "message": {"content": prompt.upper()}}],
+            "usage": {"prompt_tokens": 3, "completion_tokens": 2},
+        }
+
+    @agent(name=f"given-back-{tenant}")
+    def ask(item: papayya.Item) -> str:
+        reply = run.llm("ask", provider="openai", model="gpt-4o-mini", max_tokens=5)(provider, prompt=item.id)
+        return str(reply["choices"][0]["message"]["content"])
+
+    run_id, item_id = uuid.uuid4(), uuid.uuid4()
+    papayya.tenants.add(tenant)
+    rt.store.run_create(
+        run_id=run_id,
+        tenant_id=tenant,
+        agent_name=ask.name,
+        name=None,
+        backend="celery",
+        items=[(item_id, "q", '{"id": "q"}')],
+        max_attempts=3,
+        options={},
+    )
+    ref = ItemRef(item_id, "q", run_id, tenant)
+    first = execute.begin(rt, ask, ref, backend="celery", price_overrides={})
+    assert first is not None
+    body = threading.Thread(target=execute.invoke, args=(first,), daemon=True)
+    body.start()
+    assert sent.wait(30)
+
+    # When the attempt is given back while that call is on the wire, and the call then completes
+    released: list[execute.Concluded] = []
+    giver = threading.Thread(target=lambda: released.append(execute.release(first)), daemon=True)
+    giver.start()
+    giver.join(0.5)
+    assert not released  # the release waits for the call on the wire
+    answer.set()
+    giver.join(30)
+    body.join(30)
+
+    # Then the call was recorded before the item went back, and the next attempt answers it from the
+    # journal instead of paying for it again
+    assert released
+    assert not released[0].terminal
+    second = execute.begin(rt, ask, ref, backend="celery", price_overrides={})
+    assert second is not None
+    output, error = execute.invoke(second)
+    assert (output, error) == ("Q", None)
+    assert billed == ["q"]
+
+
+def test_an_item_left_paused_in_a_running_run_is_claimed_by_a_queue_backend(rt: Runtime, tenant: str) -> None:
+    # Given an item that stopped as paused at a pause a resume lifted while it ran (its run is running)
+    papayya.tenants.add(tenant)
+    run_id, item_id = uuid.uuid4(), uuid.uuid4()
+    rt.store.run_create(
+        run_id=run_id,
+        tenant_id=tenant,
+        agent_name="echo",
+        name=None,
+        backend="temporal",
+        items=[(item_id, "k", "{}")],
+        max_attempts=3,
+        options={},
+    )
+    with psycopg.connect(rt.store.url, autocommit=True) as conn:
+        conn.execute("UPDATE papayya.items SET status = 'paused' WHERE item_id = %s", (item_id,))
+    ref = ItemRef(item_id, "k", run_id, tenant)
+    # Then a queue backend's delivery of it runs it (the run's status is the truth, not the item's),
+    ctx = execute.begin(rt, echo, ref, backend="temporal", price_overrides={})
+    assert ctx is not None
+    assert execute.conclude(ctx, output={"id": "k"}).status == "succeeded"
+    # while an item of a paused run is refused as paused
+    other_run, other_item = uuid.uuid4(), uuid.uuid4()
+    rt.store.run_create(
+        run_id=other_run,
+        tenant_id=tenant,
+        agent_name="echo",
+        name=None,
+        backend="temporal",
+        items=[(other_item, "k2", "{}")],
+        max_attempts=3,
+        options={},
+    )
+    papayya.pause(other_run)
+    other = ItemRef(other_item, "k2", other_run, tenant)
+    assert execute.begin(rt, echo, other, backend="temporal", price_overrides={}) is None
+    assert execute.refusal(rt, other) == "paused"

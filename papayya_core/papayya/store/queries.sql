@@ -61,9 +61,11 @@ WITH claimed AS (
         lease_expires_at = now() + make_interval(secs => %(lease_seconds)s),
         updated_at = now()
     WHERE item_id = %(item_id)s AND tenant_id = %(tenant_id)s AND run_id = %(run_id)s
-      -- queued; stalled (its worker was lost and the reaper flagged it); or redelivered by a broker
-      -- after its worker died, before the reaper got to it (its lease expired: a stall)
-      AND (status IN ('queued', 'stalled') OR (status = 'running' AND lease_expires_at < now()))
+      -- queued; stalled (its worker was lost and the reaper flagged it); paused in a run that is
+      -- running (it saw a pause a resume lifted meanwhile; the run's status is the truth); or
+      -- redelivered by a broker after its worker died, before the reaper got to it (its lease
+      -- expired: a stall)
+      AND (status IN ('queued', 'stalled', 'paused') OR (status = 'running' AND lease_expires_at < now()))
       AND stalls + (status = 'running')::int < %(max_stalls)s
       AND EXISTS (SELECT 1 FROM papayya.runs r
                   WHERE r.run_id = items.run_id AND r.tenant_id = items.tenant_id AND r.status = 'running')
