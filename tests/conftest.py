@@ -18,6 +18,7 @@ import traceback
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -28,6 +29,13 @@ from papayya.runtime import Runtime, get_runtime
 from papayya.testing import FakeProvider
 
 IN_CI = bool(os.environ.get("CI"))
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # pytest-xdist's workers get COLUMNS=80 and LINES=24, which no user's pipe has: the CLI's output
+    # off a terminal keeps its natural width unless COLUMNS says otherwise (tests that want a width
+    # set it themselves).
+    os.environ.pop("COLUMNS", None)
+    os.environ.pop("LINES", None)
 
 
 def need_service(reason: str) -> None:
@@ -145,3 +153,43 @@ def pytest_unconfigure(config: pytest.Config) -> None:
             print("".join(traceback.format_stack(frame)), file=sys.__stderr__)
     sys.__stderr__.flush()
     os._exit(1)
+
+
+# -- lines for the end of the run (fuzz case counts), also from pytest-xdist workers -----------------
+
+SUMMARY: list[str] = []
+
+
+def summary_line(line: str) -> None:
+    """A line printed once the run is over (how many fuzz cases ran, and how long they took)."""
+    SUMMARY.append(line.strip())
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:  # an xdist worker: hand the lines to the controller
+        workeroutput["papayya_summary"] = list(SUMMARY)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: Any) -> None:
+    SUMMARY.extend(getattr(node, "workeroutput", {}).get("papayya_summary", []))
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    for line in SUMMARY:
+        terminalreporter.write_line(line)
+
+
+# -- tests that stop the machine's PostgreSQL server -----------------------------------------------
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects by marker
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """On the test server, some tests stop and restart its cluster (CI only, see MAY_STOP_SERVER in
+    the reliability tests); they carry the ``stops_server`` marker (the checker's by this hook, the
+    others by hand), so a parallel run can leave them
+    for a run of their own (.ci/run does). Embedded, each restarts a server of its own."""
+    for item in items:
+        if item.get_closest_marker("checker"):
+            item.add_marker(pytest.mark.stops_server)

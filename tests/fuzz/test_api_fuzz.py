@@ -40,6 +40,7 @@ from papayya.budgets import parse_amount
 from papayya.config import RANGES, load_settings
 from papayya.money import usd
 from papayya.runtime import Runtime
+from tests.conftest import summary_line
 
 SCALE = float(os.environ.get("PAPAYYA_FUZZ_SCALE", "1"))
 RANDOM = SCALE != 1  # an on-demand run explores; CI replays the same cases every time
@@ -61,18 +62,12 @@ def profile(cases: int) -> Callable[[Any], Any]:
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _report(pytestconfig: pytest.Config) -> Iterator[None]:
+def _report() -> Iterator[None]:
     began = time.monotonic()
     yield
     took = time.monotonic() - began
     parts = ", ".join(f"{k} {v:,}" for k, v in RUN.items())
-    line = f"\nAPI fuzz: {sum(RUN.values()):,} cases in {took:.1f} s ({parts})"
-    capture = pytestconfig.pluginmanager.get_plugin("capturemanager")
-    if capture is None:
-        print(line)
-        return
-    with capture.global_and_fixture_disabled():
-        print(line)
+    summary_line(f"API fuzz: {sum(RUN.values()):,} cases in {took:.1f} s ({parts})")
 
 
 def counted(name: str) -> None:

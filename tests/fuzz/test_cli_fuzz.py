@@ -37,6 +37,7 @@ from papayya.budgets import Budgets
 from papayya.cli import main
 from papayya.errors import StoreUnavailable
 from papayya.runtime import Runtime, get_runtime
+from tests.conftest import summary_line
 
 pytest.importorskip("hypothesis", reason="hypothesis is not installed (the dev extra has it)")
 
@@ -404,12 +405,11 @@ def test_the_cli_answers_or_refuses_in_one_sentence(
     finally:
         checksum.close()
     took = time.monotonic() - began
-    with capsys.disabled():
-        print(
-            f"\nCLI fuzz: {counts['cases']:,} cases in {took:.1f} s "
-            f"({counts['ok']:,} answered, {counts['refused']:,} refused in one sentence; "
-            f"{timing['cli']:.1f} s in the CLI)"
-        )
+    summary_line(
+        f"CLI fuzz: {counts['cases']:,} cases in {took:.1f} s "
+        f"({counts['ok']:,} answered, {counts['refused']:,} refused in one sentence; "
+        f"{timing['cli']:.1f} s in the CLI)"
+    )
 
 
 # -- what fuzzing found, kept as plain cases ---------------------------------------------------------
@@ -427,7 +427,9 @@ FOUND = [
 ]
 
 
-@pytest.mark.parametrize("argv", FOUND, ids=[" ".join(a[:3]) + f" #{n}" for n, a in enumerate(FOUND)])
+@pytest.mark.parametrize(
+    "argv", FOUND, ids=[" ".join(a[:3]).replace(TENANT, "TENANT") + f" #{n}" for n, a in enumerate(FOUND)]
+)
 def test_found_by_fuzzing(
     seeded: dict[str, Any], fuzz_url: str, argv: list[str], capsys: pytest.CaptureFixture[str]
 ) -> None:

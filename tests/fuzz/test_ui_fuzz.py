@@ -30,6 +30,7 @@ from starlette.testclient import TestClient
 
 from papayya.ui.app import create_app
 from papayya.ui.auth import Tokens
+from tests.conftest import summary_line
 
 CASES = int(os.environ.get("PAPAYYA_FUZZ_UI_CASES", "1500"))
 SUFFIX = uuid.uuid4().hex[:6]
@@ -138,11 +139,10 @@ def test_bad_path_parameters_get_a_json_4xx(
         assert answer.json()["error"], (url, answer.text)
 
     case()
-    with capsys.disabled():
-        print(
-            f"\nUI fuzz: {counts['cases']:,} cases in {time.monotonic() - began:.1f} s "
-            f"({counts['answered']:,} answered, {counts['refused']:,} refused as JSON 4xx)"
-        )
+    summary_line(
+        f"UI fuzz: {counts['cases']:,} cases in {time.monotonic() - began:.1f} s "
+        f"({counts['answered']:,} answered, {counts['refused']:,} refused as JSON 4xx)"
+    )
 
 
 def test_the_tenant_route_keeps_unencoded_slashes(seeded: dict[str, str]) -> None:

@@ -72,6 +72,7 @@ BACKENDS = {
 
 
 @pytest.mark.slow
+@pytest.mark.checker
 @pytest.mark.timeout(900)
 @pytest.mark.parametrize(
     ("backend", "seed"),

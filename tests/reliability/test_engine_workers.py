@@ -623,6 +623,7 @@ def use(url: str, home: Path) -> None:
     papayya.configure(database_url=url, home=home, progress=False)
 
 
+@pytest.mark.stops_server
 @pytest.mark.slow
 def test_workers_ride_out_a_postgresql_restart_without_losing_an_item(
     rt: Runtime, database_url: str, tenant: str, fake: FakeProvider, workers: Workers, tmp_path: Path
@@ -671,6 +672,7 @@ def test_workers_ride_out_a_postgresql_restart_without_losing_an_item(
         assert counts == {"succeeded": items}
 
 
+@pytest.mark.stops_server
 @pytest.mark.slow
 def test_an_item_whose_call_is_recorded_while_postgresql_is_down_is_not_failed_for_it(
     rt: Runtime,

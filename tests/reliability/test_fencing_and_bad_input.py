@@ -289,6 +289,7 @@ def test_an_attempt_given_back_mid_call_waits_for_that_call_so_the_next_attempt_
     output, error = execute.invoke(second)
     assert (output, error) == ("Q", None)
     assert billed == ["q"]
+    assert execute.conclude(second, output=output).status == "succeeded"  # nothing left for a reaper
 
 
 def test_an_item_left_paused_in_a_running_run_is_claimed_by_a_queue_backend(rt: Runtime, tenant: str) -> None:
