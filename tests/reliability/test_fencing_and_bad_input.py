@@ -20,20 +20,28 @@ def echo(item: papayya.Item) -> dict[str, str]:
     return {"id": item.id}
 
 
-def test_a_stale_lease_cannot_complete_the_item(rt: Runtime, tenant: str) -> None:
-    # Given an item claimed by a worker that then froze past its lease
-    papayya.tenants.add(tenant)
+def one_item_run(
+    rt: Runtime, tenant: str, agent_name: str, backend: str, key: str, input: str = "{}"
+) -> tuple[uuid.UUID, uuid.UUID]:
+    """A running run of one queued item, written straight to the store: (run id, item id)."""
     run_id, item_id = uuid.uuid4(), uuid.uuid4()
     rt.store.run_create(
         run_id=run_id,
         tenant_id=tenant,
-        agent_name="echo",
+        agent_name=agent_name,
         name=None,
-        backend="native",
-        items=[(item_id, "k", "{}")],
+        backend=backend,
+        items=[(item_id, key, input)],
         max_attempts=3,
         options={},
     )
+    return run_id, item_id
+
+
+def test_a_stale_lease_cannot_complete_the_item(rt: Runtime, tenant: str) -> None:
+    # Given an item claimed by a worker that then froze past its lease
+    papayya.tenants.add(tenant)
+    run_id, item_id = one_item_run(rt, tenant, "echo", "native", "k")
     ref = ItemRef(item_id, "k", run_id, tenant)
     frozen = execute.begin(rt, echo, ref, backend="native", price_overrides={})
     assert frozen is not None
@@ -251,18 +259,8 @@ def test_an_attempt_given_back_mid_call_waits_for_that_call_so_the_next_attempt_
         reply = run.llm("ask", provider="openai", model="gpt-4o-mini", max_tokens=5)(provider, prompt=item.id)
         return str(reply["choices"][0]["message"]["content"])
 
-    run_id, item_id = uuid.uuid4(), uuid.uuid4()
     papayya.tenants.add(tenant)
-    rt.store.run_create(
-        run_id=run_id,
-        tenant_id=tenant,
-        agent_name=ask.name,
-        name=None,
-        backend="celery",
-        items=[(item_id, "q", '{"id": "q"}')],
-        max_attempts=3,
-        options={},
-    )
+    run_id, item_id = one_item_run(rt, tenant, ask.name, "celery", "q", input='{"id": "q"}')
     ref = ItemRef(item_id, "q", run_id, tenant)
     first = execute.begin(rt, ask, ref, backend="celery", price_overrides={})
     assert first is not None
@@ -295,17 +293,7 @@ def test_an_attempt_given_back_mid_call_waits_for_that_call_so_the_next_attempt_
 def test_an_item_left_paused_in_a_running_run_is_claimed_by_a_queue_backend(rt: Runtime, tenant: str) -> None:
     # Given an item that stopped as paused at a pause a resume lifted while it ran (its run is running)
     papayya.tenants.add(tenant)
-    run_id, item_id = uuid.uuid4(), uuid.uuid4()
-    rt.store.run_create(
-        run_id=run_id,
-        tenant_id=tenant,
-        agent_name="echo",
-        name=None,
-        backend="temporal",
-        items=[(item_id, "k", "{}")],
-        max_attempts=3,
-        options={},
-    )
+    run_id, item_id = one_item_run(rt, tenant, "echo", "temporal", "k")
     with psycopg.connect(rt.store.url, autocommit=True) as conn:
         conn.execute("UPDATE papayya.items SET status = 'paused' WHERE item_id = %s", (item_id,))
     ref = ItemRef(item_id, "k", run_id, tenant)
@@ -314,17 +302,7 @@ def test_an_item_left_paused_in_a_running_run_is_claimed_by_a_queue_backend(rt: 
     assert ctx is not None
     assert execute.conclude(ctx, output={"id": "k"}).status == "succeeded"
     # while an item of a paused run is refused as paused
-    other_run, other_item = uuid.uuid4(), uuid.uuid4()
-    rt.store.run_create(
-        run_id=other_run,
-        tenant_id=tenant,
-        agent_name="echo",
-        name=None,
-        backend="temporal",
-        items=[(other_item, "k2", "{}")],
-        max_attempts=3,
-        options={},
-    )
+    other_run, other_item = one_item_run(rt, tenant, "echo", "temporal", "k2")
     papayya.pause(other_run)
     other = ItemRef(other_item, "k2", other_run, tenant)
     assert execute.begin(rt, echo, other, backend="temporal", price_overrides={}) is None
