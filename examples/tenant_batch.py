@@ -8,8 +8,13 @@ two cents are spent while the other tenants finish; ``papayya tenants set acme -
 ``papayya resume RUN`` finishes it without paying for any recorded call again.
 
 The LLM here is a SIMULATION (deterministic, seeded, no network) unless ``OPENAI_API_KEY`` is set,
-in which case the same agent calls the real OpenAI API through ``papayya_openai.instrument``. The
-simulation injects the failures real pipelines hide behind "the job succeeded":
+in which case the same agent calls the real OpenAI API through ``papayya_openai.instrument``.
+
+``--client openai|anthropic|litellm|langchain`` sends the same calls through that real client library
+to papayya's local fake provider (``papayya.testing.FakeProvider``, started here, offline) answering
+as the simulation does, and ends by comparing what the provider billed with what papayya recorded.
+``--scale 0.1`` runs a tenth of the items. The simulation injects the failures real pipelines hide
+behind "the job succeeded":
 
 - the company lookup tool returns None for unknown domains            -> degraded (tool_returned_none)
 - the retriever finds no documents for some companies                 -> degraded (retrieval_empty)
@@ -21,6 +26,7 @@ simulation injects the failures real pipelines hide behind "the job succeeded":
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import logging
@@ -28,6 +34,7 @@ import os
 import random
 import sys
 import time
+from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
@@ -94,6 +101,19 @@ def search_documents(query: str) -> list[str]:
     return [f"doc about {query}", f"press release of {query}"]
 
 
+def simulated_answer(prompt: str) -> tuple[dict[str, Any], bool]:
+    """What the model answers to ``prompt``, and whether it ran out of tokens. Deterministic."""
+    key = hashlib.sha1(prompt.encode()).hexdigest()
+    fields: dict[str, Any] = {
+        "industry": "logistics",
+        "company_size": 1200,
+        "summary": f"Summary of {prompt[:40]}",
+    }
+    if _roll(key, "hallucinated-field") < 0.02:
+        fields["compnay_size"] = fields.pop("company_size")
+    return fields, _roll(key, "truncated") < 0.02
+
+
 class SimulatedChat:
     """An OpenAI-shaped chat completion endpoint, simulated. Deterministic per prompt."""
 
@@ -101,12 +121,10 @@ class SimulatedChat:
         prompt = messages[-1]["content"]
         key = hashlib.sha1(prompt.encode()).hexdigest()
         time.sleep(0.002)  # a provider takes a moment
-        fields = {"industry": "logistics", "company_size": 1200, "summary": f"Summary of {prompt[:40]}"}
-        if _roll(key, "hallucinated-field") < 0.02:
-            fields["compnay_size"] = fields.pop("company_size")
+        fields, truncated = simulated_answer(prompt)
         finish = "stop"
         completion_tokens = 60 + len(prompt) // 20
-        if _roll(key, "truncated") < 0.02:
+        if truncated:
             finish, completion_tokens = "length", max_tokens
         return {
             "id": f"chatcmpl-{key[:12]}",
@@ -128,7 +146,10 @@ class SimulatedChat:
 
 
 def complete(messages: list[dict[str, str]]) -> str:
-    """Ask the model; returns the message content. Real OpenAI when a key is set, else the simulation."""
+    """Ask the model; returns the message content: through ``--client``'s library, real OpenAI when
+    a key is set, else the simulation."""
+    if _THROUGH is not None:
+        return _THROUGH(messages)
     if _CLIENT is not None:
         response = _CLIENT.chat.completions.create(model=MODEL, messages=messages, max_tokens=300)
         return str(response.choices[0].message.content)
@@ -140,6 +161,85 @@ def complete(messages: list[dict[str, str]]) -> str:
 
 _SIMULATED = SimulatedChat()
 _CLIENT: Any = None
+_THROUGH: Callable[[list[dict[str, str]]], str] | None = None
+CLIENTS = ("openai", "anthropic", "litellm", "langchain")
+ANTHROPIC_MODEL = "claude-3-5-haiku-latest"
+MAX_TOKENS = 300
+
+
+def fake_reply(request: Any) -> Any:
+    """The fake provider's answer: the simulation's, for any client library."""
+    from papayya.testing import Reply
+
+    fields, truncated = simulated_answer(request.last_user_message)
+    return Reply(
+        json.dumps(fields),
+        stop="length" if truncated else "stop",
+        output_tokens=MAX_TOKENS if truncated else None,
+    )
+
+
+def through(client: str, base_url: str) -> Callable[[list[dict[str, str]]], str]:
+    """``complete`` through ``client``'s real library, instrumented by papayya, at ``base_url``."""
+    if client == "openai":
+        import openai
+
+        import papayya_openai
+
+        chat = papayya_openai.instrument(
+            openai.OpenAI(base_url=f"{base_url}/v1", api_key="fake", max_retries=0)
+        )
+        return lambda messages: str(
+            chat.chat.completions.create(model=MODEL, messages=messages, max_tokens=MAX_TOKENS)
+            .choices[0]
+            .message.content
+        )
+    if client == "anthropic":
+        import anthropic
+
+        import papayya_anthropic
+
+        claude = papayya_anthropic.instrument(
+            anthropic.Anthropic(base_url=base_url, api_key="fake", max_retries=0)
+        )
+        return lambda messages: str(
+            claude.messages.create(model=ANTHROPIC_MODEL, messages=messages, max_tokens=MAX_TOKENS)
+            .content[0]
+            .text
+        )
+    if client == "litellm":
+        import papayya_litellm  # keeps LiteLLM's price map offline
+
+        papayya_litellm.instrument()
+        import litellm
+
+        logging.getLogger("LiteLLM").setLevel(logging.WARNING)  # not a line per call on the terminal
+
+        return lambda messages: str(
+            litellm.completion(
+                model=f"openai/{MODEL}",
+                api_base=f"{base_url}/v1",
+                api_key="fake",
+                messages=messages,
+                max_tokens=MAX_TOKENS,
+                max_retries=0,
+            )
+            .choices[0]
+            .message.content
+        )
+    if client == "langchain":
+        from langchain_openai import ChatOpenAI
+
+        import papayya_langchain
+
+        papayya_langchain.install()
+        model = ChatOpenAI(
+            model=MODEL, base_url=f"{base_url}/v1", api_key="fake", max_tokens=MAX_TOKENS, max_retries=0
+        )
+        return lambda messages: str(model.invoke(messages).content)
+    raise ValueError(f"unknown client {client!r}; choose one of {', '.join(CLIENTS)}")
+
+
 if os.environ.get("OPENAI_API_KEY"):
     import openai
 
@@ -202,16 +302,40 @@ items = [it for tenant, n in TENANTS.items() for it in make_items(tenant, n)]
 # -- the batch -----------------------------------------------------------------------------------
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    global _THROUGH
+    parser = argparse.ArgumentParser(description="papayya's tenant batch example")
+    parser.add_argument(
+        "--client", choices=CLIENTS, help="call through this client library, at a local fake provider"
+    )
+    parser.add_argument("--scale", type=float, default=1.0, help="fraction of the items to run (default 1)")
+    args = parser.parse_args(argv)
+    if not 0 < args.scale <= 1:
+        parser.error("--scale must be more than 0 and at most 1")
+    sizes = {tenant: max(1, round(n * args.scale)) for tenant, n in TENANTS.items()}
     # The pipeline's own log goes to a file, as in production; papayya notices the errors it swallows.
     os.makedirs(".papayya", exist_ok=True)
     logging.basicConfig(filename=".papayya/tenant_batch.log", level=logging.INFO)
-    mode = "real OpenAI" if _CLIENT is not None else "SIMULATED provider (deterministic, seed 47)"
-    print(f"papayya tenant batch: {len(items):,} items for {len(TENANTS)} tenants, LLM: {mode}\n")
+    fake = None
+    if args.client:
+        from papayya.testing import FakeProvider
+
+        fake = FakeProvider(fake_reply).start()
+        _THROUGH = through(args.client, fake.url)
+        mode = f"{args.client} client library, at a local fake provider (answers SIMULATED, seed 47)"
+    else:
+        mode = "real OpenAI" if _CLIENT is not None else "SIMULATED provider (deterministic, seed 47)"
+    print(f"papayya tenant batch: {sum(sizes.values()):,} items for {len(TENANTS)} tenants, LLM: {mode}\n")
     results = []
-    for tenant, n in TENANTS.items():
-        batch = make_items(tenant, n)
-        results.append(enrich.map(batch, tenant=tenant, concurrency=8, run_name=f"nightly-enrich {tenant}"))
+    try:
+        for tenant, n in sizes.items():
+            batch = make_items(tenant, n)
+            results.append(
+                enrich.map(batch, tenant=tenant, concurrency=8, run_name=f"nightly-enrich {tenant}")
+            )
+    finally:
+        if fake is not None:
+            fake.stop()
     spend = {row["tenant_id"]: row["spend_usd"] for row in papayya.tenants.list_all()}
     for r in results:
         c = r.counts
@@ -249,6 +373,13 @@ def main() -> int:
                 )
             )
         print()
+    if fake is not None:
+        recorded = sum((r.cost_usd for r in results), Decimal(0))
+        calls = sum(r.llm_calls for r in results)
+        print(
+            f"provider   billed ${fake.billed_usd:.6f} for {len(fake.bill):,} calls; "
+            f"papayya recorded ${recorded:.6f} for {calls:,} calls\n"
+        )
     print("Inspect a run: papayya runs show RUN   |   an item: papayya items list RUN --outcome degraded")
     return 0
 

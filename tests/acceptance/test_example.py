@@ -14,13 +14,17 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def run_example(
-    database_url: str, cwd: Path, python: str = sys.executable, extra_env: dict[str, str] | None = None
+    database_url: str,
+    cwd: Path,
+    python: str = sys.executable,
+    extra_env: dict[str, str] | None = None,
+    args: list[str] | None = None,
 ) -> str:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PAPAYYA_", "OPENAI_"))}
     env["PAPAYYA_DATABASE_URL"] = database_url
     env.update(extra_env or {})
     proc = subprocess.run(
-        [python, str(ROOT / "examples" / "tenant_batch.py")],
+        [python, str(ROOT / "examples" / "tenant_batch.py"), *(args or [])],
         cwd=cwd,
         env=env,
         capture_output=True,
