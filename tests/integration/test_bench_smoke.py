@@ -60,6 +60,7 @@ CASES: dict[str, tuple[str, Callable[[], str | None] | None]] = {
     "bench_clusters": ("clusters(run_id=RUN)", None),
     "bench_core": ("papayya's own CPU per call above the bare write", None),
     "bench_engine": ("WAL bytes per item while draining", None),
+    "bench_frameworks": ("papayya's own cost per langchain call", None),
     "bench_instrument": ("papayya's own cost per recorded call", None),
     "bench_sqs": ("papayya_sqs.Consumer", _moto),
     "bench_temporal": ("End to end, one papayya item per activity", _temporal),
