@@ -31,10 +31,14 @@ short is settled on the usage ``message_start`` reported (its input) with stop r
 ``abandoned:reported_usage``, or on its reservation if it never came, and is not journaled. See
 ``papayya.instrument`` for the rules.
 
+``with client.messages.stream(...) as stream:`` (the SDK's helper, which sends its request without
+``messages.create``) goes through ``messages.create(stream=True)`` inside an attempt, so it is gated,
+recorded and replayed the same way, and its ``text_stream``, ``get_final_message()`` and events work
+as the SDK documents. Its ``output_format=`` (a parsed structured output) is refused inside an
+attempt in one sentence: pass ``output_config`` to ``messages.create`` instead.
+
 Not recorded, and so not replayed or priced:
 
-- ``client.messages.stream(...)``: the SDK sends it without ``messages.create``, so papayya does not
-  see it. Inside an agent, iterate ``client.messages.create(..., stream=True)`` instead.
 - ``client.beta.messages``, and ``with_raw_response`` / ``with_streaming_response`` calls run as
   before (a warning is logged once per process for the raw-response wrappers).
 """
@@ -53,6 +57,13 @@ except ImportError as exc:
         "papayya_anthropic needs the anthropic package; install it with pip install 'papayya[anthropic]'."
     ) from exc
 
+import functools
+from collections.abc import Callable
+from typing import Any
+
+from anthropic.lib.streaming import AsyncMessageStreamManager, MessageStreamManager
+
+from papayya.context import run
 from papayya.errors import StreamingNotSupported
 from papayya.instrument import Streams, Target, instrument_client, uninstrument_client
 
@@ -62,12 +73,35 @@ log = logging.getLogger("papayya.anthropic")
 
 Client = TypeVar("Client", bound=anthropic.Anthropic | anthropic.AsyncAnthropic)
 
+
+def _stream_helper(resource: Any, original: Callable[..., Any]) -> Callable[..., Any]:
+    """``messages.stream(...)`` that, inside an attempt, streams through the recorded ``create``."""
+    is_async = isinstance(resource, anthropic.resources.AsyncMessages)
+
+    @functools.wraps(original)
+    def stream(*args: Any, **kwargs: Any) -> Any:
+        if not run.active:
+            return original(*args, **kwargs)
+        if kwargs.pop("output_format", None) is not None:
+            raise StreamingNotSupported(
+                "messages.stream(output_format=...) inside a papayya attempt is not recorded; call "
+                "messages.create(stream=True, output_config={'format': ...}) and parse the text instead."
+            )
+        if is_async:
+            return AsyncMessageStreamManager(resource.create(*args, stream=True, **kwargs))
+        request = functools.partial(resource.create, *args, stream=True, **kwargs)
+        return MessageStreamManager(request, output_format=anthropic.NOT_GIVEN)
+
+    return stream
+
+
 _TARGETS = (
     Target(
         "messages",
         step="anthropic.messages",
         decode=lambda data: Message.construct(**data),
         events=RawMessageStreamEvent,
+        helpers=(("stream", _stream_helper),),
     ),
 )
 _STREAMS = Streams(anthropic.Stream, anthropic.AsyncStream, httpx2.Response, httpx2.Request)

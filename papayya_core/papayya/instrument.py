@@ -83,6 +83,10 @@ class Target:
         usage_option: The provider sends a stream's usage only when asked with
             ``stream_options={"include_usage": True}`` (OpenAI chat completions).
         done: The provider ends a stream with ``data: [DONE]``.
+        helpers: Other methods of the resource that send the same request without calling
+            ``create`` (Anthropic's ``messages.stream()``), each as (name, factory): the factory
+            gets the resource (its ``create`` already recorded) and the original method, and
+            returns the replacement, which inside an attempt goes through ``create``.
     """
 
     path: str
@@ -92,6 +96,7 @@ class Target:
     events: Any = None
     usage_option: bool = False
     done: bool = False
+    helpers: tuple[tuple[str, Callable[[Any, Callable[..., Any]], Callable[..., Any]]], ...] = ()
 
     @property
     def call(self) -> str:
@@ -144,6 +149,12 @@ def instrument_client(
         if resource is None or hasattr(resource.create, _ORIGINAL):
             continue
         vars(resource)["create"] = wrap(resource.create, target, provider=provider, log=log, streams=streams)
+        for name, factory in target.helpers:
+            original = getattr(resource, name, None)
+            if original is not None:
+                helper = factory(resource, original)
+                setattr(helper, _ORIGINAL, original)
+                vars(resource)[name] = helper
 
     def again(copy: Any) -> Any:
         return instrument_client(
@@ -163,6 +174,9 @@ def uninstrument_client(client: C, targets: Sequence[Target]) -> C:
         resource = _resolve(client, target.path)
         if resource is not None and hasattr(vars(resource).get("create"), _ORIGINAL):
             del vars(resource)["create"]
+            for name, _ in target.helpers:
+                if hasattr(vars(resource).get(name), _ORIGINAL):
+                    del vars(resource)[name]
     for name in _COPIERS:
         if hasattr(vars(client).get(name), _ORIGINAL):
             del vars(client)[name]

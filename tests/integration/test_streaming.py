@@ -434,3 +434,78 @@ def test_a_stream_never_read_is_settled_on_its_reservation_when_python_frees_it(
     assert (row["stop_reason"], row["output_tokens"]) == ("abandoned:reservation", 40)
     assert result.items()[0].cost_usd == row["cost_usd"] > 0
     assert result.counts["succeeded"] == 1
+
+
+def test_anthropics_messages_stream_helper_is_recorded_replayed_and_degrades_on_max_tokens(
+    rt: Runtime, tenant: str, fake: FakeProvider, claude: anthropic.Anthropic
+) -> None:
+    texts: list[str] = []
+
+    # Given an agent that streams through the SDK's helper (which does not call messages.create)
+    @agent(retries=1, backoff=0)
+    def ask(item):
+        with claude.messages.stream(
+            model=CLAUDE, max_tokens=item.input["max_tokens"], messages=[{"role": "user", "content": LONG}]
+        ) as stream:
+            texts.append("".join(stream.text_stream))
+            final = stream.get_final_message()
+        if run.attempt == 1:
+            raise Retryable("after the stream")
+        return {"text": texts[-1], "stop": final.stop_reason}
+
+    whole = ask.map([{"id": "whole", "max_tokens": 256}], tenant=tenant)
+
+    # Then it was paid once and recorded once, and the retry read the same text from the journal
+    assert texts[0] == texts[1] == f"You said: {LONG}"
+    assert fake.count == 1
+    (row,) = calls_of(rt, whole)
+    assert (row["step_key"], row["stop_reason"], row["cost_usd"]) == (
+        "llm:anthropic.messages#1",
+        "end_turn",
+        fake.bill[0].cost_usd,
+    )
+    assert whole.counts["succeeded"] == 1
+    # and a stream cut by max_tokens degrades the item, on its paid attempt and on its replay alike
+    cut = ask.map([{"id": "cut", "max_tokens": 3}], tenant=tenant)
+    (item,) = cut.items()
+    assert (item.status, [r["path"] for r in item.reasons]) == ("degraded", ["max_tokens"])
+    assert fake.count == 2
+
+
+def test_anthropics_async_stream_helper_is_recorded_and_its_output_format_refused(
+    rt: Runtime, tenant: str, fake: FakeProvider
+) -> None:
+    aclaude = papayya_anthropic.instrument(
+        anthropic.AsyncAnthropic(base_url=fake.anthropic_url, api_key="t", max_retries=0)
+    )
+
+    @agent
+    async def ask(item):
+        async with aclaude.messages.stream(
+            model=CLAUDE, max_tokens=64, messages=[{"role": "user", "content": "async helper"}]
+        ) as stream:
+            message = await stream.get_final_message()
+        return message.content[0].text
+
+    @agent
+    async def parse(item):
+        async with aclaude.messages.stream(
+            model=CLAUDE, max_tokens=64, messages=[{"role": "user", "content": "x"}], output_format=dict
+        ) as stream:
+            return await stream.get_final_message()
+
+    try:
+        result = ask.map([{"id": "a"}], tenant=tenant)
+        refused = parse.map([{"id": "b"}], tenant=tenant)
+    finally:
+        asyncio.run(aclaude.close())
+
+    (item,) = result.items()
+    assert rt.store.item_detail(item.item_id)["output"] == "You said: async helper"
+    (row,) = calls_of(rt, result)
+    assert row["cost_usd"] == fake.bill[0].cost_usd
+    # a parsed structured output through the helper is refused in one sentence, nothing paid
+    (failed,) = refused.items()
+    assert failed.status == "failed"
+    assert "output_config" in rt.store.item_detail(failed.item_id)["error"]["message"]
+    assert fake.count == 1
