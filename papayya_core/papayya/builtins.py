@@ -9,7 +9,18 @@ from papayya.errors import PapayyaError, StoreUnavailable
 from papayya.hookspecs import hookimpl
 from papayya.models import ErrorCategory
 
-_PROVIDER_MODULES = ("openai", "anthropic", "httpx", "httpcore", "google", "mistralai", "cohere", "groq")
+_PROVIDER_MODULES = (
+    "openai",
+    "anthropic",
+    "httpx",
+    "httpcore",
+    "google",
+    "mistralai",
+    "cohere",
+    "groq",
+    "botocore",  # AWS Bedrock through boto3: ClientError and its modelled subclasses
+)
+_BOTOCORE_TRANSPORT = ("HTTPClientError", "ConnectionError")  # base classes of its network errors
 _TRANSIENT_STATUS = {408, 409, 425, 429, 500, 502, 503, 504, 529}
 
 
@@ -23,7 +34,10 @@ def _status(exc: BaseException) -> int | None:
         if isinstance(value, int):
             return value
     response = getattr(exc, "response", None)
-    value = getattr(response, "status_code", None)
+    if isinstance(response, dict):  # botocore's ClientError: the parsed error, with its HTTP status
+        value = (response.get("ResponseMetadata") or {}).get("HTTPStatusCode")
+    else:
+        value = getattr(response, "status_code", None)
     return value if isinstance(value, int) else None
 
 
@@ -48,6 +62,10 @@ def papayya_classify_error(exc: BaseException) -> tuple[ErrorCategory, bool]:
     status = _status(exc)
     if module in _PROVIDER_MODULES:
         transient = status is None or status in _TRANSIENT_STATUS or status >= 500
+        if module == "botocore" and status is None:
+            # botocore raises its client-side mistakes (bad parameters, no credentials) without a
+            # status too: only its transport failures are worth another try.
+            transient = any(b.__name__ in _BOTOCORE_TRANSPORT for b in type(exc).__mro__)
         return ErrorCategory.PROVIDER, transient
     if isinstance(exc, Retryable | TimeoutError | ConnectionError):
         return ErrorCategory.USER, True

@@ -24,13 +24,16 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("papayya.ledger")
 
-# Stop reasons that mean the model did not finish its answer (OpenAI, Anthropic, Gemini spellings).
+# Stop reasons that mean the model did not finish its answer (OpenAI, Anthropic, Gemini, Bedrock
+# Converse spellings).
 DEGENERATE_STOP_REASONS = frozenset(
     {
         "length",
         "max_tokens",
         "max_output_tokens",
         "content_filter",
+        "content_filtered",
+        "guardrail_intervened",
         "refusal",
         "safety",
         "recitation",
@@ -68,6 +71,14 @@ def record(
     the ledger (with its journal step when ``journal``) in one round trip, add its cost to the
     attempt, degrade the item on a stop reason that means the answer is incomplete, and tell plugins."""
     price = price_call(provider, model, usage, ctx.price_overrides)
+    if not usage.reported:
+        log.warning(
+            "item %s: %s/%s answered without token usage papayya could read; the call is recorded with "
+            "cost unknown",
+            ctx.item.id,
+            provider,
+            model,
+        )
     call = LLMCall(
         tenant_id=ctx.tenant_id,
         run_id=ctx.run_id,
@@ -129,12 +140,15 @@ def signal_stop(ctx: AttemptContext, provider: str, model: str | None, stop_reas
 
 
 def extract_usage(provider: str, response: Any) -> tuple[str | None, Usage, str | None]:
-    """(model, usage, stop reason) from an OpenAI- or Anthropic-shaped response (object or dict)."""
-    data = to_jsonable_python(response, fallback=lambda o: None)
+    """(model, usage, stop reason) from an OpenAI-, Anthropic- or Bedrock-Converse-shaped response
+    (object or dict)."""
+    data = to_jsonable_python(response, fallback=lambda o: None, bytes_mode="base64")
     if isinstance(data, dict) and isinstance(data.get(STREAM_EVENTS), list):
         data = fold_stream(data[STREAM_EVENTS])
     if not isinstance(data, dict):
         return None, Usage(), None
+    if provider == "bedrock":
+        return None, _converse_usage(data.get("usage")), _str_or_none(data.get("stopReason"))
     usage = data.get("usage") or {}
     details = usage.get("prompt_tokens_details") or {}
     if "prompt_tokens" in usage:  # OpenAI chat completions, and LiteLLM's responses for any provider
@@ -163,6 +177,26 @@ def extract_usage(provider: str, response: Any) -> tuple[str | None, Usage, str 
     if stop is None and data.get("object") == "response":  # OpenAI Responses API: why it is incomplete
         stop = (data.get("incomplete_details") or {}).get("reason") or data.get("status")
     return data.get("model"), u, stop
+
+
+def _converse_usage(usage: Any) -> Usage:
+    """A Bedrock Converse ``usage``: ``inputTokens`` leaves out the prompt tokens read from or written
+    to the cache (``cacheReadInputTokens``, ``cacheWriteInputTokens``), which papayya counts in.
+    Without readable ``inputTokens`` and ``outputTokens`` the usage is not reported (priced unknown)."""
+    if not isinstance(usage, dict):
+        return Usage(reported=False)
+    counts = [usage.get(k, 0) for k in ("inputTokens", "outputTokens")]
+    counts += [usage.get(k) or 0 for k in ("cacheReadInputTokens", "cacheWriteInputTokens")]
+    if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in counts) or not (
+        "inputTokens" in usage and "outputTokens" in usage
+    ):
+        return Usage(reported=False)
+    fresh, output, cache_read, cache_write = counts
+    return Usage(fresh + cache_read + cache_write, output, cache_read, cache_write)
+
+
+def _str_or_none(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
 
 
 def fold_stream(events: list[Any]) -> dict[str, Any]:
@@ -221,7 +255,16 @@ def abandoned_usage(provider: str, recorded: Any, reserved: Usage) -> tuple[Usag
     return reserved, ABANDONED_RESERVED
 
 
-_PROMPT_FIELDS = ("messages", "input", "prompt", "system", "instructions", "tools", "tool_choice")
+_PROMPT_FIELDS = (
+    "messages",
+    "input",
+    "prompt",
+    "system",
+    "instructions",
+    "tools",
+    "tool_choice",
+    "toolConfig",  # Bedrock Converse
+)
 _MAX_OUTPUT_FIELDS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
 _ASCII = bytes(range(128))
 
@@ -283,6 +326,8 @@ def _without_media(value: Any, model: str) -> tuple[Any, int]:
         return kind, IMAGE_TOKENS_ANTHROPIC
     if kind == "input_audio" and isinstance(value.get("input_audio"), dict):  # OpenAI chat completions
         return kind, _audio_tokens(value["input_audio"])
+    if set(value) == {"image"} and isinstance(value["image"], dict) and "source" in value["image"]:
+        return "image", IMAGE_TOKENS_ANTHROPIC  # Bedrock Converse, counted as Claude on Bedrock bills it
     tokens = 0
     out: dict[str, Any] = {}
     for k, v in value.items():
@@ -325,8 +370,9 @@ def estimate_usage(
     by ``text_tokens`` (ASCII at 1 token per 2 characters, other characters at 1 per UTF-8 byte), plus 16,
     plus for each part the text does not show:
 
-    - an image (OpenAI ``image_url``/``input_image``, Anthropic ``image``), whatever its size or detail:
-      4,800 tokens on Anthropic, 3,800 on OpenAI models, 48,169 on gpt-4o-mini (see the constants);
+    - an image (OpenAI ``image_url``/``input_image``, Anthropic ``image``, Bedrock Converse ``image``),
+      whatever its size or detail: 4,800 tokens on Anthropic and Bedrock, 3,800 on OpenAI models,
+      48,169 on gpt-4o-mini (see the constants);
     - audio (OpenAI ``input_audio``): 32 tokens per second, the length read from a WAV header, else from
       the base64 size at 8 kbit/s (32 tokens per KB).
 

@@ -1,8 +1,10 @@
 """Prices: the public catalog (``genai-prices``) with per-tenant negotiated overrides on top.
 
-An unknown model is priced as unknown (``None``), never as zero. Catalog look-ups are cached per
-(provider, model); flat per-token prices are then computed here in a few microseconds, and tiered
-prices fall back to the catalog's own calculation.
+An unknown model is priced as unknown (``None``), never as zero, and so is a call whose usage the
+provider did not report (``Usage.reported`` false). Catalog look-ups are cached per (provider, model);
+flat per-token prices are then computed here in a few microseconds, and tiered prices fall back to the
+catalog's own calculation. papayya's provider names are the catalog's, except ``bedrock`` (AWS
+Bedrock), which the catalog calls ``aws``.
 """
 
 from __future__ import annotations
@@ -16,16 +18,23 @@ from typing import Any
 log = logging.getLogger("papayya.pricing")
 
 MTOK = Decimal(1_000_000)
+# papayya's provider name -> the catalog's (genai-prices) provider id, where they differ.
+CATALOG_PROVIDERS = {"bedrock": "aws"}
 
 
 @dataclass(frozen=True, slots=True)
 class Usage:
-    """Token counts of one LLM call. ``input_tokens`` includes cached input tokens."""
+    """Token counts of one LLM call. ``input_tokens`` includes cached input tokens.
+
+    ``reported`` is False when the provider's answer carried no usage papayya could read: the counts
+    are then zeros that say nothing, and the call is priced as unknown, never as free.
+    """
 
     input_tokens: int = 0
     output_tokens: int = 0
     cache_read_tokens: int = 0
     cache_write_tokens: int = 0
+    reported: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,7 +88,11 @@ class Catalog:
 
         entry: Any
         try:
-            calc = calc_price(GUsage(input_tokens=1, output_tokens=1), model, provider_id=provider)
+            calc = calc_price(
+                GUsage(input_tokens=1, output_tokens=1),
+                model,
+                provider_id=CATALOG_PROVIDERS.get(provider, provider),
+            )
         except LookupError:
             entry = None
             log.warning(
@@ -135,7 +148,10 @@ CATALOG = Catalog()
 def price_call(
     provider: str, model: str, usage: Usage, overrides: dict[tuple[str, str], dict[str, Decimal | None]]
 ) -> Price:
-    """Price one call: the tenant's override where it has one, else the public catalog, else unknown."""
+    """Price one call: the tenant's override where it has one, else the public catalog, else unknown.
+    A call whose usage was not reported is unknown whatever the prices."""
+    if not usage.reported:
+        return _UNKNOWN
     override = overrides.get((provider, model))
     if override is not None:
         public = CATALOG.rates(provider, model)

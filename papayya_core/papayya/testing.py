@@ -1,8 +1,9 @@
 """Test doubles shipped with papayya, for its own tests and for yours.
 
 ``FakeProvider`` is a real HTTP server on 127.0.0.1 that answers the OpenAI Chat Completions,
-Responses and Embeddings APIs and the Anthropic Messages API, streamed or not, well enough for the
-real ``openai`` and ``anthropic`` clients. It is deterministic (the reply is derived from the prompt,
+Responses and Embeddings APIs and the Anthropic Messages API, streamed or not, and the AWS Bedrock
+Converse API (not streamed), well enough for the real ``openai``, ``anthropic`` and ``boto3``
+clients. It is deterministic (the reply is derived from the prompt,
 token counts from text length), it counts every request it receives, and it can be told to fail::
 
     from papayya.testing import FakeProvider
@@ -30,6 +31,17 @@ Rules, in the order they are consulted for each request:
 
 Tokens are counted as one per four characters (at least one): ``input_tokens`` over every text part
 of the request (system prompt, instructions, messages), ``output_tokens`` over the reply.
+
+**Bedrock Converse** (``POST /model/{modelId}/converse``, the model id URL-encoded in the path as
+boto3 sends it; point ``boto3.client("bedrock-runtime", endpoint_url=fake.url, ...)`` at it): the
+request's ``messages`` and ``system`` content blocks (``{"text": ...}``) are the prompt and
+``inferenceConfig.maxTokens`` the limit; the answer is ``{"output": {"message": ...}, "stopReason",
+"usage": {"inputTokens", "outputTokens", "totalTokens"}, "metrics"}`` (``usage`` also carries
+``cacheReadInputTokens``/``cacheWriteInputTokens`` when a ``Reply`` gives cached tokens, and
+``inputTokens`` then leaves them out, as Bedrock reports). Stop reasons are Bedrock's: ``length`` is
+``max_tokens``, ``content_filter`` is ``content_filtered``. Its errors are ``{"message": ...}`` with
+the ``x-amzn-ErrorType`` header boto3 reads the error code from (``ThrottlingException`` for 429,
+``ValidationException`` for 400...). boto3 sends no ``Idempotency-Key``, so its bill entries have none.
 
 Embeddings (``POST /v1/embeddings``) are answered with one deterministic unit vector per input, derived
 from the input alone (``fake_embedding``), ``dimensions`` long (default 1536, as text-embedding-3-small),
@@ -81,6 +93,7 @@ import hashlib
 import json
 import math
 import random
+import re
 import struct
 import threading
 from collections import Counter
@@ -89,6 +102,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Literal
+from urllib.parse import unquote
 
 from papayya.pricing import Usage, price_call
 
@@ -102,7 +116,9 @@ __all__ = [
     "fake_embedding",
 ]
 
-Api = Literal["openai.chat", "openai.responses", "openai.embeddings", "anthropic.messages"]
+Api = Literal[
+    "openai.chat", "openai.responses", "openai.embeddings", "anthropic.messages", "bedrock.converse"
+]
 
 _ROUTES: dict[str, Api] = {
     "/v1/chat/completions": "openai.chat",
@@ -110,6 +126,7 @@ _ROUTES: dict[str, Api] = {
     "/v1/embeddings": "openai.embeddings",
     "/v1/messages": "anthropic.messages",
 }
+_BEDROCK_ROUTE = re.compile(r"/model/(?P<model>[^/]+)/converse")  # the model id URL-encoded
 EMBEDDING_DIMENSIONS = 1536  # text-embedding-3-small's, when the request does not ask for fewer
 
 # Stop reasons in papayya's spelling (OpenAI's) and Anthropic's; anything else passes through as given.
@@ -129,6 +146,14 @@ _ANTHROPIC_STOP = {
     "content_filter": "refusal",
     "refusal": "refusal",
 }
+_BEDROCK_STOP = {
+    "stop": "end_turn",
+    "end_turn": "end_turn",
+    "length": "max_tokens",
+    "max_tokens": "max_tokens",
+    "content_filter": "content_filtered",
+    "refusal": "content_filtered",
+}
 # Responses API: why a response is "incomplete"; a reason not listed here means "completed".
 _RESPONSES_INCOMPLETE = {
     "length": "max_output_tokens",
@@ -143,6 +168,15 @@ _ANTHROPIC_ERROR_TYPES = {
     404: "not_found_error",
     429: "rate_limit_error",
     529: "overloaded_error",
+}
+_BEDROCK_ERROR_TYPES = {
+    400: "ValidationException",
+    403: "AccessDeniedException",
+    404: "ResourceNotFoundException",
+    408: "ModelTimeoutException",
+    424: "ModelErrorException",
+    429: "ThrottlingException",
+    503: "ServiceUnavailableException",
 }
 _CREATED = 1_700_000_000  # a fixed timestamp keeps responses byte-for-byte reproducible
 
@@ -167,9 +201,9 @@ class FakeRequest:
     """One request the fake received.
 
     Attributes:
-        api: ``"openai.chat"``, ``"openai.responses"``, ``"openai.embeddings"`` or
-            ``"anthropic.messages"``.
-        model: The ``model`` field of the request body.
+        api: ``"openai.chat"``, ``"openai.responses"``, ``"openai.embeddings"``,
+            ``"anthropic.messages"`` or ``"bedrock.converse"``.
+        model: The ``model`` field of the request body (Bedrock: the model id in the path).
         body: The parsed JSON body.
         headers: Request headers, names lower-cased.
         prompt: Every text part of the request (system, instructions, messages; each embeddings
@@ -209,7 +243,9 @@ class FakeRequest:
             value = self.body.get(name)
             if isinstance(value, int):
                 return value
-        return None
+        config = self.body.get("inferenceConfig")  # Bedrock Converse
+        value = config.get("maxTokens") if isinstance(config, dict) else None
+        return value if isinstance(value, int) else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,7 +261,8 @@ class BillEntry:
             reports ``input_tokens`` without the cached ones).
         output_tokens: Completion tokens (0 for embeddings).
         cache_read_tokens: Prompt tokens read from the cache.
-        cache_write_tokens: Prompt tokens written to the cache (Anthropic only; OpenAI reports none).
+        cache_write_tokens: Prompt tokens written to the cache (Anthropic and Bedrock; OpenAI reports
+            none).
         cost_usd: ``papayya.pricing.price_call`` of that usage at public prices; None when unpriced.
         number: The ``FakeRequest.number`` of the request this answers.
     """
@@ -242,7 +279,7 @@ class BillEntry:
 
     @property
     def provider(self) -> str:
-        """``"openai"`` or ``"anthropic"``, as papayya's clients name the provider."""
+        """``"openai"``, ``"anthropic"`` or ``"bedrock"``, as papayya's clients name the provider."""
         return _provider(self.api)
 
     @property
@@ -262,8 +299,10 @@ class Reply:
         input_tokens: Prompt tokens including cached ones (default: counted from the prompt).
         output_tokens: Completion tokens (default: counted from ``text``).
         cached_tokens: Prompt tokens read from the provider's cache.
-        cache_write_tokens: Prompt tokens written to the cache (Anthropic only).
-        model: The model to report (default: the one asked for).
+        cache_write_tokens: Prompt tokens written to the cache (Anthropic and Bedrock only).
+        model: The model to report (default: the one asked for; Bedrock reports none).
+        report_usage: False: the answer leaves out its ``usage`` (a non-streamed answer; streams keep
+            it). It is billed all the same, as a provider bills what it does not report.
     """
 
     text: str
@@ -273,6 +312,7 @@ class Reply:
     cached_tokens: int = 0
     cache_write_tokens: int = 0
     model: str | None = None
+    report_usage: bool = True
 
 
 @dataclass(frozen=True)
@@ -448,13 +488,13 @@ class FakeProvider:
     # -- answering --------------------------------------------------------------------------------
 
     def _answer(
-        self, api: Api, body: dict[str, Any], headers: dict[str, str]
+        self, api: Api, body: dict[str, Any], headers: dict[str, str], model: str | None = None
     ) -> tuple[int, dict[str, str], Any]:
         prompt = "\n".join(_prompt_texts(api, body))
         with self._lock:
             request = FakeRequest(
                 api=api,
-                model=str(body.get("model") or ""),
+                model=model if model is not None else str(body.get("model") or ""),
                 body=body,
                 headers=headers,
                 prompt=prompt,
@@ -495,13 +535,17 @@ class FakeProvider:
         usage = _usage(request, reply)
         model = reply.model or request.model
         body = _BUILDERS[request.api](request, reply, model, usage)
-        if request.body.get("stream") is True:
+        if request.body.get("stream") is True and request.api in _STREAMERS:
             return 200, {}, _Events(_STREAMERS[request.api](request, body)), (model, usage)
+        if not reply.report_usage:
+            body = {k: v for k, v in body.items() if k != "usage"}
         return 200, {}, body, (model, usage)
 
 
 def _provider(api: Api) -> str:
-    return "anthropic" if api == "anthropic.messages" else "openai"
+    if api == "anthropic.messages":
+        return "anthropic"
+    return "bedrock" if api == "bedrock.converse" else "openai"
 
 
 def _bill_entry(request: FakeRequest, model: str, usage: Usage) -> BillEntry:
@@ -563,9 +607,9 @@ def _usage(request: FakeRequest, reply: Reply) -> Usage:
     """What a reply used, as papayya counts it: input tokens include the cached ones."""
     prompt = reply.input_tokens if reply.input_tokens is not None else count_tokens(request.prompt)
     output = reply.output_tokens if reply.output_tokens is not None else count_tokens(reply.text)
-    if request.api != "anthropic.messages":  # OpenAI reports cache reads, not cache writes
+    if request.api not in ("anthropic.messages", "bedrock.converse"):  # OpenAI: no cache writes
         return Usage(prompt, output, cache_read_tokens=reply.cached_tokens)
-    # Anthropic reports the uncached input apart from the cached, so the total is at least the cached.
+    # Anthropic and Bedrock report the uncached input apart from the cached: the total is at least that.
     cached = reply.cached_tokens + reply.cache_write_tokens
     return Usage(max(prompt, cached), output, reply.cached_tokens, reply.cache_write_tokens)
 
@@ -650,6 +694,25 @@ def _message(request: FakeRequest, reply: Reply, model: str, usage: Usage) -> di
     }
 
 
+def _converse(request: FakeRequest, reply: Reply, model: str, usage: Usage) -> dict[str, Any]:
+    # Bedrock's inputTokens leaves out the prompt tokens read from or written to the cache.
+    fresh = usage.input_tokens - usage.cache_read_tokens - usage.cache_write_tokens
+    reported: dict[str, int] = {
+        "inputTokens": fresh,
+        "outputTokens": usage.output_tokens,
+        "totalTokens": usage.input_tokens + usage.output_tokens,
+    }
+    if usage.cache_read_tokens or usage.cache_write_tokens:
+        reported["cacheReadInputTokens"] = usage.cache_read_tokens
+        reported["cacheWriteInputTokens"] = usage.cache_write_tokens
+    return {
+        "output": {"message": {"role": "assistant", "content": [{"text": reply.text}]}},
+        "stopReason": _BEDROCK_STOP.get(reply.stop, reply.stop),
+        "usage": reported,
+        "metrics": {"latencyMs": 1},
+    }
+
+
 def _embedding_inputs(value: Any) -> list[str | list[int]]:
     """The inputs of an embeddings request: a text, texts, one token array, or token arrays."""
     if isinstance(value, str):
@@ -691,6 +754,7 @@ _BUILDERS: dict[Api, Callable[[FakeRequest, Reply, str, Usage], dict[str, Any]]]
     "openai.chat": _chat_completion,
     "openai.responses": _response,
     "anthropic.messages": _message,
+    "bedrock.converse": _converse,
 }
 
 
@@ -807,6 +871,9 @@ _STREAMERS: dict[Api, Callable[[FakeRequest, dict[str, Any]], list[tuple[str | N
 
 def _error(api: Api, fault: Fault) -> tuple[int, dict[str, str], Any]:
     headers = {} if fault.retry_after is None else {"retry-after": f"{fault.retry_after:g}"}
+    if api == "bedrock.converse":  # boto3 reads the error code from the header, the message from the body
+        kind = _BEDROCK_ERROR_TYPES.get(fault.status, "InternalServerException")
+        return fault.status, {**headers, "x-amzn-errortype": kind}, {"message": fault.message}
     if api == "anthropic.messages":
         kind = _ANTHROPIC_ERROR_TYPES.get(fault.status, "api_error")
         return fault.status, headers, {"type": "error", "error": {"type": kind, "message": fault.message}}
@@ -832,7 +899,12 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         fake = self.server.fake
-        api = _ROUTES.get(self.path.split("?", 1)[0])
+        path = self.path.split("?", 1)[0]
+        api = _ROUTES.get(path)
+        model = None
+        bedrock = _BEDROCK_ROUTE.fullmatch(path)
+        if bedrock is not None:
+            api, model = "bedrock.converse", unquote(bedrock["model"])
         length = int(self.headers.get("content-length") or 0)
         raw = self.rfile.read(length) if length else b""
         if api is None:
@@ -847,7 +919,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         headers = {k.lower(): v for k, v in self.headers.items()}
         try:
-            answer = fake._answer(api, body, headers)
+            answer = fake._answer(api, body, headers, model)
         except Exception as exc:  # a broken ``when`` predicate: answer, do not drop the connection
             answer = _error(api, Fault(500, message=f"the fake provider failed: {exc!r}"))
         self._send(*answer)

@@ -507,3 +507,107 @@ def test_faults_are_not_billed(fake: FakeProvider, oai: openai.OpenAI, claude: a
 
     fake.reset()
     assert (fake.bill, fake.billed_usd) == ([], Decimal(0))
+
+
+@pytest.fixture
+def bedrock(fake: FakeProvider) -> Iterator[Any]:
+    import boto3
+    import botocore.config
+
+    client = boto3.client(
+        "bedrock-runtime",
+        region_name="us-east-1",
+        endpoint_url=fake.url,
+        aws_access_key_id="x",
+        aws_secret_access_key="x",
+        config=botocore.config.Config(retries={"total_max_attempts": 1}),
+    )
+    yield client
+    client.close()
+
+
+BEDROCK_HELLO = [{"role": "user", "content": [{"text": "hello there"}]}]
+
+
+def test_bedrock_converse_is_answered_and_billed_as_the_ledger_records_it(
+    fake: FakeProvider, bedrock: Any
+) -> None:
+    fake.reply = lambda r: Reply(
+        "ok", input_tokens=100, output_tokens=7, cached_tokens=60, cache_write_tokens=10
+    )
+
+    response = bedrock.converse(
+        modelId="amazon.nova-lite-v1:0",
+        messages=BEDROCK_HELLO,
+        system=[{"text": "be brief"}],
+        inferenceConfig={"maxTokens": 50},
+    )
+
+    assert response["output"]["message"] == {"role": "assistant", "content": [{"text": "ok"}]}
+    assert response["stopReason"] == "end_turn"
+    # Bedrock's inputTokens leaves out the cached prompt tokens; the bill counts them in
+    assert response["usage"] == {
+        "inputTokens": 30,
+        "outputTokens": 7,
+        "totalTokens": 107,
+        "cacheReadInputTokens": 60,
+        "cacheWriteInputTokens": 10,
+    }
+    (request,) = fake.requests
+    assert (request.api, request.model, request.max_tokens) == (
+        "bedrock.converse",
+        "amazon.nova-lite-v1:0",
+        50,
+    )
+    assert request.prompt == "be brief\nhello there"
+    assert request.idempotency_key is None
+    # Converse names no model: the ledger records the one asked for, as the bill does
+    (entry,) = fake.bill
+    model, usage, _ = extract_usage("bedrock", response)
+    assert (model, entry.provider, entry.model, entry.usage) == (None, "bedrock", request.model, usage)
+    assert entry.cost_usd == price_call("bedrock", request.model, usage, {}).cost_usd
+    assert (entry.input_tokens, entry.cache_read_tokens, entry.cache_write_tokens) == (100, 60, 10)
+    assert entry.cost_usd is not None
+    assert entry.cost_usd > 0
+
+
+def test_bedrock_stop_reasons_and_max_tokens(fake: FakeProvider, bedrock: Any) -> None:
+    fake.stop_with("content_filter")
+    filtered = bedrock.converse(modelId="amazon.nova-lite-v1:0", messages=BEDROCK_HELLO)
+    cut = bedrock.converse(
+        modelId="amazon.nova-lite-v1:0", messages=BEDROCK_HELLO, inferenceConfig={"maxTokens": 1}
+    )
+
+    assert filtered["stopReason"] == "content_filtered"
+    assert (cut["stopReason"], cut["usage"]["outputTokens"]) == ("max_tokens", 1)
+    assert extract_usage("bedrock", cut)[2] == "max_tokens"
+
+
+@pytest.mark.parametrize(
+    ("status", "code"),
+    [(429, "ThrottlingException"), (400, "ValidationException"), (500, "InternalServerException")],
+)
+def test_bedrock_faults_raise_boto3s_own_errors(
+    fake: FakeProvider, bedrock: Any, status: int, code: str
+) -> None:
+    fake.fail(status, message="no")
+
+    with pytest.raises(bedrock.exceptions.ClientError) as raised:
+        bedrock.converse(modelId="amazon.nova-lite-v1:0", messages=BEDROCK_HELLO)
+
+    assert type(raised.value).__name__ == code
+    assert raised.value.response["Error"] == {"Code": code, "Message": "no"}
+    assert raised.value.response["ResponseMetadata"]["HTTPStatusCode"] == status
+    assert fake.bill == []
+
+
+def test_a_reply_can_leave_out_its_usage_and_is_billed_all_the_same(fake: FakeProvider, bedrock: Any) -> None:
+    fake.reply = lambda r: Reply("ok", report_usage=False)
+
+    response = bedrock.converse(modelId="amazon.nova-lite-v1:0", messages=BEDROCK_HELLO)
+
+    assert "usage" not in response
+    _, usage, stop = extract_usage("bedrock", response)
+    assert (usage.reported, stop) == (False, "end_turn")
+    assert price_call("bedrock", "amazon.nova-lite-v1:0", usage, {}).cost_usd is None
+    assert fake.bill[0].cost_usd is not None

@@ -50,3 +50,23 @@ def test_override_for_a_model_the_catalog_does_not_know() -> None:
     assert price == price_call("acme-llm", "private-1", Usage(1_000_000, 500_000), overrides)
     assert price.cost_usd == Decimal(2)
     assert price.source == "tenant"
+
+
+def test_bedrock_is_priced_at_the_catalogs_aws_prices() -> None:
+    usage = Usage(input_tokens=1234, output_tokens=321, cache_read_tokens=200, cache_write_tokens=100)
+    model = "global.anthropic.claude-haiku-4-5-20251001-v1:0"
+    expected = calc_price(
+        GUsage(input_tokens=1234, output_tokens=321, cache_read_tokens=200, cache_write_tokens=100),
+        model,
+        provider_id="aws",
+    ).total_price
+    price = price_call("bedrock", model, usage, {})
+    assert (price.cost_usd, price.source) == (expected, "catalog")
+    assert price_call("bedrock", "acme.internal-model-v1:0", usage, {}).cost_usd is None
+
+
+def test_a_call_whose_usage_was_not_reported_is_priced_unknown_even_with_an_override() -> None:
+    overrides = {("bedrock", "amazon.nova-lite-v1:0"): {"input_mtok": Decimal(1), "output_mtok": Decimal(2)}}
+    for given in ({}, overrides):
+        price = price_call("bedrock", "amazon.nova-lite-v1:0", Usage(reported=False), given)
+        assert (price.cost_usd, price.source) == (None, "unknown")
