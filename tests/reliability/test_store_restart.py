@@ -9,6 +9,8 @@ dashboard or a notebook would.
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import time
 import uuid
 import warnings
@@ -67,7 +69,11 @@ class Server:
 def server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Server]:
     for var in [v for v in __import__("os").environ if v.startswith("PAPAYYA_")]:
         monkeypatch.delenv(var)
-    own = Server(tmp_path / "pg")
+    # Not under pytest's tmp_path: the server runs as another user, which must traverse to its data
+    # directory, and a pytest session starting meanwhile resets its base directory to mode 0700.
+    home = Path(tempfile.mkdtemp(prefix="papayya-restart-"))
+    home.chmod(0o755)
+    own = Server(home / "pg")
     papayya.reset(forget_configuration=True)
     papayya.configure(database_url=own.url, home=tmp_path / ".papayya", progress=False)
     try:
@@ -75,6 +81,7 @@ def server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Server]:
     finally:
         papayya.reset(forget_configuration=True)
         own.stop()
+        shutil.rmtree(home, ignore_errors=True)
 
 
 def _warm(tenant: str) -> str:
