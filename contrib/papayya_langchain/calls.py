@@ -34,9 +34,9 @@ PROVIDERS = {
     "google_genai": "google",
     "google_vertexai": "google",
     "google_anthropic_vertex": "anthropic",
-    "bedrock": "aws",
-    "amazon_bedrock": "aws",
-    "bedrock_converse": "aws",
+    "bedrock": "bedrock",  # papayya's name for Bedrock, priced at the catalog's aws prices
+    "amazon_bedrock": "bedrock",
+    "bedrock_converse": "bedrock",
     "mistral": "mistral",
     "mistralai": "mistral",
     "groq": "groq",

@@ -13,10 +13,11 @@ from typing import Any
 
 import litellm
 
-# LiteLLM's provider name -> the genai-prices provider id, where they differ.
+# LiteLLM's provider name -> papayya's provider name, where they differ: mostly genai-prices' ids,
+# except ``bedrock``, which stays papayya's name for Bedrock (as papayya_bedrock records it; priced at
+# the catalog's ``aws`` prices, see papayya.pricing).
 CATALOG_IDS = {
     "text-completion-openai": "openai",
-    "bedrock": "aws",
     "sagemaker": "aws",
     "gemini": "google",
     "vertex_ai": "google",

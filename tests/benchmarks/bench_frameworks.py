@@ -26,7 +26,7 @@ import time
 import uuid
 from collections.abc import Callable
 
-from machine import configure_store, machine_line  # beside this file (run as a script)
+from machine import configure_store, print_header  # beside this file (run as a script)
 
 import papayya
 import papayya_langchain
@@ -116,17 +116,9 @@ def main() -> None:
     from importlib.metadata import version
 
     import langchain_core
-    import litellm  # noqa: F401 - its version, below
 
-    print(
-        machine_line(store_kind)
-        + f"; litellm {version('litellm')}; langchain-core {langchain_core.__version__}"
-    )
-    print(
-        f"best of {REPEAT} runs; load average {os.getloadavg()[0]:.1f} at the start"
-        + ("; SMOKE RUN: tiny sizes, the figures mean nothing" if smoke else "")
-        + "\n"
-    )
+    versions = f"; litellm {version('litellm')}; langchain-core {langchain_core.__version__}"
+    print_header(store_kind, versions, REPEAT, smoke)
     with FakeProvider() as fake:
         t = bench(fake)
     print(f"gpt-4o-mini calls from inside an agent, {N_CALLS:,} in a row, FakeProvider on 127.0.0.1")

@@ -26,7 +26,7 @@ import time
 import uuid
 
 import openai
-from machine import configure_store, machine_line  # beside this file (run as a script)
+from machine import configure_store, print_header  # beside this file (run as a script)
 
 import papayya
 import papayya_openai
@@ -101,13 +101,7 @@ def main() -> None:
     smoke = parser.parse_args().smoke
     if smoke:
         N_CALLS, REPEAT = 5, 1
-    store_kind = configure_store()
-    print(machine_line(store_kind) + f"; openai {openai.__version__}")
-    print(
-        f"best of {REPEAT} runs; load average {os.getloadavg()[0]:.1f} at the start"
-        + ("; SMOKE RUN: tiny sizes, the figures mean nothing" if smoke else "")
-        + "\n"
-    )
+    print_header(configure_store(), f"; openai {openai.__version__}", REPEAT, smoke)
 
     with FakeProvider() as fake:
         t = bench(fake)

@@ -31,6 +31,16 @@ def machine_line(store: str) -> str:
     )
 
 
+def print_header(store: str, versions: str, repeat: int, smoke: bool) -> None:
+    """The machine, the libraries measured, the rounds and the load: the lines every table follows."""
+    print(machine_line(store) + versions)
+    print(
+        f"best of {repeat} runs; load average {os.getloadavg()[0]:.1f} at the start"
+        + ("; SMOKE RUN: tiny sizes, the figures mean nothing" if smoke else "")
+        + "\n"
+    )
+
+
 # The server the benchmarks that need one (bench_engine, bench_cli) make their throwaway databases on.
 SERVER_URL = os.environ.get("BENCH_SERVER_URL") or "postgresql://postgres@127.0.0.1:5432/postgres"
 

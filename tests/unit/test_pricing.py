@@ -70,3 +70,15 @@ def test_a_call_whose_usage_was_not_reported_is_priced_unknown_even_with_an_over
     for given in ({}, overrides):
         price = price_call("bedrock", "amazon.nova-lite-v1:0", Usage(reported=False), given)
         assert (price.cost_usd, price.source) == (None, "unknown")
+
+
+def test_bedrock_calls_through_litellm_and_langchain_are_recorded_as_bedrock_and_priced_at_aws() -> None:
+    # Given the provider names LiteLLM and LangChain use for Bedrock
+    from papayya_langchain.calls import PROVIDERS
+    from papayya_litellm.providers import route
+
+    model = "amazon.nova-lite-v1:0"
+    # Then each is papayya's "bedrock", as papayya_bedrock records it, and priced at the catalog's aws
+    assert route({"model": f"bedrock/{model}"}).provider == "bedrock"
+    assert {PROVIDERS[name] for name in ("bedrock", "amazon_bedrock", "bedrock_converse")} == {"bedrock"}
+    assert price_call("bedrock", model, Usage(1000, 100), {}).cost_usd is not None
