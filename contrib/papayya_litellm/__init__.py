@@ -28,10 +28,10 @@ carries an ``Idempotency-Key`` header stable across retries of the step (``extra
 LiteLLM's callbacks observe calls but cannot refuse one, so papayya wraps the functions instead.
 
 **Prices** come from papayya's catalog (``genai-prices``), or a tenant's override, as for the raw
-clients. A model the catalog does not price is recorded with cost unknown (NULL, never 0); when
-LiteLLM's own cost map prices it, the budget gate reserves on that estimate, and LiteLLM's
-``response_cost`` for the call is logged (once per model) beside the unknown cost, not put in the
-ledger: the ledger's ``price_source`` is ``catalog``, ``tenant`` or ``unknown``.
+clients. A model neither prices is priced by LiteLLM's own cost map when that knows it: the budget
+gate reserves on LiteLLM's estimate and the ledger records LiteLLM's ``response_cost`` for the call,
+with ``price_source`` ``litellm``. A model nobody prices is recorded with cost unknown (NULL, never
+0). A journaled answer carries no ``response_cost``, and replays record nothing anyway.
 
 **Streams**: ``completion(stream=True)`` / ``acompletion(stream=True)`` return LiteLLM's own stream
 object (a papayya subclass of ``CustomStreamWrapper``). papayya asks for the usage

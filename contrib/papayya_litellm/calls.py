@@ -26,7 +26,7 @@ from papayya.context import current, run
 from papayya.errors import JournalMiss
 from papayya.instrument import _with_key, _with_usage
 from papayya.ledger import STREAM_EVENTS
-from papayya.pricing import Usage, price_call
+from papayya.pricing import Price, Usage, price_call
 from papayya_litellm import streams
 from papayya_litellm.providers import Route, route
 
@@ -59,7 +59,6 @@ _CREDENTIAL_SUFFIXES = ("_key", "_secret", "_token", "_credentials", "_password"
 
 # Inside a recorded call: LiteLLM's own nested calls (acompletion runs completion) pass through.
 _inside: contextvars.ContextVar[bool] = contextvars.ContextVar("papayya_litellm_inside", default=False)
-_noted: set[tuple[str, str]] = set()  # (provider, model) whose LiteLLM estimate was logged
 
 
 @dataclass(frozen=True)
@@ -154,31 +153,20 @@ def _reservation(where: Route, full_model: str, question: dict[str, Any], target
     return _litellm_estimate(full_model, worst)
 
 
-def _note_price(where: Route, response: Any) -> None:
-    """Log LiteLLM's own estimate for a call the ledger recorded with cost unknown, once per model."""
-    ctx = current.get()
-    if ctx is None or not isinstance(response, litellm.ModelResponse | litellm.EmbeddingResponse):
-        return  # a stream carries no cost of its own (and reading it here would consume it)
+def _priced(response: Any) -> Price | None:
+    """LiteLLM's own cost for a response (its cost map, ``_hidden_params["response_cost"]``): the
+    ledger records it, as ``litellm``, for a model papayya's catalog and the tenant do not price."""
+    if not isinstance(response, litellm.ModelResponse | litellm.EmbeddingResponse):
+        return None  # a stream carries no cost of its own (and reading it here would consume it)
     hidden = getattr(response, "_hidden_params", None)
-    estimate = hidden.get("response_cost") if isinstance(hidden, dict) else None
-    model = str(getattr(response, "model", None) or where.model)
-    if estimate is None or (where.provider, model) in _noted:
-        return
-    usage = ledger.extract_usage(where.provider, response)[1]
-    if price_call(where.provider, model, usage, ctx.price_overrides).cost_usd is not None:
-        return
-    _noted.add((where.provider, model))
+    cost = hidden.get("response_cost") if isinstance(hidden, dict) else None
     try:
-        shown = f"${Decimal(str(estimate)):f}"
-    except InvalidOperation:
-        shown = repr(estimate)
-    log.warning(
-        "%s/%s has no price in papayya's catalog: its calls are recorded with cost unknown; LiteLLM's own "
-        "cost map estimates %s for this call (set a tenant price override to have papayya price it).",
-        where.provider,
-        model,
-        shown,
-    )
+        amount = Decimal(str(cost))
+    except (InvalidOperation, ValueError):
+        return None
+    if not amount.is_finite() or amount < 0:
+        return None
+    return Price(amount, "litellm")
 
 
 def _prepare(
@@ -208,6 +196,7 @@ def _prepare(
         max_tokens=target.max_output_tokens,
         estimate_usd=_reservation(where, full_model, question, target),
         stream=functools.partial(streams.tap, hide=hide) if streamed else None,
+        priced_by=_priced,
     )
 
     if is_async:
@@ -243,10 +232,8 @@ def wrap(target: Target, original: Callable[..., Any]) -> Callable[..., Any]:
         async def recorded_async(*args: Any, **kwargs: Any) -> Any:
             if not run.active or _inside.get():
                 return await original(*args, **kwargs)
-            llm, send, question, where = _prepare(target, original, args, kwargs, is_async=True)
-            response = await llm(send, **question)
-            _note_price(where, response)
-            return response
+            llm, send, question, _ = _prepare(target, original, args, kwargs, is_async=True)
+            return await llm(send, **question)
 
         wrapper: Callable[..., Any] = recorded_async
     else:
@@ -255,10 +242,8 @@ def wrap(target: Target, original: Callable[..., Any]) -> Callable[..., Any]:
         def recorded(*args: Any, **kwargs: Any) -> Any:
             if not run.active or _inside.get():
                 return original(*args, **kwargs)
-            llm, send, question, where = _prepare(target, original, args, kwargs, is_async=False)
-            response = llm(send, **question)
-            _note_price(where, response)
-            return response
+            llm, send, question, _ = _prepare(target, original, args, kwargs, is_async=False)
+            return llm(send, **question)
 
         wrapper = recorded
     setattr(wrapper, ORIGINAL, original)

@@ -28,7 +28,7 @@ from pydantic_core import to_jsonable_python
 from papayya import ledger, secrets
 from papayya.errors import AttemptAbandoned, JournalMiss
 from papayya.models import Item, LLMCall, Reason
-from papayya.pricing import Usage
+from papayya.pricing import Price, Usage
 from papayya.ratelimit import retry_after_of
 
 if TYPE_CHECKING:
@@ -364,7 +364,13 @@ class PaidCall:
             ctx.paying_ends()
 
     def finish(
-        self, *, model: str | None, usage: Usage, stop_reason: str | None, journal_result: Any = None
+        self,
+        *,
+        model: str | None,
+        usage: Usage,
+        stop_reason: str | None,
+        journal_result: Any = None,
+        fallback: Price | None = None,
     ) -> LLMCall:
         """Write the ledger row (and the journal step, when ``journal_result`` is not None) in one write,
         settling the reservation on the call's cost."""
@@ -377,12 +383,20 @@ class PaidCall:
                 stop_reason=stop_reason,
                 journal_result=journal_result,
                 latency=latency,
+                fallback=fallback,
             )
         finally:
             ctx.paying_ends()
 
     def _record(
-        self, *, model: str | None, usage: Usage, stop_reason: str | None, journal_result: Any, latency: float
+        self,
+        *,
+        model: str | None,
+        usage: Usage,
+        stop_reason: str | None,
+        journal_result: Any,
+        latency: float,
+        fallback: Price | None,
     ) -> LLMCall:
         ctx = self.ctx
         ctx.runtime.ratelimits.settle(
@@ -401,6 +415,7 @@ class PaidCall:
             journal=journal_result is not None,
             request_hash=self.digest,
             reserved=self.reserved,
+            fallback=fallback,
         )
 
 
@@ -463,6 +478,7 @@ class Run:
         max_input_tokens: int | None = None,
         estimate_usd: Decimal | float | str | None = None,
         stream: Callable[[Any, Callable[[Any], None]], Any] | None = None,
+        priced_by: Callable[[Any], Price | None] | None = None,
     ) -> Callable[..., Any]:
         """``run.llm("summary", provider="openai")(client.chat.completions.create, model=..., ...)``.
 
@@ -488,6 +504,10 @@ class Run:
         their end (a stop reason and usage) is recorded and journaled like a response, and its events
         are what a retry gets back (through ``decode``); one that stopped short is recorded, not
         journaled, on the usage reported so far or else on its reservation (``ledger.abandoned_usage``).
+
+        ``priced_by(response)`` is the price the client library computed for a response (LiteLLM's
+        cost map), used only when neither the tenant's prices nor papayya's catalog know the model; the
+        ledger records it with its own ``price_source``. None: such a call's cost is unknown.
 
         Raises:
             BudgetError: ``max_input_tokens`` or ``estimate_usd`` is not a finite number >= 0 (raised
@@ -529,6 +549,7 @@ class Run:
                     usage=usage,
                     stop_reason=stop,
                     journal_result=to_jsonable_python(response, fallback=repr) if whole else None,
+                    fallback=priced_by(response) if priced_by is not None and whole else None,
                 )
                 return response
 

@@ -17,7 +17,7 @@ from pydantic_core import to_jsonable_python
 
 from papayya.errors import BudgetError
 from papayya.models import LLMCall, Reason
-from papayya.pricing import Usage, price_call
+from papayya.pricing import Price, Usage, price_call
 
 if TYPE_CHECKING:
     from papayya.context import AttemptContext
@@ -66,11 +66,15 @@ def record(
     journal: bool = False,
     request_hash: str | None = None,
     reserved: Decimal | None = None,
+    fallback: Price | None = None,
 ) -> LLMCall:
-    """Price one LLM call (the tenant's override, else the public catalog, else unknown), write it to
-    the ledger (with its journal step when ``journal``) in one round trip, add its cost to the
-    attempt, degrade the item on a stop reason that means the answer is incomplete, and tell plugins."""
+    """Price one LLM call (the tenant's override, else the public catalog, else ``fallback``: the
+    price the client library computed, else unknown), write it to the ledger (with its journal step
+    when ``journal``) in one round trip, add its cost to the attempt, degrade the item on a stop
+    reason that means the answer is incomplete, and tell plugins."""
     price = price_call(provider, model, usage, ctx.price_overrides)
+    if price.cost_usd is None and fallback is not None and fallback.cost_usd is not None and usage.reported:
+        price = fallback
     if not usage.reported:
         log.warning(
             "item %s: %s/%s answered without token usage papayya could read; the call is recorded with "

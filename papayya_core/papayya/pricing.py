@@ -64,7 +64,7 @@ class Price:
     """A priced call: ``cost_usd`` is None when no price is known; ``source`` says where it came from."""
 
     cost_usd: Decimal | None
-    source: str  # "catalog" | "tenant" | "unknown"
+    source: str  # "catalog" | "tenant" | "unknown", or the client library that priced it ("litellm")
 
 
 _UNKNOWN = Price(None, "unknown")

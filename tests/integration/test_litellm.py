@@ -10,11 +10,11 @@ from __future__ import annotations
 import papayya_litellm  # isort: skip
 
 import asyncio
-import logging
 import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from decimal import Decimal
 from typing import Any
 
 import litellm
@@ -241,21 +241,42 @@ def litellm_only_model() -> Iterator[str]:
     litellm.model_cost.pop(f"openai/{name}", None)
 
 
-def test_a_model_only_litellm_prices_is_unknown_in_the_ledger_and_its_estimate_noted(
-    rt: Runtime, tenant: str, fake: FakeProvider, litellm_only_model: str, caplog: pytest.LogCaptureFixture
+def test_a_model_only_litellm_prices_is_recorded_at_litellms_price(
+    rt: Runtime, tenant: str, fake: FakeProvider, litellm_only_model: str
 ) -> None:
+    @agent(retries=1, backoff=0)
+    def call(item):
+        answer = ask(fake, "x", model=f"openai/{litellm_only_model}", max_tokens=10)
+        if run.attempt == 1:
+            raise Retryable("once more, from the journal")
+        return answer.choices[0].message.content
+
+    result = call.map([{"id": "a"}], tenant=tenant)
+
+    # Then the one paid call is in the ledger at LiteLLM's price (its cost map: $0.001 in, $0.002 out
+    # per token), said to be LiteLLM's, and it is the run's cost; the retry paid and recorded nothing
+    (row,) = rows_of(rt, result)
+    (billed,) = fake.bill
+    expected = Decimal("0.001") * billed.input_tokens + Decimal("0.002") * billed.output_tokens
+    assert row["price_source"] == "litellm"
+    assert row["cost_usd"] == expected
+    assert result.cost_usd == expected
+    assert result.unpriced_calls == 0
+    assert fake.count == 1
+
+
+def test_a_tenant_price_wins_over_litellms(
+    rt: Runtime, tenant: str, fake: FakeProvider, litellm_only_model: str
+) -> None:
+    papayya.tenants.add(tenant)
+    papayya.tenants.set_price(tenant, "openai", litellm_only_model, input_mtok="1", output_mtok="2")
+
     @agent
     def call(item):
         return ask(fake, "x", model=f"openai/{litellm_only_model}", max_tokens=10).choices[0].message.content
 
-    with caplog.at_level(logging.WARNING, logger="papayya.litellm"):
-        result = call.map([{"id": "a"}], tenant=tenant)
-
-    (row,) = rows_of(rt, result)
-    assert (row["cost_usd"], row["price_source"]) == (None, "unknown")
-    (note,) = [r.getMessage() for r in caplog.records if r.name == "papayya.litellm"]
-    assert f"openai/{litellm_only_model} has no price in papayya's catalog" in note
-    assert "LiteLLM's own cost map estimates $" in note
+    (row,) = rows_of(rt, call.map([{"id": "a"}], tenant=tenant))
+    assert row["price_source"] == "tenant"
 
 
 def test_a_model_only_litellm_prices_is_still_held_by_the_budget(
