@@ -251,6 +251,7 @@ class Workers:
         self.freezes: list[Freeze] = []  # every SIGSTOP, with when it began and when SIGCONT ended it
         self.lock = threading.Lock()
         self.killed: set[int] = set()
+        self.killed_members: set[int] = set()  # every process of the workers killed
         self.died: set[int] = set()  # workers that exited by themselves
 
     def start(self) -> int:
@@ -291,6 +292,7 @@ class Workers:
         self.wake(pid)
         self.killed.add(pid)
         pids = self.members(pid)
+        self.killed_members |= pids
         self.signal(pid, signal.SIGKILL)
         self.procs[pid].wait(timeout=30)
         return pids
@@ -714,6 +716,7 @@ class Call:
     reserved: Decimal | None
     created_at: datetime
     latency: timedelta
+    pid: str = "?"  # of the worker whose attempt recorded it
 
 
 @dataclass(frozen=True)
@@ -744,6 +747,7 @@ class Facts:
     attempts: list[AttemptRow] = field(default_factory=list)
     freezes: list[Freeze] = field(default_factory=list)
     concurrency: int = 1  # threads per worker: how many requests one freeze can catch mid-send
+    killed: set[str] = field(default_factory=set)  # pids of every process a SIGKILL ended
 
 
 ITEMS_SQL = """
@@ -753,9 +757,10 @@ FROM papayya.items i WHERE i.tenant_id = %s
 """
 
 CALLS_SQL = """
-SELECT item_id, run_id, idempotency_key, cost_usd, reserved_usd, created_at,
-       coalesce(latency_ms, 0)
-FROM papayya.llm_calls WHERE tenant_id = %s
+SELECT c.item_id, c.run_id, c.idempotency_key, c.cost_usd, c.reserved_usd, c.created_at,
+       coalesce(c.latency_ms, 0),
+       (SELECT a.worker FROM papayya.attempts a WHERE a.attempt_id = c.attempt_id)
+FROM papayya.llm_calls c WHERE c.tenant_id = %s
 """
 
 ATTEMPTS_SQL = """
@@ -817,7 +822,16 @@ def collect(s: Seed, reference: dict[str, Outcome]) -> Facts:
     items = item_rows(s.db, s.tenant)
     ids = {str(i.item_id) for i in items}
     calls = [
-        Call(r[0], r[1], r[2], r[3], r[4], r[5], timedelta(milliseconds=r[6]))
+        Call(
+            r[0],
+            r[1],
+            r[2],
+            r[3],
+            r[4],
+            r[5],
+            timedelta(milliseconds=r[6]),
+            str(r[7] or "?").rsplit(":", 1)[-1],
+        )
         for r in s.db.rows(CALLS_SQL, (s.tenant,))
     ]
     sums = s.db.rows(SUMS_SQL, {"t": s.tenant})[0]
@@ -837,6 +851,7 @@ def collect(s: Seed, reference: dict[str, Outcome]) -> Facts:
         attempts=attempt_rows(s.db, s.tenant),
         freezes=list(s.workers.freezes),
         concurrency=s.opts.concurrency,
+        killed={str(p) for p in s.workers.killed_members},
     )
 
 
@@ -912,10 +927,23 @@ def check_paid_twice(f: Facts, cut: dict[int, str]) -> Verdict:
     """I3: every extra billing of a step is matched by a call of that step cut off in flight (or sent by
     a worker woken after being frozen between its lease check and the send), and no other call reached
     the provider after the attempt that sent it had ended (a worker that lost its lease pays for
-    nothing more)."""
+    nothing more).
+
+    Cut in flight: counted when a worker is killed or frozen (what the provider has received from it
+    and the ledger lacks), and, for a killed worker, any request of its that it never recorded: it was
+    on the wire when the worker died even if the provider read it only after that count (a kill wakes a
+    frozen worker first, and what it sends in that instant may still be in transit)."""
     billed = Counter(e.idempotency_key for e in f.bill)
     late, woken = paid_after_lease(f)
-    cut_keys = Counter(cut.values()) + Counter(str(k) for k in woken.values())
+    recorded = {(str(c.key), c.pid) for c in f.calls}
+    died_with = {
+        e.number: str(e.idempotency_key)
+        for e in f.bill
+        if e.number not in cut
+        and f.senders.get(e.number) in f.killed
+        and (str(e.idempotency_key), f.senders.get(e.number)) not in recorded
+    }
+    cut_keys = Counter(cut.values()) + Counter(died_with.values()) + Counter(str(k) for k in woken.values())
     extra = {k: n - 1 for k, n in billed.items() if n > 1}
     unexplained = {k: n - cut_keys.get(str(k), 0) for k, n in extra.items() if n > cut_keys.get(str(k), 0)}
     keys = {str(k) for k in billed}
