@@ -35,7 +35,9 @@ Not recorded:
 
 - ``converse_stream`` inside an attempt raises ``StreamingNotSupported``: papayya cannot journal or
   price a Bedrock stream yet; call ``converse``.
-- ``invoke_model`` and ``invoke_model_with_response_stream`` run as before, unrecorded.
+- ``invoke_model`` and ``invoke_model_with_response_stream`` run as before, unrecorded: inside an
+  attempt the first such call of the process logs a warning on ``papayya.bedrock`` saying so (its
+  cost is in no ledger or budget); call ``converse``, or wrap the call in ``run.llm`` yourself.
 - The async clients (``aioboto3``, ``aiobotocore``) are not instrumented.
 
 boto3 cannot send papayya's ``Idempotency-Key`` header (Bedrock has no idempotency key), so a request
@@ -46,6 +48,7 @@ from __future__ import annotations
 
 import base64
 import functools
+import logging
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
@@ -58,6 +61,8 @@ except ImportError as exc:
 
 from papayya.context import run
 from papayya.errors import StreamingNotSupported
+
+log = logging.getLogger("papayya.bedrock")
 
 __all__ = ["StreamingNotSupported", "instrument", "uninstrument"]
 
@@ -84,7 +89,13 @@ def instrument(client: Client, *, provider: str = "bedrock") -> Client:
             "papayya_bedrock.instrument() takes a boto3 client made with "
             f'boto3.client("bedrock-runtime"), not {_describe(client)}.'
         )
-    for name, wrap in (("converse", _wrap_converse), ("converse_stream", _wrap_stream)):
+    wrappers = (
+        ("converse", _wrap_converse),
+        ("converse_stream", _wrap_stream),
+        ("invoke_model", _wrap_unrecorded),
+        ("invoke_model_with_response_stream", _wrap_unrecorded),
+    )
+    for name, wrap in wrappers:
         method = getattr(client, name)
         if not hasattr(method, _ORIGINAL):
             wrapper = wrap(method, provider)
@@ -95,7 +106,7 @@ def instrument(client: Client, *, provider: str = "bedrock") -> Client:
 
 def uninstrument(client: Client) -> Client:
     """Undo ``instrument``: the client's calls are no longer recorded. Returns the same client."""
-    for name in ("converse", "converse_stream"):
+    for name in ("converse", "converse_stream", "invoke_model", "invoke_model_with_response_stream"):
         if hasattr(vars(client).get(name), _ORIGINAL):
             del vars(client)[name]
     return client
@@ -147,6 +158,26 @@ def _wrap_stream(original: Callable[..., Any], provider: str) -> Callable[..., A
         return original(*args, **kwargs)
 
     return converse_stream
+
+
+def _wrap_unrecorded(original: Callable[..., Any], provider: str) -> Callable[..., Any]:
+    """A method papayya does not record: it runs as before, and inside an attempt it says so once."""
+
+    @functools.wraps(original)
+    def unrecorded(*args: Any, **kwargs: Any) -> Any:
+        if run.active and original.__name__ not in _warned:
+            _warned.add(original.__name__)
+            log.warning(
+                "client.%s inside a papayya agent is not recorded: its cost is in no ledger or budget, "
+                "and a retry pays for it again; call client.converse, or wrap the call in run.llm.",
+                original.__name__,
+            )
+        return original(*args, **kwargs)
+
+    return unrecorded
+
+
+_warned: set[str] = set()  # the unrecorded methods already warned about in this process
 
 
 def _encode(value: Any) -> Any:

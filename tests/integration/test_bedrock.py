@@ -8,6 +8,7 @@ ledger is compared with the bill call for call by order, tokens and cost.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
@@ -394,6 +395,28 @@ def test_converse_stream_inside_an_agent_is_refused(
     assert message.count(". ") == 0
     assert message.endswith("call client.converse instead.")
     assert fake.count == 0
+
+
+def test_invoke_model_inside_an_agent_says_once_that_it_is_not_recorded(
+    rt: Runtime, tenant: str, fake: FakeProvider, client: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    papayya_bedrock._warned.clear()
+
+    # Given an agent calling invoke_model, which papayya does not record (the fake has no such route)
+    @agent
+    def call(item):
+        with pytest.raises(client.exceptions.ClientError):
+            client.invoke_model(modelId=MODEL, body=b"{}")
+        return "ok"
+
+    with caplog.at_level(logging.WARNING, logger="papayya.bedrock"):
+        result = call.map([{"id": "a"}, {"id": "b"}], tenant=tenant, concurrency=1)
+
+    # Then the call went out as boto3's own, and the first one of the process said it is not recorded
+    assert result.counts["succeeded"] == 2
+    assert result.llm_calls == 0
+    (warning,) = [r.getMessage() for r in caplog.records if r.name == "papayya.bedrock"]
+    assert warning.startswith("client.invoke_model inside a papayya agent is not recorded")
 
 
 def test_calls_outside_an_agent_are_untouched(fake: FakeProvider, client: Any) -> None:
