@@ -382,14 +382,22 @@ def release(ctx: AttemptContext) -> Concluded:
     before its next paid call, and a call already on the wire is waited for (while the lease holds)
     so that its record is in the journal the next attempt reads, instead of being paid again."""
     ctx.abandoned = True
-    if ctx.paying:
-        left = (ctx.lease_until - time.monotonic()) if ctx.lease_until is not None else RELEASE_WAIT
-        if not ctx.settle_paying(min(left, RELEASE_WAIT)):
-            log.warning(
-                "item %s: given back with a paid call unrecorded; the next attempt may pay for it again",
-                ctx.item.id,
-            )
+    await_paid_calls(ctx)
     return settle([Judged(ctx, release_finish(ctx))])[0]
+
+
+def await_paid_calls(ctx: AttemptContext) -> None:
+    """Before an abandoned attempt's item goes back: wait, while its lease holds (at most
+    ``RELEASE_WAIT``), for the paid calls it has on the wire to be recorded, so that the next attempt
+    finds them in the journal instead of paying for them again."""
+    if not ctx.paying:
+        return
+    left = (ctx.lease_until - time.monotonic()) if ctx.lease_until is not None else RELEASE_WAIT
+    if not ctx.settle_paying(min(left, RELEASE_WAIT)):
+        log.warning(
+            "item %s: given back with a paid call unrecorded; the next attempt may pay for it again",
+            ctx.item.id,
+        )
 
 
 RELEASE_WAIT = 60.0  # seconds at most a release waits for a paid call on the wire to be recorded
@@ -462,6 +470,7 @@ __all__ = [
     "Judged",
     "abandon_for_timeout",
     "ainvoke",
+    "await_paid_calls",
     "begin",
     "conclude",
     "context",

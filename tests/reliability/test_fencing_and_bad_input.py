@@ -307,3 +307,55 @@ def test_an_item_left_paused_in_a_running_run_is_claimed_by_a_queue_backend(rt: 
     other = ItemRef(other_item, "k2", other_run, tenant)
     assert execute.begin(rt, echo, other, backend="temporal", price_overrides={}) is None
     assert execute.refusal(rt, other) == "paused"
+
+
+def test_a_worker_stopped_mid_call_gives_the_item_back_after_recording_that_call(
+    rt: Runtime, tenant: str
+) -> None:
+    from papayya import engine
+
+    sent, answer = threading.Event(), threading.Event()
+    billed: list[str] = []
+
+    def provider(*, prompt: str) -> dict[str, Any]:
+        billed.append(prompt)
+        sent.set()
+        answer.wait(30)
+        return {
+            "model": "gpt-4o-mini",
+            "choices": [{"finish_reason": "stop", "message": {"content": prompt.upper()}}],
+            "usage": {"prompt_tokens": 3, "completion_tokens": 2},
+        }
+
+    @agent(name=f"stopped-mid-call-{tenant}")
+    def ask(item: papayya.Item) -> str:
+        reply = run.llm("ask", provider="openai", model="gpt-4o-mini", max_tokens=5)(provider, prompt=item.id)
+        return str(reply["choices"][0]["message"]["content"])
+
+    # Given a native worker (SIGTERM, a deploy) stopped with no grace while its item is inside a paid call
+    handle = ask.submit([{"id": "deploy"}], tenant=tenant)
+    worker = engine.Worker(rt, [ask], concurrency=1, run_ids=[handle.run_id], poll=0.1)
+    runner = threading.Thread(target=worker.run, kwargs={"grace": 0.0}, daemon=True)
+    runner.start()
+    try:
+        assert sent.wait(30)
+        worker.stop()
+        runner.join(0.5)
+        assert runner.is_alive()  # it waits for the call on the wire
+        answer.set()
+        runner.join(30)
+        assert not runner.is_alive()
+    finally:
+        answer.set()
+        worker.stop()
+        runner.join(5)
+
+    # Then the call was recorded before the item went back to the queue, and the next run of the
+    # item answers it from the journal: the provider was paid once
+    detail = rt.store.item_detail(papayya.RunResult.load(handle.run_id, tenant).items()[0].item_id)
+    assert detail["status"] == "queued"
+    assert [c["step_key"] for c in detail["llm_calls"]] == ["llm:ask#1"]
+    again = engine.Worker(rt, [ask], concurrency=1, run_ids=[handle.run_id], poll=0.1, until_done=True)
+    again.run()
+    assert papayya.RunResult.load(handle.run_id, tenant).counts["succeeded"] == 1
+    assert billed == ["deploy"]

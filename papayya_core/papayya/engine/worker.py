@@ -601,8 +601,11 @@ class Worker:
                 break
             self._wake.wait(0.05)
             self._wake.clear()
-        for ctx in self.held.take_unjudged():
-            ctx.abandoned = True  # a thread still running it finishes into the void
+        given_back = self.held.take_unjudged()
+        for ctx in given_back:
+            ctx.abandoned = True  # a thread still running it stops before its next paid call
+        for ctx in given_back:
+            execute.await_paid_calls(ctx)  # and a call it has on the wire is recorded first
             self._results.put(Judged(ctx, execute.release_finish(ctx)))
         self._halt.set()
         for _ in range(len(self._threads) + 1):
