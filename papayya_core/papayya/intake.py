@@ -18,6 +18,7 @@ import uuid
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+import psycopg
 from psycopg.types.json import Jsonb
 
 from papayya import tenants
@@ -80,12 +81,30 @@ def adopt(
         "options": Jsonb({"intake": True, "timeout": agent.timeout, "max_attempts": agent.max_attempts}),
         "entrypoint": Jsonb(agent.entrypoint()),
     }
-    row = rt.store.fetch_one("intake_adopt", params)
+    row = _adopt(rt, params)
     if row is None:  # a concurrent delivery of the same message recorded it first
         row = rt.store.fetch_one("intake_find", params)
     if row is None:  # pragma: no cover - the conflicting row is committed before ON CONFLICT gives way
         raise InputError(f"Item {key_text[:60]!r} could not be recorded; the message will be retried.")
     return ItemRef(row["item_id"], row["key"], row["run_id"], tenant_id)
+
+
+def _adopt(rt: Runtime, params: dict[str, Any]) -> Any:
+    """Run ``intake_adopt``, again if the day's first messages raced to create its run.
+
+    Its insert of the run gives way on the run's primary key (``ON CONFLICT (run_id)``), but PostgreSQL
+    handles a conflict only on that arbiter: two inserts that both passed its check before either
+    wrote still meet on the run's other unique key, ``(run_id, tenant_id)`` (migration 0011), and the
+    later one fails. The statement left nothing behind, and the run exists now, so the next try takes
+    the ``DO UPDATE`` path.
+    """
+    for attempt in range(3):
+        try:
+            return rt.store.fetch_one("intake_adopt", params)
+        except psycopg.errors.UniqueViolation as exc:
+            if exc.diag.constraint_name != "runs_run_tenant_key" or attempt == 2:
+                raise
+    return None  # pragma: no cover - the loop returns or raises
 
 
 __all__ = ["adopt"]

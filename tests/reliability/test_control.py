@@ -438,3 +438,45 @@ def test_the_reaper_sends_back_to_work_an_item_left_paused_in_a_running_run(rt: 
     with psycopg.connect(rt.store.url) as conn:
         (status,) = conn.execute("SELECT status FROM papayya.items WHERE item_id = %s", (item_id,)).fetchone()
     assert status == "stalled"
+
+
+def test_first_messages_of_a_day_racing_to_create_its_intake_run_are_all_recorded(
+    rt: Runtime, tenant: str
+) -> None:
+    from papayya import intake
+
+    def _noop(item: object) -> None:
+        """Never called: only the intake is under test."""
+
+    agent = papayya.agent(name=f"intake-race-{tenant}")(_noop)
+    papayya.tenants.add(tenant)
+
+    def race(backend: str, n: int = 8) -> tuple[set[uuid.UUID], int, list[BaseException]]:
+        """``n`` first messages of the day for one (tenant, agent, backend), adopted at one moment."""
+        barrier = threading.Barrier(n)
+        refs: list[intake.ItemRef] = []
+        errors: list[BaseException] = []
+
+        def deliver(k: int) -> None:
+            barrier.wait(10)
+            try:
+                refs.append(
+                    intake.adopt(rt, agent, tenant_id=tenant, key=f"m{k}", input={"k": k}, backend=backend)
+                )
+            except BaseException as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=deliver, args=(k,), daemon=True) for k in range(n)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        return {r.run_id for r in refs}, len(refs), errors
+
+    # Given rounds of 8 first messages of a day (each round a new backend name, so a new run), each
+    # creating today's run unless another did first: its primary key and its (run, tenant) key race
+    for round_ in range(40):
+        runs, adopted, errors = race(f"race{round_}")
+        # Then every message is an item of that one run, and none failed
+        assert errors == []
+        assert (len(runs), adopted) == (1, 8)
