@@ -20,6 +20,24 @@ def echo(item: papayya.Item) -> dict[str, str]:
     return {"id": item.id}
 
 
+class HeldProvider:
+    """An OpenAI-shaped provider that holds each answer until ``answer`` is set: a call on the wire."""
+
+    def __init__(self) -> None:
+        self.sent, self.answer = threading.Event(), threading.Event()
+        self.billed: list[str] = []
+
+    def __call__(self, *, prompt: str) -> dict[str, Any]:
+        self.billed.append(prompt)
+        self.sent.set()
+        self.answer.wait(30)
+        return {
+            "model": "gpt-4o-mini",
+            "choices": [{"finish_reason": "stop", "message": {"content": prompt.upper()}}],
+            "usage": {"prompt_tokens": 3, "completion_tokens": 2},
+        }
+
+
 def one_item_run(
     rt: Runtime, tenant: str, agent_name: str, backend: str, key: str, input: str = "{}"
 ) -> tuple[uuid.UUID, uuid.UUID]:
@@ -241,18 +259,8 @@ def test_an_attempt_given_back_mid_call_waits_for_that_call_so_the_next_attempt_
 ) -> None:
     # Given an attempt whose function is inside a paid call (the provider holds its answer), as when
     # a queue cancels an activity whose sync function cannot be stopped
-    sent, answer = threading.Event(), threading.Event()
-    billed: list[str] = []
-
-    def provider(*, prompt: str) -> dict[str, Any]:
-        billed.append(prompt)
-        sent.set()
-        answer.wait(30)
-        return {
-            "model": "gpt-4o-mini",
-            "choices": [{"finish_reason": "stop", "message": {"content": prompt.upper()}}],
-            "usage": {"prompt_tokens": 3, "completion_tokens": 2},
-        }
+    provider = HeldProvider()
+    sent, answer, billed = provider.sent, provider.answer, provider.billed
 
     @agent(name=f"given-back-{tenant}")
     def ask(item: papayya.Item) -> str:
@@ -314,18 +322,8 @@ def test_a_worker_stopped_mid_call_gives_the_item_back_after_recording_that_call
 ) -> None:
     from papayya import engine
 
-    sent, answer = threading.Event(), threading.Event()
-    billed: list[str] = []
-
-    def provider(*, prompt: str) -> dict[str, Any]:
-        billed.append(prompt)
-        sent.set()
-        answer.wait(30)
-        return {
-            "model": "gpt-4o-mini",
-            "choices": [{"finish_reason": "stop", "message": {"content": prompt.upper()}}],
-            "usage": {"prompt_tokens": 3, "completion_tokens": 2},
-        }
+    provider = HeldProvider()
+    sent, answer, billed = provider.sent, provider.answer, provider.billed
 
     @agent(name=f"stopped-mid-call-{tenant}")
     def ask(item: papayya.Item) -> str:
