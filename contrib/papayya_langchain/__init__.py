@@ -27,11 +27,14 @@ Attach ``PapayyaCallbackHandler`` per call (``config={"callbacks": [PapayyaCallb
 to the model (``callbacks=[...]``), and give the model ``cache=PapayyaCache()``, or let ``install()``
 do both for every run of the process. A call is recorded once however many handlers see it.
 
-Not replayed (recorded and gated, but a retry calls the provider again): ``model.stream()`` and
-``astream()``, which LangChain runs without asking a cache, and completion LLMs (``BaseLLM``), which
-ask their cache before their run starts. Do not also instrument the OpenAI or Anthropic client under
-a LangChain model with ``papayya_openai``/``papayya_anthropic``: LangChain calls it through
-``with_raw_response``, which those leave unrecorded, and the handler records the call.
+``model.stream()`` and ``astream()`` ask no cache: papayya wraps the model class's stream generator,
+so a retry gets the journaled answer as one chunk, for nothing. Not replayed (recorded and gated, but
+a retry calls the provider again): completion LLMs (``BaseLLM``), which ask their cache before their
+run starts.
+
+Do not also instrument the OpenAI or Anthropic client under a LangChain model with
+``papayya_openai``/``papayya_anthropic``: LangChain calls it through ``with_raw_response``, which
+those leave unrecorded, and the handler records the call.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ from langchain_core.caches import BaseCache
 from langchain_core.outputs import Generation
 
 from papayya.context import current
-from papayya_langchain import calls
+from papayya_langchain import calls, streams
 
 
 class PapayyaCache(BaseCache):
@@ -27,6 +27,7 @@ class PapayyaCache(BaseCache):
 
     def __init__(self, inner: BaseCache | None = None) -> None:
         self.inner = inner
+        streams.install()
 
     def lookup(self, prompt: str, llm_string: str) -> Sequence[Generation] | None:
         ctx = current.get()

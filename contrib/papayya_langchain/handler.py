@@ -15,7 +15,7 @@ from langchain_core.outputs import LLMResult
 from papayya import ledger
 from papayya.context import PaidCall, current, replayed
 from papayya.pricing import Usage
-from papayya_langchain import calls
+from papayya_langchain import calls, streams
 
 log = logging.getLogger("papayya.langchain")
 
@@ -49,6 +49,9 @@ class PapayyaCallbackHandler(BaseCallbackHandler):
     """
 
     raise_error = True
+
+    def __init__(self) -> None:
+        streams.install()
 
     def on_chat_model_start(
         self,
@@ -198,7 +201,7 @@ def _unreserved(call: calls.Call) -> PaidCall:
         log.warning(
             "step %s was answered by the provider although papayya's journal holds its answer: LangChain "
             "did not ask papayya's cache (call papayya_langchain.install(), or give the model "
-            "cache=PapayyaCache(); .stream() never asks a cache). The call is recorded as paid again.",
+            "cache=PapayyaCache(), not cache=False). The call is recorded as paid again.",
             call.key,
         )
     return PaidCall(

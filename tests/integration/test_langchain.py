@@ -351,3 +351,91 @@ def test_a_stream_left_midway_is_settled_on_its_reservation(
     assert row["output_tokens"] == 50
     assert row["cost_usd"] > fake.bill[0].cost_usd
     assert fake.count == 1
+
+
+def test_a_retried_stream_gets_the_recorded_answer_and_pays_nothing(
+    rt: Runtime, tenant: str, fake: FakeProvider
+) -> None:
+    # Given an agent that streams two answers (one a model asked to report usage), then fails retryably
+    model, silent = gpt(fake, stream_usage=True), gpt(fake)
+    seen: list[list[str]] = []
+
+    @agent(retries=2, backoff=0)
+    def tell(item):
+        texts = ["".join(str(c.content) for c in m.stream(f"{item.id}: a story")) for m in (model, silent)]
+        seen.append(texts)
+        if run.attempt == 1:
+            raise Retryable("the downstream write timed out")
+        return {"stories": texts}
+
+    result = tell.map([{"id": "a"}], tenant=tenant)
+
+    # Then the retry read both streams from the journal: the same text, two requests, two rows
+    assert result.counts["succeeded"] == 1
+    assert seen[0] == seen[1] == ["You said: a: a story"] * 2
+    assert fake.count == result.llm_calls == 2
+    assert [r["step_key"] for r in calls_of(rt, result)] == [
+        "llm:langchain.openai#1",
+        "llm:langchain.openai#2",
+    ]
+
+
+def test_a_truncated_stream_degrades_the_item_also_when_replayed_from_the_journal(
+    rt: Runtime, tenant: str, fake: FakeProvider
+) -> None:
+    model = gpt(fake, stream_usage=True, max_tokens=3)
+
+    @agent
+    def brief(item):
+        return {"text": "".join(str(c.content) for c in model.stream("tell me everything about the quarter"))}
+
+    result = brief.map([{"id": "a"}], tenant=tenant)
+
+    (item,) = result.items()
+    assert (item.status, [r["path"] for r in item.reasons]) == ("degraded", ["length"])
+    again = papayya.replay(item=item.item_id, from_journal=True, agent=brief)
+    (replayed,) = again.items()
+    assert (replayed.status, [r["path"] for r in replayed.reasons]) == ("degraded", ["length"])
+    assert rt.store.item_detail(replayed.item_id)["output"] == rt.store.item_detail(item.item_id)["output"]
+    assert fake.count == 1
+    assert again.llm_calls == 0
+
+
+def test_an_async_stream_is_replayed_from_the_journal(rt: Runtime, tenant: str, fake: FakeProvider) -> None:
+    model = claude(fake, stream_usage=True)
+
+    @agent(retries=1, backoff=0)
+    async def tell(item):
+        text = "".join([str(c.content) async for c in model.astream(f"{item.id} as a poem")])
+        if run.attempt == 1:
+            raise Retryable("flaky")
+        return {"poem": text}
+
+    result = tell.map([{"id": "a"}], tenant=tenant)
+
+    assert result.counts["succeeded"] == 1
+    (row,) = calls_of(rt, result)
+    assert (row["provider"], row["cost_usd"]) == ("anthropic", fake.bill[0].cost_usd)
+    assert fake.count == 1
+    (item,) = result.items()
+    assert rt.store.item_detail(item.item_id)["output"] == {"poem": "You said: a as a poem"}
+
+
+def test_a_model_without_papayyas_cache_streams_from_the_provider_again(
+    rt: Runtime, tenant: str, fake: FakeProvider
+) -> None:
+    # Given a model whose cache is switched off: LangChain would call the provider on invoke, so papayya
+    # does not answer its stream from the journal either; the repeat is recorded as paid
+    model = gpt(fake, stream_usage=True).model_copy(update={"cache": False})
+
+    @agent(retries=1, backoff=0)
+    def tell(item):
+        text = "".join(str(c.content) for c in model.stream("a story"))
+        if run.attempt == 1:
+            raise Retryable("flaky")
+        return {"story": text}
+
+    result = tell.map([{"id": "a"}], tenant=tenant)
+
+    assert result.counts["succeeded"] == 1
+    assert fake.count == result.llm_calls == 2

@@ -617,11 +617,13 @@ def test_a_replay_created_without_waiting_is_sent_to_the_queue_and_its_consumers
     sqs_backend(url)
     with consuming(papayya_sqs.Consumer(url, agent=check, sqs=sqs, wait_seconds=1)):
         first = check.map([{"id": k} for k in ["a1", "b1"]], tenant=tenant)
-        broken.clear()
-        # Given a replay created without running it here (execute=False: a script, a scheduler)
-        created = papayya.replay(run=first.run_id, outcome="failed", execute=False)
-        assert created.counts.get("succeeded", 0) == 0
-        # Then its item is on the queue: the consumer runs it, nobody in this process waits
+    broken.clear()
+    # Given a replay created without running it here (execute=False: a script, a scheduler) while
+    # no consumer runs (with one running, it may finish the item before replay() returns)
+    created = papayya.replay(run=first.run_id, outcome="failed", execute=False)
+    assert created.counts.get("succeeded", 0) == 0
+    # Then its item is on the queue: a consumer started later runs it, nobody here runs it
+    with consuming(papayya_sqs.Consumer(url, agent=check, sqs=sqs, wait_seconds=1)):
         replayed = papayya.RunHandle(created.run_id, tenant).wait(timeout=60)
     assert replayed.counts["succeeded"] == 1
 
