@@ -151,8 +151,9 @@ def extract_usage(provider: str, response: Any) -> tuple[str | None, Usage, str 
         data = fold_stream(data[STREAM_EVENTS])
     if not isinstance(data, dict):
         return None, Usage(), None
-    if provider == "bedrock":
-        return None, _converse_usage(data.get("usage")), _str_or_none(data.get("stopReason"))
+    if provider == "bedrock":  # a Converse answer, or a folded ConverseStream (its stop_reason)
+        stop = data.get("stopReason", data.get("stop_reason"))
+        return None, _converse_usage(data.get("usage")), _str_or_none(stop)
     usage = data.get("usage") or {}
     details = usage.get("prompt_tokens_details") or {}
     if "prompt_tokens" in usage:  # OpenAI chat completions, and LiteLLM's responses for any provider
@@ -209,7 +210,9 @@ def fold_stream(events: list[Any]) -> dict[str, Any]:
 
     OpenAI chat chunks (usage in the last chunk, under ``stream_options.include_usage``), OpenAI
     Responses events (the whole response in ``response.completed``/``incomplete``/``failed``) and
-    Anthropic message events (usage in ``message_start``, updated by ``message_delta``).
+    Anthropic message events (usage in ``message_start``, updated by ``message_delta``), and Bedrock
+    ConverseStream events as boto3 yields them (``{"messageStop": {"stopReason": ...}}``, then
+    ``{"metadata": {"usage": ...}}``; the usage in Converse's spelling).
     """
     folded: dict[str, Any] = {"model": None, "usage": None, "stop_reason": None}
     for event in events:
@@ -223,6 +226,10 @@ def fold_stream(events: list[Any]) -> dict[str, Any]:
                     folded["stop_reason"] = choice["finish_reason"]
             if event.get("usage"):
                 folded["usage"] = event["usage"]
+        elif isinstance(event.get("messageStop"), dict):
+            folded["stop_reason"] = event["messageStop"].get("stopReason") or folded["stop_reason"]
+        elif isinstance(event.get("metadata"), dict) and "usage" in event["metadata"]:
+            folded["usage"] = event["metadata"]["usage"]
         elif kind == "message_start" and isinstance(event.get("message"), dict):
             folded["model"] = event["message"].get("model")
             folded["usage"] = dict(event["message"].get("usage") or {})

@@ -2,8 +2,8 @@
 
 ``FakeProvider`` is a real HTTP server on 127.0.0.1 that answers the OpenAI Chat Completions,
 Responses and Embeddings APIs and the Anthropic Messages API, streamed or not, and the AWS Bedrock
-Converse API (not streamed), well enough for the real ``openai``, ``anthropic`` and ``boto3``
-clients. It is deterministic (the reply is derived from the prompt,
+Converse API (streamed or not) and InvokeModel API, well enough for the real ``openai``,
+``anthropic`` and ``boto3`` clients. It is deterministic (the reply is derived from the prompt,
 token counts from text length), it counts every request it receives, and it can be told to fail::
 
     from papayya.testing import FakeProvider
@@ -42,6 +42,23 @@ request's ``messages`` and ``system`` content blocks (``{"text": ...}``) are the
 ``max_tokens``, ``content_filter`` is ``content_filtered``. Its errors are ``{"message": ...}`` with
 the ``x-amzn-ErrorType`` header boto3 reads the error code from (``ThrottlingException`` for 429,
 ``ValidationException`` for 400...). boto3 sends no ``Idempotency-Key``, so its bill entries have none.
+
+**Bedrock ConverseStream** (``POST /model/{modelId}/converse-stream``, api ``bedrock.converse_stream``):
+the same answer as Converse, billed the same, sent as AWS's binary event stream
+(``application/vnd.amazon.eventstream``, framed by ``encode_event_message``; botocore ships only the
+decoder): ``messageStart``, ``contentBlockDelta`` text pieces, ``contentBlockStop``, ``messageStop``
+(``stopReason``) and ``metadata`` (``usage``, ``metrics``); ``converse_stream_events(answer)`` gives the
+events boto3 yields for a Converse answer. A fault is an HTTP error before any event.
+
+**Bedrock InvokeModel** (``POST /model/{modelId}/invoke``, api ``bedrock.invoke``): the body in the model
+family's own shape, by the model id (after a cross-region prefix such as ``us.``): ``anthropic.*`` a
+Messages answer (``usage.input_tokens``/``output_tokens``, ``stop_reason``; its request's ``messages``,
+``system`` and ``max_tokens``); ``meta.llama*`` ``{"generation", "prompt_token_count",
+"generation_token_count", "stop_reason"}`` (``stop``/``length``; its request's ``prompt`` and
+``max_gen_len``); ``amazon.titan-text*`` ``{"inputTextTokenCount", "results": [{"tokenCount",
+"outputText", "completionReason"}]}`` (``FINISH``/``LENGTH``/``CONTENT_FILTERED``; its request's
+``inputText`` and ``textGenerationConfig.maxTokenCount``). Any other model is answered
+``{"text": ...}``, billed all the same. ``Reply(report_usage=False)`` leaves out the token counts.
 
 Embeddings (``POST /v1/embeddings``) are answered with one deterministic unit vector per input, derived
 from the input alone (``fake_embedding``), ``dimensions`` long (default 1536, as text-embedding-3-small),
@@ -96,6 +113,7 @@ import random
 import re
 import struct
 import threading
+import zlib
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -112,12 +130,21 @@ __all__ = [
     "FakeRequest",
     "Fault",
     "Reply",
+    "converse_stream_events",
     "count_tokens",
+    "encode_event",
+    "encode_event_message",
     "fake_embedding",
 ]
 
 Api = Literal[
-    "openai.chat", "openai.responses", "openai.embeddings", "anthropic.messages", "bedrock.converse"
+    "openai.chat",
+    "openai.responses",
+    "openai.embeddings",
+    "anthropic.messages",
+    "bedrock.converse",
+    "bedrock.converse_stream",
+    "bedrock.invoke",
 ]
 
 _ROUTES: dict[str, Api] = {
@@ -126,7 +153,13 @@ _ROUTES: dict[str, Api] = {
     "/v1/embeddings": "openai.embeddings",
     "/v1/messages": "anthropic.messages",
 }
-_BEDROCK_ROUTE = re.compile(r"/model/(?P<model>[^/]+)/converse")  # the model id URL-encoded
+# The model id URL-encoded in the path, then the operation.
+_BEDROCK_ROUTE = re.compile(r"/model/(?P<model>[^/]+)/(?P<op>converse|converse-stream|invoke)")
+_BEDROCK_OPS: dict[str, Api] = {
+    "converse": "bedrock.converse",
+    "converse-stream": "bedrock.converse_stream",
+    "invoke": "bedrock.invoke",
+}
 EMBEDDING_DIMENSIONS = 1536  # text-embedding-3-small's, when the request does not ask for fewer
 
 # Stop reasons in papayya's spelling (OpenAI's) and Anthropic's; anything else passes through as given.
@@ -202,7 +235,8 @@ class FakeRequest:
 
     Attributes:
         api: ``"openai.chat"``, ``"openai.responses"``, ``"openai.embeddings"``,
-            ``"anthropic.messages"`` or ``"bedrock.converse"``.
+            ``"anthropic.messages"``, ``"bedrock.converse"``, ``"bedrock.converse_stream"`` or
+            ``"bedrock.invoke"``.
         model: The ``model`` field of the request body (Bedrock: the model id in the path).
         body: The parsed JSON body.
         headers: Request headers, names lower-cased.
@@ -227,8 +261,12 @@ class FakeRequest:
 
     @property
     def last_user_message(self) -> str:
-        """The text of the last user message (or the whole input when it is a plain string)."""
+        """The text of the last user message (or the whole input when it is a plain string; a Bedrock
+        InvokeModel body's ``prompt`` or ``inputText``)."""
         messages = self.body.get("messages")
+        for name in ("prompt", "inputText"):
+            if messages is None and self.api == "bedrock.invoke" and isinstance(self.body.get(name), str):
+                return str(self.body[name])
         if messages is None:
             value = self.body.get("input")
             messages = [{"role": "user", "content": value}] if isinstance(value, str) else value or []
@@ -243,9 +281,14 @@ class FakeRequest:
             value = self.body.get(name)
             if isinstance(value, int):
                 return value
-        config = self.body.get("inferenceConfig")  # Bedrock Converse
-        value = config.get("maxTokens") if isinstance(config, dict) else None
-        return value if isinstance(value, int) else None
+        if isinstance(self.body.get("max_gen_len"), int):  # Bedrock InvokeModel, Meta Llama
+            return int(self.body["max_gen_len"])
+        for section, name in (("inferenceConfig", "maxTokens"), ("textGenerationConfig", "maxTokenCount")):
+            config = self.body.get(section)  # Bedrock Converse; InvokeModel, Amazon Titan
+            value = config.get(name) if isinstance(config, dict) else None
+            if isinstance(value, int):
+                return value
+        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -534,6 +577,12 @@ class FakeProvider:
         reply = _limit(reply, request.max_tokens)
         usage = _usage(request, reply)
         model = reply.model or request.model
+        if request.api == "bedrock.converse_stream":
+            events = _converse_stream_events(_converse(request, reply, model, usage))
+            return 200, {}, _Binary(b"".join(events), _EVENT_STREAM), (model, usage)
+        if request.api == "bedrock.invoke":
+            data = json.dumps(_invoke_body(request, reply, model, usage)).encode()
+            return 200, {}, _Binary(data, "application/json"), (model, usage)
         body = _BUILDERS[request.api](request, reply, model, usage)
         if request.body.get("stream") is True and request.api in _STREAMERS:
             return 200, {}, _Events(_STREAMERS[request.api](request, body)), (model, usage)
@@ -545,7 +594,7 @@ class FakeProvider:
 def _provider(api: Api) -> str:
     if api == "anthropic.messages":
         return "anthropic"
-    return "bedrock" if api == "bedrock.converse" else "openai"
+    return "bedrock" if api.startswith("bedrock.") else "openai"
 
 
 def _bill_entry(request: FakeRequest, model: str, usage: Usage) -> BillEntry:
@@ -597,6 +646,8 @@ def _prompt_texts(api: Api, body: dict[str, Any]) -> list[str]:
     texts = _texts(body.get("system")) + _texts(body.get("instructions"))
     if api == "openai.responses":
         return texts + _texts(body.get("input"))
+    if api == "bedrock.invoke":  # Meta Llama's and Amazon Titan's bodies hold one prompt
+        texts += _texts(body.get("prompt")) + _texts(body.get("inputText"))
     for message in body.get("messages") or []:
         if isinstance(message, dict):
             texts.extend(_texts(message.get("content")))
@@ -607,11 +658,11 @@ def _usage(request: FakeRequest, reply: Reply) -> Usage:
     """What a reply used, as papayya counts it: input tokens include the cached ones."""
     prompt = reply.input_tokens if reply.input_tokens is not None else count_tokens(request.prompt)
     output = reply.output_tokens if reply.output_tokens is not None else count_tokens(reply.text)
-    if request.api not in ("anthropic.messages", "bedrock.converse"):  # OpenAI: no cache writes
-        return Usage(prompt, output, cache_read_tokens=reply.cached_tokens)
-    # Anthropic and Bedrock report the uncached input apart from the cached: the total is at least that.
-    cached = reply.cached_tokens + reply.cache_write_tokens
-    return Usage(max(prompt, cached), output, reply.cached_tokens, reply.cache_write_tokens)
+    if request.api == "anthropic.messages" or request.api.startswith("bedrock."):
+        # Anthropic and Bedrock report the uncached input apart from the cached: the total is at least that.
+        cached = reply.cached_tokens + reply.cache_write_tokens
+        return Usage(max(prompt, cached), output, reply.cached_tokens, reply.cache_write_tokens)
+    return Usage(prompt, output, cache_read_tokens=reply.cached_tokens)  # OpenAI: no cache writes
 
 
 def _chat_completion(request: FakeRequest, reply: Reply, model: str, usage: Usage) -> dict[str, Any]:
@@ -750,6 +801,103 @@ def _embeddings(request: FakeRequest) -> _Answer:
     )
 
 
+# -- Bedrock InvokeModel and ConverseStream ---------------------------------------------------------
+
+_LLAMA_STOP = {"stop": "stop", "end_turn": "stop", "length": "length", "max_tokens": "length"}
+_TITAN_STOP = {
+    "stop": "FINISH",
+    "end_turn": "FINISH",
+    "length": "LENGTH",
+    "max_tokens": "LENGTH",
+    "content_filter": "CONTENT_FILTERED",
+    "refusal": "CONTENT_FILTERED",
+}
+
+
+# The families whose InvokeModel body the fake answers in its own shape, after a cross-region prefix
+# (``us.``, ``global.``...) or an ARN's path.
+_FAMILY = re.compile(r"(?:[a-z-]+\.)?(anthropic|meta\.llama|amazon\.titan-text)")
+
+
+def _invoke_body(request: FakeRequest, reply: Reply, model: str, usage: Usage) -> dict[str, Any]:
+    """An InvokeModel answer in the model family's own shape (Anthropic Messages, Meta Llama, Amazon
+    Titan text); any other family: ``{"text": ...}``, which papayya does not read."""
+    found = _FAMILY.match(request.model.rsplit("/", 1)[-1])
+    family = found[1] if found else None
+    if family == "anthropic":
+        body = {k: v for k, v in _message(request, reply, model, usage).items() if k != "model"}
+        return body if reply.report_usage else {k: v for k, v in body.items() if k != "usage"}
+    if family == "meta.llama":
+        counts = {"prompt_token_count": usage.input_tokens, "generation_token_count": usage.output_tokens}
+        return {
+            "generation": reply.text,
+            **(counts if reply.report_usage else {}),
+            "stop_reason": _LLAMA_STOP.get(reply.stop, reply.stop),
+        }
+    if family == "amazon.titan-text":
+        result = {
+            "tokenCount": usage.output_tokens,
+            "outputText": reply.text,
+            "completionReason": _TITAN_STOP.get(reply.stop, reply.stop),
+        }
+        if not reply.report_usage:
+            return {"results": [{k: v for k, v in result.items() if k != "tokenCount"}]}
+        return {"inputTextTokenCount": usage.input_tokens, "results": [result]}
+    return {"text": reply.text}
+
+
+_EVENT_STREAM = "application/vnd.amazon.eventstream"
+
+
+def encode_event_message(headers: dict[str, str], payload: bytes) -> bytes:
+    """One message of AWS's binary event stream (``application/vnd.amazon.eventstream``), which
+    botocore only decodes (``botocore.eventstream``).
+
+    The frame: a prelude of the total length and the headers' length (big-endian uint32 each) and the
+    CRC32 of those 8 bytes; the headers, each a 1-byte name length, the name, the value type (7: a
+    string), a 2-byte value length and the value; the payload; and the CRC32 of everything before it.
+    """
+    encoded = b""
+    for name, value in headers.items():
+        key, data = name.encode(), value.encode()
+        encoded += struct.pack(">B", len(key)) + key + struct.pack(">BH", 7, len(data)) + data
+    total = 12 + len(encoded) + len(payload) + 4
+    prelude = struct.pack(">II", total, len(encoded))
+    message = prelude + struct.pack(">I", zlib.crc32(prelude)) + encoded + payload
+    return message + struct.pack(">I", zlib.crc32(message))
+
+
+def encode_event(event_type: str, payload: dict[str, Any]) -> bytes:
+    """An event of a Bedrock stream (``:message-type`` ``event``) with its JSON payload."""
+    headers = {":event-type": event_type, ":content-type": "application/json", ":message-type": "event"}
+    return encode_event_message(headers, json.dumps(payload).encode())
+
+
+def converse_stream_events(answer: dict[str, Any]) -> list[dict[str, Any]]:
+    """The ConverseStream events that add up to a Converse ``answer``, as boto3 yields them."""
+    text = answer["output"]["message"]["content"][0]["text"]
+    events: list[dict[str, Any]] = [{"messageStart": {"role": "assistant"}}]
+    events += [{"contentBlockDelta": {"delta": {"text": p}, "contentBlockIndex": 0}} for p in _pieces(text)]
+    events += [
+        {"contentBlockStop": {"contentBlockIndex": 0}},
+        {"messageStop": {"stopReason": answer["stopReason"]}},
+        {"metadata": {"usage": answer.get("usage", {}), "metrics": answer["metrics"]}},
+    ]
+    return events
+
+
+def _converse_stream_events(answer: dict[str, Any]) -> list[bytes]:
+    return [encode_event(*next(iter(e.items()))) for e in converse_stream_events(answer)]
+
+
+@dataclass(frozen=True)
+class _Binary:
+    """An answer's body as bytes, with its content type."""
+
+    data: bytes
+    content_type: str
+
+
 _BUILDERS: dict[Api, Callable[[FakeRequest, Reply, str, Usage], dict[str, Any]]] = {
     "openai.chat": _chat_completion,
     "openai.responses": _response,
@@ -871,7 +1019,7 @@ _STREAMERS: dict[Api, Callable[[FakeRequest, dict[str, Any]], list[tuple[str | N
 
 def _error(api: Api, fault: Fault) -> tuple[int, dict[str, str], Any]:
     headers = {} if fault.retry_after is None else {"retry-after": f"{fault.retry_after:g}"}
-    if api == "bedrock.converse":  # boto3 reads the error code from the header, the message from the body
+    if api.startswith("bedrock."):  # boto3 reads the error code from the header, the message from the body
         kind = _BEDROCK_ERROR_TYPES.get(fault.status, "InternalServerException")
         return fault.status, {**headers, "x-amzn-errortype": kind}, {"message": fault.message}
     if api == "anthropic.messages":
@@ -904,7 +1052,7 @@ class _Handler(BaseHTTPRequestHandler):
         model = None
         bedrock = _BEDROCK_ROUTE.fullmatch(path)
         if bedrock is not None:
-            api, model = "bedrock.converse", unquote(bedrock["model"])
+            api, model = _BEDROCK_OPS[bedrock["op"]], unquote(bedrock["model"])
         length = int(self.headers.get("content-length") or 0)
         raw = self.rfile.read(length) if length else b""
         if api is None:
@@ -925,10 +1073,14 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(*answer)
 
     def _send(self, status: int, headers: dict[str, str], payload: Any) -> None:
-        streamed = isinstance(payload, _Events)
-        data = payload.encode() if streamed else json.dumps(payload).encode()
+        if isinstance(payload, _Binary):
+            data, kind = payload.data, payload.content_type
+        elif isinstance(payload, _Events):
+            data, kind = payload.encode(), "text/event-stream"
+        else:
+            data, kind = json.dumps(payload).encode(), "application/json"
         self.send_response(status)
-        self.send_header("content-type", "text/event-stream" if streamed else "application/json")
+        self.send_header("content-type", kind)
         self.send_header("content-length", str(len(data)))
         for name, value in headers.items():
             self.send_header(name, value)

@@ -8,6 +8,9 @@ ledger is compared with the bill call for call by order, tokens and cost.
 
 from __future__ import annotations
 
+import gc
+import io
+import json
 import logging
 from collections.abc import Iterator
 from decimal import Decimal
@@ -15,6 +18,8 @@ from typing import Any
 
 import boto3
 import botocore.config
+import botocore.eventstream
+import botocore.response
 import psycopg
 import pytest
 from genai_prices import Usage, calc_price
@@ -22,12 +27,14 @@ from genai_prices import Usage, calc_price
 import papayya
 import papayya_bedrock
 from papayya import Retryable, RunResult, agent, run
-from papayya.errors import StreamingNotSupported
 from papayya.runtime import Runtime
 from papayya.testing import FakeProvider, Reply, count_tokens
 
 MODEL = "amazon.nova-lite-v1:0"  # a model the public catalog prices under "aws"
 CLAUDE = "global.anthropic.claude-haiku-4-5-20251001-v1:0"
+LLAMA = "meta.llama3-1-8b-instruct-v1:0"
+TITAN = "amazon.titan-text-express-v1"
+LONG = "please summarise this rather long document about the quarterly numbers of the company"
 
 
 @pytest.fixture
@@ -52,6 +59,47 @@ def ask(client: Any, text: str, *, model: str = MODEL, max_tokens: int = 256) ->
         inferenceConfig={"maxTokens": max_tokens},
     )
     return response
+
+
+def ask_stream(client: Any, text: str, *, model: str = MODEL, max_tokens: int = 256) -> dict[str, Any]:
+    response: dict[str, Any] = client.converse_stream(
+        modelId=model,
+        messages=[{"role": "user", "content": [{"text": text}]}],
+        inferenceConfig={"maxTokens": max_tokens},
+    )
+    return response
+
+
+def stream_text(response: dict[str, Any]) -> str:
+    return "".join(
+        e["contentBlockDelta"]["delta"]["text"] for e in response["stream"] if "contentBlockDelta" in e
+    )
+
+
+def invoke_body(model: str, text: str, max_tokens: int) -> dict[str, Any]:
+    """An InvokeModel request body in the model family's own shape."""
+    if model == LLAMA:
+        return {"prompt": text, "max_gen_len": max_tokens}
+    if model == TITAN:
+        return {"inputText": text, "textGenerationConfig": {"maxTokenCount": max_tokens}}
+    return {
+        "anthropic_version": "bedrock-2023-05-31",
+        "max_tokens": max_tokens,
+        "messages": [{"role": "user", "content": text}],
+    }
+
+
+def invoke(client: Any, model: str, text: str, *, max_tokens: int = 256) -> dict[str, Any]:
+    response = client.invoke_model(modelId=model, body=json.dumps(invoke_body(model, text, max_tokens)))
+    return {**response, "body": json.loads(response["body"].read())}
+
+
+def invoked_text(body: dict[str, Any]) -> str:
+    if "generation" in body:
+        return str(body["generation"])
+    if "results" in body:
+        return str(body["results"][0]["outputText"])
+    return str(body["content"][0]["text"])
 
 
 def text_of(response: dict[str, Any]) -> str:
@@ -374,61 +422,19 @@ def test_a_validation_error_is_not_retried(rt: Runtime, tenant: str, fake: FakeP
     assert result.llm_calls == 0
 
 
-def test_converse_stream_inside_an_agent_is_refused(
-    rt: Runtime, tenant: str, fake: FakeProvider, client: Any
-) -> None:
-    errors: list[str] = []
-
-    @agent
-    def call(item):
-        try:
-            client.converse_stream(modelId=MODEL, messages=[{"role": "user", "content": [{"text": "hi"}]}])
-        except StreamingNotSupported as exc:
-            errors.append(str(exc))
-            raise
-
-    result = call.map([{"id": "a"}], tenant=tenant)
-
-    assert result.counts["failed"] == 1
-    assert result.top_failures[0]["type"] == "StreamingNotSupported"
-    (message,) = errors
-    assert message.count(". ") == 0
-    assert message.endswith("call client.converse instead.")
-    assert fake.count == 0
-
-
-def test_invoke_model_inside_an_agent_says_once_that_it_is_not_recorded(
-    rt: Runtime, tenant: str, fake: FakeProvider, client: Any, caplog: pytest.LogCaptureFixture
-) -> None:
-    papayya_bedrock._warned.clear()
-
-    # Given an agent calling invoke_model, which papayya does not record (the fake has no such route)
-    @agent
-    def call(item):
-        with pytest.raises(client.exceptions.ClientError):
-            client.invoke_model(modelId=MODEL, body=b"{}")
-        return "ok"
-
-    with caplog.at_level(logging.WARNING, logger="papayya.bedrock"):
-        result = call.map([{"id": "a"}, {"id": "b"}], tenant=tenant, concurrency=1)
-
-    # Then the call went out as boto3's own, and the first one of the process said it is not recorded
-    assert result.counts["succeeded"] == 2
-    assert result.llm_calls == 0
-    (warning,) = [r.getMessage() for r in caplog.records if r.name == "papayya.bedrock"]
-    assert warning.startswith("client.invoke_model inside a papayya agent is not recorded")
-
-
 def test_calls_outside_an_agent_are_untouched(fake: FakeProvider, client: Any) -> None:
     response = ask(client, "hello")
 
     assert text_of(response) == "You said: hello"
     assert response["ResponseMetadata"]["HTTPStatusCode"] == 200
-    assert fake.count == 1
-    # converse_stream outside an attempt is boto3's own request (the fake has no stream route: 404)
-    with pytest.raises(client.exceptions.ClientError) as refused:
-        client.converse_stream(modelId=MODEL, messages=[{"role": "user", "content": [{"text": "hi"}]}])
-    assert refused.value.response["ResponseMetadata"]["HTTPStatusCode"] == 404
+    # converse_stream and invoke_model outside an attempt are boto3's own, as they were
+    streamed = client.converse_stream(modelId=MODEL, messages=[{"role": "user", "content": [{"text": "hi"}]}])
+    assert isinstance(streamed["stream"], botocore.eventstream.EventStream)
+    assert stream_text(streamed) == "You said: hi"
+    invoked = client.invoke_model(modelId=LLAMA, body=json.dumps({"prompt": "hi"}))
+    assert isinstance(invoked["body"], botocore.response.StreamingBody)
+    assert json.loads(invoked["body"].read())["generation"] == "You said: hi"
+    assert fake.count == 3
 
 
 def test_instrumenting_twice_does_not_wrap_twice_and_uninstrument_restores(
@@ -455,3 +461,332 @@ def test_instrument_refuses_another_client() -> None:
     with pytest.raises(TypeError, match="bedrock-runtime"):
         papayya_bedrock.instrument(s3)
     s3.close()
+
+
+# -- converse_stream ------------------------------------------------------------------------------
+
+
+def test_a_streamed_call_is_accounted_as_the_bill_says_and_reads_as_boto3s(
+    rt: Runtime, tenant: str, fake: FakeProvider, client: Any
+) -> None:
+    seen: list[tuple[str, list[str], int]] = []
+
+    @agent
+    def summarize(item):
+        response = ask_stream(client, item.input["text"])
+        events = list(response["stream"])
+        kinds = [next(iter(e)) for e in events]
+        seen.append(
+            (
+                "".join(e["contentBlockDelta"]["delta"]["text"] for e in events if "contentBlockDelta" in e),
+                kinds,
+                response["ResponseMetadata"]["HTTPStatusCode"],
+            )
+        )
+        return {"summary": seen[-1][0]}
+
+    result = summarize.map([{"id": str(i), "text": f"document {i}"} for i in range(3)], tenant=tenant)
+
+    assert result.counts["succeeded"] == 3
+    assert sorted(t for t, _, _ in seen) == [f"You said: document {i}" for i in range(3)]
+    assert (seen[0][1][0], seen[0][1][-2:]) == ("messageStart", ["messageStop", "metadata"])
+    assert {s for _, _, s in seen} == {200}
+    rows = ledger_rows(rt, tenant)
+    assert sorted(rows, key=repr) == sorted(
+        (
+            ("bedrock", e.model, e.input_tokens, e.output_tokens, 0, 0, e.cost_usd, "catalog")
+            for e in fake.bill
+        ),
+        key=repr,
+    )
+    assert [e.api for e in fake.bill] == ["bedrock.converse_stream"] * 3
+    assert result.cost_usd == fake.billed_usd > 0
+
+
+def test_the_budget_gate_pauses_the_item_before_the_stream_opens(
+    rt: Runtime, tenant: str, fake: FakeProvider, client: Any
+) -> None:
+    @agent
+    def call(item):
+        return stream_text(ask_stream(client, LONG))
+
+    result = call.map([{"id": "a"}], tenant=tenant, budget_usd="0.0000001")
+
+    assert result.status == "paused"
+    assert result.paused_reason is not None
+    assert result.paused_reason.startswith("budget:run")
+    assert (fake.count, result.llm_calls) == (0, 0)
+
+
+def test_a_retry_after_a_streamed_call_replays_its_events_and_pays_nothing(
+    rt: Runtime, tenant: str, fake: FakeProvider, client: Any
+) -> None:
+    seen: list[dict[str, Any]] = []
+
+    @agent(retries=1, backoff=0)
+    def enrich(item):
+        response = ask_stream(client, LONG)
+        seen.append({**response, "stream": list(response["stream"])})
+        if run.attempt == 1:
+            raise Retryable("the downstream write timed out")
+        return "ok"
+
+    result = enrich.map([{"id": "a"}], tenant=tenant)
+
+    assert result.counts["succeeded"] == 1
+    assert fake.count == len(fake.bill) == 1
+    assert result.llm_calls == 1
+    paid, replayed = seen
+    assert replayed == paid  # the same events, the same ResponseMetadata
+    assert result.cost_usd == fake.billed_usd
+
+
+def test_a_truncated_stream_degrades_the_item_also_when_replayed_from_the_journal(
+    rt: Runtime, tenant: str, fake: FakeProvider, client: Any
+) -> None:
+    @agent
+    def brief(item):
+        return stream_text(ask_stream(client, LONG, max_tokens=3))
+
+    result = brief.map([{"id": "a"}], tenant=tenant)
+
+    (item,) = result.items()
+    assert item.status == "degraded"
+    assert [(r["code"], r["path"]) for r in item.reasons] == [("llm_stop_reason", "max_tokens")]
+    (call,) = only_item(rt, result)["llm_calls"]
+    assert (call["stop_reason"], call["output_tokens"]) == ("max_tokens", 3)
+    # the journaled events reach the same verdict on a from-journal replay, for nothing
+    again = papayya.replay(item=item.item_id, from_journal=True, agent=brief)
+    (replayed,) = again.items()
+    assert (replayed.status, [r["path"] for r in replayed.reasons]) == ("degraded", ["max_tokens"])
+    assert (fake.count, again.llm_calls) == (1, 0)
+
+
+def test_a_stream_left_midway_is_settled_on_its_reservation_and_asked_again_on_retry(
+    rt: Runtime, tenant: str, fake: FakeProvider, client: Any
+) -> None:
+    # Given an agent that reads the first piece of a streamed answer and stops reading
+    @agent(retries=1, backoff=0)
+    def peek(item):
+        response = ask_stream(client, LONG, max_tokens=50)
+        for event in response["stream"]:
+            if "contentBlockDelta" in event:
+                first = event["contentBlockDelta"]["delta"]["text"]
+                break
+        if run.attempt == 1:
+            raise Retryable("after the peek")
+        return first
+
+    result = peek.map([{"id": "a"}], tenant=tenant)
+
+    # Then each stream left midway has one ledger row, settled on its reservation (Bedrock reports
+    # usage only in its last event) and saying so; nothing was journaled, so the retry asked again
+    assert result.counts["succeeded"] == 1
+    calls = only_item(rt, result)["llm_calls"]
+    assert [c["stop_reason"] for c in calls] == ["abandoned:reservation"] * 2
+    assert all(c["output_tokens"] == 50 and c["cost_usd"] > fake.bill[0].cost_usd for c in calls)
+    assert fake.count == 2
+    assert result.items()[0].cost_usd == sum(c["cost_usd"] for c in calls)
+
+
+def test_a_stream_closed_after_its_stop_is_settled_in_full(
+    rt: Runtime, tenant: str, fake: FakeProvider, client: Any
+) -> None:
+    @agent
+    def read_until_stop(item):
+        response = ask_stream(client, LONG)
+        stream = response["stream"]
+        for event in stream:
+            if "messageStop" in event:
+                stream.close()  # the usage (the metadata event) is left: papayya reads it first
+                break
+        return "ok"
+
+    result = read_until_stop.map([{"id": "a"}], tenant=tenant)
+
+    (call,) = only_item(rt, result)["llm_calls"]
+    (entry,) = fake.bill
+    assert (call["stop_reason"], call["input_tokens"], call["output_tokens"]) == (
+        "end_turn",
+        entry.input_tokens,
+        entry.output_tokens,
+    )
+    assert call["cost_usd"] == entry.cost_usd
+
+
+def test_a_stream_never_read_is_settled_on_its_reservation_when_python_frees_it(
+    rt: Runtime, tenant: str, fake: FakeProvider, client: Any
+) -> None:
+    @agent
+    def forget(item):
+        response = ask_stream(client, LONG, max_tokens=40)
+        del response
+        gc.collect()
+        return "done"
+
+    result = forget.map([{"id": "a"}], tenant=tenant)
+
+    (call,) = only_item(rt, result)["llm_calls"]
+    assert (call["stop_reason"], call["output_tokens"]) == ("abandoned:reservation", 40)
+    assert result.items()[0].cost_usd == call["cost_usd"] > 0
+    assert result.counts["succeeded"] == 1
+
+
+# -- invoke_model ---------------------------------------------------------------------------------
+
+
+def test_invoke_model_is_accounted_per_model_family_as_the_bill_says(
+    rt: Runtime, tenant: str, fake: FakeProvider, client: Any
+) -> None:
+    models = [CLAUDE, LLAMA, TITAN]
+
+    @agent
+    def summarize(item):
+        response = invoke(client, item.input["model"], item.input["text"])
+        return {"summary": invoked_text(response["body"])}
+
+    items = [{"id": str(i), "text": f"document {i}", "model": models[i % 3]} for i in range(6)]
+    result = summarize.map(items, tenant=tenant, concurrency=1)
+
+    assert result.counts == {"succeeded": 6, "degraded": 0, "failed": 0}
+    rows = ledger_rows(rt, tenant)
+    assert len(rows) == len(fake.bill) == 6
+    assert sorted(rows, key=repr) == sorted(
+        (
+            ("bedrock", e.model, e.input_tokens, e.output_tokens, 0, 0, e.cost_usd, "catalog")
+            for e in fake.bill
+        ),
+        key=repr,
+    )
+    assert {r[1] for r in rows} == set(models)
+    assert all(r[6] > 0 for r in rows)
+    assert result.cost_usd == fake.billed_usd
+    assert result.unpriced_calls == 0
+
+
+def test_a_retry_after_invoke_model_gets_a_readable_body_and_pays_nothing(
+    rt: Runtime, tenant: str, fake: FakeProvider, client: Any
+) -> None:
+    seen: list[dict[str, Any]] = []
+
+    @agent(retries=1, backoff=0)
+    def enrich(item):
+        response = client.invoke_model(modelId=LLAMA, body=json.dumps({"prompt": "hello"}).encode())
+        seen.append({**response, "body": response["body"].read()})
+        if run.attempt == 1:
+            raise Retryable("again")
+        return json.loads(seen[-1]["body"])["generation"]
+
+    result = enrich.map([{"id": "a"}], tenant=tenant)
+
+    assert result.counts["succeeded"] == 1
+    assert fake.count == len(fake.bill) == result.llm_calls == 1
+    paid, replayed = seen
+    assert replayed == paid  # the body's bytes, contentType and ResponseMetadata, as boto3 gave them
+    assert json.loads(paid["body"])["generation"] == "You said: hello"
+    assert set(paid) == {"ResponseMetadata", "contentType", "body"}
+    assert only_item(rt, result)["output"] == "You said: hello"
+
+
+@pytest.mark.parametrize(("model", "stop"), [(CLAUDE, "max_tokens"), (LLAMA, "length"), (TITAN, "LENGTH")])
+def test_a_truncated_invoke_model_answer_degrades_the_item_also_from_the_journal(
+    rt: Runtime, tenant: str, fake: FakeProvider, client: Any, model: str, stop: str
+) -> None:
+    @agent
+    def brief(item):
+        return invoked_text(invoke(client, model, LONG, max_tokens=3)["body"])
+
+    result = brief.map([{"id": "a"}], tenant=tenant)
+
+    (item,) = result.items()
+    assert (item.status, [r["path"] for r in item.reasons]) == ("degraded", [stop.lower()])
+    (call,) = only_item(rt, result)["llm_calls"]
+    assert (call["stop_reason"], call["output_tokens"]) == (stop, 3)
+    again = papayya.replay(item=item.item_id, from_journal=True, agent=brief)
+    (replayed,) = again.items()
+    assert (replayed.status, [r["path"] for r in replayed.reasons]) == ("degraded", [stop.lower()])
+    assert fake.count == 1
+
+
+def test_an_invoke_model_body_of_an_unknown_family_is_unpriced_with_its_reason_and_untouched(
+    rt: Runtime, tenant: str, fake: FakeProvider, client: Any
+) -> None:
+    bodies: list[bytes] = []
+
+    @agent
+    def call(item):
+        response = client.invoke_model(modelId="cohere.command-text-v14", body=json.dumps({"prompt": "hi"}))
+        bodies.append(response["body"].read())
+        return "ok"
+
+    result = call.map([{"id": "a"}], tenant=tenant)
+
+    assert result.counts["succeeded"] == 1
+    assert bodies == [b'{"text": "You said: hi"}']  # the body as Bedrock sent it
+    (row,) = only_item(rt, result)["llm_calls"]
+    assert (row["model"], row["cost_usd"], row["price_source"]) == (
+        "cohere.command-text-v14",
+        None,
+        "unknown",
+    )
+    assert row["stop_reason"] == "unpriced:papayya does not read cohere.command-text-v14's body"
+    assert result.unpriced_calls == 1
+
+
+def test_an_invoke_model_body_that_is_not_json_is_unpriced_with_its_reason_and_untouched(
+    rt: Runtime, tenant: str, fake: FakeProvider, client: Any
+) -> None:
+    original = client.invoke_model.__papayya_original__
+
+    def invoke_answering_text(**kwargs: Any) -> dict[str, Any]:
+        response: dict[str, Any] = original(**kwargs)
+        response["body"].read()
+        return {**response, "body": botocore.response.StreamingBody(io.BytesIO(b"\xffnot json"), 9)}
+
+    papayya_bedrock.uninstrument(client)
+    client.invoke_model = invoke_answering_text  # boto3's method, as a model answering bytes would
+    papayya_bedrock.instrument(client)
+    bodies: list[bytes] = []
+
+    @agent(retries=1, backoff=0)
+    def call(item):
+        bodies.append(client.invoke_model(modelId=LLAMA, body=b'{"prompt": "hi"}')["body"].read())
+        if run.attempt == 1:
+            raise Retryable("again")
+        return "ok"
+
+    result = call.map([{"id": "a"}], tenant=tenant)
+
+    assert bodies == [b"\xffnot json"] * 2  # live, then from the journal
+    (row,) = only_item(rt, result)["llm_calls"]
+    assert (row["cost_usd"], row["price_source"], row["stop_reason"]) == (
+        None,
+        "unknown",
+        "unpriced:the body is not a JSON object",
+    )
+    assert fake.count == 1
+
+
+def test_invoke_model_with_response_stream_inside_an_agent_says_once_that_it_is_not_recorded(
+    rt: Runtime, tenant: str, fake: FakeProvider, client: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    papayya_bedrock._warned.clear()
+
+    # Given an agent calling invoke_model_with_response_stream, which papayya does not record (the
+    # fake has no such route)
+    @agent
+    def call(item):
+        with pytest.raises(client.exceptions.ClientError):
+            client.invoke_model_with_response_stream(modelId=MODEL, body=b"{}")
+        return "ok"
+
+    with caplog.at_level(logging.WARNING, logger="papayya.bedrock"):
+        result = call.map([{"id": "a"}, {"id": "b"}], tenant=tenant, concurrency=1)
+
+    # Then the call went out as boto3's own, and the first one of the process said it is not recorded
+    assert result.counts["succeeded"] == 2
+    assert result.llm_calls == 0
+    (warning,) = [r.getMessage() for r in caplog.records if r.name == "papayya.bedrock"]
+    assert warning.startswith(
+        "client.invoke_model_with_response_stream inside a papayya agent is not recorded"
+    )

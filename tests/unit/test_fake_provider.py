@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -17,9 +18,19 @@ from openai.types import CreateEmbeddingResponse
 from openai.types.chat import ChatCompletion
 from openai.types.responses import Response
 
-from papayya.ledger import extract_usage
+from papayya.ledger import STREAM_EVENTS, extract_usage
 from papayya.pricing import price_call
-from papayya.testing import FakeProvider, FakeRequest, Fault, Reply, count_tokens, fake_embedding
+from papayya.testing import (
+    FakeProvider,
+    FakeRequest,
+    Fault,
+    Reply,
+    converse_stream_events,
+    count_tokens,
+    encode_event,
+    encode_event_message,
+    fake_embedding,
+)
 
 HELLO = [{"role": "user", "content": "hello there"}]
 
@@ -611,3 +622,125 @@ def test_a_reply_can_leave_out_its_usage_and_is_billed_all_the_same(fake: FakePr
     assert (usage.reported, stop) == (False, "end_turn")
     assert price_call("bedrock", "amazon.nova-lite-v1:0", usage, {}).cost_usd is None
     assert fake.bill[0].cost_usd is not None
+
+
+def test_the_event_stream_encoder_is_read_back_by_botocores_own_decoder() -> None:
+    from botocore.eventstream import ChecksumMismatch, EventStreamBuffer
+
+    frames = [
+        encode_event("messageStart", {"role": "assistant"}),
+        encode_event_message({":message-type": "event", ":event-type": "é"}, b""),  # empty, not ASCII
+        encode_event("contentBlockDelta", {"delta": {"text": "x" * 70_000}, "contentBlockIndex": 0}),
+    ]
+    buffer = EventStreamBuffer()
+    for frame in frames:  # fed in odd-sized pieces, as a socket delivers them
+        for i in range(0, len(frame), 1_000):
+            buffer.add_data(frame[i : i + 1_000])
+    start, empty, delta = list(buffer)
+
+    assert start.headers == {
+        ":event-type": "messageStart",
+        ":content-type": "application/json",
+        ":message-type": "event",
+    }
+    assert json.loads(start.payload) == {"role": "assistant"}
+    assert (empty.headers[":event-type"], empty.payload) == ("é", b"")
+    assert len(json.loads(delta.payload)["delta"]["text"]) == 70_000
+    # the prelude and message CRCs are checked: a flipped payload byte is refused
+    broken = bytearray(frames[0])
+    broken[-6] ^= 1
+    corrupt = EventStreamBuffer()
+    corrupt.add_data(bytes(broken))
+    with pytest.raises(ChecksumMismatch):
+        next(corrupt)
+
+
+def test_bedrock_converse_stream_is_the_converse_answer_in_events(fake: FakeProvider, bedrock: Any) -> None:
+    fake.stop_with("length", times=None)
+    whole = bedrock.converse(modelId="amazon.nova-lite-v1:0", messages=BEDROCK_HELLO)
+    streamed = bedrock.converse_stream(modelId="amazon.nova-lite-v1:0", messages=BEDROCK_HELLO)
+
+    events = list(streamed["stream"])
+    assert streamed["ResponseMetadata"]["HTTPHeaders"]["content-type"] == "application/vnd.amazon.eventstream"
+    assert events == converse_stream_events(whole)
+    assert [next(iter(e)) for e in events] == [
+        "messageStart",
+        *["contentBlockDelta"] * 3,
+        "contentBlockStop",
+        "messageStop",
+        "metadata",
+    ]
+    assert "".join(e["contentBlockDelta"]["delta"]["text"] for e in events[1:4]) == "You said: hello there"
+    # the ledger folds the events into the Converse answer's usage and stop reason
+    assert extract_usage("bedrock", {STREAM_EVENTS: events}) == extract_usage("bedrock", whole)
+    assert extract_usage("bedrock", whole)[2] == "max_tokens"
+    first, second = fake.bill
+    assert (second.api, second.usage, second.cost_usd) == (
+        "bedrock.converse_stream",
+        first.usage,
+        first.cost_usd,
+    )
+
+
+def test_a_bedrock_stream_fault_is_an_http_error_before_any_event(fake: FakeProvider, bedrock: Any) -> None:
+    fake.fail(429)
+
+    with pytest.raises(bedrock.exceptions.ThrottlingException):
+        bedrock.converse_stream(modelId="amazon.nova-lite-v1:0", messages=BEDROCK_HELLO)
+    assert fake.bill == []
+
+
+@pytest.mark.parametrize(
+    ("model", "body", "answer"),
+    [
+        (
+            "us.anthropic.claude-3-haiku-20240307-v1:0",
+            {"anthropic_version": "bedrock-2023-05-31", "max_tokens": 2, "messages": HELLO},
+            {
+                "id": "msg_fake_1",
+                "type": "message",
+                "role": "assistant",
+                "content": [{"type": "text", "text": "You said"}],
+                "stop_reason": "max_tokens",
+                "stop_sequence": None,
+                "usage": {
+                    "input_tokens": 3,
+                    "output_tokens": 2,
+                    "cache_read_input_tokens": 0,
+                    "cache_creation_input_tokens": 0,
+                },
+            },
+        ),
+        (
+            "meta.llama3-1-8b-instruct-v1:0",
+            {"prompt": "hello there", "max_gen_len": 2},
+            {
+                "generation": "You said",
+                "prompt_token_count": 3,
+                "generation_token_count": 2,
+                "stop_reason": "length",
+            },
+        ),
+        (
+            "amazon.titan-text-express-v1",
+            {"inputText": "hello there", "textGenerationConfig": {"maxTokenCount": 2}},
+            {
+                "inputTextTokenCount": 3,
+                "results": [{"tokenCount": 2, "outputText": "You said", "completionReason": "LENGTH"}],
+            },
+        ),
+        ("cohere.command-text-v14", {"prompt": "hello there"}, {"text": "You said: hello there"}),
+    ],
+)
+def test_bedrock_invoke_model_answers_in_each_model_familys_body(
+    fake: FakeProvider, bedrock: Any, model: str, body: dict[str, Any], answer: dict[str, Any]
+) -> None:
+    response = bedrock.invoke_model(modelId=model, body=json.dumps(body))
+
+    assert json.loads(response["body"].read()) == answer
+    assert response["contentType"] == "application/json"
+    (request,) = fake.requests
+    assert (request.api, request.model, request.prompt) == ("bedrock.invoke", model, "hello there")
+    (entry,) = fake.bill
+    assert (entry.provider, entry.model, entry.input_tokens) == ("bedrock", model, 3)
+    assert entry.output_tokens == (6 if model.startswith("cohere") else 2)
