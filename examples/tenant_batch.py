@@ -10,9 +10,10 @@ two cents are spent while the other tenants finish; ``papayya tenants set acme -
 The LLM here is a SIMULATION (deterministic, seeded, no network) unless ``OPENAI_API_KEY`` is set,
 in which case the same agent calls the real OpenAI API through ``papayya_openai.instrument``.
 
-``--client openai|anthropic|litellm|langchain`` sends the same calls through that real client library
-to papayya's local fake provider (``papayya.testing.FakeProvider``, started here, offline) answering
-as the simulation does, and ends by comparing what the provider billed with what papayya recorded.
+``--client openai|anthropic|litellm|langchain|bedrock`` sends the same calls through that real client
+library (boto3's Converse API for bedrock) to papayya's local fake provider
+(``papayya.testing.FakeProvider``, started here, offline) answering as the simulation does, and ends
+by comparing what the provider billed with what papayya recorded.
 ``--scale 0.1`` runs a tenth of the items. The simulation injects the failures real pipelines hide
 behind "the job succeeded":
 
@@ -162,8 +163,9 @@ def complete(messages: list[dict[str, str]]) -> str:
 _SIMULATED = SimulatedChat()
 _CLIENT: Any = None
 _THROUGH: Callable[[list[dict[str, str]]], str] | None = None
-CLIENTS = ("openai", "anthropic", "litellm", "langchain")
+CLIENTS = ("openai", "anthropic", "litellm", "langchain", "bedrock")
 ANTHROPIC_MODEL = "claude-3-5-haiku-latest"
+BEDROCK_MODEL = "anthropic.claude-3-5-haiku-20241022-v1:0"  # the same model and prices, on Bedrock
 MAX_TOKENS = 300
 
 
@@ -237,6 +239,29 @@ def through(client: str, base_url: str) -> Callable[[list[dict[str, str]]], str]
             model=MODEL, base_url=f"{base_url}/v1", api_key="fake", max_tokens=MAX_TOKENS, max_retries=0
         )
         return lambda messages: str(model.invoke(messages).content)
+    if client == "bedrock":
+        import boto3
+        import botocore.config
+
+        import papayya_bedrock
+
+        bedrock = papayya_bedrock.instrument(
+            boto3.client(
+                "bedrock-runtime",
+                region_name="us-east-1",
+                endpoint_url=base_url,
+                aws_access_key_id="fake",
+                aws_secret_access_key="fake",
+                config=botocore.config.Config(retries={"total_max_attempts": 1}),
+            )
+        )
+        return lambda messages: str(
+            bedrock.converse(
+                modelId=BEDROCK_MODEL,
+                messages=[{"role": m["role"], "content": [{"text": m["content"]}]} for m in messages],
+                inferenceConfig={"maxTokens": MAX_TOKENS},
+            )["output"]["message"]["content"][0]["text"]
+        )
     raise ValueError(f"unknown client {client!r}; choose one of {', '.join(CLIENTS)}")
 
 

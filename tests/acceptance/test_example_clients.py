@@ -1,5 +1,6 @@
 """The tenant batch through each client library papayya instruments (``--client``), at the local fake
-provider: the same outcomes whichever library makes the call, the same cost for the same model, and
+provider: the same outcomes whichever library makes the call, the same cost for the same model (and
+prices: Claude 3.5 Haiku costs the same through Anthropic's API and Bedrock's), and
 what papayya recorded equal to what the provider billed, call for call."""
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ def test_every_client_library_gives_the_same_outcomes_and_the_ledger_matches_the
     database_url: str, tmp_path: Path
 ) -> None:
     seen = {}
-    for client in ("openai", "litellm", "langchain", "anthropic"):
+    for client in ("openai", "litellm", "langchain", "anthropic", "bedrock"):
         cwd = tmp_path / client
         cwd.mkdir()
         out = run_example(database_url, cwd, args=["--client", client, "--scale", "0.1"])
@@ -45,8 +46,10 @@ def test_every_client_library_gives_the_same_outcomes_and_the_ledger_matches_the
         assert (billed, bill_calls) == (recorded, calls)
         assert int(calls) == sum(int(c[0]) for c in counts.values()) == 120  # one call per item
         assert all(int(c[2]) > 0 for c in counts.values())  # the injected problems are there
-    # The same outcomes whatever library makes the call; the same cost for the same model (gpt-4o-mini
-    # through the OpenAI client, LiteLLM and LangChain; Claude through Anthropic's costs more)
+    # The same outcomes whatever library makes the call; the same cost for the same model and prices
+    # (gpt-4o-mini through the OpenAI client, LiteLLM and LangChain; Claude 3.5 Haiku through
+    # Anthropic's client and through boto3's Bedrock Converse, at the same prices; Claude costs more)
     assert seen["openai"][0] == seen["litellm"][0] == seen["langchain"][0] == seen["anthropic"][0]
+    assert seen["anthropic"][0] == seen["bedrock"][0]
     assert seen["openai"][1] == seen["litellm"][1] == seen["langchain"][1]
-    assert seen["anthropic"][1] != seen["openai"][1]
+    assert seen["anthropic"][1] == seen["bedrock"][1] != seen["openai"][1]
