@@ -85,7 +85,7 @@ except ImportError as exc:
 from papayya.context import run
 from papayya.errors import JournalMiss
 from papayya.instrument import _Tap
-from papayya.ledger import STREAM_EVENTS, text_tokens
+from papayya.ledger import STREAM_EVENTS, prompt_tokens, text_tokens
 
 log = logging.getLogger("papayya.bedrock")
 
@@ -307,12 +307,17 @@ def _wrap_invoke(original: Callable[..., Any], provider: str) -> Callable[..., A
         model = model if isinstance(model, str) and model else None
         text = body.decode("utf-8", "replace") if isinstance(body, bytes | bytearray) else body
         request = _json_object(text)
+        family = _family(model or "")
+        if family == "anthropic" and request is not None:  # a Messages body: images count as images
+            prompt: int | None = prompt_tokens(request, model)
+        else:  # the whole body as text: an over-estimate of a prompt it holds
+            prompt = text_tokens(text) + 16 if isinstance(text, str) else None
         llm = run.llm(
             INVOKE_STEP,
             provider=provider,
             model=model,
-            max_tokens=_invoke_cap(_family(model or ""), request),
-            max_input_tokens=text_tokens(text) + 16 if isinstance(text, str) else None,
+            max_tokens=_invoke_cap(family, request),
+            max_input_tokens=prompt,
         )
         return _invoke_response(llm(send, **_encode(kwargs)))
 

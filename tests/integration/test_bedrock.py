@@ -664,6 +664,28 @@ def test_invoke_model_is_accounted_per_model_family_as_the_bill_says(
     assert result.unpriced_calls == 0
 
 
+@pytest.mark.parametrize("model", [CLAUDE, LLAMA, TITAN, "cohere.command-text-v14"])
+def test_the_budget_gate_pauses_the_item_before_invoke_model_is_sent(
+    rt: Runtime, tenant: str, fake: FakeProvider, client: Any, model: str
+) -> None:
+    # Given a tenant paying $1 per output token under a $0.50 budget: no call of 256 tokens fits (nor
+    # one of a family papayya does not read, reserved on PAPAYYA_DEFAULT_MAX_OUTPUT_TOKENS)
+    papayya.tenants.add(tenant)
+    papayya.tenants.set_price(tenant, "bedrock", model, input_mtok="1", output_mtok="1000000")
+    papayya.tenants.set_budget(tenant, "0.50", "total")
+
+    @agent
+    def call(item):
+        return invoked_text(invoke(client, model, "hello")["body"])
+
+    result = call.map([{"id": "a"}], tenant=tenant)
+
+    assert result.status == "paused"
+    assert result.paused_reason is not None
+    assert result.paused_reason.startswith("budget:tenant")
+    assert (fake.count, fake.bill, ledger_rows(rt, tenant)) == (0, [], [])
+
+
 def test_a_retry_after_invoke_model_gets_a_readable_body_and_pays_nothing(
     rt: Runtime, tenant: str, fake: FakeProvider, client: Any
 ) -> None:
