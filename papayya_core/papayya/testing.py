@@ -388,8 +388,8 @@ def default_reply(request: FakeRequest) -> str:
 
 
 class FakeProvider:
-    """A local OpenAI- and Anthropic-compatible HTTP server that counts requests, bills the ones it
-    answers and fails on demand.
+    """A local OpenAI-, Anthropic- and Bedrock-compatible HTTP server that counts requests, bills the
+    ones it answers and fails on demand.
 
     Use it as a context manager, or call ``start()`` and ``stop()``. Safe to use from many threads.
 

@@ -812,3 +812,26 @@ def test_invoke_model_with_response_stream_inside_an_agent_says_once_that_it_is_
     assert warning.startswith(
         "client.invoke_model_with_response_stream inside a papayya agent is not recorded"
     )
+
+
+@pytest.mark.parametrize("method", ["converse_stream", "invoke_model"])
+def test_a_throttled_stream_or_invoke_model_is_retried_and_paid_once(
+    rt: Runtime, tenant: str, fake: FakeProvider, client: Any, method: str
+) -> None:
+    fake.fail(429)
+
+    @agent(retries=2, backoff=0)
+    def call(item):
+        if method == "converse_stream":
+            return stream_text(ask_stream(client, "hello"))
+        return invoked_text(invoke(client, LLAMA, "hello")["body"])
+
+    result = call.map([{"id": "a"}], tenant=tenant)
+
+    assert result.counts["succeeded"] == 1
+    detail = only_item(rt, result)
+    first, _ = detail["attempts_detail"]
+    assert (first["error"]["category"], first["error"]["retryable"]) == ("provider", True)
+    assert [r.status for r in fake.requests] == [429, 200]
+    assert len(detail["llm_calls"]) == len(fake.bill) == 1
+    assert detail["output"] == "You said: hello"

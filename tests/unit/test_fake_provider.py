@@ -1,4 +1,5 @@
-"""The fake provider answers the real openai and anthropic clients, counts requests and fails on demand."""
+"""The fake provider answers the real openai, anthropic and boto3 clients, counts requests and fails on
+demand."""
 
 from __future__ import annotations
 
