@@ -21,6 +21,8 @@ its last delivery, fewer attempts of its item   a fresh message is sent for the 
 than deliveries (others spent its count)        deleted: the dead-letter queue only takes messages
                                                 whose own item used their deliveries
 a duplicate of a done item                      deleted
+a duplicate of an item this consumer already    deleted: the message this consumer holds carries the
+holds (both messages received by it)            item on, whatever becomes of its attempt
 malformed, oversized, forged, no tenant         logged (one sentence) and moved to the DLQ with a
                                                 ``papayya_error`` attribute; nothing is recorded
 =============================================  ===================================================
@@ -56,7 +58,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 from uuid import UUID
 
 from papayya import control, execute, intake
@@ -177,11 +179,30 @@ class _Flight:
     handle: str  # the newest receipt handle: a second delivery of the message replaces it
     ctx: AttemptContext | None = None
     decided_by: str | None = None  # "worker" (the thread that ran it) or "drain" (the shutdown): once
+    outcome: str | None = None  # the stats counter the worker's decision lands in (counted once decided)
 
 
 @dataclass
 class ConsumerStats:
-    """What one ``run()`` did."""
+    """What ``run()`` did. ``received`` counts deliveries (a message delivered again after it was hidden
+    counts again); once ``run()`` returned, each lands in exactly one outcome counter (``OUTCOMES``), so
+    ``received == sum(stats.outcomes().values())``. ``dead_lettered`` is a tally on top: messages moved
+    (or left for SQS to move) to the dead-letter queue, each also counted as ``refused`` or ``failed``."""
+
+    OUTCOMES: ClassVar[tuple[str, ...]] = (
+        "succeeded",
+        "degraded",
+        "failed",
+        "retried",
+        "paused",
+        "duplicates",
+        "refused",
+        "released",
+        "stale",
+        "renewed",
+        "held",
+        "returned",
+    )
 
     received: int = 0
     succeeded: int = 0
@@ -195,11 +216,18 @@ class ConsumerStats:
     released: int = 0
     stale: int = 0
     renewed: int = 0  # messages replaced by a fresh one: their receive count was spent by others
+    held: int = 0  # its item held by another attempt: hidden until that lease could have expired
+    returned: int = 0  # hidden for a later delivery, nothing recorded: store away, agent not served, error
     counts_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def add(self, name: str, n: int = 1) -> None:
         with self.counts_lock:
             setattr(self, name, getattr(self, name) + n)
+
+    def outcomes(self) -> dict[str, int]:
+        """The outcome counters: where each received message went."""
+        with self.counts_lock:
+            return {name: getattr(self, name) for name in self.OUTCOMES}
 
 
 class _Pool:
@@ -289,6 +317,7 @@ class Consumer:
         self.stats = ConsumerStats()
         self._lock = threading.Lock()
         self._flights: dict[str, _Flight] = {}
+        self._holding: dict[UUID, _Flight] = {}  # item -> the flight of this consumer handling it
         self._busy = 0
         self._slots = threading.Condition(self._lock)
         self._outbox: queuelib.Queue[tuple[_Flight, Action] | None] = queuelib.Queue()
@@ -456,6 +485,7 @@ class Consumer:
         except StoreUnavailable as exc:
             log.warning("consumer: the papayya store is away (%s); %d message(s) wait", exc, len(fresh))
             for f in fresh:
+                f.outcome = "returned"
                 self._finish(f, Hide(self._store_backoff(f.msg)))
             return
         for f, p in zip(fresh, parsed, strict=True):
@@ -488,9 +518,11 @@ class Consumer:
             log.warning(
                 "message %s: the papayya store is away (%s); it comes back", flight.msg.message_id, exc
             )
+            flight.outcome = "returned"
             action = Hide(self._store_backoff(flight.msg))
         except Exception:
             log.exception("message %s: papayya could not handle it; it comes back", flight.msg.message_id)
+            flight.outcome = "returned"
             action = Hide(min(MAX_VISIBILITY, 30 * flight.msg.receive_count))
         self._finish(flight, action)
 
@@ -505,7 +537,11 @@ class Consumer:
         with self._slots:
             self._busy -= 1
             self._slots.notify_all()
-        if self._decide(flight, "worker"):  # else the shutdown gave it back already
+        if self._decide(flight, "worker"):  # else the shutdown gave it back already (and counted it)
+            if not isinstance(action, Renew):  # (counted once its fresh message is sent, or not)
+                if flight.outcome is None:
+                    log.warning("message %s: no outcome recorded for %s", flight.msg.message_id, action)
+                self.stats.add(flight.outcome or "returned")
             self._post(flight, action)
 
     def _post(self, flight: _Flight, action: Action) -> None:
@@ -520,16 +556,18 @@ class Consumer:
         assert rt is not None
         msg = flight.msg
         if self._stopping.is_set():
+            flight.outcome = "released"
             return Hide(0)  # stopping: not started, given back at once
         if parsed.problem is not None:
-            return self._refuse(f"refused {parsed.problem}")
+            return self._refuse(flight, f"refused {parsed.problem}")
         assert parsed.tenant_id is not None
         if parsed.ref is not None:
             ref = parsed.ref
             if row is None:
                 return self._refuse(
+                    flight,
                     f"refused message {msg.message_id}: tenant {ref.tenant_id!r} has no item {ref.item_id} "
-                    f"in run {ref.run_id} (a forged or mistaken attribute); nothing ran"
+                    f"in run {ref.run_id} (a forged or mistaken attribute); nothing ran",
                 )
             agent = self.agents.get(row["agent_name"])
             if agent is None and self.any_agent:
@@ -541,6 +579,7 @@ class Consumer:
                         msg.message_id,
                         exc,
                     )
+                    flight.outcome = "returned"
                     return Hide(min(MAX_VISIBILITY, 30 * msg.receive_count))
             if agent is None:
                 log.error(
@@ -551,12 +590,13 @@ class Consumer:
                     row["agent_name"],
                     ", ".join(self.agents),
                 )
+                flight.outcome = "returned"
                 return Hide(min(MAX_VISIBILITY, 5 * msg.receive_count))
             ref = ItemRef(ref.item_id, row["key"], ref.run_id, ref.tenant_id)
         else:
             found = self._agent_named(parsed.agent)
             if isinstance(found, str):
-                return self._refuse(f"refused message {msg.message_id}: {found}")
+                return self._refuse(flight, f"refused message {msg.message_id}: {found}")
             agent = found
             assert parsed.key is not None
             assert parsed.input is not None
@@ -565,10 +605,36 @@ class Consumer:
                     rt, agent, tenant_id=parsed.tenant_id, key=parsed.key, input=parsed.input, backend=BACKEND
                 )
             except (InputError, TenantError) as exc:
-                return self._refuse(f"refused message {msg.message_id}: {exc}")
+                return self._refuse(flight, f"refused message {msg.message_id}: {exc}")
             if msg.receive_count > 1:  # delivered before: its item may have lost a consumer already
                 key = {"item_id": ref.item_id, "tenant_id": ref.tenant_id}
                 row = rt.store.fetch_one("sqs_item_state", key)
+        with self._lock:
+            holder = self._holding.setdefault(ref.item_id, flight)
+        if holder is not flight:
+            # Another message of this item is in this consumer (a re-sent message, a FIFO retry, a
+            # redelivery after a send's retry): that one carries the item, whatever becomes of its
+            # attempt; this copy needs no look at the store, nor a redelivery to be accounted for.
+            log.info(
+                "item %s: message %s is a duplicate of message %s this consumer holds; deleted",
+                ref.key,
+                msg.message_id,
+                holder.msg.message_id,
+            )
+            flight.outcome = "duplicates"
+            return Delete()
+        try:
+            return self._hold(flight, rt, agent, ref, row)
+        finally:
+            with self._lock:
+                if self._holding.get(ref.item_id) is flight:
+                    del self._holding[ref.item_id]
+
+    def _hold(
+        self, flight: _Flight, rt: Runtime, agent: Agent, ref: ItemRef, row: dict[str, Any] | None
+    ) -> Action:
+        """Run ``ref``'s attempt for ``flight``, the one message of the item this consumer handles now."""
+        msg = flight.msg
         if row is None or row["status"] not in OPEN:
             return self._run(flight, rt, agent, ref)  # done or paused: refused at once, nothing runs
         # It lost a consumer before (or its last one died and the reaper has not noticed yet)
@@ -580,7 +646,7 @@ class Consumer:
                     "deleted (the holder finishes the item, or the reaper sends it again)",
                     ref.key,
                 )
-                self.stats.add("duplicates")
+                flight.outcome = "duplicates"
                 return Delete()
             spent = msg.receive_count - 1 - int(row["attempts"])
             if spent > 0 or self._gate.would_wait(suspect):
@@ -595,6 +661,7 @@ class Consumer:
                 )
                 return Renew(ref)
         if not self._gate.enter(suspect, self._stopping):
+            flight.outcome = "released"
             return Hide(0)  # stopping while it waited its turn: not started, given back at once
         try:
             return self._run(flight, rt, agent, ref)
@@ -602,11 +669,10 @@ class Consumer:
             self._gate.leave(suspect)
 
     def _run(self, flight: _Flight, rt: Runtime, agent: Agent, ref: ItemRef) -> Action:
-        msg = flight.msg
         overrides, period = rt.control.terms(ref.tenant_id)
         ctx = execute.begin(rt, agent, ref, backend=BACKEND, price_overrides=overrides, budget_period=period)
         if ctx is None:
-            return self._refused(rt, ref, msg)
+            return self._refused(rt, flight, ref)
         flight.ctx = ctx
         if flight.decided_by == "drain":  # the shutdown gave the message back while this claimed it
             execute.release(ctx)
@@ -619,12 +685,12 @@ class Consumer:
         except BaseException:  # SystemExit raised by the agent, or its event loop was cancelled
             if self._decide(flight, "worker"):
                 execute.release(ctx)
-                self.stats.add("released")
+                flight.outcome = "released"
             return Hide(0)
         if not self._decide(flight, "worker"):  # the shutdown gave the message back meanwhile
             execute.release(ctx)  # (a no-op when the shutdown released this attempt already)
             return Leave()
-        return self._conclude(rt, ctx, msg, output, error)
+        return self._conclude(flight, ctx, output, error)
 
     def _agent_of_run(self, ref: ItemRef) -> Agent:
         """The agent ``ref``'s run was started with (a consumer serving any agent); one store read per run
@@ -659,9 +725,10 @@ class Consumer:
             f"send it with a {M.AGENT} attribute"
         )
 
-    def _refuse(self, reason: str) -> Action:
+    @staticmethod
+    def _refuse(flight: _Flight, reason: str) -> Action:
         log.error("%s", reason)
-        self.stats.add("refused")
+        flight.outcome = "refused"
         return DeadLetter(reason)
 
     def _last_delivery(self, msg: M.Received) -> bool:
@@ -670,10 +737,12 @@ class Consumer:
         return limit is not None and msg.receive_count >= limit
 
     def _conclude(
-        self, rt: Runtime, ctx: AttemptContext, msg: M.Received, output: Any, error: BaseException | None
+        self, flight: _Flight, ctx: AttemptContext, output: Any, error: BaseException | None
     ) -> Action:
+        msg = flight.msg
         judged = execute.judge(ctx, output=output, error=error)
-        if judged is None:
+        if judged is None:  # its lease was lost meanwhile: the result is void, someone else holds the item
+            flight.outcome = "stale"
             return Hide(0)
         dead = judged.finish.retry_in is not None and self._last_delivery(msg)
         if dead:
@@ -690,10 +759,10 @@ class Consumer:
             assert judged is not None
         (result,) = execute.settle([judged])
         if result.discarded:
-            self.stats.add("stale")
+            flight.outcome = "stale"
             return Leave()
         if dead:
-            self.stats.add("failed")
+            flight.outcome = "failed"
             self.stats.add("dead_lettered")
             log.error(
                 "item %s failed as dead-lettered: its message was received %d times (maxReceiveCount)",
@@ -702,21 +771,22 @@ class Consumer:
             )
             return Hide(0)  # visible again: the next receive moves it to the dead-letter queue
         if result.retry_in is not None:
-            self.stats.add("retried")
+            flight.outcome = "retried"
             return Hide(math.ceil(result.retry_in))
         status = result.status
         if status in (ItemStatus.SUCCEEDED, ItemStatus.DEGRADED, ItemStatus.FAILED, ItemStatus.PAUSED):
-            self.stats.add(str(status))
+            flight.outcome = str(status)
             return Delete()
-        if result.terminal:
-            return Delete()
+        flight.outcome = "returned"  # (judge gives no other status: a guard)
         return Hide(0)
 
-    def _refused(self, rt: Runtime, ref: ItemRef, msg: M.Received) -> Action:
+    def _refused(self, rt: Runtime, flight: _Flight, ref: ItemRef) -> Action:
+        msg = flight.msg
         why = execute.refusal(rt, ref)
         if why == "unknown":
             return self._refuse(
-                f"refused message {msg.message_id}: tenant {ref.tenant_id!r} has no item {ref.item_id}"
+                flight,
+                f"refused message {msg.message_id}: tenant {ref.tenant_id!r} has no item {ref.item_id}",
             )
         if why == "running":
             # Another attempt holds a live lease: a duplicate delivery, or the redelivery of a message
@@ -724,11 +794,12 @@ class Consumer:
             row = rt.store.fetch_one("sqs_lease_left", {"item_id": ref.item_id, "tenant_id": ref.tenant_id})
             wait = math.ceil((float(row["seconds"]) if row else 0.0) + 0.5)
             if self._last_delivery(msg):  # not dead-lettered: the holder finishes it, or the reaper
-                self.stats.add("duplicates")
+                flight.outcome = "duplicates"
                 return Delete()
             log.info("item %s is held by another attempt; this delivery looks again in %ds", ref.key, wait)
+            flight.outcome = "held"
             return Hide(wait)
-        self.stats.add("paused" if why == "paused" else "duplicates")
+        flight.outcome = "paused" if why == "paused" else "duplicates"
         if why == "paused":
             log.info("item %s: its run %s is paused; parked until `papayya resume`", ref.key, ref.run_id)
         else:
@@ -768,6 +839,7 @@ class Consumer:
                     exc,
                     ", ".join(ref.key for _, ref in renew[:10]),
                 )
+                self.stats.add("returned", len(renew))
                 batch += [(f, Hide(0)) for f, _ in renew]
             else:
                 self.stats.add("renewed", len(renew))
@@ -870,10 +942,10 @@ class Consumer:
         for f in left:
             if not self._decide(f, "drain"):
                 continue
+            self.stats.add("released")  # (the worker's own decision, if it comes, is not counted)
             if f.ctx is not None:
                 try:
                     execute.release(f.ctx)
-                    self.stats.add("released")
                 except Exception:
                     log.exception("item %s: could not release it; the reaper recovers it", f.ctx.item.id)
             self._post(f, Hide(0))
