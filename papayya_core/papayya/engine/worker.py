@@ -31,6 +31,7 @@ from papayya.execute import Concluded, ItemRef, Judged
 from papayya.models import ItemStatus
 from papayya.progress import Progress
 from papayya.reaper import sweep
+from papayya.store import recordset
 
 if TYPE_CHECKING:
     from papayya.agent import Agent
@@ -632,11 +633,18 @@ def begin_attempts(rt: Runtime, ctxs: Sequence[AttemptContext], *, backend: str 
     rows = rt.store.fetch_all(
         "attempts_begin",
         {
-            "item_ids": [c.item_id for c in ctxs],
-            "tenant_ids": [c.tenant_id for c in ctxs],
-            "tokens": [c.lease_token for c in ctxs],
-            "attempt_ids": [c.attempt_id for c in ctxs],
-            "numbers": [c.attempt for c in ctxs],
+            "begins": recordset(
+                [
+                    {
+                        "item_id": str(c.item_id),
+                        "tenant_id": c.tenant_id,
+                        "token": c.lease_token,
+                        "attempt_id": str(c.attempt_id),
+                        "number": c.attempt,
+                    }
+                    for c in ctxs
+                ]
+            ),
             "backend": backend,
             "worker": rt.worker_id,
         },

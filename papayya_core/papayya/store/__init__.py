@@ -35,6 +35,14 @@ def _json(value: Any) -> Jsonb | None:
     return None if value is None else Jsonb(value)
 
 
+def recordset(rows: Sequence[dict[str, Any]]) -> Jsonb:
+    """Many rows as one jsonb parameter, which a statement reads with ``jsonb_to_recordset`` (ids as
+    text, cast back by the column list there). One JSON dump of the batch costs about a third of the
+    CPU that one array per column does (psycopg dumps each array element on its own), and the server
+    parses it faster too: the engine's begin and finish statements carry every item of a batch."""
+    return Jsonb(rows)
+
+
 class AttemptClaim:
     """What ``begin_attempt`` hands back: the attempt number, fencing token, input and journal."""
 
@@ -615,19 +623,26 @@ class Store:
         if not finishes:
             return set()
         params = {
-            "item_ids": [f.item_id for f in finishes],
-            "tenant_ids": [f.tenant_id for f in finishes],
-            "attempt_ids": [f.attempt_id for f in finishes],
-            "tokens": [f.lease_token for f in finishes],
-            "item_statuses": [f.item_status for f in finishes],
-            "attempt_statuses": [f.attempt_status for f in finishes],
-            "terminals": [f.terminal for f in finishes],
-            "reasons": [Jsonb(f.reasons) for f in finishes],
-            "outputs": [_json(f.output) for f in finishes],
-            "errors": [_json(f.error) for f in finishes],
-            "fingerprints": [f.fingerprint for f in finishes],
-            "labels": [f.cluster_label for f in finishes],
-            "delays": [f.retry_in for f in finishes],
+            "finishes": recordset(
+                [
+                    {
+                        "item_id": str(f.item_id),
+                        "tenant_id": f.tenant_id,
+                        "attempt_id": str(f.attempt_id),
+                        "token": f.lease_token,
+                        "item_status": f.item_status,
+                        "attempt_status": f.attempt_status,
+                        "terminal": f.terminal,
+                        "reasons": f.reasons,
+                        "output": f.output,
+                        "error": f.error,
+                        "fingerprint": f.fingerprint,
+                        "label": f.cluster_label,
+                        "delay": f.retry_in,
+                    }
+                    for f in finishes
+                ]
+            )
         }
         run_ids = sorted({f.run_id for f in finishes if f.run_id is not None and f.terminal}, key=str)
         with self._connection() as conn, conn.transaction():

@@ -90,9 +90,8 @@ FROM claimed c JOIN active a USING (run_id);
 -- attempt ends (attempts_finish, items_reap, run_resume), and claims number attempts from both.
 WITH u AS MATERIALIZED (
     SELECT *
-    FROM unnest(%(item_ids)s::uuid[], %(tenant_ids)s::text[], %(tokens)s::bigint[], %(attempt_ids)s::uuid[],
-                %(numbers)s::integer[])
-         AS u(item_id, tenant_id, token, attempt_id, number)
+    FROM jsonb_to_recordset(%(begins)s::jsonb)
+         AS u(item_id uuid, tenant_id text, token bigint, attempt_id uuid, number integer)
 ), locked AS (
     -- in item id order, as every statement that changes many items does: no deadlocks
     SELECT i.item_id, i.run_id, i.tenant_id, i.lease_token FROM papayya.items i JOIN u USING (item_id)
@@ -110,15 +109,13 @@ RETURNING item_id;
 -- kept by the ledger writes), and the attempt itself with its cost rolled up from the ledger, fenced
 -- by the lease token: an item whose
 -- token moved on (the reaper gave it to someone else) is left alone, and is not among the rows
--- returned. A retried item waits %(delays)s seconds before any worker may claim it again.
+-- returned. A retried item waits its delay (seconds) before any worker may claim it again.
 WITH u AS MATERIALIZED (
     SELECT *
-    FROM unnest(%(item_ids)s::uuid[], %(tenant_ids)s::text[], %(attempt_ids)s::uuid[], %(tokens)s::bigint[],
-                %(item_statuses)s::text[], %(attempt_statuses)s::text[], %(terminals)s::boolean[],
-                %(reasons)s::jsonb[], %(outputs)s::jsonb[], %(errors)s::jsonb[], %(fingerprints)s::text[],
-                %(labels)s::text[], %(delays)s::float8[])
-         AS u(item_id, tenant_id, attempt_id, token, item_status, attempt_status, terminal, reasons, output,
-              error, fingerprint, label, delay)
+    FROM jsonb_to_recordset(%(finishes)s::jsonb)
+         AS u(item_id uuid, tenant_id text, attempt_id uuid, token bigint, item_status text,
+              attempt_status text, terminal boolean, reasons jsonb, output jsonb, error jsonb,
+              fingerprint text, label text, delay float8)
 ), cost AS MATERIALIZED (
     SELECT u.item_id,
            coalesce(sum(c.cost_usd) FILTER (WHERE c.attempt_id = u.attempt_id), 0) AS attempt_usd,
