@@ -31,7 +31,9 @@ def summarise(item: papayya.Item) -> dict[str, Any]:
 def _stored(rt: Runtime, run_id: Any) -> dict[str, Any]:
     with psycopg.connect(rt.store.url) as conn:
         item = conn.execute(
-            "SELECT item_id, input, output FROM papayya.items WHERE run_id = %s", (run_id,)
+            "SELECT i.item_id, n.input, i.output FROM papayya.items i "
+            "JOIN papayya.item_inputs n USING (item_id, tenant_id) WHERE i.run_id = %s",
+            (run_id,),
         ).fetchone()
         assert item is not None
         step = conn.execute("SELECT result FROM papayya.steps WHERE item_id = %s", (item[0],)).fetchone()

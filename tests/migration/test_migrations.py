@@ -154,6 +154,7 @@ EXPECTED_TABLES = {
         "updated_at",
     },
     "rate_closures": {"provider", "model", "closed_until", "updated_at"},
+    "item_inputs": {"item_id", "tenant_id", "input"},
     "tenant_secrets": {"tenant_id", "name", "key_id", "nonce", "ciphertext", "created_at", "updated_at"},
     "run_item_counts": {"run_id", "tenant_id", "shard", "status", "n"},
     "tenant_roles": {"role_name", "tenant_id", "created_at"},
@@ -271,3 +272,66 @@ def test_a_missing_database_says_to_create_it(database_url: str) -> None:
     url = psycopg.conninfo.make_conninfo(**{k: v for k, v in info.items() if v is not None})
     with pytest.raises(StoreUnavailable, match="does not exist\\); create it or fix PAPAYYA_DATABASE_URL"):
         Store(url)
+
+
+def test_items_recorded_before_their_inputs_moved_apart_are_still_read_claimed_and_replayed(
+    empty_db: str,
+) -> None:
+    from papayya.store import Store
+
+    # Given a store at schema 12 holding a queued item whose input is inline, as 0001-0012 kept it
+    with psycopg.connect(empty_db, autocommit=True) as conn:
+        conn.execute(migrate._BOOTSTRAP)
+        for m in migrate.available():
+            if m.version > 12:
+                break
+            conn.execute(m.sql.encode())
+            conn.execute(
+                "INSERT INTO papayya.schema_version (version, name, checksum) VALUES (%s, %s, %s)",
+                (m.version, m.name, m.checksum),
+            )
+        run_id, item_id = uuid.uuid4(), uuid.uuid4()
+        conn.execute("INSERT INTO papayya.tenants (tenant_id) VALUES ('acme')")
+        conn.execute(
+            "INSERT INTO papayya.runs (run_id, tenant_id, agent_name, backend, total_items, status) "
+            "VALUES (%s, 'acme', 'old.agent', 'native', 1, 'running')",
+            (run_id,),
+        )
+        conn.execute(
+            "INSERT INTO papayya.items (item_id, run_id, tenant_id, key, input) "
+            "VALUES (%s, %s, 'acme', 'k1', '{\"text\": \"kept inline\"}')",
+            (item_id, run_id),
+        )
+    # When this papayya migrates it (13: inputs apart, nothing moved)
+    store = Store(empty_db, pool_size=2)
+    try:
+        with psycopg.connect(empty_db) as conn:
+            assert migrate.current_version(conn) == migrate.available()[-1].version
+            assert conn.execute("SELECT count(*) FROM papayya.item_inputs").fetchone() == (0,)
+        # Then the item shows its input, a worker's claim carries it, and a replay copies it
+        assert store.item_detail(item_id)["input"] == {"text": "kept inline"}
+        (claimed,) = store.items_claim(
+            agents=["old.agent"], run_ids=None, limit=4, worker="w", lease_seconds=30
+        )
+        assert (claimed["item_id"], claimed["input"]) == (item_id, {"text": "kept inline"})
+        with psycopg.connect(empty_db, autocommit=True) as conn:
+            conn.execute(
+                "UPDATE papayya.items SET status = 'failed', lease_token = NULL WHERE item_id = %s",
+                (item_id,),
+            )
+        new_run = uuid.uuid4()
+        store.fetch_all(
+            "replay_create",
+            {
+                "run_id": new_run, "source_run_id": run_id, "tenant_id": "acme", "name": None,
+                "backend": None, "item_ids": None, "keys": None, "status": "failed",
+                "not_succeeded": False, "fingerprint": None, "from_journal": False, "slice": None,
+            },
+        )  # fmt: skip
+        (replayed,) = store.items_claim(
+            agents=["old.agent"], run_ids=[new_run], limit=4, worker="w", lease_seconds=30
+        )
+        assert replayed["input"] == {"text": "kept inline"}
+        assert store.item_detail(replayed["item_id"])["input"] == {"text": "kept inline"}
+    finally:
+        store.close()

@@ -67,7 +67,9 @@ WITH active AS MATERIALIZED (
                   + 1 AS attempts,
               i.stalls, i.lease_token, i.input, i.replayed_from
 )
-SELECT c.item_id, c.key, c.run_id, c.tenant_id, c.attempts, c.stalls, c.lease_token, c.input, c.replayed_from,
+SELECT c.item_id, c.key, c.run_id, c.tenant_id, c.attempts, c.stalls, c.lease_token, c.replayed_from,
+       -- inline for items recorded before schema 13, else written once apart (0013_item_inputs)
+       coalesce(c.input, (SELECT n.input FROM papayya.item_inputs n WHERE n.item_id = c.item_id AND n.tenant_id = c.tenant_id)) AS input,
        gen_random_uuid() AS attempt_id, a.agent_name, a.from_journal, a.gen AS run_gen,
        CASE WHEN c.attempts = 1 AND NOT a.from_journal THEN '{}'::jsonb ELSE
            (SELECT coalesce(jsonb_object_agg(s.step_key,

@@ -43,13 +43,17 @@ WITH ids AS (
                         AND i.status IN ('queued', 'running', 'paused', 'stalled'))
     RETURNING r.run_id
 ), item AS (
-    INSERT INTO papayya.items (item_id, run_id, tenant_id, key, input, max_attempts, status, finished_at)
-    SELECT %(item_id)s, run.run_id, %(tenant_id)s, %(key)s, %(input)s::jsonb, %(max_attempts)s,
+    INSERT INTO papayya.items (item_id, run_id, tenant_id, key, max_attempts, status, finished_at)
+    SELECT %(item_id)s, run.run_id, %(tenant_id)s, %(key)s, %(max_attempts)s,
            CASE WHEN run.status = 'cancelled' THEN 'cancelled' ELSE 'queued' END,
            CASE WHEN run.status = 'cancelled' THEN now() END
     FROM run
     ON CONFLICT (run_id, key) DO NOTHING
     RETURNING item_id, run_id, key
+), item_input AS (
+    -- the input apart, written once (0013_item_inputs); only for an item this message recorded
+    INSERT INTO papayya.item_inputs (item_id, tenant_id, input)
+    SELECT item_id, %(tenant_id)s, %(input)s::jsonb FROM item
 )
 SELECT item_id, run_id, key, false AS adopted FROM known
 UNION ALL

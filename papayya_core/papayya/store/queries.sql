@@ -80,7 +80,8 @@ WITH claimed AS (
     FROM claimed
     RETURNING attempt_id
 )
-SELECT c.attempts, c.lease_token, c.input, c.replayed_from,
+SELECT c.attempts, c.lease_token, c.replayed_from,
+       coalesce(c.input, (SELECT n.input FROM papayya.item_inputs n WHERE n.item_id = c.item_id AND n.tenant_id = c.tenant_id)) AS input,
        (SELECT coalesce(jsonb_object_agg(s.step_key,
                                          jsonb_build_object('result', s.result, 'hash', s.request_hash)),
                        '{}'::jsonb)
@@ -250,10 +251,11 @@ ORDER BY key
 LIMIT %(limit)s;
 
 -- name: item_get
-SELECT item_id, run_id, tenant_id, key, input, status, attempts, max_attempts, reasons, output, error,
-       fingerprint, cost_usd, cost_unknown, replayed_from, created_at, updated_at, finished_at
-FROM papayya.items
-WHERE item_id = %(item_id)s AND (%(tenant_id)s::text IS NULL OR tenant_id = %(tenant_id)s);
+SELECT i.item_id, i.run_id, i.tenant_id, i.key, coalesce(i.input, (SELECT n.input FROM papayya.item_inputs n WHERE n.item_id = i.item_id AND n.tenant_id = i.tenant_id)) AS input,
+       i.status, i.attempts, i.max_attempts, i.reasons, i.output, i.error, i.fingerprint, i.cost_usd,
+       i.cost_unknown, i.replayed_from, i.created_at, i.updated_at, i.finished_at
+FROM papayya.items i
+WHERE i.item_id = %(item_id)s AND (%(tenant_id)s::text IS NULL OR i.tenant_id = %(tenant_id)s);
 
 -- name: item_attempts
 SELECT attempt_id, number, backend, worker, status, reasons, output, error, fingerprint, cost_usd,
@@ -704,8 +706,8 @@ WHERE run_id = ANY(%(run_ids)s::uuid[]);
 -- name: replay_create
 -- A new run holding exactly the chosen items of the source run, from their recorded input snapshots,
 -- each linked to the item it replays. Nothing of the source run changes.
-WITH source AS (
-    SELECT i.item_id, i.key, i.input
+WITH source AS MATERIALIZED (
+    SELECT i.item_id, gen_random_uuid() AS new_id, i.key, coalesce(i.input, (SELECT n.input FROM papayya.item_inputs n WHERE n.item_id = i.item_id AND n.tenant_id = i.tenant_id)) AS input
     FROM papayya.items i
     WHERE i.run_id = %(source_run_id)s AND i.tenant_id = %(tenant_id)s
       AND (%(item_ids)s::uuid[] IS NULL OR i.item_id = ANY(%(item_ids)s::uuid[]))
@@ -723,11 +725,14 @@ WITH source AS (
     WHERE r.run_id = %(source_run_id)s AND r.tenant_id = %(tenant_id)s AND EXISTS (SELECT 1 FROM source)
     RETURNING run_id
 ), created AS (
-    INSERT INTO papayya.items (item_id, run_id, tenant_id, key, input, max_attempts, replayed_from)
-    SELECT gen_random_uuid(), run.run_id, %(tenant_id)s, s.key, s.input,
+    INSERT INTO papayya.items (item_id, run_id, tenant_id, key, max_attempts, replayed_from)
+    SELECT s.new_id, run.run_id, %(tenant_id)s, s.key,
            (SELECT max_attempts FROM papayya.items o WHERE o.item_id = s.item_id), s.item_id
     FROM source s, run
     RETURNING item_id
+), inputs AS (
+    INSERT INTO papayya.item_inputs (item_id, tenant_id, input)
+    SELECT s.new_id, %(tenant_id)s, s.input FROM source s JOIN created c ON c.item_id = s.new_id
 )
 SELECT (SELECT count(*) FROM run) AS runs, (SELECT count(*) FROM created) AS items;
 
@@ -875,8 +880,9 @@ ORDER BY i.key;
 -- A new run holding exactly the given items of a tenant (from any of its runs), from their recorded
 -- input snapshots, each linked to the item it replays; its options, agent and code are those of
 -- %(source_run_id)s (the newest run they come from). Nothing of the source runs changes.
-WITH source AS (
-    SELECT i.item_id, i.key, i.input, i.max_attempts
+WITH source AS MATERIALIZED (
+    SELECT i.item_id, gen_random_uuid() AS new_id, i.key, coalesce(i.input, (SELECT n.input FROM papayya.item_inputs n WHERE n.item_id = i.item_id AND n.tenant_id = i.tenant_id)) AS input,
+           i.max_attempts
     FROM papayya.items i
     WHERE i.tenant_id = %(tenant_id)s AND i.item_id = ANY(%(item_ids)s::uuid[])
 ), run AS (
@@ -889,10 +895,13 @@ WITH source AS (
     WHERE r.run_id = %(source_run_id)s AND r.tenant_id = %(tenant_id)s AND EXISTS (SELECT 1 FROM source)
     RETURNING run_id
 ), created AS (
-    INSERT INTO papayya.items (item_id, run_id, tenant_id, key, input, max_attempts, replayed_from)
-    SELECT gen_random_uuid(), run.run_id, %(tenant_id)s, s.key, s.input, s.max_attempts, s.item_id
+    INSERT INTO papayya.items (item_id, run_id, tenant_id, key, max_attempts, replayed_from)
+    SELECT s.new_id, run.run_id, %(tenant_id)s, s.key, s.max_attempts, s.item_id
     FROM source s, run
     RETURNING item_id
+), inputs AS (
+    INSERT INTO papayya.item_inputs (item_id, tenant_id, input)
+    SELECT s.new_id, %(tenant_id)s, s.input FROM source s JOIN created c ON c.item_id = s.new_id
 )
 SELECT (SELECT count(*) FROM run) AS runs, (SELECT count(*) FROM created) AS items;
 
