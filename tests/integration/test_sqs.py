@@ -162,7 +162,10 @@ def sqs_backend(sqs: Any, monkeypatch: pytest.MonkeyPatch) -> Callable[..., Runt
 def items_of(rt: Runtime, tenant: str) -> list[dict[str, Any]]:
     with rt.store._pool.connection() as conn:
         return conn.execute(
-            "SELECT i.*, r.options AS run_options, r.backend AS run_backend, r.status AS run_status "
+            # the input as papayya reads it (kept apart since schema 13); named last, so it wins
+            "SELECT i.*, r.options AS run_options, r.backend AS run_backend, r.status AS run_status, "
+            "coalesce(i.input, (SELECT n.input FROM papayya.item_inputs n "
+            "WHERE n.item_id = i.item_id AND n.tenant_id = i.tenant_id)) AS input "
             "FROM papayya.items i JOIN papayya.runs r USING (run_id) WHERE i.tenant_id = %s ORDER BY i.key",
             (tenant,),
         ).fetchall()

@@ -61,10 +61,11 @@ APP = textwrap.dedent(
 
 
 # An item that kills its consumer (a native crash, an out-of-memory kill) and its batch-mates, which call
-# their LLM and take a while: they are in flight when it strikes.
+# their LLM and take a while: they are in flight when it strikes, their calls recorded (the poison
+# waits for that, up to 30 s, rather than a fixed time a loaded machine can outlast).
 POISON_APP = textwrap.dedent(
     """
-    import os, signal, time
+    import os, pathlib, signal, time
     import openai
     import papayya_openai
     from papayya import agent
@@ -72,15 +73,19 @@ POISON_APP = textwrap.dedent(
     client = papayya_openai.instrument(
         openai.OpenAI(base_url=os.environ["FAKE_URL"], api_key="test", max_retries=0)
     )
+    state = pathlib.Path(os.environ["STATE_DIR"])
 
     @agent(name="crunch")
     def crunch(item):
         if item.input["question"] == "poison":
-            time.sleep(0.5)
+            deadline = time.monotonic() + 30
+            while len(list(state.glob("called-*"))) < 5 and time.monotonic() < deadline:
+                time.sleep(0.05)
             os.kill(os.getpid(), signal.SIGKILL)
         reply = client.chat.completions.create(
             model="gpt-4o-mini", messages=[{"role": "user", "content": item.id}]
         )
+        (state / f"called-{item.id}").touch()
         time.sleep(1.0)
         return {"answer": reply.choices[0].message.content}
     """
