@@ -300,7 +300,11 @@ def test_an_item_that_kills_its_consumer_does_not_take_its_batch_mates_or_their_
     assert all(v["stalls"] <= 1 for v in mates.values()), mates
     assert (items["poison"]["status"], items["poison"]["error"]) == ("failed", "WorkerLost")
     assert fake.count == len(mates)
-    # And the dead-letter queue holds no message of an item that succeeded
+    # And the dead-letter queue holds the killer's message and at most stale copies of batch-mates'
+    # messages whose last delivery was held by a consumer the killer took down (SQS dead-letters the
+    # next receive; the reaper had already sent the item again): those items succeeded (above), each
+    # paid once. Seen under CI load; docs/adapters/sqs.md states this bound.
     _wait(lambda: queues.count(url) == 0, "the source queue to empty", timeout=60)
     lettered = [m["MessageAttributes"][papayya_sqs.KEY]["StringValue"] for m in queues.drain(dlq)]
-    assert set(lettered) <= {"poison"}, lettered
+    assert set(lettered) <= set(keys), lettered
+    assert all(items[k]["status"] == "succeeded" for k in lettered if k != "poison"), (lettered, items)
