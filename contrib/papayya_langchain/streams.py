@@ -32,10 +32,10 @@ def install() -> None:
     """Let streamed runs be answered from the journal. Idempotent; ``PapayyaCallbackHandler`` and
     ``PapayyaCache`` call it when they are made."""
     with _lock:
-        for name, wrap in (("stream", _wrap_stream), ("astream", _wrap_astream)):
+        for name in ("stream", "astream"):
             method = getattr(BaseChatModel, name)
             if not hasattr(method, _ORIGINAL):
-                setattr(BaseChatModel, name, wrap(method))
+                setattr(BaseChatModel, name, _wrap_entry(method))
 
 
 def journal_answer(model: BaseChatModel, messages: Sequence[BaseMessage]) -> ChatGenerationChunk | None:
@@ -97,26 +97,17 @@ def _prepare(model: BaseChatModel) -> None:
                 setattr(owner, name, wrap(method))
 
 
-def _wrap_stream(original: Callable[..., Iterator[Any]]) -> Callable[..., Iterator[Any]]:
+def _wrap_entry(original: Callable[..., Any]) -> Callable[..., Any]:
+    """``stream``/``astream``: prepare the model's class, then LangChain's own method, untouched."""
+
     @functools.wraps(original)
-    def stream(self: BaseChatModel, *args: Any, **kwargs: Any) -> Iterator[Any]:
+    def entry(self: BaseChatModel, *args: Any, **kwargs: Any) -> Any:
         if current.get() is not None:
             _prepare(self)
         return original(self, *args, **kwargs)
 
-    setattr(stream, _ORIGINAL, original)
-    return stream
-
-
-def _wrap_astream(original: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIterator[Any]]:
-    @functools.wraps(original)
-    def astream(self: BaseChatModel, *args: Any, **kwargs: Any) -> AsyncIterator[Any]:
-        if current.get() is not None:
-            _prepare(self)
-        return original(self, *args, **kwargs)
-
-    setattr(astream, _ORIGINAL, original)
-    return astream
+    setattr(entry, _ORIGINAL, original)
+    return entry
 
 
 def _wrap_generator(original: Callable[..., Iterator[ChatGenerationChunk]]) -> Callable[..., Any]:
