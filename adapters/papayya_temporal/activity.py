@@ -351,8 +351,7 @@ async def _heartbeat(rt: Runtime, ctx: AttemptContext) -> None:
             log.exception("item %s: heartbeat failed; retried next beat", ctx.item.id)
             continue
         if ctx.item_id not in held:
-            log.warning("item %s: attempt %d lost its lease", ctx.item.id, ctx.attempt)
-            return
+            return  # concluded meanwhile, or lost (execute.heartbeat flagged and reported it)
 
 
 def _answer(

@@ -114,15 +114,23 @@ def heartbeat(rt: Runtime, held: Sequence[AttemptContext], lease_seconds: float)
     attempts ``held`` and act on the answer. An attempt whose lease was extended may pay for calls
     until ``lease_seconds`` after the heartbeat was *sent*; one the store no longer lists is not its
     worker's any more (the reaper gave the item to someone else), so it stops before its next paid
-    call. Returns the item ids still held. StoreUnavailable propagates (nothing is extended then, and
-    each attempt's own deadline stops it if the store stays away past its lease)."""
+    call, unless its result was written meanwhile (it concluded; nothing is flagged or reported).
+    Returns the item ids still held. StoreUnavailable propagates (nothing is extended then, and each
+    attempt's own deadline stops it if the store stays away past its lease)."""
     if not held:
         return set()
     sent = time.monotonic()
     kept = rt.store.leases_extend([(c.item_id, c.lease_token) for c in held], lease_seconds)
+    missing = [c for c in held if c.item_id not in kept and not c.abandoned]
+    # An attempt whose result was written while the heartbeat was on its way is not held any more
+    # because it is done, not because it was lost: asked apart, so that it is neither flagged nor
+    # reported (a worker concluding hundreds of items a second meets this every few thousand items).
+    done = rt.store.attempts_concluded([(c.item_id, c.lease_token) for c in missing]) if missing else set()
     for ctx in held:
         if ctx.item_id in kept:
             ctx.lease_until = sent + lease_seconds
+        elif ctx.item_id in done:
+            continue
         elif not ctx.abandoned:
             ctx.abandoned = True
             log.warning(

@@ -82,6 +82,38 @@ def test_a_stale_lease_cannot_complete_the_item(rt: Runtime, tenant: str) -> Non
     assert [a["status"] for a in detail["attempts_detail"]] == ["stalled", "succeeded"]
 
 
+def test_a_heartbeat_that_crosses_a_conclusion_does_not_report_the_attempt_lost(
+    rt: Runtime, tenant: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Given two attempts a worker holds: one whose result is written while the heartbeat is on its
+    # way (the worker's snapshot of what it holds still lists it), one the reaper took from it
+    papayya.tenants.add(tenant)
+    refs = []
+    for key in ("done", "taken"):
+        run_id, item_id = one_item_run(rt, tenant, "echo", "native", key)
+        refs.append(ItemRef(item_id, key, run_id, tenant))
+    done = execute.begin(rt, echo, refs[0], backend="native", price_overrides={})
+    taken = execute.begin(rt, echo, refs[1], backend="native", price_overrides={})
+    assert done is not None
+    assert taken is not None
+    assert execute.conclude(done, output={"ok": True}).status == "succeeded"
+    with psycopg.connect(rt.store.url, autocommit=True) as conn:
+        conn.execute(
+            "UPDATE papayya.items SET lease_expires_at = now() - interval '1 second' WHERE item_id = %s",
+            (taken.item_id,),
+        )
+    assert reaper.sweep(rt).requeued == 1
+    caplog.clear()
+    # When the heartbeat runs over both
+    with caplog.at_level("WARNING", logger="papayya"):
+        kept = execute.heartbeat(rt, [done, taken], 30)
+    # Then only the attempt that was really lost is flagged and reported
+    assert kept == set()
+    assert (done.abandoned, taken.abandoned) == (False, True)
+    lost = [r.getMessage() for r in caplog.records if "lost its lease" in r.getMessage()]
+    assert lost == ["item taken: attempt 1 lost its lease; it stops before its next paid call"]
+
+
 def test_a_dead_workers_buffered_items_go_back_without_a_stall(rt: Runtime, tenant: str) -> None:
     # Given a worker that claimed three items and began only the first (a thread for it, two in its
     # buffer), with one lost worker enough to fail an item

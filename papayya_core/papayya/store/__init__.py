@@ -761,6 +761,15 @@ class Store:
         )
         return {r["item_id"] for r in rows}
 
+    def attempts_concluded(self, held: Sequence[tuple[UUID, int]]) -> set[UUID]:
+        """Of (item id, lease token) pairs, the items whose attempt under that token has concluded."""
+        if not held:
+            return set()
+        rows = self.fetch_all(
+            "attempts_concluded", {"item_ids": [h[0] for h in held], "tokens": [h[1] for h in held]}
+        )
+        return {r["item_id"] for r in rows}
+
     def run_complete(self, run_id: UUID, tenant_id: str) -> bool:
         """Complete the run if it is running with nothing left to do (see ``runs_complete``)."""
         self.run_get(run_id, tenant_id)  # scoped: NotFound for another tenant's run

@@ -153,6 +153,17 @@ FROM held
 WHERE i.item_id = held.item_id
 RETURNING i.item_id;
 
+-- name: attempts_concluded
+-- Of the (item, lease token) pairs a heartbeat could not extend, the items whose attempt under that token
+-- concluded (its result was written): they were not lost, their holder finished them while the
+-- heartbeat was on its way. Read in a statement of its own, after the heartbeat's, so a conclusion that
+-- committed while the heartbeat ran is seen.
+SELECT a.item_id
+FROM papayya.attempts a
+JOIN unnest(%(item_ids)s::uuid[], %(tokens)s::bigint[]) AS u(item_id, token)
+  ON a.item_id = u.item_id AND a.lease_token = u.token
+WHERE a.status NOT IN ('running', 'stalled');
+
 -- name: runs_lock
 -- The serialisation point of a run's completion: whoever concludes items of a run holds its row until
 -- it commits (in run id order, so two finishers never deadlock). NO KEY UPDATE: a claim inserting an
