@@ -5,6 +5,11 @@ provider did not report (``Usage.reported`` false). Catalog look-ups are cached 
 flat per-token prices are then computed here in a few microseconds, and tiered prices fall back to the
 catalog's own calculation. papayya's provider names are the catalog's, except ``bedrock`` (AWS
 Bedrock), which the catalog calls ``aws``.
+
+**Batch mode** (``price_call(..., mode="batch")``, a call sent through a provider's batch API): the
+catalog's own batch price where it has one for the model (genai-prices models them as price variants
+selected by ``{"processing": "batch"}``), else the live price times the provider's published batch
+rate (``BATCH_DISCOUNTS``), else unknown.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -20,6 +26,17 @@ log = logging.getLogger("papayya.pricing")
 MTOK = Decimal(1_000_000)
 # papayya's provider name -> the catalog's (genai-prices) provider id, where they differ.
 CATALOG_PROVIDERS = {"bedrock": "aws"}
+
+# What a call sent through the provider's batch API costs, as a fraction of the live price: OpenAI's
+# Batch API and Anthropic's Message Batches both bill 50% of the standard rates (as published on
+# 2026-12-08). genai-prices has batch prices of its own for many models and is preferred where it has
+# one; this table prices the rest (e.g. older models the catalog lists at live rates only).
+BATCH_DISCOUNTS: dict[str, Decimal] = {
+    "openai": Decimal("0.5"),
+    "anthropic": Decimal("0.5"),
+}
+# The genai-prices request context that selects a model's batch price variant.
+_BATCH_CONTEXT = {"processing": "batch"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,14 +89,14 @@ _MISSING = object()
 
 
 class Catalog:
-    """The public price catalog, cached per (provider, model)."""
+    """The public price catalog, cached per (provider, model, live or batch)."""
 
     def __init__(self) -> None:
-        self._cache: dict[tuple[str, str], Any] = {}
+        self._cache: dict[tuple[str, str, bool], Any] = {}
         self._lock = threading.Lock()
 
-    def _lookup(self, provider: str, model: str) -> Any:
-        key = (provider, model)
+    def _lookup(self, provider: str, model: str, batch: bool = False) -> Any:
+        key = (provider, model, batch)
         hit = self._cache.get(key, _MISSING)
         if hit is not _MISSING:
             return hit
@@ -92,20 +109,25 @@ class Catalog:
                 GUsage(input_tokens=1, output_tokens=1),
                 model,
                 provider_id=CATALOG_PROVIDERS.get(provider, provider),
+                price_context=_BATCH_CONTEXT if batch else None,
             )
         except LookupError:
             entry = None
-            log.warning(
-                "no public price for %s/%s; its calls are recorded with cost unknown", provider, model
-            )
+            if not batch:  # the live look-up says it once
+                log.warning(
+                    "no public price for %s/%s; its calls are recorded with cost unknown", provider, model
+                )
         else:
-            entry = _flat_rates(calc.model_price) or calc.model_price
+            # Without a batch variant the catalog answers its live price: that is not a batch price.
+            has_price = not batch or _has_batch_variant(calc)
+            entry = (_flat_rates(calc.model_price) or calc.model_price) if has_price else None
         with self._lock:
             self._cache[key] = entry
         return entry
 
-    def price(self, provider: str, model: str, usage: Usage) -> Decimal | None:
-        entry = self._lookup(provider, model)
+    def price(self, provider: str, model: str, usage: Usage, *, batch: bool = False) -> Decimal | None:
+        """The catalog's price of ``usage``; with ``batch``, its batch price (None if it has none)."""
+        entry = self._lookup(provider, model, batch)
         if entry is None:
             return None
         if isinstance(entry, Rates):
@@ -127,6 +149,18 @@ class Catalog:
         return entry if isinstance(entry, Rates) else None
 
 
+def _has_batch_variant(calc: Any) -> bool:
+    """Whether the catalog's answer used a batch price variant of the model that is in force now."""
+    model, provider = calc.model, calc.provider
+    if not any(m is model for m in provider.models):
+        return False  # a model borrowed from another provider is priced at its standard rates
+    now = datetime.now(UTC)
+    return any(
+        variant.when == _BATCH_CONTEXT and (variant.constraint is None or variant.constraint.active(now))
+        for variant in getattr(model, "price_variants", None) or ()
+    )
+
+
 def _flat_rates(mp: Any) -> Rates | None:
     """Rates when every token price of ``mp`` is a plain number (not tiered), else None."""
     values = [
@@ -145,13 +179,56 @@ def _flat_rates(mp: Any) -> Rates | None:
 CATALOG = Catalog()
 
 
+def batch_rate(provider: str) -> Decimal | None:
+    """The fraction of the live price a provider's batch API bills (``BATCH_DISCOUNTS``), or None
+    when papayya knows no batch rate for it."""
+    return BATCH_DISCOUNTS.get(provider)
+
+
 def price_call(
-    provider: str, model: str, usage: Usage, overrides: dict[tuple[str, str], dict[str, Decimal | None]]
+    provider: str,
+    model: str,
+    usage: Usage,
+    overrides: dict[tuple[str, str], dict[str, Decimal | None]],
+    *,
+    mode: str = "live",
 ) -> Price:
     """Price one call: the tenant's override where it has one, else the public catalog, else unknown.
-    A call whose usage was not reported is unknown whatever the prices."""
+    A call whose usage was not reported is unknown whatever the prices.
+
+    Args:
+        provider: papayya's provider name (``"openai"``, ``"anthropic"``, ``"bedrock"``...).
+        model: The model the call reports.
+        usage: Its token counts.
+        overrides: The tenant's negotiated prices per (provider, model), fields as ``Rates``.
+        mode: ``"live"``, or ``"batch"`` for a call sent through the provider's batch API: the
+            catalog's batch price where it has one, else the live price (the tenant's or the
+            catalog's) times ``batch_rate(provider)``; unknown when neither exists.
+
+    Raises:
+        ValueError: ``mode`` is neither ``"live"`` nor ``"batch"``.
+    """
+    if mode not in ("live", "batch"):
+        raise ValueError(f"mode must be 'live' or 'batch', not {mode!r}")
     if not usage.reported:
         return _UNKNOWN
+    live = _live_price(provider, model, usage, overrides)
+    if mode == "live":
+        return live
+    if live.source == "catalog":
+        cost = CATALOG.price(provider, model, usage, batch=True)
+        if cost is not None:
+            return Price(cost, "catalog")
+    rate = batch_rate(provider)
+    if live.cost_usd is None or rate is None:
+        return _UNKNOWN
+    return Price(live.cost_usd * rate, live.source)
+
+
+def _live_price(
+    provider: str, model: str, usage: Usage, overrides: dict[tuple[str, str], dict[str, Decimal | None]]
+) -> Price:
+    """The live price: the tenant's override where it has one, else the catalog's, else unknown."""
     override = overrides.get((provider, model))
     if override is not None:
         public = CATALOG.rates(provider, model)

@@ -92,6 +92,19 @@ above apply alike; a fault is an HTTP error before any event, as the providers a
 The text is sent in pieces of about 8 characters. The whole stream is written at once and billed in
 full when it is answered, as the non-streamed answer is, even if the client stops reading midway.
 
+**Batches.** The fake also answers the providers' batch APIs (OpenAI ``/v1/files`` + ``/v1/batches``,
+Anthropic ``/v1/messages/batches``; details in ``papayya.fake_batches``). Each row is answered when its
+batch completes, by the rules above, and is in ``fake.requests`` with its ``batch_id`` and
+``custom_id``; each row answered 200 is billed at the provider's batch rate (``BillEntry.mode``
+``"batch"``). Tests steer them with ``fake.batch_delay`` (seconds from creation until a read of a batch
+completes it; default 0, the first read), ``fake.hold_batches()`` / ``fake.release_batches()``,
+``fake.finish_batches()`` (complete every open batch now), ``fake.advance_batches(rows)`` (answer some
+rows, complete none), ``fake.expire(when=None, times=None)`` (matching rows expire instead of being
+answered: OpenAI ``batch_expired`` rows, a batch of only those ends ``expired``; Anthropic ``expired``
+results), ``fake.batch_limits`` (``BatchLimits``: requests and bytes per batch) and ``fake.batches``
+(``BatchSnapshot``s). A cancelled batch's unanswered rows are ``canceled`` (Anthropic) or absent from
+its files (OpenAI), and not billed.
+
 Each error body has the provider's shape, so the SDKs raise their usual exceptions
 (``RateLimitError``, ``InternalServerError``, ``OverloadedError``...).
 
@@ -119,12 +132,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Literal
+from typing import Any, Literal, cast
 from urllib.parse import unquote
 
+from papayya.fake_batches import BatchControls, BatchLimits, BatchSnapshot, BatchStore
 from papayya.pricing import Usage, price_call
 
 __all__ = [
+    "BatchLimits",
+    "BatchSnapshot",
     "BillEntry",
     "FakeProvider",
     "FakeRequest",
@@ -212,6 +228,7 @@ _BEDROCK_ERROR_TYPES = {
     503: "ServiceUnavailableException",
 }
 _CREATED = 1_700_000_000  # a fixed timestamp keeps responses byte-for-byte reproducible
+_EXPIRED = 0  # the status _answer gives a batch row an expire() rule took: it was never answered
 
 
 def count_tokens(text: str) -> int:
@@ -244,6 +261,8 @@ class FakeRequest:
             input), one per line.
         number: 1 for the first request this fake received, 2 for the next, and so on.
         status: The HTTP status the fake answered with (0 while it is being answered).
+        batch_id: The provider batch this request is a row of; None for a live request.
+        custom_id: The row's ``custom_id`` in that batch; None for a live request.
     """
 
     api: Api
@@ -253,6 +272,8 @@ class FakeRequest:
     prompt: str
     number: int
     status: int = 0
+    batch_id: str | None = None
+    custom_id: str | None = None
 
     @property
     def idempotency_key(self) -> str | None:
@@ -308,6 +329,9 @@ class BillEntry:
             none).
         cost_usd: ``papayya.pricing.price_call`` of that usage at public prices; None when unpriced.
         number: The ``FakeRequest.number`` of the request this answers.
+        mode: ``"live"``, or ``"batch"`` for a row of a provider batch, priced at the batch rate
+            (``price_call(..., mode="batch")``).
+        batch_id: The provider batch of that row; None for a live request.
     """
 
     idempotency_key: str | None
@@ -319,6 +343,8 @@ class BillEntry:
     cache_write_tokens: int
     cost_usd: Decimal | None
     number: int
+    mode: str = "live"
+    batch_id: str | None = None
 
     @property
     def provider(self) -> str:
@@ -380,6 +406,7 @@ class _Rule:
     when: Callable[[FakeRequest], bool] | None
     fault: Fault | None = None
     stop: str | None = None
+    expire: bool = False  # a row of a provider batch expires instead of being answered
 
 
 def default_reply(request: FakeRequest) -> str:
@@ -387,7 +414,7 @@ def default_reply(request: FakeRequest) -> str:
     return f"You said: {request.last_user_message}"
 
 
-class FakeProvider:
+class FakeProvider(BatchControls):
     """A local OpenAI-, Anthropic- and Bedrock-compatible HTTP server that counts requests, bills the
     ones it answers and fails on demand.
 
@@ -406,6 +433,7 @@ class FakeProvider:
         self._rules: list[_Rule] = []
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
+        self._batch_store = BatchStore(self._answer_row)
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -480,16 +508,23 @@ class FakeProvider:
         """
         self._script(_Rule(times, when, stop=reason))
 
+    def expire(self, when: Callable[[FakeRequest], bool] | None = None, times: int | None = None) -> None:
+        """Let the next ``times`` rows of provider batches (matching ``when``) expire instead of being
+        answered; None = forever. Live requests are never expired."""
+        self._script(_Rule(times, when, expire=True))
+
     def _script(self, rule: _Rule) -> None:
         with self._lock:
             self._rules.append(rule)
 
     def reset(self) -> None:
-        """Forget the requests seen, the bill and the scripted outcomes (``reply`` is kept)."""
+        """Forget the requests seen, the bill, the scripted outcomes and the batches and files (``reply``
+        and the batch controls are kept)."""
         with self._lock:
             self._requests.clear()
             self._bill.clear()
             self._rules.clear()
+        self._batch_store.clear()
 
     # -- counting ---------------------------------------------------------------------------------
 
@@ -531,7 +566,12 @@ class FakeProvider:
     # -- answering --------------------------------------------------------------------------------
 
     def _answer(
-        self, api: Api, body: dict[str, Any], headers: dict[str, str], model: str | None = None
+        self,
+        api: Api,
+        body: dict[str, Any],
+        headers: dict[str, str],
+        model: str | None = None,
+        batch: tuple[str, str] | None = None,
     ) -> tuple[int, dict[str, str], Any]:
         prompt = "\n".join(_prompt_texts(api, body))
         with self._lock:
@@ -542,6 +582,8 @@ class FakeProvider:
                 headers=headers,
                 prompt=prompt,
                 number=len(self._requests) + 1,
+                batch_id=batch[0] if batch else None,
+                custom_id=batch[1] if batch else None,
             )
             self._requests.append(request)
             rule = next((r for r in self._rules if _applies(r, request)), None)
@@ -549,6 +591,9 @@ class FakeProvider:
                 rule.times -= 1
                 if rule.times <= 0:
                     self._rules.remove(rule)
+            if rule is not None and rule.expire:  # never answered: neither received nor billed
+                self._requests.remove(request)
+                return _EXPIRED, {}, None
         status, extra, payload, billed = self._respond(request, rule)
         entry = None if billed is None else _bill_entry(request, *billed)  # priced outside the lock
         with self._lock:
@@ -556,6 +601,18 @@ class FakeProvider:
             if entry is not None:
                 self._bill.append(entry)
         return status, extra, payload
+
+    def _answer_row(
+        self, api: str, body: dict[str, Any], batch_id: str, custom_id: str
+    ) -> tuple[int, Any] | None:
+        """Answer one row of a provider batch as the live request it holds; None if it expired."""
+        try:
+            status, _, payload = self._answer(cast(Api, api), body, {}, batch=(batch_id, custom_id))
+        except Exception as exc:  # a broken ``when`` predicate: an errored row, as live it is a 500
+            status, _, payload = _error(
+                cast(Api, api), Fault(500, message=f"the fake provider failed: {exc!r}")
+            )
+        return None if status == _EXPIRED else (status, payload)
 
     def _respond(self, request: FakeRequest, rule: _Rule | None) -> _Answer:
         """The answer, and for a 200 the (model, usage) it bills."""
@@ -598,6 +655,7 @@ def _provider(api: Api) -> str:
 
 
 def _bill_entry(request: FakeRequest, model: str, usage: Usage) -> BillEntry:
+    mode = "live" if request.batch_id is None else "batch"
     return BillEntry(
         idempotency_key=request.idempotency_key,
         api=request.api,
@@ -606,12 +664,16 @@ def _bill_entry(request: FakeRequest, model: str, usage: Usage) -> BillEntry:
         output_tokens=usage.output_tokens,
         cache_read_tokens=usage.cache_read_tokens,
         cache_write_tokens=usage.cache_write_tokens,
-        cost_usd=price_call(_provider(request.api), model, usage, {}).cost_usd,
+        cost_usd=price_call(_provider(request.api), model, usage, {}, mode=mode).cost_usd,
         number=request.number,
+        mode=mode,
+        batch_id=request.batch_id,
     )
 
 
 def _applies(rule: _Rule, request: FakeRequest) -> bool:
+    if rule.expire and request.batch_id is None:
+        return False  # only a batch's row can expire
     if rule.stop is not None and request.api == "openai.embeddings":
         return False  # an embedding has no stop reason to change
     return rule.when is None or rule.when(request)
@@ -1030,6 +1092,10 @@ def _error(api: Api, fault: Fault) -> tuple[int, dict[str, str], Any]:
     return fault.status, headers, {"error": error}
 
 
+def _no_route(path: str) -> dict[str, Any]:
+    return {"error": {"message": f"no route {path}", "type": "not_found_error"}}
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     # The listen backlog: the default 5 refuses connections when a load test's threads all connect at
@@ -1045,6 +1111,23 @@ class _Handler(BaseHTTPRequestHandler):
     server: _Server
     server_version = "papayya-fake-provider/1"
 
+    def do_GET(self) -> None:
+        if not self._batch_route("GET", b""):
+            self._send(404, {}, _no_route(self.path))
+
+    def do_DELETE(self) -> None:
+        if not self._batch_route("DELETE", b""):
+            self._send(404, {}, _no_route(self.path))
+
+    def _batch_route(self, method: str, raw: bytes) -> bool:
+        """Answer a request to the batch APIs (``papayya.fake_batches``); False for any other path."""
+        headers = {k.lower(): v for k, v in self.headers.items()}
+        fake = self.server.fake
+        answer = fake._batch_store.handle(method, self.path, headers, raw, fake.url)
+        if answer is not None:
+            self._send(*answer)
+        return answer is not None
+
     def do_POST(self) -> None:
         fake = self.server.fake
         path = self.path.split("?", 1)[0]
@@ -1055,8 +1138,10 @@ class _Handler(BaseHTTPRequestHandler):
             api, model = _BEDROCK_OPS[bedrock["op"]], unquote(bedrock["model"])
         length = int(self.headers.get("content-length") or 0)
         raw = self.rfile.read(length) if length else b""
+        if api is None and self._batch_route("POST", raw):
+            return
         if api is None:
-            self._send(404, {}, {"error": {"message": f"no route {self.path}", "type": "not_found_error"}})
+            self._send(404, {}, _no_route(self.path))
             return
         try:
             body = json.loads(raw or b"{}")
@@ -1075,6 +1160,8 @@ class _Handler(BaseHTTPRequestHandler):
     def _send(self, status: int, headers: dict[str, str], payload: Any) -> None:
         if isinstance(payload, _Binary):
             data, kind = payload.data, payload.content_type
+        elif isinstance(payload, bytes):  # the batch APIs' files and results, their type in ``headers``
+            data, kind = payload, headers.pop("content-type")
         elif isinstance(payload, _Events):
             data, kind = payload.encode(), "text/event-stream"
         else:

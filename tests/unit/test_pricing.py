@@ -6,7 +6,7 @@ import pytest
 from genai_prices import Usage as GUsage
 from genai_prices import calc_price
 
-from papayya.pricing import CATALOG, Usage, price_call
+from papayya.pricing import CATALOG, Usage, batch_rate, price_call
 
 
 @pytest.mark.parametrize(
@@ -82,3 +82,59 @@ def test_bedrock_calls_through_litellm_and_langchain_are_recorded_as_bedrock_and
     assert route({"model": f"bedrock/{model}"}).provider == "bedrock"
     assert {PROVIDERS[name] for name in ("bedrock", "amazon_bedrock", "bedrock_converse")} == {"bedrock"}
     assert price_call("bedrock", model, Usage(1000, 100), {}).cost_usd is not None
+
+
+# -- batch mode ----------------------------------------------------------------------------------
+
+
+def test_the_batch_rate_is_the_providers_published_discount() -> None:
+    assert batch_rate("openai") == Decimal("0.5")
+    assert batch_rate("anthropic") == Decimal("0.5")
+    assert batch_rate("bedrock") is None
+
+
+def test_a_batch_call_is_priced_at_the_catalogs_own_batch_price_where_it_has_one() -> None:
+    # gpt-4o-mini has a batch price in genai-prices; it leaves cached input at the live rate
+    usage = Usage(input_tokens=1234, output_tokens=321, cache_read_tokens=300)
+    expected = calc_price(
+        GUsage(input_tokens=1234, output_tokens=321, cache_read_tokens=300),
+        "gpt-4o-mini",
+        provider_id="openai",
+        price_context={"processing": "batch"},
+    ).total_price
+    price = price_call("openai", "gpt-4o-mini", usage, {}, mode="batch")
+    assert (price.cost_usd, price.source) == (expected, "catalog")
+    live = price_call("openai", "gpt-4o-mini", Usage(1234, 321), {}).cost_usd
+    assert live is not None
+    assert price_call("openai", "gpt-4o-mini", Usage(1234, 321), {}, mode="batch").cost_usd == live / 2
+
+
+def test_a_batch_call_the_catalog_has_no_batch_price_for_is_the_live_price_at_the_batch_rate() -> None:
+    usage = Usage(input_tokens=1234, output_tokens=321, cache_read_tokens=200, cache_write_tokens=100)
+    live = price_call("anthropic", "claude-3-5-haiku-latest", usage, {})
+    batch = price_call("anthropic", "claude-3-5-haiku-latest", usage, {}, mode="batch")
+    assert live.cost_usd is not None
+    assert (batch.cost_usd, batch.source) == (live.cost_usd * Decimal("0.5"), "catalog")
+
+
+def test_a_negotiated_price_in_batch_mode_gets_the_batch_rate_too() -> None:
+    overrides = {("openai", "gpt-4o-mini"): {"input_mtok": Decimal(1), "output_mtok": Decimal(2)}}
+    price = price_call("openai", "gpt-4o-mini", Usage(1_000_000, 1_000_000), overrides, mode="batch")
+    assert (price.cost_usd, price.source) == (Decimal("1.5"), "tenant")
+
+
+def test_a_batch_call_without_a_batch_price_or_rate_is_priced_unknown() -> None:
+    usage = Usage(1000, 100)
+    assert price_call("bedrock", "amazon.nova-lite-v1:0", usage, {}).cost_usd is not None
+    for provider, model, given in [
+        ("bedrock", "amazon.nova-lite-v1:0", Usage(1000, 100)),
+        ("openai", "no-such-model-2099", Usage(1000, 100)),
+        ("openai", "gpt-4o-mini", Usage(reported=False)),
+    ]:
+        price = price_call(provider, model, given, {}, mode="batch")
+        assert (price.cost_usd, price.source) == (None, "unknown")
+
+
+def test_an_unknown_mode_is_refused() -> None:
+    with pytest.raises(ValueError, match="mode"):
+        price_call("openai", "gpt-4o-mini", Usage(1, 1), {}, mode="flex")
