@@ -504,3 +504,19 @@ def test_reset_forgets_batches(fake: FakeProvider, claude: anthropic.Anthropic) 
     fake.reset()
     assert fake.batches == []
     assert list(claude.messages.batches.list()) == []
+
+
+def test_a_row_asking_for_a_stream_is_errored_without_being_answered(
+    fake: FakeProvider, claude: anthropic.Anthropic
+) -> None:
+    created = claude.messages.batches.create(
+        requests=[anthropic_request("plain", "hi"), anthropic_request("streamed", "hi", stream=True)]
+    )
+
+    rows = results(claude, created.id)
+
+    assert rows["plain"].type == "succeeded"
+    assert rows["streamed"].type == "errored"
+    assert rows["streamed"].error.error.type == "invalid_request_error"
+    assert [r.custom_id for r in fake.requests] == ["plain"]
+    assert len(fake.bill) == 1
