@@ -95,11 +95,18 @@ WITH u AS MATERIALIZED (
     FROM jsonb_to_recordset(%(begins)s::jsonb)
          AS u(item_id uuid, tenant_id text, token bigint, attempt_id uuid, number integer)
 ), locked AS (
-    -- in item id order, as every statement that changes many items does: no deadlocks
-    SELECT i.item_id, i.run_id, i.tenant_id, i.lease_token FROM papayya.items i JOIN u USING (item_id)
-    WHERE i.tenant_id = u.tenant_id AND i.lease_token = u.token AND i.status = 'running'
-    ORDER BY i.item_id
-    FOR UPDATE OF i
+    -- in item id order, as every statement that changes many items does: no deadlocks. Each row is
+    -- looked up by its id (a subquery that locks is never flattened into a join): a join let the
+    -- planner read every entry of the index of running items instead, dead ones included, which grew
+    -- with every item drained until a vacuum.
+    SELECT i.item_id, i.run_id, i.tenant_id, i.lease_token
+    FROM (SELECT * FROM u ORDER BY item_id) v
+    CROSS JOIN LATERAL (
+        SELECT i.item_id, i.run_id, i.tenant_id, i.lease_token FROM papayya.items i
+        WHERE i.item_id = v.item_id AND i.tenant_id = v.tenant_id AND i.lease_token = v.token
+          AND i.status = 'running'
+        FOR UPDATE
+    ) i
 )
 INSERT INTO papayya.attempts (attempt_id, item_id, run_id, tenant_id, number, backend, worker, lease_token)
 SELECT u.attempt_id, l.item_id, l.run_id, l.tenant_id, u.number, %(backend)s, %(worker)s, l.lease_token
@@ -126,11 +133,15 @@ WITH u AS MATERIALIZED (
     FROM u LEFT JOIN papayya.llm_calls c ON c.item_id = u.item_id AND c.attempt_id = u.attempt_id
     GROUP BY u.item_id, u.attempt_id
 ), locked AS (
-    -- in item id order, as every statement that changes many items does: no deadlocks
-    SELECT i.item_id FROM papayya.items i JOIN u USING (item_id)
-    WHERE i.tenant_id = u.tenant_id AND i.lease_token = u.token AND i.status = 'running'
-    ORDER BY i.item_id
-    FOR UPDATE OF i
+    -- in item id order, each row by its id (as attempts_begin)
+    SELECT i.item_id
+    FROM (SELECT * FROM u ORDER BY item_id) v
+    CROSS JOIN LATERAL (
+        SELECT i.item_id FROM papayya.items i
+        WHERE i.item_id = v.item_id AND i.tenant_id = v.tenant_id AND i.lease_token = v.token
+          AND i.status = 'running'
+        FOR UPDATE
+    ) i
 ), item AS (
     UPDATE papayya.items i
     SET status = u.item_status, reasons = u.reasons, output = u.output, error = u.error,
@@ -140,8 +151,9 @@ WITH u AS MATERIALIZED (
         finished_at = CASE WHEN u.terminal THEN now() END,
         attempts = greatest(i.attempts, coalesce(b.number, 0))
     FROM u JOIN locked USING (item_id) LEFT JOIN papayya.attempts b ON b.attempt_id = u.attempt_id
-    WHERE i.item_id = u.item_id AND i.tenant_id = u.tenant_id
-      AND i.lease_token = u.token AND i.status = 'running'
+    -- locked holds these rows as running under the token: no status test here, which would let the
+    -- planner reach them through the index of running items (and its dead entries) instead of by id
+    WHERE i.item_id = u.item_id AND i.tenant_id = u.tenant_id AND i.lease_token = u.token
     RETURNING i.item_id
 ), attempt AS (
     UPDATE papayya.attempts a

@@ -137,15 +137,17 @@ VALUES (%(tenant_id)s, %(run_id)s, %(item_id)s, %(attempt_id)s, %(step_key)s, %(
 RETURNING lease_lost;
 
 -- name: leases_extend
--- Rows are locked in item id order, as every statement that changes many items does: no deadlocks.
+-- Rows are locked in item id order, as every statement that changes many items does: no deadlocks;
+-- each looked up by its id (see attempts_begin in engine.sql).
 WITH held AS (
     SELECT i.item_id
-    FROM papayya.items i
-    JOIN unnest(%(item_ids)s::uuid[], %(tokens)s::bigint[]) AS u(item_id, token)
-      ON i.item_id = u.item_id AND i.lease_token = u.token
-    WHERE i.status = 'running'
-    ORDER BY i.item_id
-    FOR UPDATE OF i
+    FROM (SELECT * FROM unnest(%(item_ids)s::uuid[], %(tokens)s::bigint[]) AS u(item_id, token)
+          ORDER BY item_id) v
+    CROSS JOIN LATERAL (
+        SELECT i.item_id FROM papayya.items i
+        WHERE i.item_id = v.item_id AND i.lease_token = v.token AND i.status = 'running'
+        FOR UPDATE
+    ) i
 )
 UPDATE papayya.items i
 SET lease_expires_at = now() + make_interval(secs => %(lease_seconds)s)
@@ -174,10 +176,21 @@ SELECT run_id FROM papayya.runs WHERE run_id = ANY(%(run_ids)s::uuid[]) ORDER BY
 -- Runs with nothing left to do become completed. An intake run (items adopted from a queue's own
 -- messages, one run per tenant, agent, backend and UTC day) stays open for intake during its day and
 -- completes at the first conclusion (or reaper sweep) after its day is over.
-WITH done AS (
+-- Workers ask after every batch of conclusions, so the question must cost the same for the first
+-- batch of a million-item run as for its last: the run's counters (0009_run_counters, kept in the
+-- same transactions as the items they count) say which runs still have live items, and only a run
+-- they call finished has its items read to confirm it (a scan of a run's concluded items, every few
+-- milliseconds, made draining a long run quadratic where the planner's statistics were stale).
+WITH busy AS MATERIALIZED (
+    SELECT c.run_id FROM papayya.run_item_counts c
+    WHERE c.run_id = ANY(%(run_ids)s::uuid[]) AND c.status IN ('queued', 'running', 'paused', 'stalled')
+    GROUP BY c.run_id
+    HAVING sum(c.n) > 0
+), done AS (
     UPDATE papayya.runs r
     SET status = 'completed', finished_at = now(), gen = r.gen + 1
     WHERE r.run_id = ANY(%(run_ids)s::uuid[]) AND r.status = 'running'
+      AND r.run_id NOT IN (SELECT run_id FROM busy)
       AND NOT (r.options ? 'intake'
                AND (r.created_at AT TIME ZONE 'UTC')::date >= (now() AT TIME ZONE 'UTC')::date)
       AND NOT EXISTS (SELECT 1 FROM papayya.items i
