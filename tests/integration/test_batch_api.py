@@ -5,7 +5,6 @@ live endpoint's."""
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -15,7 +14,6 @@ import openai
 import pytest
 
 from papayya.batch_api import ENDPOINTS, BatchClient, BatchRow, Provider, RowResult, client_for
-from papayya.errors import ConfigError
 from papayya.testing import BatchLimits, FakeProvider
 
 GPT = "gpt-4o-mini"
@@ -91,54 +89,12 @@ def live_body(fake: FakeProvider, provider: str, request: dict[str, Any]) -> dic
         return answer
 
 
-# -- unit ------------------------------------------------------------------------------------------
-
-
-def test_endpoints_map_each_step_to_its_provider_and_batch_endpoint() -> None:
-    assert ENDPOINTS == {
-        "openai.chat": ("openai", "/v1/chat/completions"),
-        "openai.responses": ("openai", "/v1/responses"),
-        "openai.embeddings": ("openai", "/v1/embeddings"),
-        "anthropic.messages": ("anthropic", "/v1/messages"),
-    }
-
-
-@pytest.mark.parametrize(
-    ("provider", "variable"), [("openai", "OPENAI_API_KEY"), ("anthropic", "ANTHROPIC_API_KEY")]
-)
-def test_client_for_without_a_key_names_the_variable(
-    monkeypatch: pytest.MonkeyPatch, provider: Provider, variable: str
-) -> None:
-    monkeypatch.delenv(variable, raising=False)
-    with pytest.raises(ConfigError, match=variable):
-        client_for(provider, base_url=None)
-
-    monkeypatch.setenv(variable, "from-the-environment")
-    client = client_for(provider, base_url=None)
-    assert client.provider == provider
-    client.close()
-
-
-@pytest.mark.parametrize("provider", ["openai", "anthropic"])
-def test_client_for_without_the_sdk_names_the_extra(
-    monkeypatch: pytest.MonkeyPatch, provider: Provider
-) -> None:
-    monkeypatch.setitem(sys.modules, provider, None)  # import fails as if not installed
-    with pytest.raises(ConfigError, match=rf"pip install 'papayya\[{provider}\]'"):
-        client_for(provider, base_url=None, api_key="test")
-
-
-def test_client_for_refuses_an_unknown_provider() -> None:
-    with pytest.raises(ConfigError, match="'gemini'"):
-        client_for("gemini", base_url=None, api_key="test")  # type: ignore[arg-type]
+# -- both providers --------------------------------------------------------------------------------
 
 
 def test_the_providers_limits_are_the_defaults(oai: BatchClient, claude: BatchClient) -> None:
     assert (oai.provider, oai.max_rows, oai.max_bytes) == ("openai", 50_000, 200 * 1024 * 1024)
     assert (claude.provider, claude.max_rows, claude.max_bytes) == ("anthropic", 100_000, 256 * 1024 * 1024)
-
-
-# -- both providers --------------------------------------------------------------------------------
 
 
 def test_a_batch_is_in_progress_while_held_then_every_row_comes_back_with_the_live_body(
