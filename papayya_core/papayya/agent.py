@@ -107,11 +107,16 @@ class Agent:
         concurrency: int = 8,
         budget_usd: Decimal | float | str | None = None,
         priority: int = 0,
+        llm_mode: str | None = None,
     ) -> RunHandle:
         """Record every item for ``tenant`` and return at once: workers of the configured backend run
         them (``papayya worker MODULE:AGENT`` for the native engine). Higher ``priority`` runs are served
-        first. Returns a handle with the ``run_id``; ``handle.wait()`` waits and returns the result."""
-        rt, run_id, refs = self._record(items, tenant, run_name, concurrency, budget_usd, priority)
+        first. ``llm_mode="batch"`` sends the run's LLM calls through the providers' batch APIs at their
+        batch price (default: the ``llm_mode`` setting; see :mod:`papayya.batches`). Returns a handle
+        with the ``run_id``; ``handle.wait()`` waits and returns the result."""
+        rt, run_id, refs = self._record(
+            items, tenant, run_name, concurrency, budget_usd, priority, llm_mode=llm_mode
+        )
         rt.backend.submit(rt, self, run_id=run_id, tenant_id=tenant, items=refs, concurrency=concurrency)
         return RunHandle(run_id, tenant)
 
@@ -123,6 +128,8 @@ class Agent:
         concurrency: int,
         budget_usd: Decimal | float | str | None,
         priority: int,
+        *,
+        llm_mode: str | None = None,
     ) -> tuple[Runtime, uuid.UUID, list[tuple[uuid.UUID, str]]]:
         """Validate and record a run and its items (nothing is recorded when an item is bad)."""
         from papayya import tenants
@@ -136,6 +143,7 @@ class Agent:
         validate.tenant_id(tenant)
         tenants.validate_tenant_id(tenant)
         rt = get_runtime()
+        mode = _llm_mode(rt, llm_mode)
         prepared = prepare_items(items, max_bytes=rt.settings.max_input_bytes)
         tenants.ensure(tenant, runtime=rt)
         run_id = uuid.uuid4()
@@ -148,7 +156,12 @@ class Agent:
             backend=rt.backend.name,
             items=rows,
             max_attempts=self.max_attempts,
-            options={"concurrency": concurrency, "timeout": self.timeout, "max_attempts": self.max_attempts},
+            options={
+                "concurrency": concurrency,
+                "timeout": self.timeout,
+                "max_attempts": self.max_attempts,
+                **({"llm_mode": mode} if mode != "live" else {}),
+            },
             budget_usd=budget,
             entrypoint=self.entrypoint(),
             priority=priority,
@@ -356,3 +369,18 @@ class RunHandle:
 
 
 from papayya.result import RunResult  # noqa: E402  (RunResult imports nothing from here at import time)
+
+
+def _llm_mode(rt: Runtime, given: str | None) -> str:
+    """The run's LLM mode: ``given``, else the setting; batch mode runs on the native engine."""
+    from papayya.config import LLM_MODES
+
+    mode = rt.settings.llm_mode if given is None else given
+    if mode not in LLM_MODES:
+        raise InputError(f"llm_mode {mode!r} is not one of: {', '.join(LLM_MODES)}; use live or batch.")
+    if mode == "batch" and rt.backend.name != "native":
+        raise InputError(
+            f"llm_mode='batch' runs on the native engine (papayya worker), not on the {rt.backend.name} "
+            "backend yet; submit with backend native, or leave llm_mode live."
+        )
+    return mode

@@ -74,6 +74,8 @@ RANGES: dict[str, tuple[float | int, float | int, str]] = {
     "celery_unacked_seconds": (0.0, 604_800, "seconds"),  # a week
     "pool_size": (2, 1_000, "connections"),
     "default_max_output_tokens": (1, 2_147_483_647, "tokens"),  # a PostgreSQL integer
+    "batch_window_seconds": (0, 86_400, "seconds"),
+    "batch_poll_seconds": (0.0, 86_400, "seconds"),
 }
 
 
@@ -246,6 +248,16 @@ def _tenant(value: Any) -> str | None:
         raise ValueError(str(exc).rstrip(".")) from None
 
 
+LLM_MODES = ("live", "batch")
+
+
+def llm_mode(value: str) -> str:
+    """``value`` if it is an LLM mode (live, batch); ValueError saying which are, else."""
+    if value not in LLM_MODES:
+        raise ValueError(f"llm_mode {value!r} is not one of: {', '.join(LLM_MODES)}")
+    return value
+
+
 def _unknown_tenants(value: Any) -> UnknownTenants:
     if isinstance(value, str) and value in UnknownTenants._value2member_map_:
         return UnknownTenants(value)
@@ -288,6 +300,9 @@ class Settings:
     progress: bool | None = None
     auto_migrate: bool = True
     default_max_output_tokens: int = 4096
+    llm_mode: str = "live"
+    batch_window_seconds: float = 60.0
+    batch_poll_seconds: float = 30.0
     otel: bool = False
     secret_key: SecretValue | None = None
     secret_key_file: Path | None = None
@@ -311,6 +326,12 @@ class Settings:
         "progress": "Progress bar: None = only on a terminal.",
         "auto_migrate": "Apply pending migrations on first use.",
         "default_max_output_tokens": "Output tokens a budget reserves for a call that sets no max_tokens.",
+        "llm_mode": "How instrumented LLM calls are paid: live (answered at once) or batch (sent in the "
+        "provider's batch API at its batch price; the item waits for the answer). A submit() may choose "
+        "per run; see docs/batch.md.",
+        "batch_window_seconds": "Batch mode: how long pending requests gather before a batch is sent "
+        "(a batch also goes as soon as it is full).",
+        "batch_poll_seconds": "Batch mode: how often an open provider batch is asked whether it ended.",
         "otel": "Export spans and metrics through OpenTelemetry (needs papayya[otel]; see docs/otel.md).",
         "secret_key": "The key that seals tenants' secrets: base64 of 32 random bytes (`openssl rand "
         "-base64 32`). Not accepted from a configuration file; see docs/security.md.",
@@ -347,6 +368,9 @@ READERS: dict[str, Callable[[Any], Any]] = {
     "progress": _optional(_boolean),
     "auto_migrate": _boolean,
     "default_max_output_tokens": _ranged("default_max_output_tokens", _integer),
+    "llm_mode": lambda v: llm_mode(_text(v)),
+    "batch_window_seconds": _ranged("batch_window_seconds", _number),
+    "batch_poll_seconds": _ranged("batch_poll_seconds", _number),
     "otel": _boolean,
     "secret_key": _secret,
     "secret_key_file": _optional(_path),

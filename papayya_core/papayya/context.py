@@ -75,6 +75,7 @@ class AttemptContext:
     journal: dict[str, Any]
     price_overrides: dict[tuple[str, str], dict[str, Decimal | None]]
     accounts: Accounts
+    llm_mode: str = "live"  # "batch": calls with a batch endpoint go in a provider batch (papayya.batches)
     signals: list[Reason] = field(default_factory=list)
     counters: Counter[str] = field(default_factory=Counter)
     capturing: bool = False
@@ -419,6 +420,15 @@ class PaidCall:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class BatchEndpoint:
+    """Where a provider batch can carry a call (batch mode): the batch API's endpoint for the method
+    (``/v1/chat/completions``) and the client's base URL (so the batch goes where the live call would)."""
+
+    endpoint: str
+    base_url: str = ""
+
+
 class Run:
     """The ``run`` object. Import it (``from papayya import run``) and use it inside an agent."""
 
@@ -479,6 +489,7 @@ class Run:
         estimate_usd: Decimal | float | str | None = None,
         stream: Callable[[Any, Callable[[Any], None]], Any] | None = None,
         priced_by: Callable[[Any], Price | None] | None = None,
+        batch: BatchEndpoint | None = None,
     ) -> Callable[..., Any]:
         """``run.llm("summary", provider="openai")(client.chat.completions.create, model=..., ...)``.
 
@@ -504,6 +515,11 @@ class Run:
         their end (a stop reason and usage) is recorded and journaled like a response, and its events
         are what a retry gets back (through ``decode``); one that stopped short is recorded, not
         journaled, on the usage reported so far or else on its reservation (``ledger.abandoned_usage``).
+
+        ``batch`` names the provider batch endpoint that can carry this call: in a run in batch mode
+        (``llm_mode="batch"``) a call the journal does not answer is not sent; it is charged its worst
+        case at the batch price, kept as a pending request and the item stops here as ``waiting``
+        (see :mod:`papayya.batches`). A streamed call is sent live.
 
         ``priced_by(response)`` is the price the client library computed for a response (LiteLLM's
         cost map), used only when neither the tenant's prices nor papayya's catalog know the model; the
@@ -539,6 +555,10 @@ class Run:
                 max_input_tokens=max_input_tokens,
                 estimate_usd=estimate_usd,
             )
+            if batch is not None and ctx.llm_mode == "batch" and stream is None:
+                from papayya.batches import defer
+
+                defer(ctx, paid, batch, kwargs)  # raises Waiting
 
             def finish(response: Any, *, whole: bool = True) -> Any:
                 got_model, usage, stop = ledger.extract_usage(provider, response)

@@ -141,6 +141,22 @@ class ControlFlow(BaseException):
     """Base of signals that stop a user's function and must not be swallowed by it."""
 
 
+class Waiting(ControlFlow):
+    """The item stops at an LLM call sent in a provider batch (batch mode) and becomes ``waiting``; it
+    runs again from the top once the batch answers, and the journal gives it the answer.
+
+    Attributes:
+        custom_id: The deferred request's id (``papayya batches show``).
+    """
+
+    def __init__(self, custom_id: str) -> None:
+        super().__init__(f"waiting for the answer to batch request {custom_id}")
+        self.custom_id = custom_id
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.custom_id,))
+
+
 class AttemptAbandoned(ControlFlow):
     """The attempt was abandoned (timeout or lost lease); whatever it returns is discarded."""
 

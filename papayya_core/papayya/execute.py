@@ -26,7 +26,7 @@ from uuid import UUID
 
 from papayya import fingerprint
 from papayya.context import AttemptContext, current
-from papayya.errors import AttemptAbandoned, Paused, StoreUnavailable
+from papayya.errors import AttemptAbandoned, Paused, StoreUnavailable, Waiting
 from papayya.fingerprint import degradation_label, failure_label
 from papayya.models import ErrorCategory, ErrorInfo, Item, ItemStatus, Reason
 from papayya.store import Finish
@@ -156,6 +156,7 @@ def context(
     backend: str,
     price_overrides: dict[tuple[str, str], dict[str, Decimal | None]],
     budget_period: str = "month",
+    llm_mode: str = "live",
     started: bool = True,
 ) -> AttemptContext:
     """The context of an attempt just claimed (by ``begin``, or by a worker's batched claim).
@@ -177,6 +178,7 @@ def context(
         journal=journal,
         price_overrides=price_overrides,
         accounts=rt.budgets.accounts(ref.tenant_id, ref.run_id, budget_period),
+        llm_mode=llm_mode,
     )
     ctx.begun = False
     if started:
@@ -290,6 +292,8 @@ def judge(ctx: AttemptContext, *, output: Any = None, error: BaseException | Non
         return None
     if isinstance(error, Paused):
         return Judged(ctx, _finish(ctx, ItemStatus.PAUSED, ItemStatus.PAUSED, terminal=False), pause=error)
+    if isinstance(error, Waiting):  # batch mode: the call is on its way in a provider batch
+        return Judged(ctx, _finish(ctx, ItemStatus.WAITING, ItemStatus.WAITING, terminal=False))
     agent = ctx.agent
     if error is None:
         recorded, reasons = _classify_output(ctx, output)

@@ -59,6 +59,7 @@ import json
 import re
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -287,6 +288,9 @@ class BatchStore:
         self._files: dict[str, _File] = {}
         self._batches: dict[str, _Batch] = {}  # oldest first
         self._numbers = 0
+        # Batch ids of one fake differ from another's (as a real provider's are random): two fakes in one
+        # store must not hand out the same id.
+        self._salt = uuid.uuid4().hex[:8]
         self.delay = 0.0
         self.held = False
         self.limits = BatchLimits()
@@ -409,7 +413,7 @@ class BatchStore:
             )
         rows, errors = _openai_rows(file.data, str(endpoint), self.limits)
         batch = _Batch(
-            id=f"batch_fake{self._next()}",
+            id=f"batch_fake{self._next()}_{self._salt}",
             provider="openai",
             endpoint=str(endpoint),
             rows=[] if errors else rows,
@@ -562,7 +566,12 @@ class BatchStore:
             seen[custom_id] = index
             rows.append(_Row(index + 1, custom_id, "anthropic.messages", params))
         batch = _Batch(
-            f"msgbatch_fake{self._next()}", "anthropic", "/v1/messages", rows, time.time(), time.monotonic()
+            f"msgbatch_fake{self._next()}_{self._salt}",
+            "anthropic",
+            "/v1/messages",
+            rows,
+            time.time(),
+            time.monotonic(),
         )
         with self._lock:
             self._batches[batch.id] = batch

@@ -137,6 +137,13 @@ def failure(exc: BaseException, category: ErrorCategory) -> tuple[str, str, str 
     return _digest("failure", category.value, type(exc).__qualname__, message, frame or ""), message, frame
 
 
+def failure_of(type_name: str, message: str, category: str) -> tuple[str, str]:
+    """(fingerprint, normalised message) of a failure known by its type and message rather than by an
+    exception (a provider's refusal of a batch row), shaped as :func:`failure` shapes one."""
+    pattern = normalise(message)
+    return _digest("failure", category, type_name, pattern, ""), pattern
+
+
 def failure_label(type_name: str, pattern: str, frame: str | None, category: str) -> str:
     """The cluster label of a failure: ``ValueError bad page <n> of doc <id> in enrich.py:parse (user)``.
     Made of the type, the normalised message, the frame and the category; never of item data."""

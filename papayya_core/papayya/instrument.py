@@ -52,7 +52,7 @@ from typing import Any, TypeVar
 
 from pydantic_core import to_jsonable_python
 
-from papayya.context import run
+from papayya.context import BatchEndpoint, run
 from papayya.errors import JournalMiss, StreamingNotSupported
 from papayya.ledger import STREAM_EVENTS, fold_stream
 
@@ -229,7 +229,11 @@ def _llm(
     """``run.llm`` for this call of ``target``, and the keyword arguments to call it with."""
     if not kwargs.get("stream"):
         llm = run.llm(
-            target.step, provider=provider, decode=target.decode, max_tokens=target.max_output_tokens
+            target.step,
+            provider=provider,
+            decode=target.decode,
+            max_tokens=target.max_output_tokens,
+            batch=_batch_endpoint(original, target),
         )
         return llm, _with_key(kwargs, target.step)
     if target.events is None or streams is None:
@@ -250,6 +254,18 @@ def _llm(
         stream=functools.partial(_tap, hide=hide, is_async=is_async),
     )
     return llm, _with_key(kwargs, target.step)
+
+
+def _batch_endpoint(original: Callable[..., Any], target: Target) -> BatchEndpoint | None:
+    """Where a provider batch can carry this method's calls (batch mode), or None if none can."""
+    from papayya.batch_api import ENDPOINTS
+
+    found = ENDPOINTS.get(target.step)
+    if found is None:
+        return None
+    client = getattr(original, "__self__", None)
+    client = getattr(client, "_client", client)
+    return BatchEndpoint(found[1], str(getattr(client, "base_url", "") or ""))
 
 
 def _with_usage(kwargs: dict[str, Any]) -> tuple[dict[str, Any], bool]:

@@ -38,6 +38,7 @@ class ItemStatus(enum.StrEnum):
     RUNNING = "running"
     PAUSED = "paused"
     STALLED = "stalled"
+    WAITING = "waiting"  # stopped at an LLM call sent in a provider batch; runs again when it is answered
     SUCCEEDED = "succeeded"
     DEGRADED = "degraded"
     FAILED = "failed"

@@ -138,6 +138,9 @@ auto_migrate = false
 default_max_output_tokens = 512
 otel = true
 celery_unacked_seconds = 60
+llm_mode = "batch"
+batch_window_seconds = 5
+batch_poll_seconds = 10
 secret_key_file = "/run/secrets/papayya.keys"
 """,
     )

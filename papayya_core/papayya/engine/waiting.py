@@ -80,7 +80,7 @@ def wait_for_run(
                 for _ in range(counts.get(status, 0) - seen.get(status, 0)):
                     progress.advance(status, Decimal(0))
                 seen[status] = counts.get(status, 0)
-        active = p["ready"] + p["waiting"] + p["running"] + p["expired"] + p["stalled"]
+        active = p["ready"] + p["waiting"] + p["running"] + p["expired"] + p["stalled"] + p["waiting_batch"]
         if p["status"] != "running":
             return str(p["status"])
         if not active:

@@ -41,6 +41,7 @@ log = logging.getLogger("papayya.engine")
 
 BACKEND = "native"
 CHANNEL = "papayya_work"
+BATCH_TICK = 1.0  # seconds between rounds of the batcher (batch mode)
 
 
 @dataclass
@@ -216,6 +217,8 @@ class Worker:
                         waits.append(min(self.poll, 0.2) if p["ready"] else self.poll / 2)
                     elif p["waiting"]:
                         waits.append(min(self.poll, float(p["next_in"] or 0) + 0.01))
+                    elif p["waiting_batch"]:  # answers come from a provider batch (the monitor polls it)
+                        waits.append(self.poll)
                 return min(waits) if waits else None
             w = self.rt.store.work_ready(list(self.agents))
         except StoreUnavailable as exc:
@@ -255,6 +258,7 @@ class Worker:
             backend=self.backend,
             price_overrides=overrides,
             budget_period=period,
+            llm_mode=row["llm_mode"],
             started=False,  # it starts when its attempt begins (_begin)
         )
         ctx.lease_until = asked + self.rt.settings.lease_seconds
@@ -471,6 +475,24 @@ class Worker:
                 except StoreUnavailable as exc:
                     log.warning("reaper: sweep failed (%s); retried", exc)
 
+    def _batcher(self) -> None:
+        """Batch mode: send the pending requests that are due and read the provider batches that ended
+        (papayya.batches), in a thread of its own, since an upload or a results file may take a while."""
+        from papayya import batches
+
+        me = f"{self.rt.worker_id}:batcher"
+        while not self._halt.wait(BATCH_TICK):
+            try:
+                report = batches.tick(self.rt, worker=me)
+            except (StoreUnavailable, StoreClosed) as exc:
+                log.debug("batcher: %s; tried again", exc)
+                continue
+            except Exception:
+                log.exception("batcher: a round failed; tried again")
+                continue
+            if report.woken:
+                self._wake.set()
+
     def _heartbeat(self, lease: float) -> None:
         """Extend the leases of everything held. An attempt whose lease was extended may run until
         ``lease`` seconds after the heartbeat was sent; one the store no longer lists is not ours any
@@ -587,6 +609,7 @@ class Worker:
         self._writer_thread = self._spawn(self._writer, "papayya-writer")
         self._begins = GroupBegins(self._begin)
         self._spawn(self._monitor, "papayya-monitor")
+        self._spawn(self._batcher, "papayya-batcher")
         if not self.until_done:
             self._spawn(self._listen, "papayya-listen")
 

@@ -103,7 +103,7 @@ class Finish:
 _READ_ONLY = ("price_overrides", "tenant_secrets", "schema_version")
 _READ_WRITE = (
     "runs", "items", "item_inputs", "attempts", "steps", "llm_calls", "budget_accounts", "run_item_counts",
-    "run_call_counts", "rate_limits", "rate_closures",
+    "run_call_counts", "rate_limits", "rate_closures", "batch_requests",
 )  # fmt: skip
 # The role a scoped store whose own role bypasses row-level security (the schema's owner, a superuser,
 # as the embedded server's default user is) drops to, so PAPAYYA_TENANT holds for it too.

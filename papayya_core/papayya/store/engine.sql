@@ -16,7 +16,8 @@
 -- worker that holds nothing else (%(alone)s), and then alone, so it cannot take innocent items down
 -- with it again.
 WITH active AS MATERIALIZED (
-    SELECT r.run_id, r.tenant_id, r.agent_name, r.priority, r.created_at, r.from_journal, r.gen
+    SELECT r.run_id, r.tenant_id, r.agent_name, r.priority, r.created_at, r.from_journal, r.gen,
+           coalesce(r.options->>'llm_mode', 'live') AS llm_mode
     FROM papayya.runs r
     WHERE r.status = 'running' AND r.backend = %(backend)s
       AND r.agent_name = ANY(%(agents)s::text[])
@@ -70,7 +71,7 @@ WITH active AS MATERIALIZED (
 SELECT c.item_id, c.key, c.run_id, c.tenant_id, c.attempts, c.stalls, c.lease_token, c.replayed_from,
        -- inline for items recorded before schema 13, else written once apart (0013_item_inputs)
        coalesce(c.input, (SELECT n.input FROM papayya.item_inputs n WHERE n.item_id = c.item_id AND n.tenant_id = c.tenant_id)) AS input,
-       gen_random_uuid() AS attempt_id, a.agent_name, a.from_journal, a.gen AS run_gen,
+       gen_random_uuid() AS attempt_id, a.agent_name, a.from_journal, a.gen AS run_gen, a.llm_mode,
        CASE WHEN c.attempts = 1 AND NOT a.from_journal THEN '{}'::jsonb ELSE
            (SELECT coalesce(jsonb_object_agg(s.step_key,
                                              jsonb_build_object('result', s.result, 'hash', s.request_hash)),
@@ -256,11 +257,12 @@ SELECT r.status,
        count(*) FILTER (WHERE i.status = 'running' AND i.lease_expires_at >= now()) AS running,
        count(*) FILTER (WHERE i.status = 'running' AND i.lease_expires_at < now()) AS expired,
        count(*) FILTER (WHERE i.status = 'stalled') AS stalled,
-       count(*) FILTER (WHERE i.status = 'paused') AS paused
+       count(*) FILTER (WHERE i.status = 'paused') AS paused,
+       count(*) FILTER (WHERE i.status = 'waiting') AS waiting_batch
 FROM papayya.runs r
 LEFT JOIN papayya.items i
        ON i.run_id = r.run_id AND i.tenant_id = r.tenant_id
-      AND i.status IN ('queued', 'running', 'stalled', 'paused')
+      AND i.status IN ('queued', 'running', 'stalled', 'paused', 'waiting')
 WHERE r.run_id = %(run_id)s AND r.tenant_id = %(tenant_id)s
 GROUP BY r.status;
 

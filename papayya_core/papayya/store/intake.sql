@@ -40,7 +40,7 @@ WITH ids AS (
       AND r.options ? 'intake'
       AND NOT EXISTS (SELECT 1 FROM papayya.items i
                       WHERE i.run_id = r.run_id AND i.tenant_id = r.tenant_id
-                        AND i.status IN ('queued', 'running', 'paused', 'stalled'))
+                        AND i.status IN ('queued', 'running', 'paused', 'stalled', 'waiting'))
     RETURNING r.run_id
 ), item AS (
     INSERT INTO papayya.items (item_id, run_id, tenant_id, key, max_attempts, status, finished_at)

@@ -183,7 +183,7 @@ SELECT run_id FROM papayya.runs WHERE run_id = ANY(%(run_ids)s::uuid[]) ORDER BY
 -- milliseconds, made draining a long run quadratic where the planner's statistics were stale).
 WITH busy AS MATERIALIZED (
     SELECT c.run_id FROM papayya.run_item_counts c
-    WHERE c.run_id = ANY(%(run_ids)s::uuid[]) AND c.status IN ('queued', 'running', 'paused', 'stalled')
+    WHERE c.run_id = ANY(%(run_ids)s::uuid[]) AND c.status IN ('queued', 'running', 'paused', 'stalled', 'waiting')
     GROUP BY c.run_id
     HAVING sum(c.n) > 0
 ), done AS (
@@ -195,7 +195,7 @@ WITH busy AS MATERIALIZED (
                AND (r.created_at AT TIME ZONE 'UTC')::date >= (now() AT TIME ZONE 'UTC')::date)
       AND NOT EXISTS (SELECT 1 FROM papayya.items i
                       WHERE i.run_id = r.run_id AND i.tenant_id = r.tenant_id
-                        AND i.status IN ('queued', 'running', 'paused', 'stalled'))
+                        AND i.status IN ('queued', 'running', 'paused', 'stalled', 'waiting'))
     RETURNING r.run_id, r.gen
 )
 SELECT done.run_id, done.gen,
@@ -209,7 +209,7 @@ SELECT r.run_id FROM papayya.runs r
 WHERE r.status = 'running'
   AND NOT EXISTS (SELECT 1 FROM papayya.items i
                   WHERE i.run_id = r.run_id AND i.tenant_id = r.tenant_id
-                    AND i.status IN ('queued', 'running', 'paused', 'stalled'))
+                    AND i.status IN ('queued', 'running', 'paused', 'stalled', 'waiting'))
 LIMIT 1000;
 
 -- name: run_get
@@ -401,10 +401,15 @@ INSERT INTO papayya.budget_accounts (scope, owner, period, tenant_id, period_sta
 VALUES ('tenant', %(tenant_id)s, %(tenant_period)s, %(tenant_id)s, %(period_start)s,
         (SELECT coalesce(sum(c.cost_usd), 0) FROM papayya.llm_calls c
           WHERE c.tenant_id = %(tenant_id)s
-            AND c.created_at >= coalesce(%(period_start)s::timestamptz, '-infinity'))),
+            AND c.created_at >= coalesce(%(period_start)s::timestamptz, '-infinity'))
+        + (SELECT coalesce(sum(b.charged_usd), 0) FROM papayya.batch_requests b
+            WHERE b.tenant_id = %(tenant_id)s AND b.status IN ('pending', 'submitted')
+              AND b.created_at >= coalesce(%(period_start)s::timestamptz, '-infinity'))),
        ('run', %(run_key)s, 'total', %(tenant_id)s, NULL,
         (SELECT coalesce(sum(c.cost_usd), 0) FROM papayya.llm_calls c
-          WHERE c.run_id = %(run_id)s AND c.tenant_id = %(tenant_id)s))
+          WHERE c.run_id = %(run_id)s AND c.tenant_id = %(tenant_id)s)
+        + (SELECT coalesce(sum(b.charged_usd), 0) FROM papayya.batch_requests b
+            WHERE b.run_id = %(run_id)s AND b.tenant_id = %(tenant_id)s AND b.status IN ('pending', 'submitted')))
 ON CONFLICT (scope, owner, period) DO NOTHING;
 
 -- name: budget_reserve
@@ -464,13 +469,20 @@ WHERE (a.scope, a.owner, a.period) = (l.scope, l.owner, l.period);
 -- name: budget_reconcile
 -- Accounts recomputed from the ledger (the truth) and leases dropped, where nothing of the account runs
 -- (a running worker holds leases and spend not yet written to the account; its account is left alone).
+-- A call deferred to a provider batch counts its charge (its worst case) until its answer is recorded.
 UPDATE papayya.budget_accounts a
 SET spent_usd = CASE a.scope
         WHEN 'tenant' THEN (SELECT coalesce(sum(c.cost_usd), 0) FROM papayya.llm_calls c
                              WHERE c.tenant_id = a.owner
                                AND c.created_at >= coalesce(a.period_start, '-infinity'))
+                           + (SELECT coalesce(sum(b.charged_usd), 0) FROM papayya.batch_requests b
+                               WHERE b.tenant_id = a.owner AND b.status IN ('pending', 'submitted')
+                                 AND b.created_at >= coalesce(a.period_start, '-infinity'))
         ELSE (SELECT coalesce(sum(c.cost_usd), 0) FROM papayya.llm_calls c
                WHERE c.run_id::text = a.owner AND c.tenant_id = a.tenant_id)
+             + (SELECT coalesce(sum(b.charged_usd), 0) FROM papayya.batch_requests b
+                 WHERE b.run_id::text = a.owner AND b.tenant_id = a.tenant_id
+                   AND b.status IN ('pending', 'submitted'))
     END,
     reserved_usd = 0,
     updated_at = now()

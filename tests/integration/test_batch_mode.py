@@ -1,0 +1,290 @@
+"""Batch mode end to end: an agent's OpenAI and Anthropic calls sent through the providers' batch APIs
+(papayya's FakeProvider, driven by the real clients), answered into the ledger and the journal, the
+item run again from the journal; costs at the batch rate, budgets charged and settled, nothing paid
+twice across batchers that die.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from decimal import Decimal
+from typing import Any
+
+import anthropic
+import openai
+import psycopg
+import pytest
+
+import papayya
+import papayya_anthropic
+import papayya_openai
+from papayya import RunResult, agent, batches, engine
+from papayya.pricing import Usage, price_call
+from papayya.runtime import Runtime, get_runtime
+from papayya.testing import FakeProvider
+
+MODEL = "gpt-4o-mini"
+CLAUDE = "claude-3-5-haiku-latest"
+
+
+@pytest.fixture
+def batch_rt(rt: Runtime, monkeypatch: pytest.MonkeyPatch, database_url: str, tmp_path: Any) -> Runtime:
+    """papayya with batches sent at once (no gathering window) and the providers' keys set."""
+    monkeypatch.setenv("OPENAI_API_KEY", "test")
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "test")
+    papayya.configure(batch_window_seconds=0, batch_poll_seconds=0.2)
+    return get_runtime()
+
+
+@pytest.fixture
+def oa(fake: FakeProvider) -> Iterator[openai.OpenAI]:
+    with openai.OpenAI(base_url=fake.openai_url, api_key="test", max_retries=0) as c:
+        yield papayya_openai.instrument(c)
+
+
+def drain(rt: Runtime, agent_: Any, run_id: Any, *, timeout: float = 60) -> None:
+    """Run a worker (and its batcher) until the run has nothing left, as `papayya worker` would."""
+    worker = engine.Worker(rt, [agent_], concurrency=4, run_ids=[run_id], until_done=True, poll=0.1)
+    runner = threading.Thread(target=worker.run, daemon=True)
+    runner.start()
+    runner.join(timeout)
+    if runner.is_alive():
+        worker.stop()
+        runner.join(30)
+        raise AssertionError(f"run {run_id} did not finish within {timeout}s")
+
+
+def ledger(database_url: str, run_id: Any) -> list[tuple[Any, ...]]:
+    with psycopg.connect(database_url) as conn:
+        return conn.execute(
+            "SELECT item_id, step_key, mode, cost_usd, live_cost_usd, input_tokens, output_tokens "
+            "FROM papayya.llm_calls WHERE run_id = %s ORDER BY item_id, step_key",
+            (run_id,),
+        ).fetchall()
+
+
+def test_a_batch_mode_run_pays_the_batch_rate_once_per_call_and_every_item_gets_its_answer(
+    batch_rt: Runtime, tenant: str, fake: FakeProvider, oa: openai.OpenAI, database_url: str
+) -> None:
+    @agent
+    def label(item):
+        reply = oa.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": item.input["text"]}], max_tokens=50
+        )
+        return {"label": reply.choices[0].message.content}
+
+    handle = label.submit(
+        [{"id": str(i), "text": f"document {i}"} for i in range(40)], tenant=tenant, llm_mode="batch"
+    )
+    drain(batch_rt, label, handle.run_id)
+
+    result = RunResult.load(handle.run_id, tenant)
+    assert result.counts["succeeded"] == 40
+    outputs = {i.key: batch_rt.store.item_detail(i.item_id)["output"] for i in result.items()}
+    assert outputs["7"] == {"label": "You said: document 7"}
+    # one provider batch row per item, billed once, at the batch rate
+    assert [b.provider for b in fake.batches] == ["openai"]
+    assert len(fake.bill) == 40
+    assert {e.mode for e in fake.bill} == {"batch"}
+    rows = ledger(database_url, handle.run_id)
+    assert len(rows) == 40
+    assert {r[2] for r in rows} == {"batch"}
+    assert sum(r[3] for r in rows) == fake.billed_usd
+    for _, _, _, cost, live, inp, out in rows:
+        usage = Usage(inp, out)
+        assert cost == price_call("openai", MODEL, usage, {}, mode="batch").cost_usd
+        assert live == price_call("openai", MODEL, usage, {}).cost_usd
+        assert cost < live
+    assert result.cost_usd == fake.billed_usd
+    summary = batches.run_summary(batch_rt, handle.run_id, tenant)
+    assert (summary["waiting"], summary["batch_calls"]) == (0, 40)
+    assert summary["live_cost_usd"] > summary["batch_cost_usd"] == fake.billed_usd
+    # the budgets' charges were replaced by the actual cost
+    view = batch_rt.store.budget_view(batch_rt.budgets.accounts(tenant, handle.run_id, "month").keys())
+    assert {r["scope"]: r["spent_usd"] for r in view}["run"] == fake.billed_usd
+
+
+def test_an_agent_with_two_calls_takes_two_batch_rounds_and_pays_each_call_once(
+    batch_rt: Runtime, tenant: str, fake: FakeProvider, oa: openai.OpenAI, database_url: str
+) -> None:
+    runs: list[str] = []
+
+    @agent
+    def two(item):
+        runs.append(item.id)
+        first = oa.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "a " + item.id}]
+        )
+        second = oa.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": first.choices[0].message.content}]
+        )
+        return {"text": second.choices[0].message.content}
+
+    handle = two.submit([{"id": f"k{i}"} for i in range(5)], tenant=tenant, llm_mode="batch")
+    drain(batch_rt, two, handle.run_id)
+
+    result = RunResult.load(handle.run_id, tenant)
+    assert result.counts["succeeded"] == 5
+    detail = batch_rt.store.item_detail(next(iter(result.items())).item_id)
+    assert detail["output"] == {"text": "You said: You said: a k0"}
+    assert len(fake.batches) == 2  # a round per call
+    assert len(fake.bill) == 10
+    assert len(ledger(database_url, handle.run_id)) == 10
+    assert sorted(runs).count("k0") == 3  # deferred twice, then ran to the end from the journal
+
+
+def test_anthropic_message_batches_carry_an_agents_calls(
+    batch_rt: Runtime, tenant: str, fake: FakeProvider, database_url: str
+) -> None:
+    client = papayya_anthropic.instrument(
+        anthropic.Anthropic(base_url=fake.anthropic_url, api_key="test", max_retries=0)
+    )
+
+    @agent
+    def summarize(item):
+        msg = client.messages.create(
+            model=CLAUDE, max_tokens=64, messages=[{"role": "user", "content": item.input["text"]}]
+        )
+        return {"summary": msg.content[0].text}
+
+    handle = summarize.submit(
+        [{"id": str(i), "text": f"note {i}"} for i in range(6)], tenant=tenant, llm_mode="batch"
+    )
+    drain(batch_rt, summarize, handle.run_id)
+    result = RunResult.load(handle.run_id, tenant)
+    assert result.counts["succeeded"] == 6
+    assert [b.provider for b in fake.batches] == ["anthropic"]
+    rows = ledger(database_url, handle.run_id)
+    assert len(rows) == 6
+    assert sum(r[3] for r in rows) == fake.billed_usd == result.cost_usd
+    client.close()
+
+
+def test_a_truncated_batch_answer_degrades_its_item(
+    batch_rt: Runtime, tenant: str, fake: FakeProvider, oa: openai.OpenAI
+) -> None:
+    fake.stop_with("length", when=lambda r: "cut" in r.prompt)
+
+    @agent
+    def label(item):
+        reply = oa.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": item.input["text"]}]
+        )
+        return {"label": reply.choices[0].message.content}
+
+    handle = label.submit(
+        [{"id": "whole", "text": "keep"}, {"id": "cut", "text": "cut"}], tenant=tenant, llm_mode="batch"
+    )
+    drain(batch_rt, label, handle.run_id)
+    result = RunResult.load(handle.run_id, tenant)
+    assert (result.counts["succeeded"], result.counts["degraded"]) == (1, 1)
+    assert len(fake.bill) == 2
+
+
+def test_a_row_the_provider_refuses_fails_its_item_with_the_reason_and_costs_nothing(
+    batch_rt: Runtime, tenant: str, fake: FakeProvider, oa: openai.OpenAI, database_url: str
+) -> None:
+    fake.fail(400, message="the prompt is not allowed", times=None, when=lambda r: "bad" in r.prompt)
+
+    @agent
+    def label(item):
+        reply = oa.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": item.input["text"]}]
+        )
+        return {"label": reply.choices[0].message.content}
+
+    handle = label.submit(
+        [{"id": "good", "text": "fine"}, {"id": "bad", "text": "bad"}], tenant=tenant, llm_mode="batch"
+    )
+    drain(batch_rt, label, handle.run_id)
+    result = RunResult.load(handle.run_id, tenant)
+    assert (result.counts["succeeded"], result.counts["failed"]) == (1, 1)
+    failed = next(i for i in result.items() if i.key == "bad")
+    error = batch_rt.store.item_detail(failed.item_id)["error"]
+    assert error["type"] == "BatchRequestFailed"
+    assert "the prompt is not allowed" in error["message"]
+    assert len(ledger(database_url, handle.run_id)) == 1
+    view = batch_rt.store.budget_view(batch_rt.budgets.accounts(tenant, handle.run_id, "month").keys())
+    assert {r["scope"]: r["spent_usd"] for r in view}["run"] == fake.billed_usd
+
+
+def test_expired_rows_are_asked_again_in_a_new_batch(
+    batch_rt: Runtime, tenant: str, fake: FakeProvider, oa: openai.OpenAI
+) -> None:
+    fake.expire(times=2)
+
+    @agent(retries=2)
+    def label(item):
+        reply = oa.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": item.input["text"]}]
+        )
+        return {"label": reply.choices[0].message.content}
+
+    handle = label.submit(
+        [{"id": str(i), "text": f"t{i}"} for i in range(4)], tenant=tenant, llm_mode="batch"
+    )
+    drain(batch_rt, label, handle.run_id)
+    result = RunResult.load(handle.run_id, tenant)
+    assert result.counts["succeeded"] == 4
+    assert len(fake.batches) == 2
+    assert len(fake.bill) == 4
+    assert result.cost_usd == fake.billed_usd
+
+
+def test_a_budget_with_no_room_pauses_before_anything_is_sent(
+    batch_rt: Runtime, tenant: str, fake: FakeProvider, oa: openai.OpenAI
+) -> None:
+    @agent
+    def label(item):
+        reply = oa.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": item.input["text"]}], max_tokens=1000
+        )
+        return {"label": reply.choices[0].message.content}
+
+    handle = label.submit(
+        [{"id": str(i), "text": "x"} for i in range(20)],
+        tenant=tenant,
+        llm_mode="batch",
+        budget_usd=Decimal("0.0012"),
+    )
+    worker = engine.Worker(
+        batch_rt, [label], concurrency=2, run_ids=[handle.run_id], until_done=True, poll=0.1
+    )
+    worker.run()
+    result = RunResult.load(handle.run_id, tenant)
+    assert result.status == "paused"
+    assert result.counts.get("paused", 0) >= 1
+    spent = sum(Decimal(e.cost_usd or 0) for e in fake.bill)
+    assert spent <= Decimal("0.0012")
+
+
+def test_a_row_that_keeps_expiring_fails_its_item_once_its_attempts_are_spent(
+    batch_rt: Runtime, tenant: str, fake: FakeProvider, oa: openai.OpenAI
+) -> None:
+    fake.expire(times=None, when=lambda r: "never" in r.prompt)
+
+    @agent(retries=1)
+    def label(item):
+        reply = oa.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": item.input["text"]}]
+        )
+        return {"label": reply.choices[0].message.content}
+
+    handle = label.submit(
+        [{"id": "n", "text": "never"}, {"id": "y", "text": "yes"}], tenant=tenant, llm_mode="batch"
+    )
+    drain(batch_rt, label, handle.run_id)
+    result = RunResult.load(handle.run_id, tenant)
+    assert (result.counts["succeeded"], result.counts["failed"]) == (1, 1)
+    assert len(fake.batches) == 2  # asked twice (retries=1), then failed
+    assert len(fake.bill) == 1
+
+
+def test_a_bad_llm_mode_is_refused_with_one_sentence(batch_rt: Runtime, tenant: str) -> None:
+    @agent
+    def label(item):
+        return {}
+
+    with pytest.raises(papayya.InputError, match="not one of: live, batch"):
+        label.submit([{"id": "a"}], tenant=tenant, llm_mode="bulk")
