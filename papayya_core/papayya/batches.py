@@ -61,7 +61,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("papayya.batches")
 
 LEASE_SECONDS = 300.0  # a batcher's hold on one batch while it submits or reads it
-MAX_ROWS = {"openai": 50_000, "anthropic": 100_000}  # the providers' rows per batch
+MB = 1024 * 1024
+LIMITS = {"openai": (50_000, 200 * MB), "anthropic": (100_000, 256 * MB)}  # rows and bytes per batch
 FIRST_POLL = 1.0  # seconds after submitting; then doubling up to batch_poll_seconds
 CHUNK = 500  # result rows answered per transaction
 _SDK_ONLY = frozenset({"extra_headers", "extra_query", "extra_body", "timeout"})
@@ -154,69 +155,93 @@ def tick(rt: Runtime, *, worker: str | None = None, force: bool = False) -> Tick
     on by one at a time). ``force``: send pending requests now, whatever their age."""
     me = worker or batcher_name()
     report = TickReport()
-    settings = rt.settings
-    window = 0.0 if force else settings.batch_window_seconds
-    for group in rt.store.fetch_all("batch_groups_due", {"window": window, "limit": 1_000}):
-        _form(rt, me, group)
-    leased = rt.store.fetch_all("batch_lease", {"worker": me, "lease_seconds": LEASE_SECONDS, "limit": 32})
-    for batch in leased:
-        try:
-            if batch["status"] == "forming":
-                _submit(rt, me, batch)
-                report.formed += 1
-            else:
-                report.polled += 1
-                _poll(rt, me, batch, report)
-        except Exception as exc:  # the provider or the network: this batch waits for a later tick
-            report.errors += 1
-            log.warning("batch %s: %s; tried again later", batch["batch_id"], _one_line(exc))
-            rt.store.execute(
-                "batch_polled",
-                {
-                    "batch_id": batch["batch_id"],
-                    "worker": me,
-                    "provider_status": None,
-                    "delay": min(settings.batch_poll_seconds, 30.0),
-                },
-            )
+    clients = _Clients()
+    try:
+        window = 0.0 if force else rt.settings.batch_window_seconds
+        for group in rt.store.fetch_all("batch_groups_due", {"window": window, "limit": 1_000}):
+            _form(rt, me, group)
+        leased = rt.store.fetch_all(
+            "batch_lease", {"worker": me, "lease_seconds": LEASE_SECONDS, "limit": 32}
+        )
+        for batch in leased:
+            try:
+                client = clients.get(batch)
+                if batch["status"] == "forming":
+                    _submit(rt, me, client, batch)
+                    report.formed += 1
+                else:
+                    report.polled += 1
+                    _poll(rt, me, client, batch, report)
+            except Exception as exc:  # the provider or the network: this batch waits for a later tick
+                report.errors += 1
+                log.warning("batch %s: %s; tried again later", batch["batch_id"], _one_line(exc))
+                rt.store.execute(
+                    "batch_polled",
+                    {
+                        "batch_id": batch["batch_id"],
+                        "worker": me,
+                        "provider_status": None,
+                        "delay": min(rt.settings.batch_poll_seconds, 30.0),
+                    },
+                )
+    finally:
+        clients.close()
     return report
 
 
+class _Clients:
+    """The provider clients of one round, one per provider and base URL, closed when it ends."""
+
+    def __init__(self) -> None:
+        self._open: dict[tuple[str, str], BatchClient] = {}
+
+    def get(self, batch: dict[str, Any]) -> BatchClient:
+        from papayya.batch_api import client_for
+
+        key = (batch["provider"], batch["base_url"])
+        if key not in self._open:
+            self._open[key] = client_for(batch["provider"], base_url=batch["base_url"] or None)
+        return self._open[key]
+
+    def close(self) -> None:
+        for client in self._open.values():
+            try:
+                client.close()
+            except Exception:
+                log.debug("closing a provider client failed", exc_info=True)
+        self._open.clear()
+
+
 def _form(rt: Runtime, me: str, group: dict[str, Any]) -> None:
-    limit = MAX_ROWS.get(group["provider"], 10_000)
+    """Batches of a group's pending requests, each within the provider's rows and bytes."""
+    limit, max_bytes = LIMITS.get(group["provider"], (10_000, 100 * MB))
     while True:
-        batch_id = uuid.uuid4()
         rows = rt.store.fetch_all(
             "batch_form",
             {
-                "batch_id": batch_id,
+                "batch_id": uuid.uuid4(),
                 "provider": group["provider"],
                 "endpoint": group["endpoint"],
                 "model": group["model"],
                 "base_url": group["base_url"],
                 "limit": limit,
+                # room for each JSONL line's envelope (custom_id, method, url) around its body
+                "max_bytes": int(max_bytes * 0.9),
                 "worker": me,
                 "lease_seconds": LEASE_SECONDS,
             },
         )
-        if len(rows) < limit:
+        if not rows or len(rows) < limit:
             return
 
 
-def _client(batch: dict[str, Any]) -> BatchClient:
-    from papayya.batch_api import client_for
-
-    return client_for(batch["provider"], base_url=batch["base_url"] or None)
-
-
-def _submit(rt: Runtime, me: str, batch: dict[str, Any]) -> None:
+def _submit(rt: Runtime, me: str, client: BatchClient, batch: dict[str, Any]) -> None:
     """Create the provider batch of a forming one, unless a batcher that died after creating it left
     it behind: then adopt it."""
     from papayya.batch_api import BatchRow
 
-    client = _client(batch)
     tag = str(batch["batch_id"])
-    known = {  # ids recorded for this provider and base URL
+    known = {
         r["provider_batch_id"]
         for r in rt.store.fetch_all(
             "batch_known_ids",
@@ -225,14 +250,10 @@ def _submit(rt: Runtime, me: str, batch: dict[str, Any]) -> None:
     }
     found = client.find(tag, rows=batch["rows"], since=batch["created_at"], known=known)
     if len(found) > 1:
-        log.warning(
-            "batch %s: %d provider batches could be the one created for it (%s); waiting for them to "
-            "end before choosing",
-            tag,
-            len(found),
-            ", ".join(found),
+        raise RuntimeError(
+            f"{len(found)} provider batches could be the one created for it ({', '.join(found)}); "
+            "papayya waits for them to end before choosing"
         )
-        raise RuntimeError("ambiguous adoption")
     if found:
         provider_batch_id = found[0]
         log.warning("batch %s: adopted provider batch %s, created by a batcher that stopped", tag, found[0])
@@ -260,8 +281,7 @@ def _submit(rt: Runtime, me: str, batch: dict[str, Any]) -> None:
     )
 
 
-def _poll(rt: Runtime, me: str, batch: dict[str, Any], report: TickReport) -> None:
-    client = _client(batch)
+def _poll(rt: Runtime, me: str, client: BatchClient, batch: dict[str, Any], report: TickReport) -> None:
     state = client.state(batch["provider_batch_id"])
     if not state.ended:
         delay = min(rt.settings.batch_poll_seconds, FIRST_POLL * 2 ** min(batch["polls"] + 1, 20))
@@ -275,11 +295,8 @@ def _poll(rt: Runtime, me: str, batch: dict[str, Any], report: TickReport) -> No
             },
         )
         return
-    if state.failed_reason is None:
-        results: Iterable[RowResult] = client.results(batch["provider_batch_id"])
-    else:  # rejected as a whole: every row fails with the provider's reason (a request error: not retried)
-        results = _rejected(rt, batch, state.failed_reason)
-    _answer(rt, batch, results, report)
+    # A batch the provider rejected as a whole has its rows back as errored, with the reason.
+    _answer(rt, batch, client.results(batch["provider_batch_id"]), report)
     rt.store.execute(
         "batch_ended",
         {
@@ -291,13 +308,6 @@ def _poll(rt: Runtime, me: str, batch: dict[str, Any], report: TickReport) -> No
         },
     )
     report.ended += 1
-
-
-def _rejected(rt: Runtime, batch: dict[str, Any], reason: str) -> Iterator[RowResult]:
-    from papayya.batch_api import RowResult
-
-    for r in rt.store.fetch_all("batch_rows", {"batch_id": batch["batch_id"]}):
-        yield RowResult(r["custom_id"], "errored", None, f"the provider rejected the batch: {reason}", False)
 
 
 def _chunks(results: Iterable[RowResult]) -> Iterator[list[RowResult]]:

@@ -288,3 +288,158 @@ def test_a_bad_llm_mode_is_refused_with_one_sentence(batch_rt: Runtime, tenant: 
 
     with pytest.raises(papayya.InputError, match="not one of: live, batch"):
         label.submit([{"id": "a"}], tenant=tenant, llm_mode="bulk")
+
+
+class Crash(BaseException):
+    """A batcher process dying at this very line (a BaseException: nothing catches it on the way)."""
+
+
+def defer_all(rt: Runtime, agent_: Any, run_id: Any) -> None:
+    """Run the run's items until each waits on its batch request, with no batcher running."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(engine.worker, "BATCH_TICK", 3600.0)
+        engine.Worker(rt, [agent_], concurrency=4, run_ids=[run_id], burst=True, poll=0.1).run()
+
+
+def waiting(database_url: str, run_id: Any) -> int:
+    with psycopg.connect(database_url) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM papayya.items WHERE run_id = %s AND status = 'waiting'", (run_id,)
+        ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def expire_batcher_leases(database_url: str) -> None:
+    """Time passes: the leases of dead batchers run out, and every open batch is due a poll."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(
+            "UPDATE papayya.llm_batches SET next_poll_at = now(), lease_expires_at = CASE WHEN "
+            "lease_expires_at IS NULL THEN NULL ELSE now() - interval '1 second' END "
+            "WHERE status IN ('forming', 'submitted')"
+        )
+
+
+def test_a_batcher_killed_between_creating_a_batch_and_recording_it_is_adopted_not_paid_twice(
+    batch_rt: Runtime,
+    tenant: str,
+    fake: FakeProvider,
+    oa: openai.OpenAI,
+    database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from papayya import batch_api
+
+    @agent
+    def label(item):
+        reply = oa.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": item.id}])
+        return {"label": reply.choices[0].message.content}
+
+    handle = label.submit([{"id": f"k{i}"} for i in range(10)], tenant=tenant, llm_mode="batch")
+    defer_all(batch_rt, label, handle.run_id)
+    assert waiting(database_url, handle.run_id) == 10
+    # Given a batcher that dies right after the provider created its batch, before recording it
+    create = batch_api._OpenAIBatches.create
+
+    def create_then_die(self: Any, *args: Any, **kwargs: Any) -> str:
+        create(self, *args, **kwargs)
+        raise Crash
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(batch_api._OpenAIBatches, "create", create_then_die)
+        with pytest.raises(Crash):
+            batches.tick(batch_rt, worker="first", force=True)
+    assert len(fake.batches) == 1
+    # When its lease runs out and another batcher takes over
+    expire_batcher_leases(database_url)
+    batches.tick(batch_rt, worker="second")
+    batches.tick(batch_rt, worker="second")
+    # Then the batch the provider made was adopted, not made again, and every item got its answer
+    assert len(fake.batches) == 1
+    drain(batch_rt, label, handle.run_id)
+    result = RunResult.load(handle.run_id, tenant)
+    assert result.counts["succeeded"] == 10
+    assert len(fake.bill) == 10
+    assert len(ledger(database_url, handle.run_id)) == 10
+    assert result.cost_usd == fake.billed_usd
+
+
+def test_a_batcher_killed_while_writing_answers_leaves_the_rest_to_the_next_and_nothing_twice(
+    batch_rt: Runtime,
+    tenant: str,
+    fake: FakeProvider,
+    oa: openai.OpenAI,
+    database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    @agent
+    def label(item):
+        reply = oa.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": item.id}])
+        return {"label": reply.choices[0].message.content}
+
+    handle = label.submit([{"id": f"k{i}"} for i in range(10)], tenant=tenant, llm_mode="batch")
+    defer_all(batch_rt, label, handle.run_id)
+    batches.tick(batch_rt, worker="first", force=True)  # sent
+    expire_batcher_leases(database_url)  # (its first poll is due)
+    # Given a batcher that dies after writing the first 4 answers of the ended batch
+    chunks = batches._chunks
+
+    def first_chunk_then_die(results: Any) -> Any:
+        for n, chunk in enumerate(chunks(results)):
+            if n:
+                raise Crash
+            yield chunk
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(batches, "CHUNK", 4)
+        mp.setattr(batches, "_chunks", first_chunk_then_die)
+        with pytest.raises(Crash):
+            batches.tick(batch_rt, worker="first")
+    assert waiting(database_url, handle.run_id) == 6
+    # When another batcher takes the batch over
+    expire_batcher_leases(database_url)
+    batches.tick(batch_rt, worker="second")
+    # Then each answer is in the ledger once, and every item finishes
+    assert waiting(database_url, handle.run_id) == 0
+    drain(batch_rt, label, handle.run_id)
+    result = RunResult.load(handle.run_id, tenant)
+    assert result.counts["succeeded"] == 10
+    assert len(ledger(database_url, handle.run_id)) == 10 == len(fake.bill)
+    assert result.cost_usd == fake.billed_usd
+
+
+def test_two_thousand_items_of_three_tenants_cost_the_batch_rate_exactly_and_about_half_of_live(
+    batch_rt: Runtime, fake: FakeProvider, oa: openai.OpenAI, database_url: str
+) -> None:
+    @agent
+    def enrich(item):
+        reply = oa.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": f"enrich {item.id}"}], max_tokens=40
+        )
+        return {"text": reply.choices[0].message.content}
+
+    tenants = [f"t-{n}-{fake.url[-5:]}" for n in range(3)]
+    handles = [
+        enrich.submit([{"id": f"{t}-{i}"} for i in range(667 if n < 2 else 666)], tenant=t, llm_mode="batch")
+        for n, t in enumerate(tenants)
+    ]
+    worker = engine.Worker(
+        batch_rt, [enrich], concurrency=8, run_ids=[h.run_id for h in handles], until_done=True, poll=0.1
+    )
+    runner = threading.Thread(target=worker.run, daemon=True)
+    runner.start()
+    runner.join(240)
+    assert not runner.is_alive()
+    results = [RunResult.load(h.run_id, t) for h, t in zip(handles, tenants, strict=True)]
+    assert sum(r.counts["succeeded"] for r in results) == 2000
+    assert len(fake.bill) == 2000
+    assert {e.mode for e in fake.bill} == {"batch"}
+    assert sum((r.cost_usd for r in results), Decimal(0)) == fake.billed_usd
+    live = sum(
+        (
+            Decimal(batches.run_summary(batch_rt, h.run_id, t)["live_cost_usd"])
+            for h, t in zip(handles, tenants, strict=True)
+        ),
+        Decimal(0),
+    )
+    assert fake.billed_usd * 2 == live  # gpt-4o-mini in batch: half its live price, to the digit

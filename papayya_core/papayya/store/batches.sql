@@ -32,13 +32,22 @@ LIMIT 16;
 -- name: batch_form
 -- A new provider batch of up to %(limit)s pending requests of one group, written before the provider
 -- is asked (status 'forming', leased to this batcher): its rows are the requests it takes.
-WITH picked AS MATERIALIZED (
-    SELECT r.custom_id FROM papayya.batch_requests r
-    WHERE r.status = 'pending' AND r.provider = %(provider)s AND r.endpoint = %(endpoint)s
-      AND r.model = %(model)s AND r.base_url = %(base_url)s
-    ORDER BY r.created_at
-    LIMIT %(limit)s
-    FOR UPDATE SKIP LOCKED
+-- The oldest first, as many as fit in %(max_bytes)s of request bodies (at least one).
+WITH offered AS (
+    SELECT s.custom_id FROM (
+        SELECT r.custom_id, sum(octet_length(r.body::text)) OVER (ORDER BY r.created_at, r.custom_id) AS bytes,
+               row_number() OVER (ORDER BY r.created_at, r.custom_id) AS n
+        FROM papayya.batch_requests r
+        WHERE r.status = 'pending' AND r.provider = %(provider)s AND r.endpoint = %(endpoint)s
+          AND r.model = %(model)s AND r.base_url = %(base_url)s
+        ORDER BY r.created_at, r.custom_id
+        LIMIT %(limit)s
+    ) s
+    WHERE s.bytes <= %(max_bytes)s OR s.n = 1
+), picked AS MATERIALIZED (
+    SELECT r.custom_id FROM papayya.batch_requests r JOIN offered o USING (custom_id)
+    WHERE r.status = 'pending'
+    FOR UPDATE OF r SKIP LOCKED
 ), batch AS (
     INSERT INTO papayya.llm_batches
         (batch_id, provider, endpoint, model, base_url, rows, leased_by, lease_expires_at)
@@ -202,3 +211,33 @@ FROM papayya.items i
 LEFT JOIN papayya.batch_requests r ON r.item_id = i.item_id AND r.step_key = %(step_key)s
 WHERE i.item_id = %(item_id)s AND i.tenant_id = %(tenant_id)s
 GROUP BY i.max_attempts;
+
+-- name: batches_find
+-- The provider batches a reference names, for `papayya batches show`: papayya's id, a prefix of it
+-- (%(low)s..%(high)s, as `batches list` prints it; both NULL when the reference cannot be one) or the
+-- provider's batch id. Newest first, at most 20 (a prefix may name several).
+SELECT b.batch_id, b.provider, b.endpoint, b.model, b.base_url, b.provider_batch_id, b.status,
+       b.provider_status, b.rows, b.error, b.polls, b.created_at, b.submitted_at, b.ended_at,
+       b.next_poll_at, b.leased_by,
+       count(r.custom_id) FILTER (WHERE r.status = 'answered') AS answered,
+       count(r.custom_id) FILTER (WHERE r.status = 'failed') AS failed,
+       coalesce(sum(r.charged_usd) FILTER (WHERE r.status = 'submitted'), 0) AS charged_usd
+FROM papayya.llm_batches b
+LEFT JOIN papayya.batch_requests r ON r.batch_id = b.batch_id
+WHERE b.batch_id BETWEEN %(low)s::uuid AND %(high)s::uuid OR b.provider_batch_id = %(ref)s
+GROUP BY b.batch_id
+ORDER BY b.created_at DESC
+LIMIT 20;
+
+-- name: batch_runs
+-- The runs whose requests a provider batch carries, with how many of each run's requests are still
+-- open, answered and failed.
+SELECT r.tenant_id, r.run_id, count(*) AS requests,
+       count(*) FILTER (WHERE r.status = 'submitted') AS open,
+       count(*) FILTER (WHERE r.status = 'answered') AS answered,
+       count(*) FILTER (WHERE r.status = 'failed') AS failed
+FROM papayya.batch_requests r
+WHERE r.batch_id = %(batch_id)s
+GROUP BY r.tenant_id, r.run_id
+ORDER BY count(*) DESC, r.run_id
+LIMIT 50;
