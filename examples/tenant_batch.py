@@ -42,7 +42,8 @@ from typing import Any
 from pydantic import BaseModel
 
 import papayya
-from papayya import agent, run
+from papayya import agent, batches, run
+from papayya.runtime import get_runtime
 
 log = logging.getLogger("tenant_batch")
 
@@ -334,9 +335,22 @@ def main(argv: list[str] | None = None) -> int:
         "--client", choices=CLIENTS, help="call through this client library, at a local fake provider"
     )
     parser.add_argument("--scale", type=float, default=1.0, help="fraction of the items to run (default 1)")
+    parser.add_argument(
+        "--llm-mode",
+        choices=("live", "batch"),
+        default="live",
+        help="batch: send the LLM calls in the provider's batch API at its batch price (with --client "
+        "openai or anthropic)",
+    )
     args = parser.parse_args(argv)
     if not 0 < args.scale <= 1:
         parser.error("--scale must be more than 0 and at most 1")
+    if args.llm_mode == "batch":
+        if args.client not in ("openai", "anthropic"):
+            parser.error("--llm-mode batch needs --client openai or --client anthropic (their batch APIs)")
+        # The local fake answers batches within a second; a real provider's take minutes to hours.
+        os.environ.setdefault(f"{args.client.upper()}_API_KEY", "fake")
+        papayya.configure(llm_mode="batch", batch_window_seconds=0.5, batch_poll_seconds=0.5)
     sizes = {tenant: max(1, round(n * args.scale)) for tenant, n in TENANTS.items()}
     # The pipeline's own log goes to a file, as in production; papayya notices the errors it swallows.
     os.makedirs(".papayya", exist_ok=True)
@@ -348,6 +362,8 @@ def main(argv: list[str] | None = None) -> int:
         fake = FakeProvider(fake_reply).start()
         _THROUGH = through(args.client, fake.url)
         mode = f"{args.client} client library, at a local fake provider (answers SIMULATED, seed 47)"
+        if args.llm_mode == "batch":
+            mode += ", through its batch API"
     else:
         mode = "real OpenAI" if _CLIENT is not None else "SIMULATED provider (deterministic, seed 47)"
     print(f"papayya tenant batch: {sum(sizes.values()):,} items for {len(TENANTS)} tenants, LLM: {mode}\n")
@@ -377,6 +393,12 @@ def main(argv: list[str] | None = None) -> int:
             f"  cost       ${r.cost_usd:.6f} this run over {r.llm_calls:,} LLM calls"
             + (f" (+{r.unpriced_calls} calls of unknown price)" if r.unpriced_calls else "")
         )
+        if args.llm_mode == "batch":
+            saved = batches.run_summary(get_runtime(), r.run_id, r.tenant)
+            print(
+                f"  batch      {saved['batch_calls']:,} calls at the batch rate: "
+                f"${saved['batch_cost_usd']:.6f} (live would have cost ${saved['live_cost_usd']:.6f})"
+            )
         print(f"  spend      ${Decimal(spend.get(r.tenant, 0)):.6f} all-time for this tenant")
         for b in r.budget:
             spent, limit = b["spent_usd"], b["budget_usd"]

@@ -6,6 +6,7 @@ what papayya recorded equal to what the provider billed, call for call."""
 from __future__ import annotations
 
 import re
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -53,3 +54,24 @@ def test_every_client_library_gives_the_same_outcomes_and_the_ledger_matches_the
     assert seen["anthropic"][0] == seen["bedrock"][0]
     assert seen["openai"][1] == seen["litellm"][1] == seen["langchain"][1]
     assert seen["anthropic"][1] == seen["bedrock"][1] != seen["openai"][1]
+
+
+@pytest.mark.slow
+def test_the_tenant_batch_in_batch_mode_ends_as_live_for_half_the_price(
+    database_url: str, tmp_path: Path
+) -> None:
+    live, batch = tmp_path / "live", tmp_path / "batch"
+    live.mkdir()
+    batch.mkdir()
+    args = ["--client", "openai", "--scale", "0.1"]
+    live_counts, live_costs, _ = summary(run_example(database_url, live, args=args))
+    out = run_example(database_url, batch, args=[*args, "--llm-mode", "batch"])
+    assert "through its batch API" in out
+    counts, costs, (billed, bill_calls, recorded, calls) = summary(out)
+    # every item ends as it did live, each call billed once at the batch rate, and recorded as billed
+    assert counts == live_counts
+    assert (billed, bill_calls) == (recorded, calls)
+    assert int(calls) == 120
+    for tenant, cost in costs.items():
+        assert Decimal(cost) * 2 == pytest.approx(Decimal(live_costs[tenant]), abs=Decimal("0.000002"))
+    assert len(re.findall(r"batch\s+[\d,]+ calls at the batch rate", out)) == 3
