@@ -41,6 +41,10 @@ EXIT_INTERRUPTED = 130
 # imported only when that command runs, so `papayya --help` and each command start without loading
 # every other command's dependencies (the store, pydantic, the dashboard's web server).
 COMMANDS: dict[str, tuple[str, str]] = {
+    "batches": (
+        "papayya.cli.batches:batches_group",
+        "Provider batches of batch-mode runs: list them, show one, and send and read them (poll).",
+    ),
     "config": (
         "papayya.cli.config:config_group",
         "The configuration papayya reads: papayya.configure(...) > PAPAYYA_* variables > [tool.papayya] "

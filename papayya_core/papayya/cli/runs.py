@@ -142,6 +142,8 @@ def show_command(run_id: UUID, top: int, watch: bool, interval: float, as_json: 
         if result.transitions:
             pairs.append(("then -> now", transitions_text(result.transitions)))
     pairs += [("items", f"{result.total:,}: {counts}"), ("cost", cost)]
+    if detail["batch"] is not None:
+        pairs.append(("batch", batch_text(detail["batch"])))
     pairs += [("budget", line) for line in budget_lines(result.budget)] or [("budget", "none")]
     render.out(render.fields(pairs))
     if result.status == "paused":
@@ -396,12 +398,15 @@ def _follow(run_id: UUID, tenant_id: str, interval: float) -> None:
             f"{p['ready'] + p['waiting']:,} queued; "
             f"${Decimal(summary['cost']['cost_usd']):,.4f} spent"
         )
+        if p["waiting_batch"]:
+            line += f"; {p['waiting_batch']:,} waiting for a provider batch"
         if p["stalled"] or p["expired"]:
             line += f"; {p['stalled'] + p['expired']:,} lost their worker (being recovered)"
         click.echo(f"{render.when(datetime.now(UTC))}  {line}", err=True)
         if p["status"] != "running":
             return
-        if not (p["ready"] + p["waiting"] + p["running"] + p["expired"] + p["stalled"] + p["paused"]):
+        left = p["ready"] + p["waiting"] + p["running"] + p["expired"] + p["stalled"] + p["paused"]
+        if not (left + p["waiting_batch"]):
             store.run_complete(run_id, tenant_id)  # every item is done: the run is
             return
         time.sleep(interval)
@@ -491,7 +496,42 @@ def show_detail(run: dict[str, Any], result: RunResult, *, top: int = 5) -> dict
             for r in replays
         ],
         "clusters": [c.as_dict() for c in result.clusters(limit=top)],
+        "batch": batch_summary(result),
     }
+
+
+def batch_summary(result: RunResult) -> dict[str, Any] | None:
+    """The run's batch mode (:func:`papayya.batches.run_summary`) with what it saved against live prices;
+    None for a run with no batch call made or waiting."""
+    from papayya import batches
+
+    s = batches.run_summary(get_runtime(), result.run_id, result.tenant)
+    if not (s.get("batch_calls") or s.get("waiting") or s.get("pending") or s.get("open_batches")):
+        return None
+    return {
+        "waiting": s["waiting"],
+        "open_batches": s["open_batches"],
+        "pending": s["pending"],
+        "batch_calls": s["batch_calls"],
+        "batch_cost_usd": s["batch_cost_usd"],
+        "live_cost_usd": s["live_cost_usd"],
+        "saved_usd": s["live_cost_usd"] - s["batch_cost_usd"],
+    }
+
+
+def batch_text(b: dict[str, Any]) -> str:
+    """``9,800 waiting on 2 provider batches, 0 pending; batch calls: 200, cost $0.50 (live would have
+    been $1.00, saved $0.50)``; without the first part once nothing waits."""
+    calls = f"batch calls: {b['batch_calls']:,}"
+    if b["batch_calls"]:
+        calls += (
+            f", cost {render.money(b['batch_cost_usd'])} (live would have been "
+            f"{render.money(b['live_cost_usd'])}, saved {render.money(b['saved_usd'])})"
+        )
+    if not (b["waiting"] or b["open_batches"] or b["pending"]):
+        return calls
+    batches_ = "provider batch" if b["open_batches"] == 1 else "provider batches"
+    return f"{b['waiting']:,} waiting on {b['open_batches']:,} {batches_}, {b['pending']:,} pending; {calls}"
 
 
 def replay_text(result: RunResult) -> str:

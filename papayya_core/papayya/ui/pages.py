@@ -10,7 +10,7 @@ from markupsafe import Markup
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
-from papayya.cli.runs import budget_lines, slice_text, status_text, transitions_text
+from papayya.cli.runs import batch_text, budget_lines, slice_text, status_text, transitions_text
 from papayya.models import Outcome
 from papayya.ui import charts, reads
 from papayya.ui.auth import CSRF_FIELD, Access, Tokens
@@ -49,6 +49,7 @@ def page(request: Request, template: str, **context: Any) -> str:
         meter=charts.meter,
         status_text=status_text,
         transitions_text=transitions_text,
+        batch_text=batch_text,
         slice_text=slice_text,
     )
     env = request.app.state.templates

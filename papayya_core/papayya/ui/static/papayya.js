@@ -44,7 +44,7 @@
   }
   function badge(status) { return el("span", { "class": "badge s-" + status }, status); }
   // Item statuses in lifecycle order (the server's, from a legend's data-order), then any other.
-  var ORDER = ["queued", "running", "paused", "stalled", "succeeded", "degraded", "failed", "cancelled"];
+  var ORDER = ["queued", "running", "paused", "stalled", "waiting", "succeeded", "degraded", "failed", "cancelled"];
   function ordered(keys) {
     function rank(k) { var i = ORDER.indexOf(k); return i < 0 ? ORDER.length : i; }
     return keys.slice().sort(function (a, b) { return rank(a) - rank(b) || (a < b ? -1 : a > b ? 1 : 0); });
