@@ -78,7 +78,7 @@ def list_command(limit: int, as_json: bool) -> None:
         )
         if len(found) == limit:
             render.out(render.note(f"(the newest {limit}; --limit shows more)"))
-    render.out(pending_line(waiting))
+    render.out(render.cell(pending_line(waiting)))  # model names are shown, never read as markup
 
 
 @batches_group.command("show")
