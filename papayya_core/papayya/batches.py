@@ -143,6 +143,7 @@ class TickReport:
     woken: int = 0  # waiting items sent back to the queue
     items_failed: int = 0  # items failed for good by a request error
     errors: int = 0  # batches a provider or transport error left for a later tick
+    unknown: int = 0  # result rows whose custom_id papayya did not send (logged, ignored)
 
 
 def batcher_name() -> str:
@@ -377,6 +378,7 @@ def _answer(rt: Runtime, batch: dict[str, Any], results: Iterable[RowResult], re
         runs = {r["run_id"]: r["tenant_id"] for r, _ in doomed}
         if runs:
             rt.store.runs_complete(list(runs))
+    report.unknown += unknown
     if unknown:
         log.warning(
             "batch %s: %d result row(s) with a custom_id papayya did not send; ignored",

@@ -53,6 +53,7 @@ def replay(
     concurrency: int | None = None,
     progress: bool | None = None,
     execute: bool = True,
+    llm_mode: str | None = None,
 ) -> RunResult:
     """Replay one item (``item``) or a slice of a run (``run`` with ``outcome``, ``cluster``, ``keys`` or
     ``not_succeeded``; no filter replays the whole run) into a new run, and run it in this process.
@@ -67,6 +68,7 @@ def replay(
         from_journal: Answer every journaled step from the original items' journal (zero cost).
         agent: The agent to run; by default this process's agent of the original's name, else its module
             imported where that cannot start a batch again (``papayya.registry``).
+        llm_mode: ``live`` or ``batch`` (see :mod:`papayya.batches`); by default the original run's.
         execute: False creates the replay run and hands its items to the workers of the original's
             backend without running them here or waiting: ``papayya worker`` processes claim them on the
             native engine; on a queue backend (Celery, SQS, Temporal) they are published to it, from
@@ -79,6 +81,7 @@ def replay(
     from papayya.result import RunResult
 
     # Ids, names and keys are checked before any SQL: a refusal is one sentence, never a driver error.
+    _check_mode(llm_mode, None)
     item = validate.optional_uuid(item, "an item id")
     run = validate.optional_uuid(run, "a run id")
     tenant = validate.optional_tenant_id(tenant)
@@ -123,6 +126,7 @@ def replay(
             concurrency=concurrency,
             progress=progress,
             execute=execute,
+            llm_mode=llm_mode,
         )
     else:
         raise ReplayError("Say what to replay: an item, or a run (with --outcome, --cluster or ids).")
@@ -140,6 +144,7 @@ def replay(
                 f"No cluster {validate.shown(cluster)} in run {source['run_id']}; list them with "
                 f"`papayya failures {source['run_id']}`."
             )
+    _check_mode(llm_mode, source["backend"])
     cannot_load: AgentNotImportable | None = None
     if agent is None and execute:  # known before anything is created: a missing script leaves nothing
         try:
@@ -161,6 +166,7 @@ def replay(
             "from_journal": from_journal,
             "name": f"replay of {source['name'] or source['run_id']}",
             "backend": None,
+            "llm_mode": llm_mode,
             "slice": {**slice_, "from_journal": from_journal},
         },
         require_journal=from_journal,
@@ -196,6 +202,23 @@ def _hand_over(rt: Any, source: dict[str, Any], run_id: UUID, tenant_id: str) ->
     publish(rt, [ItemRef(item_id, key, run_id, tenant_id) for item_id, key in pending])
 
 
+def _check_mode(llm_mode: str | None, backend: str | None) -> None:
+    """A replay's LLM mode is live or batch, and batch runs on the native engine."""
+    from papayya.config import LLM_MODES
+
+    if llm_mode is None:
+        return
+    if llm_mode not in LLM_MODES:
+        raise ReplayError(
+            f"llm_mode {llm_mode!r} is not one of: {', '.join(LLM_MODES)}; nothing was created."
+        )
+    if llm_mode == "batch" and backend not in (None, "native"):
+        raise ReplayError(
+            f"llm_mode='batch' runs on the native engine, not on the {backend} backend of this run yet; "
+            "replay it live. Nothing was created."
+        )
+
+
 def _replay_across(
     tenant: str,
     *,
@@ -207,6 +230,7 @@ def _replay_across(
     concurrency: int | None,
     progress: bool | None,
     execute: bool,
+    llm_mode: str | None = None,
 ) -> RunResult:
     """:func:`replay` of a slice of a tenant's items across its runs (see there)."""
     from papayya.result import RunResult
@@ -250,6 +274,7 @@ def _replay_across(
     newest = max(rows, key=lambda r: (r["run_created_at"], str(r["run_id"])))
     source = store.run_get(newest["run_id"], tenant)
     slice_["runs"] = len({r["run_id"] for r in rows})
+    _check_mode(llm_mode, source["backend"])
     cannot_load: AgentNotImportable | None = None
     if agent is None and execute:
         try:
@@ -267,6 +292,7 @@ def _replay_across(
             "from_journal": from_journal,
             "name": f"replay of tenant {tenant}'s {_describe(chosen)}",
             "backend": None,
+            "llm_mode": llm_mode,
             "slice": {**slice_, "from_journal": from_journal},
         },
         require_journal=from_journal,

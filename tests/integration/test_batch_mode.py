@@ -97,6 +97,11 @@ def test_a_batch_mode_run_pays_the_batch_rate_once_per_call_and_every_item_gets_
         assert live == price_call("openai", MODEL, usage, {}).cost_usd
         assert cost < live
     assert result.cost_usd == fake.billed_usd
+    (made,) = fake.batches
+    shown = batches.show_batch(batch_rt, made.id)
+    assert shown is not None
+    assert (shown["rows"], shown["answered"]) == (40, 40)
+    assert batches.show_batch(batch_rt, "batch_nope") is None
     summary = batches.run_summary(batch_rt, handle.run_id, tenant)
     assert (summary["waiting"], summary["batch_calls"]) == (0, 40)
     assert summary["live_cost_usd"] > summary["batch_cost_usd"] == fake.billed_usd
@@ -443,3 +448,27 @@ def test_two_thousand_items_of_three_tenants_cost_the_batch_rate_exactly_and_abo
         Decimal(0),
     )
     assert fake.billed_usd * 2 == live  # gpt-4o-mini in batch: half its live price, to the digit
+
+
+def test_a_replay_of_a_live_run_s_degraded_slice_can_go_in_a_batch(
+    batch_rt: Runtime, tenant: str, fake: FakeProvider, oa: openai.OpenAI, database_url: str
+) -> None:
+    fake.stop_with("length", times=1, when=lambda r: "cut" in r.prompt)
+
+    @agent
+    def label(item):
+        reply = oa.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": item.input["text"]}]
+        )
+        return {"label": reply.choices[0].message.content}
+
+    live = label.map([{"id": "a", "text": "keep"}, {"id": "b", "text": "cut"}], tenant=tenant)
+    assert (live.counts["succeeded"], live.counts["degraded"]) == (1, 1)
+    assert fake.batches == []
+    replayed = papayya.replay(run=live.run_id, outcome="degraded", llm_mode="batch", agent=label)
+    assert replayed.counts["succeeded"] == 1
+    assert [b.rows for b in fake.batches] == [1]
+    (row,) = ledger(database_url, replayed.run_id)
+    assert row[2] == "batch"
+    with pytest.raises(papayya.ReplayError, match="not one of: live, batch"):
+        papayya.replay(run=live.run_id, llm_mode="bulk", agent=label)

@@ -73,6 +73,13 @@ if TYPE_CHECKING:
     default=None,
     help="Items to run at once.  [default: the original run's]",
 )
+@click.option(
+    "--llm-mode",
+    type=click.Choice(["live", "batch"]),
+    default=None,
+    help="Send the replay's LLM calls live, or in provider batches at the batch price (native engine; "
+    "docs/batch.md).  [default: the original run's]",
+)
 @render.json_option
 def replay_command(
     item_ref: str | None,
@@ -84,6 +91,7 @@ def replay_command(
     tenant: str | None,
     from_journal: bool,
     concurrency: int | None,
+    llm_mode: str | None,
     as_json: bool,
 ) -> None:
     """Replay one ITEM, or a slice of RUN, into a new run, and wait for it.
@@ -134,6 +142,7 @@ def replay_command(
         from_journal=from_journal,
         agent=agent,
         concurrency=concurrency,
+        llm_mode=llm_mode,
     )
     if as_json:
         render.emit_json(show_detail(store.run_get(result.run_id, result.tenant), result))

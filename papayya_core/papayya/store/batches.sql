@@ -169,8 +169,8 @@ SELECT b.batch_id, b.provider, b.endpoint, b.model, b.provider_batch_id, b.statu
        coalesce(sum(r.charged_usd) FILTER (WHERE r.status = 'submitted'), 0) AS charged_usd
 FROM papayya.llm_batches b
 LEFT JOIN papayya.batch_requests r ON r.batch_id = b.batch_id
-WHERE (%(batch_id)s::uuid IS NULL OR b.batch_id = %(batch_id)s::uuid
-       OR b.provider_batch_id = %(provider_batch_id)s)
+WHERE (%(batch_id)s::uuid IS NULL AND %(provider_batch_id)s::text IS NULL)
+   OR b.batch_id = %(batch_id)s::uuid OR b.provider_batch_id = %(provider_batch_id)s::text
 GROUP BY b.batch_id
 ORDER BY b.created_at DESC
 LIMIT %(limit)s;

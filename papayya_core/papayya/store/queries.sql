@@ -755,7 +755,10 @@ WITH source AS MATERIALIZED (
     INSERT INTO papayya.runs (run_id, tenant_id, agent_name, name, backend, total_items, options, replayed_from,
                               budget_usd, entrypoint, from_journal, replay_slice)
     SELECT %(run_id)s, r.tenant_id, r.agent_name, %(name)s, coalesce(%(backend)s, r.backend),
-           (SELECT count(*) FROM source), r.options, r.run_id, NULL, r.entrypoint, %(from_journal)s,
+           (SELECT count(*) FROM source),
+           CASE WHEN %(llm_mode)s::text IS NULL THEN r.options
+                ELSE r.options || jsonb_build_object('llm_mode', %(llm_mode)s::text) END,
+           r.run_id, NULL, r.entrypoint, %(from_journal)s,
            %(slice)s
     FROM papayya.runs r
     WHERE r.run_id = %(source_run_id)s AND r.tenant_id = %(tenant_id)s AND EXISTS (SELECT 1 FROM source)
@@ -925,7 +928,10 @@ WITH source AS MATERIALIZED (
     INSERT INTO papayya.runs (run_id, tenant_id, agent_name, name, backend, total_items, options, replayed_from,
                               budget_usd, entrypoint, from_journal, replay_slice)
     SELECT %(run_id)s, r.tenant_id, r.agent_name, %(name)s, coalesce(%(backend)s, r.backend),
-           (SELECT count(*) FROM source), r.options, r.run_id, NULL, r.entrypoint, %(from_journal)s,
+           (SELECT count(*) FROM source),
+           CASE WHEN %(llm_mode)s::text IS NULL THEN r.options
+                ELSE r.options || jsonb_build_object('llm_mode', %(llm_mode)s::text) END,
+           r.run_id, NULL, r.entrypoint, %(from_journal)s,
            %(slice)s
     FROM papayya.runs r
     WHERE r.run_id = %(source_run_id)s AND r.tenant_id = %(tenant_id)s AND EXISTS (SELECT 1 FROM source)
