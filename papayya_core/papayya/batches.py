@@ -115,6 +115,20 @@ def defer(ctx: AttemptContext, paid: PaidCall, where: BatchEndpoint, kwargs: dic
     raise Waiting(custom_id)
 
 
+_said_live: set[tuple[str, str, bool]] = set()
+
+
+def sent_live(step: str, provider: str, *, streamed: bool) -> None:
+    """A call of a run in batch mode that no provider batch can carry goes live: say so, once per
+    process and kind of call, since it is paid at the live price."""
+    key = (step, provider, streamed)
+    if key in _said_live:
+        return
+    _said_live.add(key)
+    why = "a streamed call" if streamed else f"no batch API carries {step} calls ({provider})"
+    log.warning("batch mode: %s is sent live, at the live price (docs/batch.md, Limits)", why)
+
+
 def request_body(kwargs: dict[str, Any]) -> dict[str, Any]:
     """The request as the provider's endpoint takes it: the SDK call's keyword arguments without the
     SDK's own options (headers, timeout), with ``extra_body`` merged in, as JSON."""
@@ -263,7 +277,11 @@ def _submit(rt: Runtime, me: str, client: BatchClient, batch: dict[str, Any]) ->
             BatchRow(r["custom_id"], r["body"])
             for r in rt.store.fetch_all("batch_rows", {"batch_id": batch["batch_id"]})
         ]
-        provider_batch_id = client.create(batch["endpoint"], rows, tag)
+        try:
+            provider_batch_id = client.create(batch["endpoint"], rows, tag)
+        except ValueError as exc:  # refused before anything was sent, and it would be again
+            _refuse(rt, me, batch, rows, str(exc))
+            return
     rt.store.execute(
         "batch_submitted",
         {
@@ -279,6 +297,28 @@ def _submit(rt: Runtime, me: str, client: BatchClient, batch: dict[str, Any]) ->
         batch["rows"],
         batch["provider"],
         provider_batch_id,
+    )
+
+
+def _refuse(rt: Runtime, me: str, batch: dict[str, Any], rows: list[Any], why: str) -> None:
+    """A batch papayya cannot send (its provider client refused it before sending anything): each of
+    its requests fails with the reason, and so do their items (asking again would be refused again)."""
+    from papayya.batch_api import RowResult
+
+    log.warning("batch %s: not sent: %s", batch["batch_id"], why)
+    refused = (
+        RowResult(r.custom_id, "errored", None, f"papayya could not send the batch: {why}") for r in rows
+    )
+    _answer(rt, batch, refused, TickReport())
+    rt.store.execute(
+        "batch_ended",
+        {
+            "batch_id": batch["batch_id"],
+            "worker": me,
+            "status": "failed",
+            "provider_status": None,
+            "error": why,
+        },
     )
 
 

@@ -555,10 +555,12 @@ class Run:
                 max_input_tokens=max_input_tokens,
                 estimate_usd=estimate_usd,
             )
-            if batch is not None and ctx.llm_mode == "batch" and stream is None:
-                from papayya.batches import defer
+            if ctx.llm_mode == "batch":
+                from papayya.batches import defer, sent_live
 
-                defer(ctx, paid, batch, kwargs)  # raises Waiting
+                if batch is not None and stream is None:
+                    defer(ctx, paid, batch, kwargs)  # raises Waiting
+                sent_live(name, provider, streamed=stream is not None)
 
             def finish(response: Any, *, whole: bool = True) -> Any:
                 got_model, usage, stop = ledger.extract_usage(provider, response)

@@ -472,3 +472,58 @@ def test_a_replay_of_a_live_run_s_degraded_slice_can_go_in_a_batch(
     assert row[2] == "batch"
     with pytest.raises(papayya.ReplayError, match="not one of: live, batch"):
         papayya.replay(run=live.run_id, llm_mode="bulk", agent=label)
+
+
+def test_a_batch_papayya_cannot_send_fails_its_items_with_the_reason_instead_of_retrying_forever(
+    batch_rt: Runtime,
+    tenant: str,
+    fake: FakeProvider,
+    oa: openai.OpenAI,
+    database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from papayya import batch_api
+
+    @agent
+    def label(item):
+        reply = oa.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": item.id}])
+        return {"label": reply.choices[0].message.content}
+
+    def refuse(self: Any, *args: Any, **kwargs: Any) -> str:
+        raise ValueError("The batch is 300 MB, more than the 200 MB an openai batch takes; split it.")
+
+    monkeypatch.setattr(batch_api._OpenAIBatches, "create", refuse)
+    handle = label.submit([{"id": "a"}, {"id": "b"}], tenant=tenant, llm_mode="batch")
+    drain(batch_rt, label, handle.run_id)
+    result = RunResult.load(handle.run_id, tenant)
+    assert result.counts["failed"] == 2
+    error = batch_rt.store.item_detail(next(iter(result.items())).item_id)["error"]
+    assert error["message"] == (
+        "papayya could not send the batch: The batch is 300 MB, more than the 200 MB an openai batch "
+        "takes; split it."
+    )
+    assert fake.batches == []
+    assert ledger(database_url, handle.run_id) == []
+    view = batch_rt.store.budget_view(batch_rt.budgets.accounts(tenant, handle.run_id, "month").keys())
+    assert {r["scope"]: r["spent_usd"] for r in view}["run"] == 0
+
+
+def test_a_call_no_batch_can_carry_goes_live_with_a_warning(
+    batch_rt: Runtime, tenant: str, fake: FakeProvider, oa: openai.OpenAI, caplog: pytest.LogCaptureFixture
+) -> None:
+    @agent
+    def streamed(item):
+        stream = oa.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": item.id}], stream=True
+        )
+        return {"text": "".join(c.choices[0].delta.content or "" for c in stream if c.choices)}
+
+    with caplog.at_level("WARNING", logger="papayya.batches"):
+        handle = streamed.submit([{"id": "s1"}, {"id": "s2"}], tenant=tenant, llm_mode="batch")
+        drain(batch_rt, streamed, handle.run_id)
+    result = RunResult.load(handle.run_id, tenant)
+    assert result.counts["succeeded"] == 2
+    assert fake.batches == []
+    assert {e.mode for e in fake.bill} == {"live"}
+    said = [r.getMessage() for r in caplog.records if "sent live" in r.getMessage()]
+    assert said == ["batch mode: a streamed call is sent live, at the live price (docs/batch.md, Limits)"]
