@@ -94,8 +94,24 @@ LEASE_SLACK = timedelta(seconds=0.5)  # the provider's clock (this process) agai
 # A worker frozen after its last lease check and before its request left sends that request when it is
 # woken: nothing between the two can stop it. The request reaches the provider within this of the wake.
 WAKE_SLACK = timedelta(seconds=1.0)
-ORDER = ("kill", "stop", "pause", "resume", "tenant-budget", "run-budget", "cap", "replay", "restart")
+ORDER = (
+    "kill",
+    "stop",
+    "pause",
+    "resume",
+    "tenant-budget",
+    "run-budget",
+    "cap",
+    "replay",
+    "restart",
+    "expire",
+)
 OPERATIONS = frozenset(ORDER)
+BATCH_OPS = frozenset({"expire"})  # operations on provider batches: drawn only with --llm-mode batch
+# --llm-mode batch: the workers' batchers gather pending requests this long and poll open batches this
+# often (PAPAYYA_BATCH_WINDOW_SECONDS / PAPAYYA_BATCH_POLL_SECONDS), so a round takes seconds, not hours.
+BATCH_WINDOW = 0.2
+BATCH_POLL = 0.2
 OP_ERRORS = (PapayyaError, psycopg.Error, subprocess.SubprocessError, OSError)
 
 
@@ -125,14 +141,32 @@ class Options:
     celery_broker: str = "redis"
     celery_ack: str = "late"
     celery_pool: str = "prefork"
+    llm_mode: str = "live"
+
+    @property
+    def batch(self) -> bool:
+        """Whether the runs send their calls through provider batches (``--llm-mode batch``)."""
+        return self.llm_mode == "batch"
 
     @property
     def mean_latency(self) -> float:
-        """Seconds per call while disturbing: long enough that the run lasts most of the schedule."""
+        """Seconds per live call while disturbing: long enough that the run lasts most of the schedule.
+        In batch mode no call is live, and the provider's batch rows are answered at once."""
+        if self.batch:
+            return 0.0
         if self.latency is not None:
             return self.latency
         slots = self.workers * self.concurrency
         return min(1.0, max(0.05, 0.8 * self.minutes * 60 * slots / (self.items * 1.5)))
+
+    @property
+    def batch_delay(self) -> float:
+        """Batch mode: seconds from a provider batch's creation until it completes while disturbing
+        (``--latency``, else a third of the schedule, so that an item of two calls and an expired row
+        takes most of it): batches are open while workers die and budgets move."""
+        if self.latency is not None:
+            return self.latency
+        return min(10.0, max(0.5, 0.8 * self.minutes * 60 / 3))
 
 
 # -- the store ------------------------------------------------------------------------------------
@@ -400,6 +434,23 @@ class Dial:
     seconds: float = 0.0
 
 
+class Once:
+    """A ``when=`` predicate for ``FakeProvider.expire``: true for a batch row whose prompt it has not
+    expired before, so that a step expires at most once and its item never runs out of attempts (the
+    item's outcome stays the reference run's)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.seen: set[str] = set()
+
+    def __call__(self, request: FakeRequest) -> bool:
+        with self.lock:
+            if request.prompt in self.seen:
+                return False
+            self.seen.add(request.prompt)
+            return True
+
+
 @dataclass
 class Seed:
     """Everything one seed's schedule acts on."""
@@ -418,6 +469,14 @@ class Seed:
     history: History = field(default_factory=History)
     arrivals: dict[int, datetime] = field(default_factory=dict)  # provider request number -> when
     reference_note: str = ""
+    expired: Once = field(default_factory=Once)  # prompts whose batch row the fake expired
+
+    def set_latency(self, seconds: float) -> None:
+        """Live calls take ``seconds`` (mean); in batch mode the provider's batches take it instead."""
+        if self.opts.batch:
+            self.fake.batch_delay = seconds
+        else:
+            self.latency.seconds = seconds
 
     @property
     def tenant(self) -> str:
@@ -450,6 +509,8 @@ class Schedule:
         }
         if s.restarter is not None:
             self.ops["restart"] = (1, self.restart)
+        if s.opts.batch:
+            self.ops["expire"] = (2, self.expire)
         self.ops = {name: op for name, op in self.ops.items() if name in s.opts.ops}
 
     def play(self, seconds: float) -> None:
@@ -593,6 +654,13 @@ class Schedule:
         result = papayya.replay(run=self.s.run_id, outcome=outcome, execute=False)
         return f"replay of the {outcome} slice: run {result.run_id}, {result.total} items"
 
+    def expire(self) -> str:
+        """Batch mode: the next 1-5 rows the provider answers expire instead (each prompt at most once):
+        their items ask again in a later batch round."""
+        rows = self.rng.randint(1, 5)
+        self.s.fake.expire(when=self.s.expired, times=rows)
+        return f"the next {rows} batch rows expire"
+
     def restart(self) -> str:
         assert self.s.restarter is not None
         first = self.s.fake.count
@@ -662,6 +730,7 @@ def settle(s: Seed, seconds: float) -> float:
     Returns how long it took."""
     started = time.monotonic()
     s.latency.seconds = min(s.latency.seconds, 0.05)
+    s.fake.batch_delay = 0.0  # waiting items are answered at the batchers' next poll
     s.workers.wake_all()
     s.workers.replace_dead(s.opts.workers)
     before = s.db.now()
@@ -717,6 +786,26 @@ class Call:
     created_at: datetime
     latency: timedelta
     pid: str = "?"  # of the worker whose attempt recorded it
+    mode: str = "live"  # "batch": a row of a provider batch
+    live_cost: Decimal | None = None  # a batch row: what it would have cost live
+    kind: str = "call"  # I5's batch timeline: "defer" (a deferred call's charge), "answer" (its settling)
+
+
+BATCH_KEY = "papayya-batch-"  # + custom_id: the ledger's idempotency key of a batch row
+
+
+@dataclass(frozen=True)
+class BatchRequest:
+    """One deferred call (``papayya.batch_requests``)."""
+
+    custom_id: str
+    item_id: uuid.UUID
+    run_id: uuid.UUID
+    step_key: str
+    status: str  # pending, submitted, answered, failed
+    charged: Decimal  # its worst case at the batch price, held by the budgets until it is answered
+    created_at: datetime
+    finished_at: datetime | None
 
 
 @dataclass(frozen=True)
@@ -748,6 +837,19 @@ class Facts:
     freezes: list[Freeze] = field(default_factory=list)
     concurrency: int = 1  # threads per worker: how many requests one freeze can catch mid-send
     killed: set[str] = field(default_factory=set)  # pids of every process a SIGKILL ended
+    batch: bool = False  # --llm-mode batch
+    requests: dict[str, BatchRequest] = field(default_factory=dict)  # custom_id -> deferred call
+    unknown_rows: list[str] = field(default_factory=list)  # batch rows billed for no recorded request
+    planned: dict[str, int] = field(default_factory=dict)  # item key -> paid calls its plan makes
+    run_modes: dict[uuid.UUID, str] = field(default_factory=dict)  # run -> its llm_mode
+
+    def item_of(self, key: str | None) -> str | None:
+        """The item id an idempotency key belongs to: ``papayya-<item id>-llm:...`` for a live call,
+        ``papayya-batch-<custom_id>`` for a batch row (through its recorded request)."""
+        if key and key.startswith(BATCH_KEY):
+            request = self.requests.get(key[len(BATCH_KEY) :])
+            return None if request is None else str(request.item_id)
+        return item_of_key(key)
 
 
 ITEMS_SQL = """
@@ -759,8 +861,13 @@ FROM papayya.items i WHERE i.tenant_id = %s
 CALLS_SQL = """
 SELECT c.item_id, c.run_id, c.idempotency_key, c.cost_usd, c.reserved_usd, c.created_at,
        coalesce(c.latency_ms, 0),
-       (SELECT a.worker FROM papayya.attempts a WHERE a.attempt_id = c.attempt_id)
+       (SELECT a.worker FROM papayya.attempts a WHERE a.attempt_id = c.attempt_id), c.mode, c.live_cost_usd
 FROM papayya.llm_calls c WHERE c.tenant_id = %s
+"""
+
+REQUESTS_SQL = """
+SELECT custom_id, item_id, run_id, step_key, status, charged_usd, created_at, finished_at
+FROM papayya.batch_requests WHERE tenant_id = %s
 """
 
 ATTEMPTS_SQL = """
@@ -831,15 +938,29 @@ def collect(s: Seed, reference: dict[str, Outcome]) -> Facts:
             r[5],
             timedelta(milliseconds=r[6]),
             str(r[7] or "?").rsplit(":", 1)[-1],
+            r[8],
+            r[9],
         )
         for r in s.db.rows(CALLS_SQL, (s.tenant,))
     ]
     sums = s.db.rows(SUMS_SQL, {"t": s.tenant})[0]
-    return Facts(
+    requests = {r[0]: BatchRequest(*r) for r in s.db.rows(REQUESTS_SQL, (s.tenant,))}
+    bill = batch_keyed(s.fake.bill, s.fake.requests)
+    rows = {e.idempotency_key[len(BATCH_KEY) :] for e in bill if e.idempotency_key and e.batch_id}
+    unmatched = [
+        f"row #{e.number} of batch {e.batch_id}" for e in bill if e.batch_id and not e.idempotency_key
+    ]
+    known = {k for (k,) in s.db.rows("SELECT custom_id FROM papayya.batch_requests WHERE custom_id = ANY(%s)",
+                                      (sorted(rows),))}  # fmt: skip
+    modes = s.db.rows(
+        "SELECT run_id, coalesce(options ->> 'llm_mode', 'live') FROM papayya.runs WHERE tenant_id = %s",
+        (s.tenant,),
+    )
+    facts = Facts(
         runs=s.db.runs(s.tenant),
         items=items,
         calls=calls,
-        bill=[e for e in s.fake.bill if item_of_key(e.idempotency_key) in ids],
+        bill=[],
         sums=dict(zip(("items", "runs", "tenant", "models", "ledger", "counters"), sums[:6], strict=True)),
         misattributed=sums[6],
         counters_off=sums[7],
@@ -852,7 +973,27 @@ def collect(s: Seed, reference: dict[str, Outcome]) -> Facts:
         freezes=list(s.workers.freezes),
         concurrency=s.opts.concurrency,
         killed={str(p) for p in s.workers.killed_members},
+        batch=s.opts.batch,
+        requests=requests,
+        unknown_rows=[*sorted(rows - known), *unmatched],
+        planned={i.key: workload.plan_of(s.seed, i.key).calls for i in items},
+        run_modes=dict(modes),
     )
+    facts.bill = [e for e in bill if facts.item_of(e.idempotency_key) in ids]
+    return facts
+
+
+def batch_keyed(bill: list[BillEntry], requests: list[FakeRequest]) -> list[BillEntry]:
+    """The bill with each batch row under the key papayya's ledger gives it, ``papayya-batch-<custom_id>``:
+    a row of a provider batch carries no ``Idempotency-Key``, only its ``custom_id`` (a request of the
+    fake, found by its batch and number)."""
+    custom = {(r.batch_id, r.number): r.custom_id for r in requests if r.batch_id is not None}
+    return [
+        e
+        if e.batch_id is None or custom.get((e.batch_id, e.number)) is None
+        else dataclasses.replace(e, idempotency_key=f"{BATCH_KEY}{custom[e.batch_id, e.number]}")
+        for e in bill
+    ]
 
 
 def attempt_rows(db: Db, tenant: str) -> list[AttemptRow]:
@@ -907,7 +1048,7 @@ def check_ledger(f: Facts) -> Verdict:
     ledger = Counter(c.key for c in f.calls)
     open_ids = {str(i.item_id) for i in f.items if i.status not in TERMINAL}
     unrecorded = sorted(str(k) for k in billed if k not in ledger)
-    missing = [k for k in unrecorded if item_of_key(k) not in open_ids]
+    missing = [k for k in unrecorded if f.item_of(k) not in open_ids]
     phantom = sorted(str(k) for k, n in ledger.items() if n > billed.get(k, 0))
     price = {e.idempotency_key: e.cost_usd for e in f.bill}
     mispriced = sorted(str(c.key) for c in f.calls if c.key in price and c.cost != price[c.key])
@@ -920,7 +1061,42 @@ def check_ledger(f: Facts) -> Verdict:
     details = [f"billed, not in the ledger: {k}" for k in missing[:5]]
     details += [f"in the ledger more often than billed: {k}" for k in phantom[:5]]
     details += [f"ledger cost differs from the bill: {k}" for k in mispriced[:5]]
-    return Verdict("I2", not (missing or phantom or mispriced), figures, tuple(details))
+    wrong: list[str] = []
+    if f.batch:
+        wrong = batch_ledger_faults(f)
+        figures += f", batch mode: {batch_figures(f)}, faults {len(wrong)}"
+        details += wrong[:5]
+    return Verdict("I2", not (missing or phantom or mispriced or wrong), figures, tuple(details))
+
+
+def batch_figures(f: Facts) -> str:
+    """Runs in batch mode, rows billed in batches, and the deferred calls by how they ended."""
+    states = Counter(r.status for r in f.requests.values())
+    batched = sum(1 for e in f.bill if e.mode == "batch")
+    shown = ", ".join(f"{k} {v}" for k, v in sorted(states.items())) or "none"
+    runs = sum(1 for m in f.run_modes.values() if m == "batch")
+    return f"runs {runs}/{len(f.run_modes)}, billed rows {batched}, requests {len(f.requests)} ({shown})"
+
+
+def batch_ledger_faults(f: Facts) -> list[str]:
+    """What a run in batch mode must not show in its ledger and bill: a call paid live (every call of the
+    workload has a batch endpoint), a batch row billed for a custom_id papayya never recorded, a ledger
+    row not marked ``batch``, or one without its live price (what batch mode saved is reported from it),
+    or a request answered without its ledger row."""
+    faults = [f"paid live in a batch-mode run: {e.idempotency_key}" for e in f.bill if e.mode != "batch"]
+    faults += [f"billed for a custom_id papayya never recorded: {k}" for k in f.unknown_rows]
+    for c in f.calls:
+        if c.mode != "batch" or c.key is None or not c.key.startswith(BATCH_KEY):
+            faults.append(f"ledger row {c.key} is {c.mode}, not a batch row")
+        elif c.live_cost is None or c.cost is None or c.live_cost < c.cost:
+            faults.append(f"ledger row {c.key}: cost {c.cost}, live cost {c.live_cost}")
+    recorded = {c.key for c in f.calls}
+    faults += [
+        f"request {r.custom_id} answered, no ledger row"
+        for r in f.requests.values()
+        if r.status == "answered" and f"{BATCH_KEY}{r.custom_id}" not in recorded
+    ]
+    return faults
 
 
 def check_paid_twice(f: Facts, cut: dict[int, str]) -> Verdict:
@@ -961,7 +1137,26 @@ def check_paid_twice(f: Facts, cut: dict[int, str]) -> Verdict:
         for k in list(unexplained)[:5]
     ]
     details += [f"paid after its attempt ended: {line}" for line in late[:5]]
-    return Verdict("I3", not unexplained and not late, figures, tuple(details))
+    twice: dict[tuple[str, str], list[str]] = {}
+    if f.batch:
+        twice = batch_steps_paid_twice(f)
+        figures += f", batch steps answered in two requests {len(twice)}"
+        details += [f"item {item} step {step} billed for requests {', '.join(ids)}" for (item, step), ids in
+                    list(twice.items())[:5]]  # fmt: skip
+    return Verdict("I3", not unexplained and not late and not twice, figures, tuple(details))
+
+
+def batch_steps_paid_twice(f: Facts) -> dict[tuple[str, str], list[str]]:
+    """Batch mode: the steps billed for more than one deferred call. A row that failed or expired is not
+    billed, and its step's next request is; so a step billed twice paid twice, whatever the kills (a
+    custom_id billed twice is the per-key check's: a request sent in two provider batches)."""
+    steps: defaultdict[tuple[str, str], set[str]] = defaultdict(set)
+    for e in f.bill:
+        key = e.idempotency_key
+        request = f.requests.get(key[len(BATCH_KEY) :]) if key and key.startswith(BATCH_KEY) else None
+        if request is not None:
+            steps[str(request.item_id), request.step_key].add(request.custom_id)
+    return {step: sorted(ids) for step, ids in sorted(steps.items()) if len(ids) > 1}
 
 
 def paid_after_lease(f: Facts) -> tuple[list[str], dict[int, str]]:
@@ -979,7 +1174,7 @@ def paid_after_lease(f: Facts) -> tuple[list[str], dict[int, str]]:
         arrived, pid = f.arrivals.get(e.number), f.senders.get(e.number, "?")
         if arrived is None:
             continue
-        mine = by_worker[str(item_of_key(e.idempotency_key)), pid]
+        mine = by_worker[str(f.item_of(e.idempotency_key)), pid]
         held = [a for a in mine if a.started_at <= arrived + LEASE_SLACK]
         attempt = max(held, key=lambda a: a.started_at, default=None)
         if attempt is None or attempt.finished_at is None or arrived <= attempt.finished_at + LEASE_SLACK:
@@ -1052,16 +1247,50 @@ def epoch(change: BudgetChange, end: datetime, calls: list[Call], flight: list[C
     flight when the limit last came down that were recorded in this limit's time."""
     assert change.limit is not None
     at_start = total(c for c in calls if c.created_at < change.before)
-    at_end = total(c for c in calls if c.created_at < end)
     window = [c for c in calls if change.before <= c.created_at < end]
     error = sum((max(Decimal(0), cost(c) - (c.reserved or Decimal(0))) for c in window), Decimal(0))
     return Epoch(
         scope=change.scope,
         limit=change.limit,
-        overshoot=max(Decimal(0), at_end - max(change.limit, at_start)),
+        overshoot=max(Decimal(0), peak(calls, change.before, end) - max(change.limit, at_start)),
         bound=error + total(flight),
         in_flight=len(flight),
     )
+
+
+def peak(calls: list[Call], start: datetime, end: datetime) -> Decimal:
+    """The most the calls added up to at any moment from ``start`` until ``end``. Ledger rows only add,
+    so that is their total before ``end``; batch mode's timeline also takes back (a charge replaced by a
+    smaller cost, or released when its row failed), so each moment counts."""
+    running, best = Decimal(0), None
+    ordered = sorted((c for c in calls if c.created_at < end), key=lambda c: c.created_at)
+    for moment, together in itertools.groupby(ordered, key=lambda c: c.created_at):
+        running += total(together)  # one transaction's rows share its clock: counted at once
+        if moment >= start:
+            best = running if best is None else max(best, running)
+    return running if best is None else max(best, running)
+
+
+def spending(f: Facts) -> list[Call]:
+    """What the budgets hold spent, as dated amounts: each live ledger row its cost when recorded; in
+    batch mode each deferred call its charge (its worst case at the batch price) from when it was
+    deferred, replaced by its ledger row's cost when it was answered, taken back when its row failed.
+    The charge is an "in flight" call at a lowering; its settling is not."""
+    if not f.batch:
+        return f.calls
+    rows = {c.key[len(BATCH_KEY) :]: c for c in f.calls if c.key and c.key.startswith(BATCH_KEY)}
+    found = [c for c in f.calls if c.mode != "batch"]
+    for r in f.requests.values():
+        found.append(Call(r.item_id, r.run_id, r.custom_id, r.charged, r.charged, r.created_at, timedelta(0),
+                          mode="batch", kind="defer"))  # fmt: skip
+        if r.finished_at is None or r.status not in ("answered", "failed"):
+            continue
+        row = rows.get(r.custom_id) if r.status == "answered" else None
+        delta = (Decimal(0) if row is None else cost(row)) - r.charged
+        # a cost above the charge is the estimate's error (the bound allows it), a lower one is no error
+        found.append(Call(r.item_id, r.run_id, r.custom_id, delta, min(delta, Decimal(0)), r.finished_at,
+                          timedelta(0), mode="batch", kind="answer"))  # fmt: skip
+    return found
 
 
 def cost(call: Call) -> Decimal:
@@ -1078,14 +1307,17 @@ def in_flight(calls: list[Call], change: BudgetChange) -> list[Call]:
     return [
         c
         for c in calls
-        if c.created_at >= change.before and c.created_at - c.latency - CALL_SLACK <= change.after
+        if c.kind != "answer"
+        and c.created_at >= change.before
+        and c.created_at - c.latency - CALL_SLACK <= change.after
     ]
 
 
 def check_budgets(f: Facts, changes: list[BudgetChange], run_id: uuid.UUID) -> Verdict:
     """I5: no budget overshot by more than the estimate error plus, after a lowering, the calls in flight."""
-    found = epochs([c for c in changes if c.scope == "tenant"], f.calls)
-    found += epochs([c for c in changes if c.scope == "run"], [c for c in f.calls if c.run_id == run_id])
+    spent = spending(f)
+    found = epochs([c for c in changes if c.scope == "tenant"], spent)
+    found += epochs([c for c in changes if c.scope == "run"], [c for c in spent if c.run_id == run_id])
     over = [e for e in found if e.overshoot > e.bound]
     unreserved = sum(1 for c in f.calls if c.reserved is None)
     worst = max(found, key=lambda e: e.overshoot - e.bound, default=None)
@@ -1105,22 +1337,40 @@ def check_attempts(f: Facts, history: History) -> Verdict:
     """I6: attempts per item <= retries + stalls + resumes of its run + restarts + 1 (no livelock).
 
     The retries are the ones the item's plan needs (one for a flaky item), not the two the agent allows:
-    nothing else in the workload raises a retryable error."""
+    nothing else in the workload raises a retryable error. In batch mode each batch round adds one: the
+    attempt that deferred a call ends ``waiting`` and the answer (or a failed row) runs the item again,
+    so an item's deferred calls are added; and the rounds themselves are bounded: an item defers no
+    more calls than its plan makes, plus one for each row that failed or expired."""
+    rounds = Counter(r.item_id for r in f.requests.values())
+    failed = Counter(r.item_id for r in f.requests.values() if r.status == "failed")
     allowed = {
         i.item_id: 1 + f.retries[i.key] + i.stalls + history.resumes[i.run_id] + history.restarts
+        + rounds[i.item_id]
         for i in f.items
-    }
+    }  # fmt: skip
     over = [i for i in f.items if i.attempts > allowed[i.item_id]]
     total = sum(i.attempts for i in f.items)
     figures = f"attempts {total} <= allowed {sum(allowed.values())}, items over {len(over)}"
     if over:
         worst = max(over, key=lambda i: i.attempts - allowed[i.item_id])
         figures += f" (worst {worst.attempts} vs {allowed[worst.item_id]})"
-    details = tuple(
+    details = [
         f"item {i.key}: {i.attempts} attempts, allowed {allowed[i.item_id]} ({i.stalls} stalls)"
         for i in over[:5]
-    )
-    return Verdict("I6", not over, figures, details)
+    ]
+    extra: list[ItemRow] = []
+    if f.batch:
+        extra = [i for i in f.items if rounds[i.item_id] - failed[i.item_id] > f.planned.get(i.key, 0)]
+        figures += (
+            f", batch rounds {sum(rounds.values())} ({sum(failed.values())} after a failed row), "
+            f"items deferring more calls than they make {len(extra)}"
+        )
+        details += [
+            f"item {i.key}: {rounds[i.item_id]} calls deferred ({failed[i.item_id]} failed), "
+            f"its plan makes {f.planned.get(i.key, 0)}"
+            for i in extra[:5]
+        ]
+    return Verdict("I6", not over and not extra, figures, tuple(details))
 
 
 def check_outcomes(f: Facts) -> Verdict:
@@ -1177,11 +1427,14 @@ def _stub(item: Any) -> None:
 STUBS: dict[str, papayya.Agent] = {}  # the sender's view of each seed's agent, alive for resume
 
 
-def submit(agent_name: str, tenant: str, keys: list[str], concurrency: int = 8) -> uuid.UUID:
+def submit(
+    agent_name: str, tenant: str, keys: list[str], concurrency: int = 8, llm_mode: str = "live"
+) -> uuid.UUID:
     stub = STUBS.get(agent_name)
     if stub is None:
         stub = STUBS[agent_name] = papayya.agent(name=agent_name, retries=workload.RETRIES, backoff=0)(_stub)
-    return stub.submit([{"id": k} for k in keys], tenant=tenant, concurrency=concurrency).run_id
+    items = [{"id": k} for k in keys]
+    return stub.submit(items, tenant=tenant, concurrency=concurrency, llm_mode=llm_mode).run_id
 
 
 def worker_env(opts: Options, seed: int, agent_name: str, fake: FakeProvider, home: Path) -> dict[str, str]:
@@ -1198,6 +1451,17 @@ def worker_env(opts: Options, seed: int, agent_name: str, fake: FakeProvider, ho
         "CHECKER_SEED": str(seed),
         "CHECKER_AGENT": agent_name,
         "CHECKER_FAKE_URL": fake.openai_url,
+        # batch mode: every worker's batcher sends the pending requests to the fake within a fraction
+        # of a second (a batcher needs a key even for the fake)
+        **(
+            {
+                "OPENAI_API_KEY": "checker",
+                "PAPAYYA_BATCH_WINDOW_SECONDS": f"{BATCH_WINDOW:g}",
+                "PAPAYYA_BATCH_POLL_SECONDS": f"{BATCH_POLL:g}",
+            }
+            if opts.batch
+            else {}
+        ),
     }
 
 
@@ -1213,7 +1477,7 @@ def wait_terminal(db: Db, tenant: str, seconds: float) -> bool:
 def reference_run(s: Seed, keys: list[str]) -> dict[str, Outcome]:
     """Serve the seed's items undisturbed, at no latency, for a tenant of their own."""
     tenant, started = f"{s.tenant}-ref", time.monotonic()
-    submit(s.agent_name, tenant, keys, BACKENDS[s.opts.backend].width(s.opts))
+    submit(s.agent_name, tenant, keys, BACKENDS[s.opts.backend].width(s.opts), s.opts.llm_mode)
     if not wait_terminal(s.db, tenant, 300):
         say(f"  seed {s.seed}: the reference run did not finish in 300 s")
     s.reference_cost = s.db.spent(tenant)
@@ -1260,8 +1524,8 @@ def run_seed(seed: int, opts: Options, db: Db, restarter: Restarter | None) -> l
         try:
             workers.replace_dead(opts.workers)
             reference = reference_run(s, keys)
-            latency.seconds = opts.mean_latency
-            s.run_id = submit(s.agent_name, s.tenant, keys, BACKENDS[opts.backend].width(opts))
+            s.set_latency(opts.batch_delay if opts.batch else opts.mean_latency)
+            s.run_id = submit(s.agent_name, s.tenant, keys, BACKENDS[opts.backend].width(opts), opts.llm_mode)
             Schedule(s).play(opts.minutes * 60)
             took = settle(s, max(60.0, opts.minutes * 120))
             wait_runs_settled(db, s.tenant)
@@ -1288,7 +1552,8 @@ def report(s: Seed, found: list[Verdict], elapsed: float, settling: float) -> No
     h = s.history
     cut = len(h.cut)
     head = (
-        f"seed {s.seed}: {s.opts.items} items, {s.reference_note}, ops {sum(h.ops.values())} "
+        f"seed {s.seed}: {s.opts.items} items{' in batch mode' if s.opts.batch else ''}, {s.reference_note}, "
+        f"ops {sum(h.ops.values())} "
         f"({h.summary()}), slowest op {h.slowest[0]:g}s ({h.slowest[1]}), cut in flight {cut}, "
         f"died {len(s.workers.died)}, deadlocks logged {s.workers.logged('DeadlockDetected')}, "
         f"settled in {settling:.0f}s"
@@ -1304,7 +1569,7 @@ def report(s: Seed, found: list[Verdict], elapsed: float, settling: float) -> No
 SPEC = "tests.reliability.checker_agent:enrich"
 # The tenant cap (``papayya tenants set T --max-running N``) is honoured by the native engine's claim
 # only; on a queue backend the broker decides what runs, so "cap" would change nothing to check.
-QUEUE_OPS = frozenset(OPERATIONS - {"cap"})
+QUEUE_OPS = frozenset(OPERATIONS - {"cap"} - BATCH_OPS)
 
 
 class Native:
@@ -1615,6 +1880,13 @@ def parse(argv: list[str] | None) -> tuple[argparse.Namespace, Options]:
     p.add_argument(
         "--ops", default=None, help="the operations to draw from (default: all the backend supports)"
     )
+    p.add_argument(
+        "--llm-mode",
+        choices=("live", "batch"),
+        default="live",
+        help="batch: the runs send their calls through provider batches (native only; --latency is then "
+        "how long a batch takes)",
+    )
     celery = p.add_argument_group("--backend celery")
     celery.add_argument("--celery-broker", choices=sorted(CELERY_BROKERS), default="redis")
     celery.add_argument(
@@ -1627,10 +1899,14 @@ def parse(argv: list[str] | None) -> tuple[argparse.Namespace, Options]:
         help="the workers' pool (solo: one item at a time, --concurrency 1)",
     )
     a = p.parse_args(argv)
-    supported = BACKENDS[a.backend].ops
+    supported = BACKENDS[a.backend].ops - (BATCH_OPS if a.llm_mode == "live" else frozenset())
     ops = set(a.ops.split(",")) if a.ops else set(supported)
     if unknown := ops - OPERATIONS:
         p.error(f"unknown operations {', '.join(sorted(unknown))}; choose from {', '.join(ORDER)}")
+    if a.llm_mode == "batch" and a.backend != "native":
+        p.error("--llm-mode batch runs on the native backend only (papayya's batch mode is native-only)")
+    if a.llm_mode == "live" and ops & BATCH_OPS:
+        p.error(f"{', '.join(sorted(ops & BATCH_OPS))} acts on provider batches: add --llm-mode batch")
     if a.backend == "celery" and a.celery_pool == "solo":
         a.concurrency = 1
     opts = Options(
@@ -1651,6 +1927,7 @@ def parse(argv: list[str] | None) -> tuple[argparse.Namespace, Options]:
         celery_broker=a.celery_broker,
         celery_ack=a.celery_ack,
         celery_pool=a.celery_pool,
+        llm_mode=a.llm_mode,
     )
     return a, opts
 
@@ -1705,8 +1982,13 @@ def main(argv: list[str] | None = None) -> int:
         backend.start(opts)
         db = Db(url)
         restarter = Restarter.find(db) if opts.pg_restart and "restart" in opts.ops else None
+        pace = (
+            f"batch mode, batches ~{opts.batch_delay:.1f}s"
+            if opts.batch
+            else f"calls ~{opts.mean_latency:.2f}s"
+        )
         say(f"checker: {opts.seeds} seeds from {opts.seed_start}, {opts.items} items, {opts.workers} workers "
-            f"x {opts.concurrency}, {opts.minutes:g} min each, calls ~{opts.mean_latency:.2f}s, "
+            f"x {opts.concurrency}, {opts.minutes:g} min each, {pace}, "
             f"PostgreSQL restarts {'on' if restarter else 'off'}")  # fmt: skip
         for seed in range(opts.seed_start, opts.seed_start + opts.seeds):
             try:
