@@ -170,13 +170,19 @@ def tick(rt: Runtime, *, worker: str | None = None, force: bool = False) -> Tick
     on by one at a time). ``force``: send pending requests now, whatever their age."""
     me = worker or batcher_name()
     report = TickReport()
+    providers = servable()
+    if not providers:  # no provider key here: leave the batches to a process that has one
+        return report
     clients = _Clients()
     try:
         window = 0.0 if force else rt.settings.batch_window_seconds
-        for group in rt.store.fetch_all("batch_groups_due", {"window": window, "limit": 1_000}):
+        due = rt.store.fetch_all(
+            "batch_groups_due", {"window": window, "limit": 1_000, "providers": providers}
+        )
+        for group in due:
             _form(rt, me, group)
         leased = rt.store.fetch_all(
-            "batch_lease", {"worker": me, "lease_seconds": LEASE_SECONDS, "limit": 32}
+            "batch_lease", {"worker": me, "lease_seconds": LEASE_SECONDS, "limit": 32, "providers": providers}
         )
         for batch in leased:
             try:
@@ -202,6 +208,18 @@ def tick(rt: Runtime, *, worker: str | None = None, force: bool = False) -> Tick
     finally:
         clients.close()
     return report
+
+
+KEYS = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}
+
+
+def servable() -> list[str]:
+    """The providers whose batches this process can send and read: their SDK is installed and their
+    key is in the environment. A worker without a provider's key never takes that provider's batches
+    (it would only fail on them, and hold them up while it did)."""
+    import importlib.util
+
+    return [p for p, key in KEYS.items() if os.environ.get(key) and importlib.util.find_spec(p) is not None]
 
 
 class _Clients:

@@ -23,7 +23,7 @@ RETURNING custom_id;
 -- oldest waited the window, or they fill a batch.
 SELECT provider, endpoint, model, base_url, count(*) AS pending
 FROM papayya.batch_requests
-WHERE status = 'pending'
+WHERE status = 'pending' AND provider = ANY(%(providers)s::text[])
 GROUP BY provider, endpoint, model, base_url
 HAVING min(created_at) <= now() - make_interval(secs => %(window)s) OR count(*) >= %(limit)s
 ORDER BY min(created_at)
@@ -72,6 +72,7 @@ SET leased_by = %(worker)s, lease_expires_at = now() + make_interval(secs => %(l
 WHERE b.batch_id IN (
     SELECT batch_id FROM papayya.llm_batches
     WHERE status IN ('forming', 'submitted') AND next_poll_at <= now()
+      AND provider = ANY(%(providers)s::text[])
       AND (lease_expires_at IS NULL OR lease_expires_at < now() OR leased_by = %(worker)s)
     ORDER BY next_poll_at
     LIMIT %(limit)s
