@@ -49,8 +49,8 @@ from pydantic_core import to_jsonable_python
 
 from papayya import fingerprint
 from papayya.errors import Waiting
-from papayya.ledger import extract_usage
-from papayya.models import ErrorCategory, LLMCall
+from papayya.ledger import call_row, extract_usage
+from papayya.models import ErrorCategory
 from papayya.pricing import batch_rate, price_call
 
 if TYPE_CHECKING:
@@ -463,34 +463,28 @@ def _record(
     overrides, _ = rt.control.terms(request["tenant_id"])
     price = price_call(provider, model, usage, overrides, mode="batch")
     live = price_call(provider, model, usage, overrides)
-    call = LLMCall(
-        tenant_id=request["tenant_id"],
-        run_id=request["run_id"],
-        item_id=request["item_id"],
-        attempt_id=request["attempt_id"],
+    call = call_row(
+        (request["tenant_id"], request["run_id"], request["item_id"], request["attempt_id"]),
         step_key=request["step_key"],
         provider=provider,
         model=model,
-        input_tokens=usage.input_tokens,
-        output_tokens=usage.output_tokens,
-        cache_read_tokens=usage.cache_read_tokens,
-        cache_write_tokens=usage.cache_write_tokens,
+        usage=usage,
         stop_reason=stop,
         latency_ms=None,
-        cost_usd=price.cost_usd,
-        price_source=price.source,
+        price=price,
         idempotency_key=f"papayya-batch-{request['custom_id']}",
     )
-    rt.store.execute(
-        "batch_call_record",
+    rt.store.llm_call_record(
         {
             **call.as_params(),
             "reserved_usd": request["charged_usd"],
+            "lease_token": None,
+            "mode": "batch",
             "live_cost_usd": live.cost_usd,
-            "result": Jsonb(rt.blobs.shrink(request["tenant_id"], response)),
-            "journal": True,
-            "request_hash": request["request_hash"],
         },
+        journal_result=rt.blobs.shrink(request["tenant_id"], response),
+        journal=True,
+        request_hash=request["request_hash"],
     )
     try:
         rt.hooks.llm_call_recorded(call)

@@ -12,6 +12,7 @@ import json
 import logging
 from decimal import ROUND_CEILING, Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any
+from uuid import UUID
 
 from pydantic_core import to_jsonable_python
 
@@ -83,22 +84,15 @@ def record(
             provider,
             model,
         )
-    call = LLMCall(
-        tenant_id=ctx.tenant_id,
-        run_id=ctx.run_id,
-        item_id=ctx.item_id,
-        attempt_id=ctx.attempt_id,
+    call = call_row(
+        (ctx.tenant_id, ctx.run_id, ctx.item_id, ctx.attempt_id),
         step_key=step_key,
         provider=provider,
         model=model,
-        input_tokens=usage.input_tokens,
-        output_tokens=usage.output_tokens,
-        cache_read_tokens=usage.cache_read_tokens,
-        cache_write_tokens=usage.cache_write_tokens,
+        usage=usage,
         stop_reason=stop_reason,
         latency_ms=latency_ms,
-        cost_usd=price.cost_usd,
-        price_source=price.source,
+        price=price,
         idempotency_key=idempotency_key,
     )
     journaled = journal and step_key is not None and request_hash is not None
@@ -126,6 +120,40 @@ def record(
     signal_stop(ctx, provider, model, stop_reason)
     ctx.runtime.hooks.llm_call_recorded(call)
     return call
+
+
+def call_row(
+    owner: tuple[str, UUID, UUID, UUID],
+    *,
+    step_key: str | None,
+    provider: str,
+    model: str,
+    usage: Usage,
+    stop_reason: str | None,
+    latency_ms: float | None,
+    price: Price,
+    idempotency_key: str | None,
+) -> LLMCall:
+    """The ledger row of a priced call of the attempt ``owner`` (tenant, run, item, attempt)."""
+    tenant_id, run_id, item_id, attempt_id = owner
+    return LLMCall(
+        tenant_id=tenant_id,
+        run_id=run_id,
+        item_id=item_id,
+        attempt_id=attempt_id,
+        step_key=step_key,
+        provider=provider,
+        model=model,
+        input_tokens=usage.input_tokens,
+        output_tokens=usage.output_tokens,
+        cache_read_tokens=usage.cache_read_tokens,
+        cache_write_tokens=usage.cache_write_tokens,
+        stop_reason=stop_reason,
+        latency_ms=latency_ms,
+        cost_usd=price.cost_usd,
+        price_source=price.source,
+        idempotency_key=idempotency_key,
+    )
 
 
 def signal_stop(ctx: AttemptContext, provider: str, model: str | None, stop_reason: str | None) -> None:

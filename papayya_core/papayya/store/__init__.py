@@ -609,6 +609,8 @@ class Store:
         cost to its item. True when the attempt's lease (``lease_token``) had moved on: the row is
         written all the same, flagged ``lease_lost``."""
         params = {
+            "mode": "live",
+            "live_cost_usd": None,
             **params,
             "result": Jsonb(journal_result) if journal else None,
             "journal": journal,

@@ -118,32 +118,6 @@ FOR UPDATE;
 UPDATE papayya.batch_requests SET status = %(status)s, error = %(error)s, finished_at = now()
 WHERE custom_id = %(custom_id)s AND status = 'submitted';
 
--- name: batch_call_record
--- The ledger row of an answered request, and its journal step (the step the waiting item will ask
--- again), and the cost on its item: one statement, as llm_call_record for a live call.
-WITH item AS (
-    UPDATE papayya.items i
-    SET cost_usd = i.cost_usd + coalesce(%(cost_usd)s::numeric, 0),
-        cost_unknown = i.cost_unknown OR %(cost_usd)s::numeric IS NULL
-    WHERE i.item_id = %(item_id)s AND i.tenant_id = %(tenant_id)s
-    RETURNING i.item_id
-), journal AS (
-    INSERT INTO papayya.steps (item_id, step_key, tenant_id, attempt_id, kind, result, request_hash)
-    SELECT %(item_id)s, %(step_key)s, %(tenant_id)s, %(attempt_id)s, 'llm', %(result)s, %(request_hash)s
-    WHERE %(journal)s
-    ON CONFLICT (item_id, step_key) DO UPDATE
-    SET result = excluded.result, request_hash = excluded.request_hash, attempt_id = excluded.attempt_id,
-        created_at = now()
-)
-INSERT INTO papayya.llm_calls
-    (tenant_id, run_id, item_id, attempt_id, step_key, provider, model, input_tokens, output_tokens,
-     cache_read_tokens, cache_write_tokens, stop_reason, latency_ms, cost_usd, price_source,
-     idempotency_key, reserved_usd, lease_token, lease_lost, mode, live_cost_usd)
-VALUES (%(tenant_id)s, %(run_id)s, %(item_id)s, %(attempt_id)s, %(step_key)s, %(provider)s, %(model)s,
-        %(input_tokens)s, %(output_tokens)s, %(cache_read_tokens)s, %(cache_write_tokens)s,
-        %(stop_reason)s, NULL, %(cost_usd)s, %(price_source)s, %(idempotency_key)s,
-        %(reserved_usd)s, NULL, false, 'batch', %(live_cost_usd)s);
-
 -- name: batch_items_wake
 -- Waiting items none of whose requests is still open go back to the queue (native runs) or to their
 -- backend's re-drive ('stalled'); the attempt that deferred keeps status 'waiting' in its history.

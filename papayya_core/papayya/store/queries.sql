@@ -111,6 +111,7 @@ WHERE steps.request_hash IS DISTINCT FROM excluded.request_hash;
 -- The ledger row and, for a journaled call (%(journal)s), its journal step: one round trip. The call's
 -- cost is added to its item at once, so an item's cost always equals its ledger rows, whenever they
 -- come (a call paid by a worker whose lease had moved on included: flagged lease_lost, never dropped).
+-- A provider batch's answer (%(mode)s 'batch') is written by the batcher, which holds no lease.
 WITH item AS (
     UPDATE papayya.items i
     SET cost_usd = i.cost_usd + coalesce(%(cost_usd)s::numeric, 0),
@@ -129,11 +130,12 @@ WITH item AS (
 INSERT INTO papayya.llm_calls
     (tenant_id, run_id, item_id, attempt_id, step_key, provider, model, input_tokens, output_tokens,
      cache_read_tokens, cache_write_tokens, stop_reason, latency_ms, cost_usd, price_source,
-     idempotency_key, reserved_usd, lease_token, lease_lost)
+     idempotency_key, reserved_usd, lease_token, lease_lost, mode, live_cost_usd)
 VALUES (%(tenant_id)s, %(run_id)s, %(item_id)s, %(attempt_id)s, %(step_key)s, %(provider)s, %(model)s,
         %(input_tokens)s, %(output_tokens)s, %(cache_read_tokens)s, %(cache_write_tokens)s,
         %(stop_reason)s, %(latency_ms)s, %(cost_usd)s, %(price_source)s, %(idempotency_key)s,
-        %(reserved_usd)s, %(lease_token)s, NOT coalesce((SELECT held FROM item), false))
+        %(reserved_usd)s, %(lease_token)s,
+        %(mode)s = 'live' AND NOT coalesce((SELECT held FROM item), false), %(mode)s, %(live_cost_usd)s)
 RETURNING lease_lost;
 
 -- name: leases_extend
