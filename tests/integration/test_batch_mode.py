@@ -64,15 +64,25 @@ def ledger(database_url: str, run_id: Any) -> list[tuple[Any, ...]]:
         ).fetchall()
 
 
+def labeller(client: openai.OpenAI, *, retries: int = 0, max_tokens: int | None = None) -> Any:
+    """An agent asking, in one call, for a label of its item's text (else of its id)."""
+
+    @agent(retries=retries)
+    def label(item):
+        text = item.input.get("text", item.id)
+        extra = {} if max_tokens is None else {"max_tokens": max_tokens}
+        reply = client.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": text}], **extra
+        )
+        return {"label": reply.choices[0].message.content}
+
+    return label
+
+
 def test_a_batch_mode_run_pays_the_batch_rate_once_per_call_and_every_item_gets_its_answer(
     batch_rt: Runtime, tenant: str, fake: FakeProvider, oa: openai.OpenAI, database_url: str
 ) -> None:
-    @agent
-    def label(item):
-        reply = oa.chat.completions.create(
-            model=MODEL, messages=[{"role": "user", "content": item.input["text"]}], max_tokens=50
-        )
-        return {"label": reply.choices[0].message.content}
+    label = labeller(oa, max_tokens=50)
 
     handle = label.submit(
         [{"id": str(i), "text": f"document {i}"} for i in range(40)], tenant=tenant, llm_mode="batch"
@@ -171,12 +181,7 @@ def test_a_truncated_batch_answer_degrades_its_item(
 ) -> None:
     fake.stop_with("length", when=lambda r: "cut" in r.prompt)
 
-    @agent
-    def label(item):
-        reply = oa.chat.completions.create(
-            model=MODEL, messages=[{"role": "user", "content": item.input["text"]}]
-        )
-        return {"label": reply.choices[0].message.content}
+    label = labeller(oa)
 
     handle = label.submit(
         [{"id": "whole", "text": "keep"}, {"id": "cut", "text": "cut"}], tenant=tenant, llm_mode="batch"
@@ -192,12 +197,7 @@ def test_a_row_the_provider_refuses_fails_its_item_with_the_reason_and_costs_not
 ) -> None:
     fake.fail(400, message="the prompt is not allowed", times=None, when=lambda r: "bad" in r.prompt)
 
-    @agent
-    def label(item):
-        reply = oa.chat.completions.create(
-            model=MODEL, messages=[{"role": "user", "content": item.input["text"]}]
-        )
-        return {"label": reply.choices[0].message.content}
+    label = labeller(oa)
 
     handle = label.submit(
         [{"id": "good", "text": "fine"}, {"id": "bad", "text": "bad"}], tenant=tenant, llm_mode="batch"
@@ -219,12 +219,7 @@ def test_expired_rows_are_asked_again_in_a_new_batch(
 ) -> None:
     fake.expire(times=2)
 
-    @agent(retries=2)
-    def label(item):
-        reply = oa.chat.completions.create(
-            model=MODEL, messages=[{"role": "user", "content": item.input["text"]}]
-        )
-        return {"label": reply.choices[0].message.content}
+    label = labeller(oa, retries=2)
 
     handle = label.submit(
         [{"id": str(i), "text": f"t{i}"} for i in range(4)], tenant=tenant, llm_mode="batch"
@@ -240,12 +235,7 @@ def test_expired_rows_are_asked_again_in_a_new_batch(
 def test_a_budget_with_no_room_pauses_before_anything_is_sent(
     batch_rt: Runtime, tenant: str, fake: FakeProvider, oa: openai.OpenAI
 ) -> None:
-    @agent
-    def label(item):
-        reply = oa.chat.completions.create(
-            model=MODEL, messages=[{"role": "user", "content": item.input["text"]}], max_tokens=1000
-        )
-        return {"label": reply.choices[0].message.content}
+    label = labeller(oa, max_tokens=1000)
 
     handle = label.submit(
         [{"id": str(i), "text": "x"} for i in range(20)],
@@ -269,12 +259,7 @@ def test_a_row_that_keeps_expiring_fails_its_item_once_its_attempts_are_spent(
 ) -> None:
     fake.expire(times=None, when=lambda r: "never" in r.prompt)
 
-    @agent(retries=1)
-    def label(item):
-        reply = oa.chat.completions.create(
-            model=MODEL, messages=[{"role": "user", "content": item.input["text"]}]
-        )
-        return {"label": reply.choices[0].message.content}
+    label = labeller(oa, retries=1)
 
     handle = label.submit(
         [{"id": "n", "text": "never"}, {"id": "y", "text": "yes"}], tenant=tenant, llm_mode="batch"
@@ -335,10 +320,7 @@ def test_a_batcher_killed_between_creating_a_batch_and_recording_it_is_adopted_n
 ) -> None:
     from papayya import batch_api
 
-    @agent
-    def label(item):
-        reply = oa.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": item.id}])
-        return {"label": reply.choices[0].message.content}
+    label = labeller(oa)
 
     handle = label.submit([{"id": f"k{i}"} for i in range(10)], tenant=tenant, llm_mode="batch")
     defer_all(batch_rt, label, handle.run_id)
@@ -377,10 +359,7 @@ def test_a_batcher_killed_while_writing_answers_leaves_the_rest_to_the_next_and_
     database_url: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    @agent
-    def label(item):
-        reply = oa.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": item.id}])
-        return {"label": reply.choices[0].message.content}
+    label = labeller(oa)
 
     handle = label.submit([{"id": f"k{i}"} for i in range(10)], tenant=tenant, llm_mode="batch")
     defer_all(batch_rt, label, handle.run_id)
@@ -455,12 +434,7 @@ def test_a_replay_of_a_live_run_s_degraded_slice_can_go_in_a_batch(
 ) -> None:
     fake.stop_with("length", times=1, when=lambda r: "cut" in r.prompt)
 
-    @agent
-    def label(item):
-        reply = oa.chat.completions.create(
-            model=MODEL, messages=[{"role": "user", "content": item.input["text"]}]
-        )
-        return {"label": reply.choices[0].message.content}
+    label = labeller(oa)
 
     live = label.map([{"id": "a", "text": "keep"}, {"id": "b", "text": "cut"}], tenant=tenant)
     assert (live.counts["succeeded"], live.counts["degraded"]) == (1, 1)
@@ -484,10 +458,7 @@ def test_a_batch_papayya_cannot_send_fails_its_items_with_the_reason_instead_of_
 ) -> None:
     from papayya import batch_api
 
-    @agent
-    def label(item):
-        reply = oa.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": item.id}])
-        return {"label": reply.choices[0].message.content}
+    label = labeller(oa)
 
     def refuse(self: Any, *args: Any, **kwargs: Any) -> str:
         raise ValueError("The batch is 300 MB, more than the 200 MB an openai batch takes; split it.")
