@@ -34,11 +34,17 @@ provider's bill and an undisturbed reference run of the same seed served by the 
 - I6 attempts stay within retries + stalls + resumes + restarts + 1 per item (no livelock);
 - I7 every item ends as it ended in the reference run.
 
+With ``--llm-mode batch`` (native only) the run, its replays and the reference run are submitted with
+``llm_mode="batch"``: every call is deferred and answered through the fake's OpenAI Batch API by the
+workers' batcher threads (which the kills and freezes hit too), an ``expire`` operation lets batch rows
+expire, and each invariant is read for batch rows (docs/reliability.md, "Batch mode").
+
 It prints one line of figures per seed and a summary as the last line, and exits 1 on any violation::
 
     python -m tests.reliability.checker --backend native --seed-start 1 --seeds 3 --minutes 0.5
     python -m tests.reliability.checker --backend celery --celery-broker amqp --celery-ack early
     python -m tests.reliability.checker --backend temporal --items 120
+    python -m tests.reliability.checker --llm-mode batch --minutes 0.3 --items 40
 
 The seed fixes the items, their outcomes and the sequence of operations chosen; the interleaving with
 the workers is the machine's. docs/reliability.md says what each figure means.
@@ -142,6 +148,7 @@ class Options:
     celery_ack: str = "late"
     celery_pool: str = "prefork"
     llm_mode: str = "live"
+    batch_lease: float | None = None  # batch mode: the batchers' lease on a provider batch (default --lease)
 
     @property
     def batch(self) -> bool:
@@ -1458,6 +1465,7 @@ def worker_env(opts: Options, seed: int, agent_name: str, fake: FakeProvider, ho
                 "OPENAI_API_KEY": "checker",
                 "PAPAYYA_BATCH_WINDOW_SECONDS": f"{BATCH_WINDOW:g}",
                 "PAPAYYA_BATCH_POLL_SECONDS": f"{BATCH_POLL:g}",
+                "CHECKER_BATCH_LEASE": f"{opts.lease if opts.batch_lease is None else opts.batch_lease:g}",
             }
             if opts.batch
             else {}
@@ -1887,6 +1895,12 @@ def parse(argv: list[str] | None) -> tuple[argparse.Namespace, Options]:
         help="batch: the runs send their calls through provider batches (native only; --latency is then "
         "how long a batch takes)",
     )
+    p.add_argument(
+        "--batch-lease",
+        type=float,
+        default=None,
+        help="batch mode: the batchers' lease on a provider batch (papayya's is 300 s; default --lease)",
+    )
     celery = p.add_argument_group("--backend celery")
     celery.add_argument("--celery-broker", choices=sorted(CELERY_BROKERS), default="redis")
     celery.add_argument(
@@ -1928,6 +1942,7 @@ def parse(argv: list[str] | None) -> tuple[argparse.Namespace, Options]:
         celery_ack=a.celery_ack,
         celery_pool=a.celery_pool,
         llm_mode=a.llm_mode,
+        batch_lease=a.batch_lease,
     )
     return a, opts
 

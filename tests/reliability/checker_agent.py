@@ -14,7 +14,8 @@ the reference a disturbed one must match:
 
 The worker processes import this module (``papayya worker tests.reliability.checker_agent:enrich``);
 they read the seed, the agent's name and the provider's URL from ``CHECKER_SEED``, ``CHECKER_AGENT``
-and ``CHECKER_FAKE_URL``. The checker imports it for ``plan_of``, ``expected_status`` and ``reply``.
+and ``CHECKER_FAKE_URL``, and in batch mode the batchers' lease on a provider batch from
+``CHECKER_BATCH_LEASE``. The checker imports it for ``plan_of``, ``expected_status`` and ``reply``.
 """
 
 from __future__ import annotations
@@ -45,6 +46,15 @@ LONG_MARK = "[write at length]"
 
 SEED = int(os.environ.get("CHECKER_SEED", "0"))
 NAME = os.environ.get("CHECKER_AGENT", "checker-enrich")
+
+if os.environ.get("CHECKER_BATCH_LEASE"):
+    # papayya holds a provider batch for its batcher 300 s (papayya.batches.LEASE_SECONDS, no setting):
+    # a batch whose batcher is killed mid-round would wait that long for another. The checker shortens
+    # it, as it shortens the items' lease, so that a kill is recovered from, and a freeze outlasts the
+    # lease, within a seed.
+    from papayya import batches
+
+    batches.LEASE_SECONDS = float(os.environ["CHECKER_BATCH_LEASE"])
 
 
 @dataclass(frozen=True)

