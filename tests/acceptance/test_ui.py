@@ -1,7 +1,8 @@
 """``papayya ui`` in a real headless Chromium, as a person uses it: every page loads and shows what the
 store holds; a new run appears in the list while it is open; replaying a cluster opens the new run;
 resuming a paused run queues it for the workers; a tenant's budget is edited in a form; a tenant token
-cannot open another tenant's item (it is not found).
+cannot open another tenant's item (it is not found); the provider batches page leads to a batch and on
+to its run, with nothing in the browser's console.
 
 The browser is Debian's Chromium at /usr/bin/chromium (skipped on a laptop without it, a failure in
 CI). A screenshot of each page is saved under a temporary directory printed in the test output.
@@ -22,7 +23,9 @@ import pytest
 from papayya import control
 from papayya.runtime import Runtime
 from tests.conftest import need_service
+from tests.integration import test_ui_batches
 from tests.integration.test_ui_api import Seeded, enrich, seed
+from tests.integration.test_ui_batches import OpenBatch
 
 pytest.importorskip("starlette", reason="the ui extra is not installed: pip install 'papayya[ui]'")
 playwright_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
@@ -89,6 +92,10 @@ class Dashboard:
 @pytest.fixture
 def seeded(rt: Runtime, tenant: str) -> Seeded:
     return seed(tenant)
+
+
+# A batch-mode run whose items wait on one provider batch the fake provider holds open.
+batch_mode, oa, held = test_ui_batches.batch_mode, test_ui_batches.oa, test_ui_batches.held
 
 
 @pytest.fixture
@@ -215,6 +222,33 @@ def test_a_tenant_token_sees_only_its_tenant(seeded: Seeded, browser: Any) -> No
         assert response.status == 404
         assert "No item" in page.inner_text("body")
         context.close()
+
+
+def test_provider_batches_lead_to_a_batch_and_its_run(held: OpenBatch, page: Any, screens: Path) -> None:
+    problems: list[str] = []
+
+    def console(message: Any) -> None:
+        # The dashboard has no favicon; Chromium's request for one is not the page's doing.
+        if message.type in ("error", "warning") and not message.location["url"].endswith("/favicon.ico"):
+            problems.append(f"{message.text} ({message.location['url']})")
+
+    page.on("console", console)
+    page.on("pageerror", lambda e: problems.append(str(e)))
+    with Dashboard() as ui:
+        page.goto(f"{ui.url}/runs")
+        page.click('header nav a:text-is("Batches")')
+        page.wait_for_url("**/batches")
+        row = page.locator(f'tr[data-batch="{held.batch_id}"]')
+        assert held.provider_batch_id in row.inner_text()
+        assert "submitted" in row.inner_text()
+        shoot(page, screens, "batches")
+        row.locator("a").first.click()
+        page.wait_for_url(f"**/batches/{held.batch_id}")
+        assert str(held.run_id) in page.inner_text("#batch-runs")
+        page.click(f'#batch-runs a:text-is("{held.run_id}")')
+        page.wait_for_url(f"**/runs/{held.run_id}")
+        assert "waiting on 1 provider batch" in page.inner_text("#summary")
+    assert problems == []
 
 
 def test_the_screenshots_are_small(seeded: Seeded, screens: Path) -> None:

@@ -43,11 +43,10 @@ def batches_group() -> None:
 def list_command(limit: int, as_json: bool) -> None:
     """List provider batches, newest first, and the requests still waiting to be sent."""
     connect()
-    rt = get_runtime()
-    found = [batch_row(b) for b in batches.list_batches(rt, limit=limit)]
-    waiting = [pending_row(p) for p in batches.pending(rt)]
+    document = list_document(limit)
+    found, waiting = document["batches"], document["pending"]
     if as_json:
-        render.emit_json({"batches": found, "pending": waiting})
+        render.emit_json(document)
         return
     if not found:
         render.out("No provider batches yet.")
@@ -86,10 +85,10 @@ def list_command(limit: int, as_json: bool) -> None:
 @render.json_option
 def show_command(ref: str, as_json: bool) -> None:
     """Show BATCH (papayya's id, a prefix of it, or the provider's batch id) in full, with its runs."""
-    store = connect()
+    connect()
     batch = find(ref)
-    runs = [dict(r) for r in store.fetch_all("batch_runs", {"batch_id": batch["batch_id"]})]
-    detail = {**batch_row(batch), "runs": runs}
+    detail = show_document(batch)
+    runs = detail["runs"]
     if as_json:
         render.emit_json(detail)
         return
@@ -225,6 +224,25 @@ def find(ref: str) -> dict[str, Any]:
         f"{short(text)} starts the ids of {len(rows):,} batches: {listed}{more}; give a longer prefix or "
         "the whole id"
     )
+
+
+# -- the documents --json prints (the dashboard's /api/batches serves the same) ----------------------
+
+
+def list_document(limit: int = 50) -> dict[str, Any]:
+    """``papayya batches list --json``: the newest ``limit`` batches and what is pending, per provider,
+    endpoint and model. Every tenant's requests: a tenant-scoped caller must not see it."""
+    rt = get_runtime()
+    return {
+        "batches": [batch_row(b) for b in batches.list_batches(rt, limit=limit)],
+        "pending": [pending_row(p) for p in batches.pending(rt)],
+    }
+
+
+def show_document(batch: dict[str, Any]) -> dict[str, Any]:
+    """``papayya batches show --json`` of ``batch`` (a row :func:`find` returned), with its runs."""
+    runs = [dict(r) for r in connect().fetch_all("batch_runs", {"batch_id": batch["batch_id"]})]
+    return {**batch_row(batch), "runs": runs}
 
 
 # -- rows and lines ---------------------------------------------------------------------------------

@@ -7,7 +7,9 @@
 - ``GET /api/runs/RUN/failures`` — ``papayya failures RUN --json``;
 - ``GET /api/items/ITEM`` — ``papayya items show ITEM --json``;
 - ``GET /api/tenants`` and ``/api/tenants/TENANT`` — ``papayya tenants list|show --json``;
-- ``GET /api/tenants/TENANT/spend`` — the spend over time the tenant page draws.
+- ``GET /api/tenants/TENANT/spend`` — the spend over time the tenant page draws;
+- ``GET /api/batches`` and ``/api/batches/BATCH`` — ``papayya batches list|show --json`` (``?limit=``, 50
+  by default; every tenant's, so a tenant token is refused with 403).
 """
 
 from __future__ import annotations
@@ -103,3 +105,12 @@ async def tenant(request: Request) -> Response:
 
 async def tenant_spend(request: Request) -> Response:
     return as_json(await in_thread(reads.tenant_spend, access_of(request), request.path_params["tenant"]))
+
+
+async def batches(request: Request) -> Response:
+    document = await in_thread(reads.batches_list, access_of(request), limit=_limit(request, 50, 100_000))
+    return as_json(document)
+
+
+async def batch(request: Request) -> Response:
+    return as_json(await in_thread(reads.batch_detail, access_of(request), request.path_params["batch_id"]))

@@ -251,6 +251,8 @@ def create_app(tokens: Tokens | None = None, *, host: str = "127.0.0.1") -> Star
         Route("/runs/{run_id:uuid}/key/{key:path}", pages.item_by_key),
         Route("/items/{item_id:uuid}", pages.item),
         Route("/tenants", pages.tenants),
+        Route("/batches", pages.batches),
+        Route("/batches/{batch_id:uuid}", pages.batch),
         Route("/tenants/{tenant:path}/budget", actions.tenant_budget, methods=["POST"]),
         Route("/tenants/{tenant:path}/max-running", actions.tenant_max_running, methods=["POST"]),
         Route("/tenants/{tenant:path}", pages.tenant),
@@ -272,6 +274,8 @@ def create_app(tokens: Tokens | None = None, *, host: str = "127.0.0.1") -> Star
         Route("/api/tenants/{tenant:tenant}/budget", actions.tenant_budget, methods=["POST"]),
         Route("/api/tenants/{tenant:tenant}/max-running", actions.tenant_max_running, methods=["POST"]),
         Route("/api/tenants/{tenant:tenant}", api.tenant),
+        Route("/api/batches", api.batches),
+        Route("/api/batches/{batch_id:uuid}", api.batch),
         Mount("/static", app=StaticFiles(directory=HERE / "static"), name="static"),
     ]
     app = Starlette(

@@ -1,8 +1,10 @@
-"""The dashboard's pages: runs, one run, one item, tenants, one tenant. Server-rendered HTML; the run
-pages refresh their numbers from the JSON endpoints while a run is running."""
+"""The dashboard's pages: runs, one run, one item, tenants, one tenant, provider batches, one batch.
+Server-rendered HTML; the run pages refresh their numbers from the JSON endpoints while a run is
+running."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
@@ -10,6 +12,7 @@ from markupsafe import Markup
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
+from papayya.cli import batches as cli_batches
 from papayya.cli.runs import batch_text, budget_lines, slice_text, status_text, transitions_text
 from papayya.models import Outcome
 from papayya.ui import charts, reads
@@ -17,6 +20,7 @@ from papayya.ui.auth import CSRF_FIELD, Access, Tokens
 from papayya.ui.web import in_thread
 
 OUTCOMES = (Outcome.SUCCEEDED.value, Outcome.DEGRADED.value, Outcome.FAILED.value)
+BATCHES_PAGE = 50  # provider batches listed, as `papayya batches list` by default
 
 
 def legend_counts(counts: dict[str, int]) -> dict[str, int]:
@@ -164,6 +168,34 @@ async def tenant(request: Request) -> Response:
     data["daily_chart"] = Markup(charts.daily_chart(data["spend"]))
     done = sum(data["tenant"]["items"].get(o, 0) for o in (*OUTCOMES, "cancelled"))
     html = page(request, "tenant.html", done=done, first_page=before is None, **data)
+    return HTMLResponse(html)
+
+
+async def batches(request: Request) -> Response:
+    document = await in_thread(reads.batches_list, _access(request), limit=BATCHES_PAGE)
+    now = datetime.now(UTC)
+    html = page(
+        request,
+        "batches.html",
+        batches=document["batches"],
+        pending_line=cli_batches.pending_line(document["pending"]),
+        limited=len(document["batches"]) == BATCHES_PAGE,
+        batch_status=cli_batches.status_text,
+        age=lambda at: cli_batches.age(at, now),
+    )
+    return HTMLResponse(html)
+
+
+async def batch(request: Request) -> Response:
+    detail = await in_thread(reads.batch_detail, _access(request), request.path_params["batch_id"])
+    now = datetime.now(UTC)
+    html = page(
+        request,
+        "batch.html",
+        batch=detail,
+        batch_status=cli_batches.status_text,
+        age=lambda at: cli_batches.age(at, now),
+    )
     return HTMLResponse(html)
 
 

@@ -1,6 +1,7 @@
 """What the dashboard reads: the CLI's ``--json`` documents (built by the same functions) and the few
 aggregates only the dashboard shows (a page of runs, a tenant's spend over time). All synchronous; the
-web layer calls them in a thread. Every read is scoped by the caller's access.
+web layer calls them in a thread. Every read is scoped by the caller's access; provider batches, which
+carry every tenant's requests, are refused to a tenant token as a whole.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from uuid import UUID
 
 from papayya import tenants
 from papayya.budgets import period_of
+from papayya.cli import batches as cli_batches
 from papayya.cli import items as cli_items
 from papayya.cli import runs as cli_runs
 from papayya.cli import tenants as cli_tenants
@@ -21,7 +23,7 @@ from papayya.clusters import clusters
 from papayya.errors import InputError, NotFound
 from papayya.models import ItemStatus
 from papayya.result import RunResult
-from papayya.ui.auth import Access
+from papayya.ui.auth import Access, Forbidden
 
 PAGE = 25  # runs per page
 ITEMS_PAGE = 50  # items per page
@@ -290,3 +292,30 @@ def tenant_spend(access: Access, tenant_id: str, *, now: datetime | None = None)
         "daily": [{"at": r["bucket"], "cost_usd": r["cost_usd"], "calls": r["calls"]} for r in daily_rows],
         "now": now,
     }
+
+
+# -- provider batches -----------------------------------------------------------------------------
+
+
+def _check_all_tenants(access: Access) -> None:
+    # A batch's rows and the pending counts mix tenants; rather than recount them per tenant, a tenant
+    # token does not see batches at all (its runs' pages still say what they wait on).
+    if not access.admin:
+        raise Forbidden(
+            "Provider batches carry every tenant's requests, so a tenant token cannot see them; "
+            "a run's page says what it waits on."
+        )
+
+
+def batches_list(access: Access, *, limit: int = 50) -> dict[str, Any]:
+    """``papayya batches list --json``: the newest batches and the pending requests (every tenant's)."""
+    _check_all_tenants(access)
+    connect()
+    return cli_batches.list_document(limit)
+
+
+def batch_detail(access: Access, batch_id: UUID) -> dict[str, Any]:
+    """``papayya batches show BATCH --json``: the batch and the runs whose requests it carries."""
+    _check_all_tenants(access)
+    connect()
+    return cli_batches.show_document(cli_batches.find(str(batch_id)))
