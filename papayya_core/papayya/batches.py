@@ -60,7 +60,26 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("papayya.batches")
 
-LEASE_SECONDS = 300.0  # a batcher's hold on one batch while it submits or reads it
+# A batcher's hold on one batch while it submits or reads it, renewed as it goes (before creating the
+# provider batch, at each chunk of answers). None: the lease_seconds setting, as for items.
+LEASE_SECONDS: float | None = None
+
+
+def _lease(rt: Runtime) -> float:
+    return LEASE_SECONDS if LEASE_SECONDS is not None else rt.settings.lease_seconds
+
+
+class LostBatch(Exception):
+    """Another batcher took this batch over (this one's lease ran out): stop working on it."""
+
+
+def _renew(rt: Runtime, me: str, batch: dict[str, Any]) -> None:
+    if not rt.store.fetch_all(
+        "batch_renew", {"batch_id": batch["batch_id"], "worker": me, "lease_seconds": _lease(rt)}
+    ):
+        raise LostBatch(f"batch {batch['batch_id']}: its lease ran out and another batcher took it over")
+
+
 MB = 1024 * 1024
 LIMITS = {"openai": (50_000, 200 * MB), "anthropic": (100_000, 256 * MB)}  # rows and bytes per batch
 FIRST_POLL = 1.0  # seconds after submitting; then doubling up to batch_poll_seconds
@@ -182,7 +201,7 @@ def tick(rt: Runtime, *, worker: str | None = None, force: bool = False) -> Tick
         for group in due:
             _form(rt, me, group)
         leased = rt.store.fetch_all(
-            "batch_lease", {"worker": me, "lease_seconds": LEASE_SECONDS, "limit": 32, "providers": providers}
+            "batch_lease", {"worker": me, "lease_seconds": _lease(rt), "limit": 32, "providers": providers}
         )
         for batch in leased:
             try:
@@ -261,7 +280,7 @@ def _form(rt: Runtime, me: str, group: dict[str, Any]) -> None:
                 # room for each JSONL line's envelope (custom_id, method, url) around its body
                 "max_bytes": int(max_bytes * 0.9),
                 "worker": me,
-                "lease_seconds": LEASE_SECONDS,
+                "lease_seconds": _lease(rt),
             },
         )
         if not rows or len(rows) < limit:
@@ -295,12 +314,13 @@ def _submit(rt: Runtime, me: str, client: BatchClient, batch: dict[str, Any]) ->
             BatchRow(r["custom_id"], r["body"])
             for r in rt.store.fetch_all("batch_rows", {"batch_id": batch["batch_id"]})
         ]
+        _renew(rt, me, batch)  # a batcher that froze past its lease creates nothing
         try:
             provider_batch_id = client.create(batch["endpoint"], rows, tag)
         except ValueError as exc:  # refused before anything was sent, and it would be again
             _refuse(rt, me, batch, rows, str(exc))
             return
-    rt.store.execute(
+    recorded = rt.store.fetch_all(
         "batch_submitted",
         {
             "batch_id": batch["batch_id"],
@@ -309,6 +329,17 @@ def _submit(rt: Runtime, me: str, client: BatchClient, batch: dict[str, Any]) ->
             "poll": FIRST_POLL,
         },
     )
+    if not recorded and not found and _recorded_as(rt, batch) != provider_batch_id:
+        # This batcher froze during the create and another took the batch over meanwhile and created
+        # its own: this one is a duplicate nobody records. Cancel it before it is paid for. (Had the
+        # other adopted this very batch, it is recorded, and stays.)
+        log.warning(
+            "batch %s: lost while creating provider batch %s; cancelling that duplicate",
+            tag,
+            provider_batch_id,
+        )
+        client.cancel(provider_batch_id)
+        return
     log.info(
         "batch %s: %d request(s) sent as %s batch %s",
         tag,
@@ -327,7 +358,7 @@ def _refuse(rt: Runtime, me: str, batch: dict[str, Any], rows: list[Any], why: s
     refused = (
         RowResult(r.custom_id, "errored", None, f"papayya could not send the batch: {why}") for r in rows
     )
-    _answer(rt, batch, refused, TickReport())
+    _answer(rt, me, batch, refused, TickReport())
     rt.store.execute(
         "batch_ended",
         {
@@ -338,6 +369,11 @@ def _refuse(rt: Runtime, me: str, batch: dict[str, Any], rows: list[Any], why: s
             "error": why,
         },
     )
+
+
+def _recorded_as(rt: Runtime, batch: dict[str, Any]) -> str | None:
+    row = rt.store.fetch_one("batch_provider_id", {"batch_id": batch["batch_id"]})
+    return None if row is None else row["provider_batch_id"]
 
 
 def _poll(rt: Runtime, me: str, client: BatchClient, batch: dict[str, Any], report: TickReport) -> None:
@@ -355,7 +391,7 @@ def _poll(rt: Runtime, me: str, client: BatchClient, batch: dict[str, Any], repo
         )
         return
     # A batch the provider rejected as a whole has its rows back as errored, with the reason.
-    _answer(rt, batch, client.results(batch["provider_batch_id"]), report)
+    _answer(rt, me, batch, client.results(batch["provider_batch_id"]), report)
     rt.store.execute(
         "batch_ended",
         {
@@ -380,12 +416,15 @@ def _chunks(results: Iterable[RowResult]) -> Iterator[list[RowResult]]:
         yield chunk
 
 
-def _answer(rt: Runtime, batch: dict[str, Any], results: Iterable[RowResult], report: TickReport) -> None:
+def _answer(
+    rt: Runtime, me: str, batch: dict[str, Any], results: Iterable[RowResult], report: TickReport
+) -> None:
     """Write each row's answer (or failure) and wake its item, a chunk of rows per transaction. A row
     already answered (a batcher before this one got that far) is skipped; a row papayya does not know
     is logged and counted."""
     unknown = 0
     for chunk in _chunks(results):
+        _renew(rt, me, batch)
         with rt.store.transaction():
             requests = {
                 r["custom_id"]: r

@@ -498,3 +498,122 @@ def test_a_call_no_batch_can_carry_goes_live_with_a_warning(
     assert {e.mode for e in fake.bill} == {"live"}
     said = [r.getMessage() for r in caplog.records if "sent live" in r.getMessage()]
     assert said == ["batch mode: a streamed call is sent live, at the live price (docs/batch.md, Limits)"]
+
+
+def test_an_answer_that_lands_before_its_item_stops_to_wait_is_neither_lost_nor_asked_again(
+    batch_rt: Runtime, tenant: str, fake: FakeProvider, oa: openai.OpenAI, database_url: str
+) -> None:
+    from papayya.store import Finish
+
+    label = labeller(oa)
+    handle = label.submit([{"id": "k"}], tenant=tenant, llm_mode="batch")
+    defer_all(batch_rt, label, handle.run_id)
+    # Given the item's attempt has deferred its call but not yet written that it waits (its worker is
+    # slow, or froze), while a batcher sends the request and writes the answer
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(
+            "UPDATE papayya.items SET status = 'running', lease_token = 424242, "
+            "lease_expires_at = now() + interval '1 minute' WHERE run_id = %s",
+            (handle.run_id,),
+        )
+        request = conn.execute(
+            "SELECT item_id, step_key, request_hash, attempt_id FROM papayya.batch_requests "
+            "WHERE run_id = %s",
+            (handle.run_id,),
+        ).fetchone()
+    assert request is not None
+    item_id, step_key, request_hash, attempt_id = request
+    batches.tick(batch_rt, worker="b", force=True)
+    expire_batcher_leases(database_url)
+    assert batches.tick(batch_rt, worker="b").answered == 1
+    # When an attempt that read its journal before the answer asks for the same call again
+    again = batch_rt.store.fetch_all(
+        "batch_request_add",
+        {
+            "custom_id": "pp_again",
+            "item_id": item_id,
+            "tenant_id": tenant,
+            "lease_token": 424242,
+            "attempt_id": attempt_id,
+            "step_key": step_key,
+            "request_hash": request_hash,
+            "provider": "openai",
+            "endpoint": "/v1/chat/completions",
+            "model": MODEL,
+            "base_url": "",
+            "body": psycopg.types.json.Jsonb({}),
+            "charged_usd": 0,
+            "accounts": psycopg.types.json.Jsonb({}),
+        },
+    )
+    # Then nothing is asked again
+    assert again == []
+    # And when the attempt then writes that it waits, the item goes straight back to the queue
+    applied = batch_rt.store.attempts_finish(
+        [
+            Finish(
+                item_id=item_id,
+                tenant_id=tenant,
+                attempt_id=attempt_id,
+                lease_token=424242,
+                item_status="waiting",
+                attempt_status="waiting",
+                terminal=False,
+                reasons=[],
+                output=None,
+                error=None,
+                fingerprint=None,
+            )
+        ]
+    )
+    assert applied == {item_id}
+    assert waiting(database_url, handle.run_id) == 0
+    drain(batch_rt, label, handle.run_id)
+    assert RunResult.load(handle.run_id, tenant).counts["succeeded"] == 1
+    assert len(fake.bill) == 1
+    assert len(ledger(database_url, handle.run_id)) == 1
+
+
+@pytest.mark.parametrize("adopted", [True, False], ids=["adopted", "made-again"])
+def test_a_batcher_frozen_while_creating_a_batch_records_nothing_and_cancels_a_duplicate(
+    adopted: bool,
+    batch_rt: Runtime,
+    tenant: str,
+    fake: FakeProvider,
+    oa: openai.OpenAI,
+    database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from papayya import batch_api
+
+    label = labeller(oa)
+    handle = label.submit([{"id": f"k{i}"} for i in range(4)], tenant=tenant, llm_mode="batch")
+    defer_all(batch_rt, label, handle.run_id)
+    fake.hold_batches()
+    create = batch_api._OpenAIBatches.create
+
+    def create_and_freeze(self: Any, *args: Any, **kwargs: Any) -> str:
+        made = create(self, *args, **kwargs)
+        # frozen past its lease: another batcher takes the batch over (and adopts this provider batch,
+        # or, when it cannot find it, creates one of its own)
+        expire_batcher_leases(database_url)
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(batch_api._OpenAIBatches, "create", create)
+            if not adopted:
+                mp.setattr(batch_api._OpenAIBatches, "find", lambda *a, **k: [])
+            batches.tick(batch_rt, worker="second")
+        return made
+
+    monkeypatch.setattr(batch_api._OpenAIBatches, "create", create_and_freeze)
+    batches.tick(batch_rt, worker="first", force=True)
+    monkeypatch.setattr(batch_api._OpenAIBatches, "create", create)
+    made = fake.batches
+    if adopted:
+        assert [b.status for b in made] == ["in_progress"]
+    else:  # the frozen batcher's batch is the duplicate: cancelled before anything was answered
+        assert sorted(b.status for b in made) == ["cancelling", "in_progress"]
+    fake.release_batches()
+    drain(batch_rt, label, handle.run_id)
+    assert RunResult.load(handle.run_id, tenant).counts["succeeded"] == 4
+    assert len(fake.bill) == 4
+    assert len(ledger(database_url, handle.run_id)) == 4

@@ -16,6 +16,11 @@ WHERE i.item_id = %(item_id)s AND i.tenant_id = %(tenant_id)s AND i.lease_token 
   AND NOT EXISTS (SELECT 1 FROM papayya.batch_requests o
                   WHERE o.item_id = i.item_id AND o.step_key = %(step_key)s
                     AND o.request_hash = %(request_hash)s AND o.status IN ('pending', 'submitted'))
+  -- answered since this attempt read its journal (it was claimed before the answer landed): the item
+  -- waits, goes straight back to the queue (attempts_finish), and its next attempt reads the answer
+  AND NOT EXISTS (SELECT 1 FROM papayya.steps s
+                  WHERE s.item_id = i.item_id AND s.step_key = %(step_key)s
+                    AND s.request_hash = %(request_hash)s)
 RETURNING custom_id;
 
 -- name: batch_groups_due
@@ -82,10 +87,19 @@ RETURNING b.batch_id, b.provider, b.endpoint, b.model, b.base_url, b.provider_ba
           b.created_at, b.polls;
 
 -- name: batch_submitted
+-- Fenced: only the batcher still holding the forming batch records what it created.
 UPDATE papayya.llm_batches
 SET provider_batch_id = %(provider_batch_id)s, status = 'submitted', submitted_at = now(),
     next_poll_at = now() + make_interval(secs => %(poll)s), leased_by = NULL, lease_expires_at = NULL
-WHERE batch_id = %(batch_id)s AND leased_by = %(worker)s AND status = 'forming';
+WHERE batch_id = %(batch_id)s AND leased_by = %(worker)s AND status = 'forming'
+RETURNING batch_id;
+
+-- name: batch_renew
+-- A batcher working on a batch keeps it: its lease is extended, unless another batcher took it over
+-- (its own lease ran out), which the empty answer tells it.
+UPDATE papayya.llm_batches SET lease_expires_at = now() + make_interval(secs => %(lease_seconds)s)
+WHERE batch_id = %(batch_id)s AND leased_by = %(worker)s AND status IN ('forming', 'submitted')
+RETURNING batch_id;
 
 -- name: batch_known_ids
 SELECT provider_batch_id FROM papayya.llm_batches
@@ -216,3 +230,6 @@ WHERE r.batch_id = %(batch_id)s
 GROUP BY r.tenant_id, r.run_id
 ORDER BY count(*) DESC, r.run_id
 LIMIT 50;
+
+-- name: batch_provider_id
+SELECT provider_batch_id FROM papayya.llm_batches WHERE batch_id = %(batch_id)s;

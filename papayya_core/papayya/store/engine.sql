@@ -145,7 +145,13 @@ WITH u AS MATERIALIZED (
     ) i
 ), item AS (
     UPDATE papayya.items i
-    SET status = u.item_status, reasons = u.reasons, output = u.output, error = u.error,
+    -- An item that stops to wait for a provider batch whose answer was already written (the batcher
+    -- was quicker than this write) goes straight back to the queue: nothing else would wake it.
+    SET status = CASE WHEN u.item_status = 'waiting'
+                       AND NOT EXISTS (SELECT 1 FROM papayya.batch_requests r
+                                       WHERE r.item_id = u.item_id AND r.status IN ('pending', 'submitted'))
+                      THEN 'queued' ELSE u.item_status END,
+        reasons = u.reasons, output = u.output, error = u.error,
         fingerprint = u.fingerprint, cluster_label = u.label,
         lease_token = NULL, lease_expires_at = NULL, updated_at = now(),
         available_at = now() + make_interval(secs => coalesce(u.delay, 0)),
@@ -213,11 +219,16 @@ FROM reaped r;
 -- name: items_unpark
 -- The safety net behind item_park: items left 'paused' in a run that is running (nothing resumes a
 -- running run), untouched for %(grace)s seconds, go back to work: queued on the native engine,
--- 'stalled' for a queue backend's reaper to re-drive.
+-- 'stalled' for a queue backend's reaper to re-drive. So do items left 'waiting' with no batch request
+-- open (the answer and the item's own write crossed: attempts_finish wakes such an item itself, but a
+-- batcher that commits just after that write's snapshot leaves it to this net).
 WITH orphan AS (
     SELECT i.item_id FROM papayya.runs r
-    JOIN papayya.items i ON i.run_id = r.run_id AND i.status = 'paused'
+    JOIN papayya.items i ON i.run_id = r.run_id AND i.status IN ('paused', 'waiting')
     WHERE r.status = 'running' AND i.updated_at < now() - make_interval(secs => %(grace)s)
+      AND (i.status = 'paused'
+           OR NOT EXISTS (SELECT 1 FROM papayya.batch_requests q
+                          WHERE q.item_id = i.item_id AND q.status IN ('pending', 'submitted')))
     ORDER BY i.item_id
     LIMIT %(limit)s
     FOR UPDATE OF i SKIP LOCKED
