@@ -48,10 +48,9 @@ SEED = int(os.environ.get("CHECKER_SEED", "0"))
 NAME = os.environ.get("CHECKER_AGENT", "checker-enrich")
 
 if os.environ.get("CHECKER_BATCH_LEASE"):
-    # papayya holds a provider batch for its batcher 300 s (papayya.batches.LEASE_SECONDS, no setting):
-    # a batch whose batcher is killed mid-round would wait that long for another. The checker shortens
-    # it, as it shortens the items' lease, so that a kill is recovered from, and a freeze outlasts the
-    # lease, within a seed.
+    # A batcher's hold on a provider batch follows lease_seconds (papayya.batches.LEASE_SECONDS
+    # overrides it): the checker may set it apart from the items' lease (--batch-lease), so that a kill
+    # is recovered from, and a freeze outlasts the lease, within a seed.
     from papayya import batches
 
     batches.LEASE_SECONDS = float(os.environ["CHECKER_BATCH_LEASE"])
