@@ -1899,7 +1899,7 @@ def parse(argv: list[str] | None) -> tuple[argparse.Namespace, Options]:
         "--batch-lease",
         type=float,
         default=None,
-        help="batch mode: the batchers' lease on a provider batch (papayya's: lease_seconds; default --lease)",
+        help="batch mode: the batchers' lease on a batch (papayya's: lease_seconds; default --lease)",
     )
     celery = p.add_argument_group("--backend celery")
     celery.add_argument("--celery-broker", choices=sorted(CELERY_BROKERS), default="redis")
