@@ -138,6 +138,8 @@ def _boolean(value: Any) -> bool:
             return word in _TRUE
         raise ValueError("Input should be a valid boolean, unable to interpret input")
     if isinstance(value, int | float | Decimal):
+        if isinstance(value, Decimal) and value.is_nan():  # comparing a signalling NaN raises
+            raise ValueError("Input should be a valid boolean")
         if value in (0, 1):
             return bool(value)
         if isinstance(value, int):

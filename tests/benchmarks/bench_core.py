@@ -128,6 +128,8 @@ def bench_llm_call() -> tuple[float, float, float, float]:
             "request_hash": None,
             "reserved_usd": None,
             "lease_token": ctx.lease_token,
+            "mode": "live",
+            "live_cost_usd": None,
         }
         with psycopg.connect(ctx.runtime.store.url, autocommit=True) as conn:
             for _ in range(REPEAT):

@@ -368,6 +368,7 @@ def test_items_recorded_before_their_inputs_moved_apart_are_still_read_claimed_a
                 "run_id": new_run, "source_run_id": run_id, "tenant_id": "acme", "name": None,
                 "backend": None, "item_ids": None, "keys": None, "status": "failed",
                 "not_succeeded": False, "fingerprint": None, "from_journal": False, "slice": None,
+                "llm_mode": None,
             },
         )  # fmt: skip
         (replayed,) = store.items_claim(
