@@ -195,9 +195,7 @@ def tick(rt: Runtime, *, worker: str | None = None, force: bool = False) -> Tick
     clients = _Clients()
     try:
         window = 0.0 if force else rt.settings.batch_window_seconds
-        due = rt.store.fetch_all(
-            "batch_groups_due", {"window": window, "limit": 1_000, "providers": providers}
-        )
+        due = rt.store.fetch_all("batch_groups_due", {"window": window, "providers": providers})
         for group in due:
             _form(rt, me, group)
         leased = rt.store.fetch_all(
@@ -265,9 +263,11 @@ class _Clients:
 
 
 def _form(rt: Runtime, me: str, group: dict[str, Any]) -> None:
-    """Batches of a group's pending requests, each within the provider's rows and bytes."""
+    """Batches of a group's pending requests, each within the provider's rows and bytes: all of them
+    once the oldest has waited the window, before that only as many as fill whole batches."""
     limit, max_bytes = LIMITS.get(group["provider"], (10_000, 100 * MB))
-    while True:
+    left = group["pending"] if group["aged"] else group["pending"] // limit * limit
+    while left > 0:
         rows = rt.store.fetch_all(
             "batch_form",
             {
@@ -276,15 +276,16 @@ def _form(rt: Runtime, me: str, group: dict[str, Any]) -> None:
                 "endpoint": group["endpoint"],
                 "model": group["model"],
                 "base_url": group["base_url"],
-                "limit": limit,
+                "limit": min(limit, left),
                 # room for each JSONL line's envelope (custom_id, method, url) around its body
                 "max_bytes": int(max_bytes * 0.9),
                 "worker": me,
                 "lease_seconds": _lease(rt),
             },
         )
-        if not rows or len(rows) < limit:
+        if not rows:  # another batcher took them
             return
+        left -= len(rows)
 
 
 def _submit(rt: Runtime, me: str, client: BatchClient, batch: dict[str, Any]) -> None:

@@ -444,6 +444,10 @@ def test_a_replay_of_a_live_run_s_degraded_slice_can_go_in_a_batch(
     assert [b.rows for b in fake.batches] == [1]
     (row,) = ledger(database_url, replayed.run_id)
     assert row[2] == "batch"
+    # a replay of that replay keeps its mode: its call goes in a batch too
+    again = papayya.replay(run=replayed.run_id, agent=label)
+    assert again.counts["succeeded"] == 1
+    assert [b.rows for b in fake.batches] == [1, 1]
     with pytest.raises(papayya.ReplayError, match="not one of: live, batch"):
         papayya.replay(run=live.run_id, llm_mode="bulk", agent=label)
 
@@ -617,3 +621,72 @@ def test_a_batcher_frozen_while_creating_a_batch_records_nothing_and_cancels_a_d
     assert RunResult.load(handle.run_id, tenant).counts["succeeded"] == 4
     assert len(fake.bill) == 4
     assert len(ledger(database_url, handle.run_id)) == 4
+
+
+def test_before_the_window_only_full_batches_leave_and_the_rest_waits_for_it(
+    batch_rt: Runtime,
+    tenant: str,
+    fake: FakeProvider,
+    oa: openai.OpenAI,
+    database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    label = labeller(oa)
+    handle = label.submit([{"id": f"k{i}"} for i in range(7)], tenant=tenant, llm_mode="batch")
+    defer_all(batch_rt, label, handle.run_id)
+    monkeypatch.setattr(batches, "LIMITS", {"openai": (3, 200 * batches.MB)})
+    papayya.configure(batch_window_seconds=3600, batch_poll_seconds=0.2)
+    rt = get_runtime()
+    batches.tick(rt, worker="b")
+    assert sorted(b.rows for b in fake.batches) == [3, 3]  # two full batches; one request waits
+    assert [p["pending"] for p in batches.pending(rt) if p["model"] == MODEL] == [1]
+    batches.tick(rt, worker="b", force=True)  # (the window passed)
+    assert sorted(b.rows for b in fake.batches) == [1, 3, 3]
+    drain(rt, label, handle.run_id)
+    assert RunResult.load(handle.run_id, tenant).counts["succeeded"] == 7
+
+
+def test_a_process_without_a_providers_key_leaves_its_batches_alone(
+    batch_rt: Runtime,
+    tenant: str,
+    fake: FakeProvider,
+    oa: openai.OpenAI,
+    database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    label = labeller(oa)
+    handle = label.submit([{"id": "a"}, {"id": "b"}], tenant=tenant, llm_mode="batch")
+    defer_all(batch_rt, label, handle.run_id)
+    monkeypatch.delenv("OPENAI_API_KEY")
+    report = batches.tick(batch_rt, worker="keyless", force=True)
+    assert (report.formed, report.polled, report.errors) == (0, 0, 0)
+    assert fake.batches == []
+    monkeypatch.setenv("OPENAI_API_KEY", "test")
+    assert batches.tick(batch_rt, worker="keyed", force=True).formed >= 1
+    assert [b.rows for b in fake.batches] == [2]
+    drain(batch_rt, label, handle.run_id)
+
+
+def test_reconciling_a_budget_counts_the_charges_of_calls_still_in_a_batch(
+    batch_rt: Runtime, tenant: str, fake: FakeProvider, oa: openai.OpenAI, database_url: str
+) -> None:
+    label = labeller(oa, max_tokens=100)
+    handle = label.submit([{"id": f"k{i}"} for i in range(3)], tenant=tenant, llm_mode="batch")
+    defer_all(batch_rt, label, handle.run_id)
+    batch_rt.budgets.flush()
+    with psycopg.connect(database_url) as conn:
+        row = conn.execute(
+            "SELECT sum(charged_usd) FROM papayya.batch_requests WHERE run_id = %s", (handle.run_id,)
+        ).fetchone()
+    assert row is not None
+    charged = row[0]
+    assert charged > 0
+    keys = batch_rt.budgets.accounts(tenant, handle.run_id, "month").keys()
+    before = {r["scope"]: r["spent_usd"] for r in batch_rt.store.budget_view(keys)}
+    batch_rt.store.budget_reconcile(tenant)  # recomputed from the ledger (empty) and the open charges
+    after = {r["scope"]: r["spent_usd"] for r in batch_rt.store.budget_view(keys)}
+    assert before["run"] == after["run"] == charged
+    assert after["tenant"] == charged
+    drain(batch_rt, label, handle.run_id)
+    after_answers = {r["scope"]: r["spent_usd"] for r in batch_rt.store.budget_view(keys)}
+    assert after_answers["run"] == fake.billed_usd < charged

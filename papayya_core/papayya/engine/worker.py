@@ -204,7 +204,9 @@ class Worker:
         if self.held:
             return self.poll  # results still on their way; a completion wakes us
         try:
-            if self.until_done and self.run_ids is not None:
+            # A worker given runs waits on those runs only: a burst worker of an agent whose other runs
+            # have ready items it may not claim (not its runs) would otherwise never stop.
+            if self.run_ids is not None:
                 waits = []
                 for run_id in self.run_ids:
                     tenant_id = self._tenant_of(run_id)
@@ -217,7 +219,7 @@ class Worker:
                         waits.append(min(self.poll, 0.2) if p["ready"] else self.poll / 2)
                     elif p["waiting"]:
                         waits.append(min(self.poll, float(p["next_in"] or 0) + 0.01))
-                    elif p["waiting_batch"]:  # answers come from a provider batch (the monitor polls it)
+                    elif p["waiting_batch"] and self.until_done:  # answers come from a provider batch
                         waits.append(self.poll)
                 return min(waits) if waits else None
             w = self.rt.store.work_ready(list(self.agents))

@@ -24,15 +24,15 @@ WHERE i.item_id = %(item_id)s AND i.tenant_id = %(tenant_id)s AND i.lease_token 
 RETURNING custom_id;
 
 -- name: batch_groups_due
--- Groups of pending requests (one provider, endpoint, model and base URL) ready to be sent: their
--- oldest waited the window, or they fill a batch.
-SELECT provider, endpoint, model, base_url, count(*) AS pending
+-- Groups of pending requests (one provider, endpoint, model and base URL), oldest first, with whether
+-- their oldest has waited the window (then all of them go; else only full batches: papayya.batches).
+SELECT provider, endpoint, model, base_url, count(*) AS pending,
+       min(created_at) <= now() - make_interval(secs => %(window)s) AS aged
 FROM papayya.batch_requests
 WHERE status = 'pending' AND provider = ANY(%(providers)s::text[])
 GROUP BY provider, endpoint, model, base_url
-HAVING min(created_at) <= now() - make_interval(secs => %(window)s) OR count(*) >= %(limit)s
 ORDER BY min(created_at)
-LIMIT 16;
+LIMIT 64;
 
 -- name: batch_form
 -- A new provider batch of up to %(limit)s pending requests of one group, written before the provider
