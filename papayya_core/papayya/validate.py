@@ -263,7 +263,14 @@ class _Exact:
             parts = []
             for k, v in value.items():
                 name = k if isinstance(k, str) else _json_key(k)
-                parts.append(f"{self.string(name, where)}:{self.encode(v, f'{where}.{name}')}")
+                step = (
+                    f".{name}"
+                    if name.isprintable() and name and not set(name) & set(".[]")
+                    else (
+                        f"[{json.dumps(name)}]"  # a key a path cannot show as is (a newline, a dot): escaped
+                    )
+                )
+                parts.append(f"{self.string(name, where)}:{self.encode(v, where + step)}")
             return "{" + ",".join(parts) + "}"
         if isinstance(value, list | tuple):
             return "[" + ",".join(self.encode(v, f"{where}[{i}]") for i, v in enumerate(value)) + "]"

@@ -63,3 +63,12 @@ def test_item_reads_like_a_dict() -> None:
     assert item["domain"] == "a.example"
     assert item.get("missing", 3) == 3
     assert "extra" in item
+
+
+def test_a_refusal_names_a_key_a_path_cannot_show_as_is_escaped_on_one_line() -> None:
+    with pytest.raises(InputError) as refused:
+        prepare_items([{"id": "0", "line\nbreak": {"a.b": "\x00"}}], max_bytes=1_048_576)
+    assert str(refused.value) == (
+        """Item '0': its input at $["line\\nbreak"]["a.b"] contains a NUL character (\\u0000), which """
+        "PostgreSQL cannot store; strip it."
+    )
